@@ -1,0 +1,110 @@
+"""Start a server as a subprocess on a free port, wait until it is healthy, stop it by PID.
+
+Used by the tests (stand-in teacher, `transformers serve`) and by evaluation/serve.py. A server
+is only ever stopped through the PID we recorded when we started it, never by matching names.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_healthy(url, timeout_s=60.0, process=None):
+    """Poll url until it answers 200; raise if the process exits first or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with code {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
+
+
+def start_server(command, health_url, log_path=None, pid_file=None, timeout_s=60.0, env=None, cwd=None):
+    """Launch command (a list), wait for health_url, record the PID; return the Popen.
+
+    The server gets its own process group so that stopping it also stops any workers it spawned.
+    """
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    process = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+    )
+    if pid_file:
+        with open(pid_file, "w") as f:
+            f.write(f"{process.pid}\n")
+    try:
+        wait_until_healthy(health_url, timeout_s, process)
+    except BaseException:
+        stop_pid(process.pid)
+        raise
+    finally:
+        if log_path:
+            log.close()
+    return process
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still "exists" until reaped; reap it if it is ours.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def stop_pid(pid, grace_s=10.0):
+    """SIGTERM the process group led by pid, then SIGKILL after grace_s. Returns True if it was running."""
+    if not _alive(pid):
+        return False
+    try:
+        target, kill = os.getpgid(pid), os.killpg
+        if target != pid:  # not a group leader: signal only that process
+            target, kill = pid, os.kill
+    except ProcessLookupError:
+        return False
+    kill(target, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.1)
+    try:
+        kill(target, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    while _alive(pid):
+        time.sleep(0.05)
+    return True
+
+
+def stop_from_pid_file(pid_file):
+    """Stop the server whose PID start_server recorded; remove the file. Returns True if one was running."""
+    if not os.path.exists(pid_file):
+        return False
+    with open(pid_file) as f:
+        pid = int(f.read().strip())
+    stopped = stop_pid(pid)
+    os.remove(pid_file)
+    return stopped
