@@ -1,0 +1,75 @@
+"""Helpers for the data-stage tests: exam items for the stand-in teacher and a way to run the scripts."""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONSTRUCT = os.path.join(REPO_ROOT, "construct_verifiable_medical_problems.py")
+SEARCH = os.path.join(REPO_ROOT, "search_for_complex_reasoning_path.py")
+SECRET_KEY = "sk-test-SECRET-4f9a1c"
+
+# Small, fast settings: the client's retries, short timeouts, several workers.
+FAST = ["--model_name", "gpt-4o", "--max_retries", "2", "--timeout", "1", "--num_process", "8"]
+
+TOPICS = [
+    ("painless hematuria in a long-time smoker", ["Bladder carcinoma", "Renal calculus", "Acute cystitis", "Prostatitis"]),
+    ("barking cough with inspiratory stridor in a toddler", ["Parainfluenza virus", "Respiratory syncytial virus", "Adenovirus", "Rhinovirus"]),
+    ("heat intolerance, weight loss and proptosis", ["Graves disease", "Toxic adenoma", "Subacute thyroiditis", "Factitious thyrotoxicosis"]),
+    ("crushing chest pain with ST elevation in leads II, III and aVF", ["Right coronary artery", "Left anterior descending artery", "Left circumflex artery", "Left main coronary artery"]),
+    ("ascending weakness two weeks after diarrhoea", ["Guillain-Barre syndrome", "Myasthenia gravis", "Botulism", "Transverse myelitis"]),
+]
+
+
+def make_items(n, rounds=None, **extra):
+    """n distinct multiple-choice items; rounds: standin_rounds_to_correct for each (list) or all (int)."""
+    items = []
+    for i in range(n):
+        finding, options = TOPICS[i % len(TOPICS)]
+        item = {
+            "question": f"Case {i:03d}: a patient aged {20 + i % 60} presents with {finding}. What is the most likely answer?",
+            "options": dict(zip("ABCD", options)),
+            "answer_idx": "A",
+            "answer": options[0],
+        }
+        if rounds is not None:
+            item["standin_rounds_to_correct"] = rounds[i] if isinstance(rounds, list) else rounds
+        item.update(extra)
+        items.append(item)
+    return items
+
+
+def as_problems(items):
+    """Verifiable problems made directly (what construct would produce against the stand-in)."""
+    return [dict(item, **{"Open-ended Verifiable Question": item["question"], "Ground-True Answer": item["answer"]}) for item in items]
+
+
+def write_json(path, obj):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False)
+    return str(path)
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def run(script, args, teacher=None, env_key=SECRET_KEY, cwd=REPO_ROOT, check=True, timeout=300):
+    """Run a stage script as the user would; returns the CompletedProcess."""
+    env = dict(os.environ)
+    env.pop("OPENAI_API_KEY", None)
+    if env_key:
+        env["OPENAI_API_KEY"] = env_key
+    command = [sys.executable, script] + ([ "--api_url", teacher.base_url] if teacher else []) + list(map(str, args))
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{os.path.basename(script)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def outputs_of(tmp_path, name):
+    """(main, records, summary) paths for --output_path tmp_path/name.json."""
+    stem = os.path.join(str(tmp_path), name)
+    return f"{stem}.json", f"{stem}_records.json", f"{stem}_summary.json"
