@@ -285,7 +285,9 @@ def test_bad_input_stops_with_one_clear_error_and_overwrites_nothing(tmp_path, c
     path.write_text(text)
     output = tmp_path / "out.json"
     output.write_text("EXISTING")
-    result = run(CONSTRUCT, ["--data_path", path, "--output_path", output, "--output_dir", tmp_path / "p"], check=False)
+    # one case as a real process (exit status, stderr), the others in-process (same main, faster)
+    result = run(CONSTRUCT, ["--data_path", path, "--output_path", output, "--output_dir", tmp_path / "p"], check=False,
+                 subprocess_run=case == "not_json")
     assert result.returncode != 0
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and str(path) in error_lines[0] and expected in error_lines[0]
@@ -307,9 +309,9 @@ def test_the_seed_commands_work_as_typed_on_the_demo_data(start_teacher, tmp_pat
     demo = os.path.join(REPO_ROOT, "data", "demo_data.json")
     teacher = start_teacher(answer_key=demo)
     # the seed's two commands, plus where the teacher is; run in a scratch folder so outputs land there
-    run(CONSTRUCT, ["--data_path", demo, "--filter_data", "--model_name", "gpt-4o"], teacher, cwd=tmp_path)
+    run(CONSTRUCT, ["--data_path", demo, "--filter_data", "--model_name", "gpt-4o"], teacher, cwd=tmp_path, subprocess_run=True)
     run(SEARCH, ["--data_path", demo, "--efficient_search", "True", "--max_search_attempts", "1",
-                 "--max_search_depth", "2", "--model_name", "gpt-4o"], teacher, cwd=tmp_path)
+                 "--max_search_depth", "2", "--model_name", "gpt-4o"], teacher, cwd=tmp_path, subprocess_run=True)
     names = sorted(os.listdir(tmp_path))
     final = [n for n in names if re.fullmatch(r"demo_data_final_\d+\.json", n)]
     sft = [n for n in names if re.fullmatch(r"demo_data_CoT_search_\d+\.json", n)]
