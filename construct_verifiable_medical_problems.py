@@ -80,10 +80,10 @@ def main():
         teacher = Teacher(api)
     except InputError as error:
         sys.exit(f"error: {error}")
-    items = list(enumerate(rows))[: job.limit_num]
+    items = rows[: job.limit_num]
     print(f"loaded {len(rows)} items from {job.data_path}; processing {len(items)}", flush=True)
 
-    def construct(item, trace, index):
+    def construct(item, trace, key):
         record = dict(item)
         text = question_with_options(item)
         if args.filter_data:

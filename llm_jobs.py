@@ -220,14 +220,29 @@ def task_name_of(data_path):
     return re.sub(r"\.(jsonl|json)$", "", os.path.basename(data_path))
 
 
-def fingerprint(item, settings):
-    """Identifies the work an item file holds: the item itself and the settings that change the result."""
-    blob = json.dumps([item, settings], sort_keys=True, ensure_ascii=False, default=str)
+def _digest(obj):
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
+def item_keys(items):
+    """A key per item from its content (so inserting or reordering rows keeps finished work findable);
+    repeated identical items get -1, -2, ... appended."""
+    keys, seen = [], Counter()
+    for item in items:
+        digest = _digest(item)
+        keys.append(digest if not seen[digest] else f"{digest}-{seen[digest]}")
+        seen[digest] += 1
+    return keys
+
+
+def fingerprint(item, settings):
+    """Identifies the work an item file holds: the item itself and the settings that change the result."""
+    return _digest([item, settings])
+
+
 class ItemStore:
-    """One JSON file per input row in `folder`, written atomically (old file or new file, never half)."""
+    """One JSON file per input item in `folder` (named by its key), written atomically (old file or new, never half)."""
 
     def __init__(self, folder):
         self.folder = folder
@@ -236,46 +251,46 @@ class ItemStore:
             if name.startswith(".tmp-"):
                 os.remove(os.path.join(folder, name))
 
-    def path(self, index):
-        return os.path.join(self.folder, f"{index}.json")
+    def path(self, key):
+        return os.path.join(self.folder, f"{key}.json")
 
-    def load(self, index):
+    def load(self, key):
         try:
-            with open(self.path(index), encoding="utf-8") as f:
+            with open(self.path(key), encoding="utf-8") as f:
                 return json.load(f)
         except FileNotFoundError:
             return None
         except json.JSONDecodeError:  # only possible if someone edited it by hand
             return None
 
-    def save(self, index, entry):
-        write_json_atomic(self.path(index), entry)
+    def save(self, key, entry):
+        write_json_atomic(self.path(key), entry)
 
 
 def run_items(work, items, store, settings, teacher, num_process, desc):
-    """Run work(item, trace, index) -> (outcome, record) for every (index, item) not finished yet.
+    """Run work(item, trace, key) -> (outcome, record) for every item not finished yet.
 
-    A finished item (status "done", same fingerprint) is never sent again. A failed one is retried.
-    Returns {index: entry} for every item, in input order, plus counts of this run.
+    A finished item (status "done", same settings) is never sent again; a failed one is retried.
+    Returns the entries of all items in input order, and the counts of this run.
     """
     entries, pending, stale = {}, [], 0
-    for index, item in items:
-        entry = store.load(index)
+    for key, item in zip(item_keys(items), items):
+        entry = store.load(key)
         if entry is not None and entry.get("fingerprint") != fingerprint(item, settings):
-            stale, entry = stale + 1, None  # the input row or the settings changed: redo it
+            stale, entry = stale + 1, None  # the settings changed: redo it
         if entry is not None and entry["status"] == "done":
-            entries[index] = entry
+            entries[key] = entry
         else:
-            pending.append((index, item))
+            pending.append((key, item))
     resumed = len(entries)
     if resumed or stale:
         print(f"{desc}: {resumed} item(s) already finished in {store.folder} (skipped), {len(pending)} to do"
               + (f", {stale} redone because the input or settings changed" if stale else ""), flush=True)
 
-    def one(index, item):
+    def one(key, item):
         trace = ItemTrace()
         try:
-            outcome, record = work(item, trace, index)
+            outcome, record = work(item, trace, key)
             status, reason = "done", None
         except ItemFailed as error:
             outcome, record, status, reason = "failed", dict(item), "failed", str(error)
@@ -287,21 +302,21 @@ def run_items(work, items, store, settings, teacher, num_process, desc):
             record["failure_reason"] = reason
         record["llm_log"] = trace.log
         entry = {
-            "index": index, "fingerprint": fingerprint(item, settings), "status": status, "outcome": outcome,
+            "key": key, "fingerprint": fingerprint(item, settings), "status": status, "outcome": outcome,
             "reason": reason, "calls": trace.calls, "prompt_tokens": trace.prompt_tokens,
             "completion_tokens": trace.completion_tokens, "record": record,
         }
-        store.save(index, entry)
+        store.save(key, entry)
         return entry
 
     started = time.time()
     done = failed = 0
     with ThreadPoolExecutor(max_workers=max(1, num_process)) as pool, tqdm(total=len(pending), desc=desc, unit="item") as bar:
-        futures = [pool.submit(one, index, item) for index, item in pending]
+        futures = [pool.submit(one, key, item) for key, item in pending]
         try:
             for future in as_completed(futures):
                 entry = future.result()
-                entries[entry["index"]] = entry
+                entries[entry["key"]] = entry
                 done += entry["status"] == "done"
                 failed += entry["status"] == "failed"
                 bar.update(1)
@@ -317,7 +332,7 @@ def run_items(work, items, store, settings, teacher, num_process, desc):
         "calls": teacher.calls, "prompt_tokens": teacher.prompt_tokens, "completion_tokens": teacher.completion_tokens,
         "elapsed_s": round(elapsed, 3), "items_per_s": round(len(pending) / elapsed, 3) if elapsed > 0 and pending else None,
     }
-    return [entries[index] for index, _ in items], this_run
+    return [entries[key] for key in item_keys(items)], this_run
 
 
 # ---- outputs --------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ class SearchArguments:
     max_search_attempts: int = field(default=1, metadata={"help": "Attempts, each restarting from the first trace."})
     max_search_depth: int = field(default=2, metadata={"help": "Strategy rounds per attempt."})
     num_process: int = field(default=5, metadata={"help": "Concurrent items (threads)."})
-    seed: int = field(default=42, metadata={"help": "Strategy choices are drawn from Random(seed, row), so reruns repeat them."})
+    seed: int = field(default=42, metadata={"help": "Strategy choices are drawn from Random(seed, item), so reruns repeat them."})
 
 
 def parse_trace(reply):
@@ -119,7 +119,7 @@ def main():
         parser.error("--data_path is required")
     try:
         rows = load_records(job.data_path)
-        usable = [(index, row) for index, row in enumerate(rows) if has_problem(row)]
+        usable = [row for row in rows if has_problem(row)]
         if not usable:
             raise InputError(
                 f"{job.data_path}: no row has both '{QUESTION}' and '{ANSWER}' as non-empty text; "
@@ -133,10 +133,10 @@ def main():
     print(f"loaded {len(rows)} items from {job.data_path}: {len(usable)} verifiable "
           f"({len(rows) - len(usable)} skipped); processing {len(items)}", flush=True)
 
-    def search(item, trace, index):
+    def search(item, trace, key):
         record = dict(item)
         question, reference = item[QUESTION], item[ANSWER]
-        rng = random.Random(f"{args.seed}-{index}")
+        rng = random.Random(f"{args.seed}-{key}")
         record["verifications"] = []  # every verdict of every attempt: verifier training data
 
         def verify(state):

@@ -87,7 +87,7 @@ def test_construct_without_filter_uses_the_original_file_name(start_teacher, tmp
     problems = read_json(tmp_path / "exam_final_4.json")
     assert len(problems) == 4 and all(p["Ground-True Answer"] == item["answer"] for p, item in zip(problems, items))
     assert teacher.stats()["by_kind"] == {"reformat": 4}
-    assert sorted(os.listdir(tmp_path / "output_data" / "exam")) == ["0.json", "1.json", "2.json", "3.json"]
+    assert len([name for name in os.listdir(tmp_path / "output_data" / "exam") if name.endswith(".json")]) == 4
     summary = read_json(tmp_path / "exam_final_4_summary.json")
     assert summary["by_outcome"] == {"verifiable": 4}
     assert "api_key" not in summary["settings"]
