@@ -214,6 +214,9 @@ class Teacher:
 def make_handler(teacher):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in two writes; with Nagle's algorithm on, the client's delayed ACK
+        # then stalls every reply by ~40 ms (measured: 19 replies/s on one connection at zero latency).
+        disable_nagle_algorithm = True
 
         def log_message(self, *args):  # quiet: the stats endpoint is the log
             pass
