@@ -14,8 +14,9 @@ CONSTRUCT = os.path.join(REPO_ROOT, "construct_verifiable_medical_problems.py")
 SEARCH = os.path.join(REPO_ROOT, "search_for_complex_reasoning_path.py")
 SECRET_KEY = "sk-test-SECRET-4f9a1c"
 
-# Small, fast settings: the client's retries, short timeouts, several workers.
-FAST = ["--model_name", "gpt-4o", "--max_retries", "2", "--timeout", "1", "--num_process", "8"]
+# Small settings: few client retries, several workers. The timeout stays generous (a busy CI machine
+# must not turn a slow reply into a retry); the fault tests set a short one.
+FAST = ["--model_name", "gpt-4o", "--max_retries", "2", "--timeout", "20", "--num_process", "8"]
 
 TOPICS = [
     ("painless hematuria in a long-time smoker", ["Bladder carcinoma", "Renal calculus", "Acute cystitis", "Prostatitis"]),

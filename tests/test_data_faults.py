@@ -23,6 +23,12 @@ def check_complete(records, inputs, allowed):
         assert (r["outcome"] == "failed") == bool(r.get("failure_reason"))
 
 
+def assert_calls_match(client_count, server):
+    """Every HTTP attempt, retries included, is counted. An attempt that timed out on the client before
+    the server read it (possible on a loaded machine) is counted by the client only, hence the small margin."""
+    assert server["total"] <= client_count <= server["total"] + max(3, server["total"] // 100)
+
+
 def test_thirty_percent_mixed_faults_on_200_items_lose_and_duplicate_nothing(start_teacher, tmp_path):
     items = make_items(200)
     for item in items[::25]:
@@ -38,7 +44,7 @@ def test_thirty_percent_mixed_faults_on_200_items_lose_and_duplicate_nothing(sta
     check_complete(records, items, {"verifiable", "filtered"})
     assert set(server["by_outcome"]) == {"ok", "429", "500", "timeout", "malformed"}
     assert 0.2 < 1 - server["by_outcome"]["ok"] / server["total"] < 0.4
-    assert summary["calls"] == server["total"]  # every HTTP attempt, retries included, is counted
+    assert_calls_match(summary["calls"], server)
     problems = read_json(problems_path)
     assert len(problems) == summary["by_outcome"]["verifiable"] > 150
     assert len({p["question"] for p in problems}) == len(problems)
@@ -51,7 +57,8 @@ def test_thirty_percent_mixed_faults_on_200_items_lose_and_duplicate_nothing(sta
     run(SEARCH, search_args, teacher)
     records, summary, server = read_json(sft_records), read_json(sft_summary), teacher.stats()
     check_complete(records, problems, {"verified", "verified_with_label", "unverified"})
-    assert summary["calls"] == server["total"] > 4 * len(problems)
+    assert_calls_match(summary["calls"], server)
+    assert server["total"] > 4 * len(problems)
     rows = read_json(sft_path)
     assert len(rows) == sum(r["outcome"].startswith("verified") for r in records)
     assert len({row["Question"] for row in rows}) == len(rows)
@@ -92,6 +99,7 @@ def test_a_run_killed_midway_resumes_without_repeating_finished_items(start_teac
         time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
+    time.sleep(0.5)  # let requests the killed run had already sent reach the server before counting anew
 
     finished = {name: (store / name).read_bytes() for name in os.listdir(store) if not name.startswith(".tmp-")}
     assert 10 <= len(finished) < 40, "the kill should land midway"
