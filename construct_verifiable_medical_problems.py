@@ -83,20 +83,19 @@ def main():
     items = rows[: job.limit_num]
     print(f"loaded {len(rows)} items from {job.data_path}; processing {len(items)}", flush=True)
 
-    def construct(item, trace, key):
-        record = dict(item)
-        text = question_with_options(item)
+    def construct(record, trace, key):
+        text = question_with_options(record)
         if args.filter_data:
-            verdict = teacher.ask("filter", render(prompts["filter"], question_with_options=text, answer=item["answer"]),
+            verdict = teacher.ask("filter", render(prompts["filter"], question_with_options=text, answer=record["answer"]),
                                   parse_verdict, trace)
             record["filter_verdict"] = verdict
             if verdict != "Pass":
-                return "filtered", record
+                return "filtered"
         question, answer = teacher.ask(
-            "reformat", render(prompts["reformat"], question_with_options=text, answer=item["answer"]), parse_problem, trace
+            "reformat", render(prompts["reformat"], question_with_options=text, answer=record["answer"]), parse_problem, trace
         )
         record["Open-ended Verifiable Question"], record["Ground-True Answer"] = question, answer
-        return "verifiable", record
+        return "verifiable"
 
     task = task_name_of(job.data_path) + ("_zh" if job.language == "zh" else "")
     store = ItemStore(f"{job.output_dir}/{task}")

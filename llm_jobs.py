@@ -14,6 +14,7 @@ and crashes. This module holds that machinery so each script only says what to a
 - write_outputs: the merged output files plus a run summary, printed for the user.
 """
 
+import copy
 import hashlib
 import json
 import os
@@ -268,7 +269,9 @@ class ItemStore:
 
 
 def run_items(work, items, store, settings, teacher, num_process, desc):
-    """Run work(item, trace, key) -> (outcome, record) for every item not finished yet.
+    """Run work(record, trace, key) -> outcome for every item not finished yet.
+
+    record starts as a copy of the item; work adds its results to it (kept even when the item fails).
 
     A finished item (status "done", same settings) is never sent again; a failed one is retried.
     Returns the entries of all items in input order, and the counts of this run.
@@ -288,14 +291,14 @@ def run_items(work, items, store, settings, teacher, num_process, desc):
               + (f", {stale} redone because the input or settings changed" if stale else ""), flush=True)
 
     def one(key, item):
-        trace = ItemTrace()
+        trace, record = ItemTrace(), copy.deepcopy(item)
         try:
-            outcome, record = work(item, trace, key)
+            outcome = work(record, trace, key)
             status, reason = "done", None
         except ItemFailed as error:
-            outcome, record, status, reason = "failed", dict(item), "failed", str(error)
+            outcome, status, reason = "failed", "failed", str(error)
         except Exception as error:  # a bug or an unexpected reply shape: record it, never drop the item
-            outcome, record, status = "failed", dict(item), "failed"
+            outcome, status = "failed", "failed"
             reason = teacher.redact(f"unexpected {type(error).__name__}: {error}")
         record["outcome"] = outcome
         if reason:
@@ -338,12 +341,13 @@ def run_items(work, items, store, settings, teacher, num_process, desc):
 # ---- outputs --------------------------------------------------------------------------------
 
 
-def summarise(stage, entries, this_run, outputs, settings):
+def summarise(stage, entries, this_run, outputs, settings, skipped=0):
     outcomes = Counter(entry["outcome"] for entry in entries)
     reasons = Counter(entry["reason"].split(":")[0] for entry in entries if entry["status"] == "failed")
     return {
         "stage": stage,
         "items": len(entries),
+        "skipped_input_rows": skipped,
         "by_outcome": dict(sorted(outcomes.items())),
         "failed_by_step": dict(sorted(reasons.items())),
         "calls": sum(entry["calls"] for entry in entries),

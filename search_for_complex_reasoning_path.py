@@ -133,9 +133,8 @@ def main():
     print(f"loaded {len(rows)} items from {job.data_path}: {len(usable)} verifiable "
           f"({len(rows) - len(usable)} skipped); processing {len(items)}", flush=True)
 
-    def search(item, trace, key):
-        record = dict(item)
-        question, reference = item[QUESTION], item[ANSWER]
+    def search(record, trace, key):
+        question, reference = record[QUESTION], record[ANSWER]
         rng = random.Random(f"{args.seed}-{key}")
         record["verifications"] = []  # every verdict of every attempt: verifier training data
 
@@ -176,14 +175,14 @@ def main():
         record.update(state)
         record["prior_fail_try"] = prior_fail_try
         if not state["verify"][-1]:
-            return "unverified", record
+            return "unverified"
 
         thinking = teacher.ask("natural", render(prompts["natural"], reasoning=trace_as_text(state["Long_CoT"]), question=question),
                                parse_natural, trace)
         response = teacher.ask("final response", render(prompts["final_response"], thinking=thinking, question=question),
                                parse_response, trace)
         record.update({"Question": question, "Complex_CoT": thinking, "Response": response})
-        return "verified" if "Label_CoT" not in state["response_type"] else "verified_with_label", record
+        return "verified" if "Label_CoT" not in state["response_type"] else "verified_with_label"
 
     task = task_name_of(job.data_path) + "_CoT_search" + ("_zh" if job.language == "zh" else "")
     store = ItemStore(f"{job.output_dir}/{task}")
@@ -196,9 +195,8 @@ def main():
         for entry in entries if entry["outcome"].startswith("verified")
     ]
     output_path = job.output_path or f"{task}_{len(sft_rows)}.json"
-    summary = summarise("search_for_complex_reasoning_path", entries, this_run,
-                        {"progress_dir": store.folder, "skipped_without_problem": len(rows) - len(usable)},
-                        public_settings(args, job, api))
+    summary = summarise("search_for_complex_reasoning_path", entries, this_run, {"progress_dir": store.folder},
+                        public_settings(args, job, api), skipped=len(rows) - len(usable))
     write_outputs(output_path, sft_rows, entries, summary)
 
 

@@ -157,7 +157,7 @@ def test_search_paths_right_at_once_fixed_by_a_strategy_and_fixed_by_the_label_r
     assert [row["Question"] for row in rows] == [item["question"] for item in items]
     assert all("\n" in row["Complex_CoT"] and item["answer"] in row["Response"] for row, item in zip(rows, items))
     assert stats["by_outcome"] == {"verified": 3, "verified_with_label": 1}
-    assert stats["outputs"]["skipped_without_problem"] == 1
+    assert stats["skipped_input_rows"] == 1
     # calls: per item cot + verify per round, then natural + response (label round: no verify)
     assert teacher.stats()["by_kind"] == {"cot": 1 + 2 + 3 + 4, "verify": 1 + 2 + 3 + 3, "natural": 4, "response": 4}
     assert stats["calls"] == teacher.stats()["total"]
