@@ -301,6 +301,9 @@ def main():
     config = {k: getattr(args, k) for k in ("latency_ms", "fault_rate", "timeout_sleep_s", "wrap", "seed")}
     config["faults"] = faults
     teacher = Teacher(AnswerKey(items), config)
+    # The default listen backlog (5) drops connection attempts when many clients connect at once,
+    # and each dropped one waits a 1 s TCP retransmit: far from what a real endpoint does.
+    ThreadingHTTPServer.request_queue_size = 128
     server = ThreadingHTTPServer((args.host, args.port), make_handler(teacher))
     server.daemon_threads = True
     print(f"stand-in teacher (scripted, not a model) on http://{args.host}:{args.port}/v1 with {len(items)} answer-key items", flush=True)
