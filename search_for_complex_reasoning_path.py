@@ -80,10 +80,14 @@ def parse_trace(reply):
 
 
 def parse_true_false(reply):
-    words = {w.lower() for w in re.findall(r"\b(true|false)\b", reply, re.IGNORECASE)}
-    if len(words) != 1:
-        raise ValueError(f"expected exactly one of True/False, got {reply[:60]!r}")
-    return words.pop() == "true"
+    """The verdict: the reply's first word if it is True/False, else the only one of the two it uses."""
+    words = [w.lower() for w in re.findall(r"\b(true|false)\b", reply, re.IGNORECASE)]
+    first = re.match(r"\W*(true|false)\b", reply, re.IGNORECASE)
+    if first:
+        return first.group(1).lower() == "true"
+    if len(set(words)) != 1:
+        raise ValueError(f"expected True or False, got {reply[:60]!r}")
+    return words[0] == "true"
 
 
 def parse_natural(reply):

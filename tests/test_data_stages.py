@@ -37,7 +37,9 @@ def test_reply_parsers():
     with pytest.raises(ValueError):
         parse_verdict("It passes muster")  # "passes" is not the label Pass
     assert parse_true_false("True") is True and parse_true_false("false.") is False
-    for unusable in ["Maybe.", "True or False?", ""]:
+    assert parse_true_false("**False**. It names X, not the true diagnosis.") is False
+    assert parse_true_false("The response matches, so: True") is True
+    for unusable in ["Maybe.", "It could be true or false.", ""]:
         with pytest.raises(ValueError):
             parse_true_false(unusable)
     good = {"CoT": [{"action": "Inner Thinking", "title": "t", "content": "c"},
@@ -271,6 +273,7 @@ BAD_INPUTS = {
     "not_json": ('[{"question": "x", ', "not valid JSON"),
     "wrong_top_level": ('{"question": "x", "options": {"A": "a"}, "answer": "a"}', "expected a JSON list"),
     "missing_options": ('[{"question": "q", "options": {"A": "a"}, "answer": "a"}, {"question": "q", "answer": "a"}]', "row 1 lacks the field(s) 'options'"),
+    "missing_question": ('[{"options": {"A": "a"}, "answer": "a"}]', "row 0 lacks the field(s) 'question'"),
     "missing_answer": ('[{"question": "q", "options": {"A": "a"}}]', "row 0 lacks the field(s) 'answer'"),
     "options_not_a_dict": ('[{"question": "q", "options": ["a", "b"], "answer": "a"}]', "row 0 has 'options' of type list"),
     "empty_list": ("[]", "the list is empty"),
@@ -296,6 +299,12 @@ def test_bad_input_stops_with_one_clear_error_and_overwrites_nothing(tmp_path, c
 
 
 def test_search_rejects_input_without_problems_and_offline_hub_ids(tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"Open-ended Verifiable Question": "q"},')
+    result = run(SEARCH, ["--data_path", broken], check=False)
+    assert result.returncode != 0 and f"error: {broken}: not valid JSON" in result.stderr
+    result = run(SEARCH, ["--data_path", write_json(tmp_path / "rows.json", [{"Question": "q"}, "text"])], check=False)
+    assert result.returncode != 0 and "row 1 is a str, expected an object" in result.stderr
     path = write_json(tmp_path / "mcq.json", make_items(2))
     result = run(SEARCH, ["--data_path", path], check=False)
     assert result.returncode != 0 and path in result.stderr and "construct_verifiable_medical_problems.py" in result.stderr
