@@ -93,10 +93,8 @@ def load_prompts(required, language="en", prompt_dir=None):
 
 
 def render(template, **values):
-    """Fill {name} placeholders; every other brace (JSON examples) is left alone."""
-    for name, value in values.items():
-        template = template.replace("{" + name + "}", str(value))
-    return template
+    """Fill {name} placeholders in one pass (text filled in is never scanned again); other braces stay."""
+    return re.sub(r"\{(\w+)\}", lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), template)
 
 
 # ---- replies --------------------------------------------------------------------------------

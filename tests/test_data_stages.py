@@ -7,7 +7,7 @@ import re
 import pytest
 
 from construct_verifiable_medical_problems import parse_verdict
-from llm_jobs import api_base_url, parse_json_object
+from llm_jobs import api_base_url, parse_json_object, render
 from search_for_complex_reasoning_path import parse_trace, parse_true_false, trace_as_text
 from tests.data_helpers import (
     CONSTRUCT, FAST, REPO_ROOT, SEARCH, SECRET_KEY, as_problems, make_items, outputs_of, read_json, run, write_json,
@@ -48,6 +48,7 @@ def test_reply_parsers():
     with pytest.raises(ValueError):
         parse_trace(json.dumps({"CoT": good["CoT"][:2] + [good["CoT"][0]]}))
     assert trace_as_text(good["CoT"]) == "### t\nc\n\n### Conclusion\nX\n\n### Verification\nok"
+    assert render('{"a": "{x}"} {y} {z}', x="{y}", y=1) == '{"a": "{y}"} 1 {z}'
     assert api_base_url("http://h:1/v1/chat/completions") == api_base_url("http://h:1/v1/") == "http://h:1/v1"
 
 
