@@ -94,14 +94,17 @@ def test_a_run_killed_midway_resumes_without_repeating_finished_items(start_teac
     env = dict(os.environ, OPENAI_API_KEY=SECRET_KEY)
     process = subprocess.Popen([sys.executable, SEARCH, "--api_url", teacher.base_url, *map(str, args)], cwd=REPO_ROOT,
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def finished_files():
+        return [name for name in os.listdir(store) if not name.startswith(".tmp-")] if store.is_dir() else []
+
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (not store.is_dir() or len(os.listdir(store)) < 10):
+    while time.monotonic() < deadline and len(finished_files()) < 10:
         time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     time.sleep(0.5)  # let requests the killed run had already sent reach the server before counting anew
 
-    finished = {name: (store / name).read_bytes() for name in os.listdir(store) if not name.startswith(".tmp-")}
+    finished = {name: (store / name).read_bytes() for name in finished_files()}
     assert 10 <= len(finished) < 40, "the kill should land midway"
     finished_questions = {read_json(store / name)["record"]["question"] for name in finished}
     calls_before = teacher.stats()["total"]
