@@ -37,7 +37,7 @@ PROMPTS = {
 @dataclass
 class ConstructArguments:
     filter_data: bool = field(default=False, metadata={"help": "Ask the LLM to judge each item first and drop all but Pass."})
-    num_process: int = field(default=10, metadata={"help": "Concurrent requests (threads)."})
+    num_process: int = field(default=10, metadata={"help": "Requests in flight at once."})
 
 
 def question_with_options(item):
@@ -77,7 +77,7 @@ def main():
         rows = load_records(job.data_path, required_fields=("question", "options", "answer"))
         check_items(rows, job.data_path)
         prompts = load_prompts(PROMPTS, job.language, job.prompt_dir)
-        teacher = Teacher(api)
+        teacher = Teacher(api, concurrency=args.num_process)
     except InputError as error:
         sys.exit(f"error: {error}")
     items = rows[: job.limit_num]
@@ -100,7 +100,7 @@ def main():
     task = task_name_of(job.data_path) + ("_zh" if job.language == "zh" else "")
     store = ItemStore(f"{job.output_dir}/{task}")
     work_settings = {"filter_data": args.filter_data, "language": job.language}
-    entries, this_run = run_items(construct, items, store, work_settings, teacher, args.num_process, "construct")
+    entries, this_run = run_items(construct, items, store, work_settings, teacher, "construct")
 
     audit_keys = ("outcome", "failure_reason", "llm_log", "filter_verdict")
     verifiable = [

@@ -136,17 +136,19 @@ class ItemTrace:
 
 
 class Teacher:
-    """One openai client shared by all worker threads, with call/token counters."""
+    """One openai client shared by all worker threads: at most `concurrency` requests at once; counts calls and tokens."""
 
-    def __init__(self, args: ApiArguments):
+    def __init__(self, args: ApiArguments, concurrency=1):
         self.api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
         if not self.api_key:
             raise InputError("no API key: set the OPENAI_API_KEY environment variable (or pass --api_key)")
         self.args = args
+        self.concurrency = max(1, concurrency)  # requests in flight at once (--num_process)
         self.client = openai.OpenAI(
             base_url=api_base_url(args.api_url), api_key=self.api_key, max_retries=args.max_retries, timeout=args.timeout
         )
         self.lock = threading.Lock()
+        self.slots = threading.BoundedSemaphore(self.concurrency)
         self.calls = self.prompt_tokens = self.completion_tokens = 0
 
     def redact(self, text):
@@ -172,9 +174,10 @@ class Teacher:
         """One chat completion (with the client's retries); returns the reply text."""
         extra = {} if self.args.temperature is None else {"temperature": self.args.temperature}
         try:
-            raw = self.client.chat.completions.with_raw_response.create(
-                model=self.args.model_name, messages=[{"role": "user", "content": prompt}], **extra
-            )
+            with self.slots:
+                raw = self.client.chat.completions.with_raw_response.create(
+                    model=self.args.model_name, messages=[{"role": "user", "content": prompt}], **extra
+                )
             completion = raw.parse()
         except openai.OpenAIError as error:
             self._count(trace, self._http_calls_spent(error))
@@ -266,7 +269,7 @@ class ItemStore:
         write_json_atomic(self.path(key), entry)
 
 
-def run_items(work, items, store, settings, teacher, num_process, desc):
+def run_items(work, items, store, settings, teacher, desc):
     """Run work(record, trace, key) -> outcome for every item not finished yet.
 
     record starts as a copy of the item; work adds its results to it (kept even when the item fails).
@@ -312,7 +315,8 @@ def run_items(work, items, store, settings, teacher, num_process, desc):
 
     started = time.time()
     done = failed = 0
-    with ThreadPoolExecutor(max_workers=max(1, num_process)) as pool, tqdm(total=len(pending), desc=desc, unit="item") as bar:
+    # A few more threads than request slots keep every slot busy while a thread parses or writes a file.
+    with ThreadPoolExecutor(max_workers=teacher.concurrency + 4) as pool, tqdm(total=len(pending), desc=desc, unit="item") as bar:
         futures = [pool.submit(one, key, item) for key, item in pending]
         try:
             for future in as_completed(futures):

@@ -61,7 +61,7 @@ class SearchArguments:
     )
     max_search_attempts: int = field(default=1, metadata={"help": "Attempts, each restarting from the first trace."})
     max_search_depth: int = field(default=2, metadata={"help": "Strategy rounds per attempt."})
-    num_process: int = field(default=5, metadata={"help": "Concurrent items (threads)."})
+    num_process: int = field(default=5, metadata={"help": "Requests in flight at once."})
     seed: int = field(default=42, metadata={"help": "Strategy choices are drawn from Random(seed, item), so reruns repeat them."})
 
 
@@ -130,7 +130,7 @@ def main():
                 "make them with construct_verifiable_medical_problems.py and pass its *_final_<N>.json file"
             )
         prompts = load_prompts(PROMPTS, job.language, job.prompt_dir)
-        teacher = Teacher(api)
+        teacher = Teacher(api, concurrency=args.num_process)
     except InputError as error:
         sys.exit(f"error: {error}")
     items = usable[: job.limit_num]
@@ -192,7 +192,7 @@ def main():
     store = ItemStore(f"{job.output_dir}/{task}")
     work_settings = {"efficient_search": args.efficient_search, "max_search_attempts": args.max_search_attempts,
                      "max_search_depth": args.max_search_depth, "seed": args.seed, "language": job.language}
-    entries, this_run = run_items(search, items, store, work_settings, teacher, args.num_process, "search")
+    entries, this_run = run_items(search, items, store, work_settings, teacher, "search")
 
     sft_rows = [
         {key: entry["record"][key] for key in ("Question", "Complex_CoT", "Response")}

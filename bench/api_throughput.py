@@ -8,7 +8,7 @@ openai client sending the same number of requests from W threads (no parsing, no
 stand-in server runs on the same CPU cores, so on a busy 2-core machine both fall short of the ideal.
 
 Usage:
-    python bench/api_throughput.py [--workers 16] [--latency_ms 100] [--items 480]
+    python bench/api_throughput.py [--workers 16] [--latency_ms 100] [--items 960]
 """
 
 import argparse
@@ -59,7 +59,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--latency_ms", type=float, default=100.0)
-    parser.add_argument("--items", type=int, default=480)
+    parser.add_argument("--items", type=int, default=960)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:

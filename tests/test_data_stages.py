@@ -332,3 +332,16 @@ def test_the_seed_commands_work_as_typed_on_the_demo_data(start_teacher, tmp_pat
     # stage A's output chains into stage B as well
     run(SEARCH, ["--data_path", final[0], "--model_name", "gpt-4o"], teacher, cwd=tmp_path)
     assert any(re.fullmatch(rf"demo_data_final_\d+_CoT_search_{len(problems)}\.json", n) for n in os.listdir(tmp_path))
+
+
+def test_no_more_than_num_process_requests_are_in_flight(start_teacher, tmp_path):
+    # The server holds each request 60 ms, so 4 arrivals less than 60 ms apart would mean 4 in flight.
+    items = make_items(24)
+    teacher = start_teacher(answer_key=items, latency_ms=60)
+    main, _, _ = outputs_of(tmp_path, "problems")
+    run(CONSTRUCT, ["--data_path", write_json(tmp_path / "mcq.json", items), "--filter_data", "--output_path", main,
+                    "--output_dir", tmp_path / "p"] + FAST + ["--num_process", "3"], teacher)
+    arrivals = sorted(call["time"] for call in teacher.stats()["calls"])
+    assert len(arrivals) == 48
+    assert min(later - earlier for earlier, later in zip(arrivals, arrivals[3:])) >= 0.055
+    assert len(read_json(main)) == 24
