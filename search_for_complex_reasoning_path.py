@@ -148,6 +148,7 @@ def main():
             verdict = teacher.ask("verify", prompt, parse_true_false, trace)
             record["verifications"].append({"response": conclusion, "reference_answer": reference, "verdict": verdict})
             state["verify"].append(verdict)
+            record.update(state)  # kept up to date, so a failed item still shows how far it got
             return verdict
 
         def continue_trace(state, step, template, response_type, **values):
@@ -155,11 +156,13 @@ def main():
             new_actions = teacher.ask(step, render(template, question=question, reasoning=reasoning, **values), parse_trace, trace)
             state["Long_CoT"] = state["Long_CoT"][:-1] + new_actions  # the new actions replace the last Verification
             state["response_type"].append(response_type)
+            record.update(state)
 
         first = teacher.ask("reason", render(prompts["reason"], question=question), parse_trace, trace)
         initial = {"Long_CoT": first, "verify": [], "response_type": ["Init_CoT"]}
         verify(initial)
         state, prior_fail_try = copy.deepcopy(initial), []
+        record["prior_fail_try"] = prior_fail_try
         for attempt in range(args.max_search_attempts):
             if attempt > 0:
                 prior_fail_try.append(state)
@@ -177,7 +180,6 @@ def main():
             continue_trace(state, "label hint", prompts["label_hint"], "Label_CoT", reference_answer=reference)
             state["verify"].append(True)  # the answer was shown: counts as verified, not checked
         record.update(state)
-        record["prior_fail_try"] = prior_fail_try
         if not state["verify"][-1]:
             return "unverified"
 

@@ -59,6 +59,9 @@ def test_thirty_percent_mixed_faults_on_200_items_lose_and_duplicate_nothing(sta
     check_complete(records, problems, {"verified", "verified_with_label", "unverified"})
     assert_calls_match(summary["calls"], server)
     assert server["total"] > 4 * len(problems)
+    for r in records:  # a failure after the first trace still shows the search so far
+        if r["outcome"] == "failed" and r["verifications"]:
+            assert len(r["verify"]) >= len(r["verifications"]) > 0 and r["Long_CoT"]
     rows = read_json(sft_path)
     assert len(rows) == sum(r["outcome"].startswith("verified") for r in records)
     assert len({row["Question"] for row in rows}) == len(rows)

@@ -166,6 +166,12 @@ def test_search_paths_right_at_once_fixed_by_a_strategy_and_fixed_by_the_label_r
     assert stats["calls"] == teacher.stats()["total"]
 
 
+def test_efficient_search_rejects_values_that_are_not_booleans(tmp_path):
+    result = run(SEARCH, ["--data_path", write_json(tmp_path / "p.json", as_problems(make_items(1))),
+                          "--efficient_search", "maybe"], check=False)
+    assert result.returncode == 2 and "--efficient_search" in result.stderr and "maybe" in result.stderr
+
+
 @pytest.mark.parametrize("flag", ["False", "false", "0"])
 def test_efficient_search_off_leaves_the_item_unverified_and_out_of_the_sft_file(start_teacher, tmp_path, flag):
     items = make_items(2, rounds=[1, -1])
