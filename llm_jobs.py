@@ -1,0 +1,389 @@
+"""What the two data stages share: ask a teacher LLM, parse its replies, keep per-item progress.
+
+construct_verifiable_medical_problems.py and search_for_complex_reasoning_path.py both send many
+prompts per input item to an OpenAI-compatible endpoint and must survive rate limits, bad replies
+and crashes. This module holds that machinery so each script only says what to ask:
+
+- ApiArguments / JobArguments: the flags both scripts take.
+- load_prompts / render: prompt templates from files (prompts/<language>/ or the user's folder).
+- Teacher: one shared openai client (its own retry/backoff on 429, 5xx, timeouts), counts every
+  HTTP call and token, retries replies that do not parse, redacts the API key from every message.
+- parse_json_object: JSON out of a reply that may wrap it in a ```json fence or prose.
+- ItemStore / run_items: each finished item is written atomically to its own file, so a rerun skips
+  finished items, retries failed ones, and a kill -9 loses only the items in flight.
+- write_outputs: the merged output files plus a run summary, printed for the user.
+"""
+
+import copy
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import openai
+from tqdm import tqdm
+
+from pipeline_io import InputError, looks_like_hub_id, write_json_atomic
+
+PROMPTS_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompts")
+
+
+@dataclass
+class ApiArguments:
+    model_name: str = field(default="gpt-4o", metadata={"help": "Model name sent to the endpoint."})
+    api_url: str = field(
+        default="https://api.openai.com/v1",
+        metadata={"help": "Any OpenAI-compatible endpoint: a base URL (.../v1) or a full .../chat/completions URL."},
+    )
+    api_key: Optional[str] = field(
+        default=None,
+        metadata={"help": "API key. Prefer the OPENAI_API_KEY environment variable (a flag is visible in `ps`)."},
+    )
+    max_retries: int = field(
+        default=6, metadata={"help": "HTTP retries per call on 429/5xx/timeouts/connection errors (the client's exponential backoff, honouring retry-after)."}
+    )
+    timeout: float = field(default=120.0, metadata={"help": "Seconds before one HTTP call times out (then it is retried)."})
+    parse_attempts: int = field(
+        default=3, metadata={"help": "How many times a prompt is sent when the reply cannot be parsed (the original: 2)."}
+    )
+    temperature: Optional[float] = field(default=None, metadata={"help": "Sampling temperature; unset = the endpoint's default."})
+
+
+@dataclass
+class JobArguments:
+    data_path: str = field(default=None, metadata={"help": "Local .json/.jsonl list of items, or a Hugging Face dataset id."})
+    output_path: Optional[str] = field(
+        default=None, metadata={"help": "Where to write the merged output (default: the original's name, in the current folder)."}
+    )
+    output_dir: str = field(default="output_data", metadata={"help": "Folder for per-item progress files (one sub-folder per task)."})
+    limit_num: Optional[int] = field(default=None, metadata={"help": "Only process the first N items."})
+    language: str = field(default="en", metadata={"help": "Language of the generated text.", "choices": ["en", "zh"]})
+    prompt_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "Folder with your own prompt templates (same file names as prompts/en/); missing files fall back to the built-in ones."},
+    )
+
+
+# ---- prompts --------------------------------------------------------------------------------
+
+
+def load_prompts(required, language="en", prompt_dir=None):
+    """required: {template name: [placeholders it must contain]} -> {name: template text}."""
+    prompts = {}
+    for name, placeholders in required.items():
+        candidates = ([os.path.join(prompt_dir, f"{name}.txt")] if prompt_dir else []) + [
+            os.path.join(PROMPTS_ROOT, language, f"{name}.txt")
+        ]
+        path = next((p for p in candidates if os.path.isfile(p)), None)
+        if path is None:
+            raise InputError(f"prompt template '{name}.txt' not found in {' or '.join(os.path.dirname(p) for p in candidates)}")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        missing = [p for p in placeholders if "{" + p + "}" not in text]
+        if missing:
+            raise InputError(f"{path}: the template lacks the placeholder(s) {', '.join('{' + p + '}' for p in missing)}")
+        prompts[name] = text
+    return prompts
+
+
+def render(template, **values):
+    """Fill {name} placeholders in one pass (text filled in is never scanned again); other braces stay."""
+    return re.sub(r"\{(\w+)\}", lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), template)
+
+
+# ---- replies --------------------------------------------------------------------------------
+
+
+def parse_json_object(text):
+    """The JSON object in a reply: plain, inside a ```json fence, or between prose. Raises ValueError."""
+    text = (text or "").strip()
+    candidates = [text]
+    candidates += re.findall(r"```(?:json|JSON)?\s*(.*?)```", text, flags=re.DOTALL)
+    if "{" in text and "}" in text:
+        candidates.append(text[text.index("{"): text.rindex("}") + 1])
+    for candidate in candidates:
+        try:
+            value = json.loads(candidate, strict=False)  # strict=False: raw newlines inside strings
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            return value
+    raise ValueError(f"no JSON object found in the reply ({text[:80]!r}...)")
+
+
+class ItemFailed(Exception):
+    """An item that cannot be finished; the message is the reason recorded with it."""
+
+
+def api_base_url(api_url):
+    """Accept a base URL or a full chat-completions URL (the original took the latter)."""
+    url = api_url.rstrip("/")
+    return url[: -len("/chat/completions")] if url.endswith("/chat/completions") else url
+
+
+class ItemTrace:
+    """What one item cost and said: calls, tokens, and every query with its reply (for audit)."""
+
+    def __init__(self):
+        self.calls = self.prompt_tokens = self.completion_tokens = 0
+        self.log = []
+
+
+class Teacher:
+    """One openai client shared by all worker threads: at most `concurrency` requests at once; counts calls and tokens."""
+
+    def __init__(self, args: ApiArguments, concurrency=1):
+        self.api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
+        if not self.api_key:
+            raise InputError("no API key: set the OPENAI_API_KEY environment variable (or pass --api_key)")
+        self.args = args
+        self.concurrency = max(1, concurrency)  # requests in flight at once (--num_process)
+        self.client = openai.OpenAI(
+            base_url=api_base_url(args.api_url), api_key=self.api_key, max_retries=args.max_retries, timeout=args.timeout
+        )
+        self.lock = threading.Lock()
+        self.slots = threading.BoundedSemaphore(self.concurrency)
+        self.calls = self.prompt_tokens = self.completion_tokens = 0
+
+    def redact(self, text):
+        return str(text).replace(self.api_key, "***") if self.api_key else str(text)
+
+    def _count(self, trace, calls, prompt_tokens=0, completion_tokens=0):
+        trace.calls += calls
+        trace.prompt_tokens += prompt_tokens
+        trace.completion_tokens += completion_tokens
+        with self.lock:
+            self.calls += calls
+            self.prompt_tokens += prompt_tokens
+            self.completion_tokens += completion_tokens
+
+    def _http_calls_spent(self, error):
+        """The client retried this error max_retries times before giving up, or not at all."""
+        retryable = isinstance(error, openai.APIConnectionError) or (
+            isinstance(error, openai.APIStatusError) and (error.status_code in (408, 409, 429) or error.status_code >= 500)
+        )
+        return self.args.max_retries + 1 if retryable else 1
+
+    def complete(self, prompt, trace):
+        """One chat completion (with the client's retries); returns the reply text."""
+        extra = {} if self.args.temperature is None else {"temperature": self.args.temperature}
+        try:
+            with self.slots:
+                raw = self.client.chat.completions.with_raw_response.create(
+                    model=self.args.model_name, messages=[{"role": "user", "content": prompt}], **extra
+                )
+            completion = raw.parse()
+        except openai.OpenAIError as error:
+            self._count(trace, self._http_calls_spent(error))
+            raise
+        usage = completion.usage
+        self._count(
+            trace, 1 + raw.retries_taken,
+            (usage.prompt_tokens or 0) if usage else 0, (usage.completion_tokens or 0) if usage else 0,
+        )
+        return completion.choices[0].message.content or "" if completion.choices else ""
+
+    def ask(self, step, prompt, parse, trace):
+        """Send prompt until parse(reply) succeeds (at most parse_attempts times); log every exchange.
+
+        parse raises ValueError for an unusable reply. Raises ItemFailed with the reason otherwise.
+        """
+        problem = None
+        for _ in range(self.args.parse_attempts):
+            try:
+                reply = self.complete(prompt, trace)
+            except openai.OpenAIError as error:
+                spent = self._http_calls_spent(error)
+                raise ItemFailed(self.redact(f"{step}: {type(error).__name__} after {spent} HTTP call(s): {error}")) from None
+            try:
+                value = parse(reply)
+            except ValueError as error:
+                problem = error
+                trace.log.append({"step": step, "query": prompt, "reply": reply, "parsed": False})
+                continue
+            trace.log.append({"step": step, "query": prompt, "reply": reply, "parsed": True})
+            return value
+        raise ItemFailed(self.redact(f"{step}: no usable reply after {self.args.parse_attempts} attempt(s) ({problem})"))
+
+
+# ---- per-item progress ----------------------------------------------------------------------
+
+
+def task_name_of(data_path):
+    """The original's task name: the input file name without extension (hub ids: org_name)."""
+    if looks_like_hub_id(data_path):
+        return data_path.replace("/", "_").replace(":", "_")
+    return re.sub(r"\.(jsonl|json)$", "", os.path.basename(data_path))
+
+
+def _digest(obj):
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def item_keys(items):
+    """A key per item from its content (so inserting or reordering rows keeps finished work findable);
+    repeated identical items get -1, -2, ... appended."""
+    keys, seen = [], Counter()
+    for item in items:
+        digest = _digest(item)
+        keys.append(digest if not seen[digest] else f"{digest}-{seen[digest]}")
+        seen[digest] += 1
+    return keys
+
+
+def fingerprint(item, settings):
+    """Identifies the work an item file holds: the item itself and the settings that change the result."""
+    return _digest([item, settings])
+
+
+class ItemStore:
+    """One JSON file per input item in `folder` (named by its key), written atomically (old file or new, never half)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        os.makedirs(folder, exist_ok=True)
+        for name in os.listdir(folder):  # temp files of writes a crash interrupted
+            if name.startswith(".tmp-"):
+                os.remove(os.path.join(folder, name))
+
+    def path(self, key):
+        return os.path.join(self.folder, f"{key}.json")
+
+    def load(self, key):
+        try:
+            with open(self.path(key), encoding="utf-8") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+        except json.JSONDecodeError:  # only possible if someone edited it by hand
+            return None
+
+    def save(self, key, entry):
+        write_json_atomic(self.path(key), entry)
+
+
+def run_items(work, items, store, settings, teacher, desc):
+    """Run work(record, trace, key) -> outcome for every item not finished yet.
+
+    record starts as a copy of the item; work adds its results to it (kept even when the item fails).
+
+    A finished item (status "done", same settings) is never sent again; a failed one is retried.
+    Returns the entries of all items in input order, and the counts of this run.
+    """
+    entries, pending, stale = {}, [], 0
+    for key, item in zip(item_keys(items), items):
+        entry = store.load(key)
+        if entry is not None and entry.get("fingerprint") != fingerprint(item, settings):
+            stale, entry = stale + 1, None  # the settings changed: redo it
+        if entry is not None and entry["status"] == "done":
+            entries[key] = entry
+        else:
+            pending.append((key, item))
+    resumed = len(entries)
+    if resumed or stale:
+        print(f"{desc}: {resumed} item(s) already finished in {store.folder} (skipped), {len(pending)} to do"
+              + (f", {stale} redone because the input or settings changed" if stale else ""), flush=True)
+
+    def one(key, item):
+        trace, record = ItemTrace(), copy.deepcopy(item)
+        try:
+            outcome = work(record, trace, key)
+            status, reason = "done", None
+        except ItemFailed as error:
+            outcome, status, reason = "failed", "failed", str(error)
+        except Exception as error:  # a bug or an unexpected reply shape: record it, never drop the item
+            outcome, status = "failed", "failed"
+            reason = teacher.redact(f"unexpected {type(error).__name__}: {error}")
+        record["outcome"] = outcome
+        if reason:
+            record["failure_reason"] = reason
+        record["llm_log"] = trace.log
+        entry = {
+            "key": key, "fingerprint": fingerprint(item, settings), "status": status, "outcome": outcome,
+            "reason": reason, "calls": trace.calls, "prompt_tokens": trace.prompt_tokens,
+            "completion_tokens": trace.completion_tokens, "record": record,
+        }
+        store.save(key, entry)
+        return entry
+
+    started = time.time()
+    done = failed = 0
+    # A few more threads than request slots keep every slot busy while a thread parses or writes a file.
+    with ThreadPoolExecutor(max_workers=teacher.concurrency + 4) as pool, tqdm(total=len(pending), desc=desc, unit="item") as bar:
+        futures = [pool.submit(one, key, item) for key, item in pending]
+        try:
+            for future in as_completed(futures):
+                entry = future.result()
+                entries[entry["key"]] = entry
+                done += entry["status"] == "done"
+                failed += entry["status"] == "failed"
+                bar.update(1)
+                bar.set_postfix(done=done, failed=failed, calls=teacher.calls,
+                                tokens=teacher.prompt_tokens + teacher.completion_tokens, refresh=False)
+        except KeyboardInterrupt:
+            for future in futures:
+                future.cancel()
+            raise
+    elapsed = time.time() - started
+    this_run = {
+        "items_resumed": resumed, "items_processed": len(pending), "items_redone_stale": stale,
+        "calls": teacher.calls, "prompt_tokens": teacher.prompt_tokens, "completion_tokens": teacher.completion_tokens,
+        "elapsed_s": round(elapsed, 3), "items_per_s": round(len(pending) / elapsed, 3) if elapsed > 0 and pending else None,
+    }
+    return [entries[key] for key in item_keys(items)], this_run
+
+
+# ---- outputs --------------------------------------------------------------------------------
+
+
+def summarise(stage, entries, this_run, outputs, settings, skipped=0):
+    outcomes = Counter(entry["outcome"] for entry in entries)
+    reasons = Counter(entry["reason"].split(":")[0] for entry in entries if entry["status"] == "failed")
+    return {
+        "stage": stage,
+        "items": len(entries),
+        "skipped_input_rows": skipped,
+        "by_outcome": dict(sorted(outcomes.items())),
+        "failed_by_step": dict(sorted(reasons.items())),
+        "calls": sum(entry["calls"] for entry in entries),
+        "prompt_tokens": sum(entry["prompt_tokens"] for entry in entries),
+        "completion_tokens": sum(entry["completion_tokens"] for entry in entries),
+        "this_run": this_run,
+        "outputs": outputs,
+        "settings": settings,
+    }
+
+
+def public_settings(*argument_groups):
+    """All flags, for the summary: never the API key."""
+    settings = {}
+    for group in argument_groups:
+        settings.update(asdict(group))
+    settings.pop("api_key", None)
+    return settings
+
+
+def write_outputs(output_path, main_rows, entries, summary):
+    """Write the main output, all records (incl. filtered/failed, with their reasons) and the summary."""
+    stem = output_path[:-5] if output_path.endswith(".json") else output_path
+    records_path, summary_path = f"{stem}_records.json", f"{stem}_summary.json"
+    summary["outputs"].update({"main": output_path, "records": records_path, "summary": summary_path})
+    write_json_atomic(records_path, [entry["record"] for entry in entries])
+    write_json_atomic(output_path, main_rows)
+    write_json_atomic(summary_path, summary)
+    failed = summary["by_outcome"].get("failed", 0)
+    print(f"items by outcome: {summary['by_outcome']}; API calls {summary['calls']}, "
+          f"tokens {summary['prompt_tokens']} prompt + {summary['completion_tokens']} completion", flush=True)
+    if failed:
+        print(f"{failed} item(s) failed (reasons in the records file); rerun the same command to retry only those.", flush=True)
+    print(f"wrote {len(main_rows)} rows to {output_path}", flush=True)
+    print(f"records: {records_path}", flush=True)
+    print(f"summary: {summary_path}", flush=True)
+    return summary
