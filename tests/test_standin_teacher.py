@@ -48,9 +48,11 @@ def test_replies_follow_the_spec_formats(teacher):
     text, _ = chat(client, f"Reason with Inner Thinking, Final Conclusion, Verification.\n{q}")
     cot = json.loads(text)["CoT"]
     assert [a["action"] for a in cot[-3:]] == ["Inner Thinking", "Final Conclusion", "Verification"]
-    assert WRONG_GUESS_MARK in cot[-2]["content"] and "Bladder cancer" not in cot[-2]["content"]
+    assert cot[-2]["content"] == "The answer is Renal stone." and WRONG_GUESS_MARK in cot[0]["title"]
     verdict, _ = chat(client, f"Does this match? Answer True or False.\n{cot[-2]['content']}\nReference: Bladder cancer")
     assert verdict == "False"
+    verdict, _ = chat(client, f"Does this match? Answer True or False.\nThe answer is renal  stone.\nReference: Folate deficiency")
+    assert verdict == "True"  # only the wrong options of the item whose reference is shown count
     text, _ = chat(client, f"Continue with Inner Thinking, Final Conclusion.\n{q}\n{json.dumps(cot)}")
     fixed = json.loads(text)["CoT"]
     assert fixed[0]["action"] == "Verification" and fixed[-2]["content"] == "The answer is Bladder cancer."
@@ -64,11 +66,11 @@ def test_replies_follow_the_spec_formats(teacher):
     assert "Bladder cancer" in text
 
     stats = teacher.stats()
-    assert stats["total"] == 9
-    assert stats["by_kind"] == {"cot": 2, "filter": 2, "natural": 1, "reformat": 1, "response": 1, "verify": 2}
-    assert stats["by_outcome"] == {"ok": 9}
+    assert stats["total"] == 10
+    assert stats["by_kind"] == {"cot": 2, "filter": 2, "natural": 1, "reformat": 1, "response": 1, "verify": 3}
+    assert stats["by_outcome"] == {"ok": 10}
     # Every call that quoted a question is attributed to it; the verification prompts quote none.
-    assert [call["question"] is None for call in stats["calls"]] == [False] * 4 + [True, False, True, False, False]
+    assert [call["question"] is None for call in stats["calls"]] == [False] * 4 + [True, True, False, True, False, False]
 
 
 def test_label_hint_makes_the_answer_right_at_once(start_teacher):
@@ -77,7 +79,7 @@ def test_label_hint_makes_the_answer_right_at_once(start_teacher):
     client = OpenAI(base_url=teacher.base_url, api_key="k", max_retries=0)
     q = items[0]["question"]
     text, _ = chat(client, f"Inner Thinking then Final Conclusion.\n{q}")
-    assert WRONG_GUESS_MARK in json.loads(text)["CoT"][-2]["content"]
+    assert json.loads(text)["CoT"][-2]["content"] == "The answer is Renal stone."
     text, _ = chat(client, f"Inner Thinking then Final Conclusion. The reference answer is Bladder cancer.\n{q}")
     assert json.loads(text)["CoT"][-2]["content"] == "The answer is Bladder cancer."
 

@@ -14,10 +14,13 @@ What a request asks for is recognised from the fixed words the prompts must cont
     response   anything else                  -> a short final answer in prose
 
 Scripted reasoning: a question is answered correctly once the prompt already holds as many wrong
-guesses (each marked WRONG_GUESS_MARK) as the item's `standin_rounds_to_correct` (an int, or -1 for
-never; default from a hash of the question), or at once when the prompt reveals the answer (the
-label-hinted round). A verification is "False" exactly when the prompt holds a wrong guess, so
-verification prompts should show only the latest conclusion. Filter verdicts come from the item's
+rounds (each marked WRONG_GUESS_MARK in an Inner Thinking title) as the item's
+`standin_rounds_to_correct` (an int, or -1 for never; default from a hash of the question), or at
+once when the prompt reveals the answer (the label-hinted round). A wrong round concludes "The answer
+is <a wrong option>." A verification compares like a careful grader would: it is "False" exactly when
+the prompt holds an item's reference answer and "the answer is <one of that item's wrong options>",
+so verification prompts should show only the latest conclusion and the reference. The verdicts are
+therefore honest labels for training a verifier. Filter verdicts come from the item's
 `standin_filter`, else "Ambiguous Answer" for NOT/EXCEPT questions, else "Pass".
 
 Faults (`--fault_rate`, `--faults`): 429 (with retry-after-ms), 500, timeout (sleeps --timeout_sleep_s
@@ -60,6 +63,18 @@ class AnswerKey:
     def __init__(self, items):
         self.items = [item for item in items if item.get("question")]
         self._stems = [_normalise(item["question"])[:80] for item in self.items]
+
+    def names_a_wrong_option(self, prompt):
+        """True when the prompt holds an item's reference answer and concludes on another of its options."""
+        text = _normalise(prompt)
+        for item in self.items:
+            answer = _normalise(item.get("answer", ""))
+            if not answer or answer not in text:
+                continue
+            for option in (item.get("options") or {}).values():
+                if _normalise(option) != answer and f"the answer is {_normalise(option)}" in text:
+                    return True
+        return False
 
     def find(self, prompt):
         text = _normalise(prompt)
@@ -135,22 +150,20 @@ class Teacher:
             label_round = item is not None and _normalise(answer) in _normalise(prompt)
             rounds = self._rounds_to_correct(item) if item else -1
             correct = label_round or (rounds >= 0 and wrong_so_far >= rounds)
-            conclusion = (
-                f"The answer is {answer}." if correct
-                else f"The answer is {self._wrong_option(item or {}, wrong_so_far)}. {WRONG_GUESS_MARK}"
-            )
+            conclusion = f"The answer is {answer if correct else self._wrong_option(item or {}, wrong_so_far)}."
+            first_title = "Key findings" if correct else f"Key findings {WRONG_GUESS_MARK}"
             actions = []
             if wrong_so_far:
                 actions.append({"action": "Verification", "content": "The previous conclusion does not hold up; I revisit it."})
             actions += [
-                {"action": "Inner Thinking", "title": "Key findings", "content": f"Restating the problem: {stem}"},
+                {"action": "Inner Thinking", "title": first_title, "content": f"Restating the problem: {stem}"},
                 {"action": "Inner Thinking", "title": "Weighing options", "content": "I compare the likely causes against the findings."},
                 {"action": "Final Conclusion", "content": conclusion},
                 {"action": "Verification", "content": "Checking the conclusion against the findings, it is consistent."},
             ]
             return {"CoT": actions}, True
         if kind == "verify":
-            return ("False" if WRONG_GUESS_MARK in prompt else "True"), False
+            return ("False" if self.key.names_a_wrong_option(prompt) else "True"), False
         return f"Based on the findings, the answer is {answer}. This fits the presentation best.", False
 
     def present(self, payload, is_json, wrap):
