@@ -118,12 +118,15 @@ class PromptBuilder:
         if self.client_template and not self.tokenizer.chat_template:
             raise InputError(f"{args.model_name}: the tokenizer has no chat template; pass --use_chat_template False")
 
+    def count(self, text):
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def user_prompt(self, item):
         options = "\n".join(f"{letter}. {text}" for letter, text in item["options"].items())
         render = lambda question: self.template.format(question=question, options=options)  # noqa: E731
         question = item["question"]
         if self.max_tokens > 0:
-            count = lambda text: len(self.tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+            count = self.count
             question_ids = self.tokenizer(question, add_special_tokens=False)["input_ids"]
             # Keep the instruction and the options whole: only the question gives way.
             budget = self.max_tokens - (count(render(question)) - len(question_ids))
@@ -205,6 +208,11 @@ def main(args):
     build_prompt = PromptBuilder(args)
     for item in items:
         item["prompt"] = build_prompt(item)
+    if args.max_tokens > 0:
+        over = sum(build_prompt.count(build_prompt.user_prompt(item)) > args.max_tokens for item in items)
+        if over:
+            print(f"warning: {over} prompts exceed --max_tokens {args.max_tokens} even with the question cut away "
+                  "(the instruction and options are never cut)", file=sys.stderr)
 
     os.makedirs(args.output_dir, exist_ok=True)
     stem = os.path.join(args.output_dir, output_stem(args))
