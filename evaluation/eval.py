@@ -128,10 +128,11 @@ class PromptBuilder:
         if self.max_tokens > 0:
             count = self.count
             question_ids = self.tokenizer(question, add_special_tokens=False)["input_ids"]
-            # Keep the instruction and the options whole: only the question gives way.
-            budget = self.max_tokens - (count(render(question)) - len(question_ids))
+            # Keep the instruction and the options whole: only the question gives way. Token counts
+            # are not quite additive at the seams, so shorten one more token until it fits.
+            budget = max(0, self.max_tokens - (count(render(question)) - len(question_ids)))
             while count(render(question)) > self.max_tokens and budget >= 0:
-                question = self.tokenizer.decode(question_ids[: max(budget, 0)])
+                question = self.tokenizer.decode(question_ids[:budget])
                 budget -= 1
         return render(question)
 
@@ -230,16 +231,22 @@ def main(args):
             if new_file:
                 partial.write(json.dumps({"settings": settings}) + "\n")
             futures = {pool.submit(ask, client, args, item["prompt"]): item for item in pending}
-            for future in tqdm(as_completed(futures), total=len(futures), desc="questions"):
-                item = futures[future]
-                try:
-                    output = future.result()
-                except Exception as e:  # after the client's own retries: leave it for a rerun
-                    failures.append(f"{item['id']}: {type(e).__name__}: {e}")
-                    continue
-                done[item["id"]] = {"id": item["id"], "output": output}
-                partial.write(json.dumps(done[item["id"]], ensure_ascii=False) + "\n")
-                partial.flush()
+            try:
+                for future in tqdm(as_completed(futures), total=len(futures), desc="questions"):
+                    item = futures[future]
+                    try:
+                        output = future.result()
+                    except Exception as e:  # after the client's own retries: leave it for a rerun
+                        failures.append(f"{item['id']}: {type(e).__name__}: {e}")
+                        continue
+                    done[item["id"]] = {"id": item["id"], "output": output}
+                    partial.write(json.dumps(done[item["id"]], ensure_ascii=False) + "\n")
+                    partial.flush()
+            except KeyboardInterrupt:
+                # Every finished reply is already on disk; don't wait for the requests in flight.
+                print(f"\ninterrupted: {len(done)} answers kept in {partial_path}; rerun to continue", file=sys.stderr)
+                partial.close()
+                os._exit(130)
     if failures:
         print(f"{len(failures)} requests failed (first: {failures[0]}). Answers so far are kept in "
               f"{partial_path}; run the same command again to ask only the missing ones.", file=sys.stderr)

@@ -14,5 +14,7 @@ pid_file=$(mktemp "${TMPDIR:-/tmp}/eval_server.XXXXXX")
 rm -f "$pid_file"
 # shellcheck disable=SC2086  # SERVE_ARGS is a list of flags
 "$PYTHON" "$here/serve.py" --model_path "$model" --port "$port" --pid_file "$pid_file" --log_file "$pid_file.log" ${SERVE_ARGS:-}
-trap '"$PYTHON" "$here/serve.py" --stop --pid_file "$pid_file"' EXIT
+stop_server() { "$PYTHON" "$here/serve.py" --stop --pid_file "$pid_file"; }
+trap stop_server EXIT
+trap 'exit 130' INT TERM  # so that Ctrl-C or a kill also runs the EXIT trap
 "$PYTHON" "$here/eval.py" --model_name "$model" --port "$port" "$@"

@@ -70,6 +70,10 @@ def test_max_tokens_cuts_only_the_question(tiny_models):
     assert cut.startswith("Please answer the following multiple-choice question:\nThe patient presents")
     assert cut.endswith("D. Alport syndrome")
     assert "most likely diagnosis" not in cut  # the end of the long question went
+    # A limit below the instruction and options: the question goes entirely, nothing else does.
+    tight = PromptBuilder(parse("--model_name", model, "--eval_file", "x", "--use_chat_template", "False", "--max_tokens", "10"))(long_item)
+    assert tight == ("Please answer the following multiple-choice question:\n\nA. Minimal change disease\nB. IgA nephropathy\n"
+                     "C. Post-streptococcal glomerulonephritis\nD. Alport syndrome")
     # Prompts within the limit are left alone.
     short = PromptBuilder(parse("--model_name", model, "--eval_file", "x", "--use_chat_template", "False"))(ITEM)
     roomy = parse("--model_name", model, "--eval_file", "x", "--use_chat_template", "False", "--max_tokens", str(count(short)))
