@@ -156,7 +156,7 @@ def make_client(args):
 
 
 def ask(client, args, prompt):
-    """One prompt, one request; returns the reply text ('' when the server sent nothing)."""
+    """One prompt, one request; returns {output ('' when the server sent nothing), completion_tokens, finish_reason}."""
     common = dict(
         model=args.served_model_name or args.model_name,
         max_tokens=args.max_new_tokens,
@@ -166,9 +166,12 @@ def ask(client, args, prompt):
     )
     if args.request_mode == "chat":
         reply = client.chat.completions.create(messages=[{"role": "user", "content": prompt}], **common)
-        return reply.choices[0].message.content or ""
-    reply = client.completions.create(prompt=prompt, **common)
-    return reply.choices[0].text or ""
+        output = reply.choices[0].message.content
+    else:
+        reply = client.completions.create(prompt=prompt, **common)
+        output = reply.choices[0].text
+    tokens = reply.usage.completion_tokens if reply.usage else None
+    return {"output": output or "", "completion_tokens": tokens, "finish_reason": reply.choices[0].finish_reason}
 
 
 def output_stem(args):
@@ -235,11 +238,11 @@ def main(args):
                 for future in tqdm(as_completed(futures), total=len(futures), desc="questions"):
                     item = futures[future]
                     try:
-                        output = future.result()
+                        answer = future.result()
                     except Exception as e:  # after the client's own retries: leave it for a rerun
                         failures.append(f"{item['id']}: {type(e).__name__}: {e}")
                         continue
-                    done[item["id"]] = {"id": item["id"], "output": output}
+                    done[item["id"]] = {"id": item["id"], **answer}
                     partial.write(json.dumps(done[item["id"]], ensure_ascii=False) + "\n")
                     partial.flush()
             except KeyboardInterrupt:
@@ -254,8 +257,8 @@ def main(args):
 
     results = []
     for item in items:
-        output = done[item["id"]]["output"]
-        results.append({**item, "output": output, "verdict": scoring.score_item(item, output)})
+        answer = done[item["id"]]
+        results.append({**item, **answer, "verdict": scoring.score_item(item, answer["output"])})
     summary = report.build_report(results, settings, args.paper_row)
     write_json_atomic(stem + ".json", results)
     report.write_reports(summary, stem + "_report")

@@ -34,6 +34,16 @@ def paper_figure(source, paper_row):
     return table["rows"][paper_row][table["columns"].index(column)]
 
 
+def reply_lengths(records):
+    """Mean generated tokens and the share of replies cut by --max_new_tokens (when the server said)."""
+    tokens = [r["completion_tokens"] for r in records if r.get("completion_tokens") is not None]
+    reasons = [r["finish_reason"] for r in records if r.get("finish_reason")]
+    return {
+        "mean_completion_tokens": round(sum(tokens) / len(tokens), 1) if tokens else None,
+        "cut_at_max_new_tokens_rate": round(100.0 * reasons.count("length") / len(reasons), 2) if reasons else None,
+    }
+
+
 def build_report(results, settings, paper_row):
     """results: items with 'source' and 'verdict' (scoring.score_item). Returns the report dict."""
     by_source = {}
@@ -41,8 +51,9 @@ def build_report(results, settings, paper_row):
         by_source.setdefault(record["source"], []).append(record["verdict"])
     sources = {}
     for source, verdicts in by_source.items():
-        sources[source] = {**scoring.summarize(verdicts), "paper_table1": paper_figure(source, paper_row)}
-    overall = scoring.summarize([r["verdict"] for r in results])
+        records = [r for r in results if r["source"] == source]
+        sources[source] = {**scoring.summarize(verdicts), **reply_lengths(records), "paper_table1": paper_figure(source, paper_row)}
+    overall = {**scoring.summarize([r["verdict"] for r in results]), **reply_lengths(results)}
     return {
         "model": settings.get("model_name"),
         "settings": settings,
@@ -65,23 +76,23 @@ def markdown_table(summary):
     lines = [
         f"Model: `{summary['model']}`; accuracy in %. paper view = the original's rules (better of first/last match); "
         "first/last = our strict letter matching; no answer = nothing found without the similarity fallback "
-        "(counted wrong); empty = blank replies (counted wrong); format = exactly one `## Thinking` and one `## Final Response`.",
+        "(counted wrong); empty = blank replies (counted wrong); format = exactly one `## Thinking` and one `## Final Response`; "
+        "reply tokens = mean generated tokens.",
         "",
-        f"| source | n | ours, paper view | ours, first match | ours, last match | no answer found | empty | format | paper: {summary['paper_row']} |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| source | n | ours, paper view | ours, first match | ours, last match | no answer found | empty | format | reply tokens | paper: {summary['paper_row']} |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for source, s in summary["sources"].items():
         lines.append(
             f"| {source} | {s['n']} | {_cell(s['paper_accuracy'])} | {_cell(s['first_match_accuracy'])} | "
             f"{_cell(s['last_match_accuracy'])} | {_cell(s['no_answer_found_rate'])} | {_cell(s['empty_output_rate'])} | "
-            f"{_cell(s['format_rate'])} | "
-            f"{_cell(s['paper_table1'])} |"
+            f"{_cell(s['format_rate'])} | {_cell(s['mean_completion_tokens'])} | {_cell(s['paper_table1'])} |"
         )
     o, avg = summary["overall"], summary["average_over_sources"]
     lines.append(
         f"| **average over sources** | {o['n']} | {_cell(avg['paper_accuracy'])} | {_cell(avg['first_match_accuracy'])} | "
         f"{_cell(avg['last_match_accuracy'])} | {_cell(o['no_answer_found_rate'])} | {_cell(o['empty_output_rate'])} | "
-        f"{_cell(o['format_rate'])} | |"
+        f"{_cell(o['format_rate'])} | {_cell(o['mean_completion_tokens'])} | |"
     )
     return "\n".join(lines) + "\n"
 

@@ -59,6 +59,8 @@ def test_serve_eval_and_stop_only_our_server(tiny_models, repo_root, tmp_path):
         results = json.loads((out1 / f"{stem}.json").read_text())
         assert len(results) == 14 and len({r["id"] for r in results}) == 14
         assert all(isinstance(r["output"], str) for r in results)
+        asked = [r for r in results if r["id"] != "PubMedQA/1"]
+        assert all(1 <= r["completion_tokens"] <= 8 and r["finish_reason"] in ("length", "stop") for r in asked)
         resumed = next(r for r in results if r["id"] == "PubMedQA/1")
         assert resumed["output"] == "The answer is B." and resumed["verdict"]["honest"]["first_correct"]
         assert all(r["prompt"].startswith("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nPlease answer") for r in results)
@@ -70,6 +72,7 @@ def test_serve_eval_and_stop_only_our_server(tiny_models, repo_root, tmp_path):
         assert report["sources"]["PubMedQA"]["first_match_accuracy"] == 50.0
         assert report["sources"]["PubMedQA"]["paper_table1"] == 79.2
         assert report["format_rate"] == 0.0
+        assert report["overall"]["mean_completion_tokens"] == round(sum(r["completion_tokens"] for r in asked) / 13, 1)
         assert (out1 / f"{stem}_report.png").stat().st_size > 1000
         assert "| PubMedQA | 2 | 50.0 | 50.0 | 50.0 |" in (out1 / f"{stem}_report.md").read_text()
 
