@@ -66,6 +66,9 @@ class EvalArguments:
 
 def load_eval_items(path, max_items_per_source=-1):
     """Items from a list or a {source: [items]} dict, each with 'source' and a stable 'id'."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such file (build the benchmark file with evaluation/prepare_eval_data.py, "
+                         "or try evaluation/data/demo_eval_data.json)")
     with open(path, encoding="utf-8") as f:
         try:
             data = json.load(f)
@@ -152,7 +155,24 @@ def make_client(args):
     from openai import OpenAI
 
     base_url = args.base_url or f"http://127.0.0.1:{args.port}/v1"
+    check_server_listens(base_url)
     return OpenAI(base_url=base_url, api_key=args.api_key, max_retries=args.max_retries, timeout=args.request_timeout)
+
+
+def check_server_listens(base_url):
+    """Fail at once, with what to do, when nothing listens (rather than after every request's retries)."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    root = urllib.parse.urlsplit(base_url)
+    try:
+        urllib.request.urlopen(f"{root.scheme}://{root.netloc}/health", timeout=10)
+    except urllib.error.HTTPError:
+        pass  # something answers: a server without /health is fine
+    except (urllib.error.URLError, OSError) as e:
+        raise InputError(f"no server answers at {base_url} ({e}); start one with `python evaluation/serve.py "
+                         "--model_path MODEL --port PORT`, or use evaluation/run_eval.sh") from None
 
 
 def ask(client, args, prompt):
@@ -233,6 +253,7 @@ def main(args):
         with open(partial_path, "a", encoding="utf-8") as partial, ThreadPoolExecutor(min(args.batch_size, MAX_THREADS, len(pending))) as pool:
             if new_file:
                 partial.write(json.dumps({"settings": settings}) + "\n")
+                partial.flush()
             futures = {pool.submit(ask, client, args, item["prompt"]): item for item in pending}
             try:
                 for future in tqdm(as_completed(futures), total=len(futures), desc="questions"):
@@ -262,7 +283,8 @@ def main(args):
     summary = report.build_report(results, settings, args.paper_row)
     write_json_atomic(stem + ".json", results)
     report.write_reports(summary, stem + "_report")
-    os.remove(partial_path)
+    if os.path.exists(partial_path):
+        os.remove(partial_path)
     print(report.markdown_table(summary))
     print(f"wrote {stem}.json and {stem}_report.{{json,md,png}}")
     return 0

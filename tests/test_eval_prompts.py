@@ -119,3 +119,15 @@ def test_stale_pid_file_never_signals_a_recycled_pid(tmp_path):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_clear_errors_without_file_or_server(tiny_models, tmp_path, repo_root):
+    from evaluation.eval import main
+    from tools.server_process import free_port
+
+    common = ["--model_name", tiny_models["tiny-llama"], "--output_dir", str(tmp_path)]
+    with pytest.raises(InputError, match="nope.json: no such file"):
+        main(parse(*common, "--eval_file", "nope.json"))
+    with pytest.raises(InputError, match="no server answers at http://127.0.0.1:"):
+        main(parse(*common, "--eval_file", f"{repo_root}/evaluation/data/demo_eval_data.json", "--port", str(free_port())))
+    assert os.listdir(tmp_path) == []  # no partial file for a run that never started
