@@ -62,14 +62,24 @@ def _letter_matches_honest(text, letters):
     return found
 
 
-def _option_text_matches(text, options):
+def _option_text_matches(text, options, whole_words):
+    """(position, letter) of the first and last place each option's text occurs (case-insensitive).
+
+    whole_words (honest view): the text must not sit inside a longer word, so the PubMedQA option
+    "no" is not found in "not" or "know".
+    """
     lowered = text.lower()
     found = []
     for letter, option_text in options.items():
         needle = str(option_text).strip().lower()
-        if needle and needle in lowered:
-            found.append((lowered.index(needle), letter))
-            found.append((lowered.rindex(needle), letter))
+        if not needle:
+            continue
+        if whole_words:
+            spots = [m.start() for m in re.finditer(rf"(?<![a-z0-9]){re.escape(needle)}(?![a-z0-9])", lowered)]
+        else:
+            spots = [m.start() for m in re.finditer(re.escape(needle), lowered)]
+        if spots:
+            found += [(spots[0], letter), (spots[-1], letter)]
     return sorted(found)
 
 
@@ -108,7 +118,7 @@ def extract_answers(output, options, view):
     for rule, hits in (
         ("answer_phrase", phrase_hits),
         ("letter", letter_rule(text, letters)),
-        ("option_text", _option_text_matches(text, options)),
+        ("option_text", _option_text_matches(text, options, whole_words=view == "honest")),
     ):
         if hits:
             return hits[0][1], hits[-1][1], rule

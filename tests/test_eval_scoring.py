@@ -82,6 +82,15 @@ def test_no_answer_at_all_and_empty():
         assert not paper["first_correct"] and not honest["first_correct"]
 
 
+def test_option_text_must_be_a_whole_word_in_the_honest_view():
+    yes_no_maybe = {"A": "yes", "B": "no", "C": "maybe"}
+    paper, honest, _ = views("We cannot know this for certain.", yes_no_maybe, "C")
+    assert (paper["first"], paper["rule"]) == ("B", "option_text")  # "no" inside "cannot" and "know"
+    assert honest["rule"] == "none"
+    paper, honest, _ = views("Probably not; the answer would be no.", yes_no_maybe, "B")
+    assert (honest["first"], honest["last"], honest["rule"]) == ("B", "B", "option_text")
+
+
 def test_article_a_is_not_option_a():
     paper, honest, _ = views("A viral rash: think of measles.", FOUR, "B")
     assert paper["first"] == honest["first"] == "B"
