@@ -129,3 +129,35 @@ def test_both_views_numbers_on_a_set():
 def test_unknown_view_is_an_error():
     with pytest.raises(ValueError):
         scoring.extract_answers("A", FOUR, "lenient")
+
+
+def test_report_cli_rescores_a_results_file(tmp_path, repo_root):
+    import json
+    import subprocess
+    import sys
+
+    results = [
+        {"id": "MedMCQA_validation/0", "source": "MedMCQA_validation", "options": FOUR, "answer_idx": "B",
+         "output": "## Thinking\n\nspots\n\n## Final Response\n\nThe answer is B.", "completion_tokens": 12, "finish_reason": "stop"},
+        {"id": "MedMCQA_validation/1", "source": "MedMCQA_validation", "options": FOUR, "answer_idx": "A",
+         "output": "I think it is D", "completion_tokens": 30, "finish_reason": "length"},
+        {"id": "GPQA_Medical/0", "source": "GPQA_Medical", "options": FOUR, "answer_idx": "C", "output": "",
+         "completion_tokens": 0, "finish_reason": "stop"},
+    ]
+    path = tmp_path / "m_api_x.json"
+    path.write_text(json.dumps(results))
+    done = subprocess.run([sys.executable, "evaluation/report.py", str(path), "--paper_row", "LLaMA-3.1-8B-Instruct"],
+                          cwd=repo_root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "m_api_x_report.json").read_text())
+    medmcqa = report["sources"]["MedMCQA_validation"]
+    assert (medmcqa["n"], medmcqa["first_match_accuracy"], medmcqa["format_rate"]) == (2, 50.0, 50.0)
+    assert (medmcqa["mean_completion_tokens"], medmcqa["cut_at_max_new_tokens_rate"]) == (21.0, 50.0)
+    assert medmcqa["paper_table1"] == 56.0  # LLaMA-3.1-8B-Instruct's MedMCQA
+    assert report["sources"]["GPQA_Medical"]["paper_table1"] is None  # the original's combined track: no column
+    assert report["sources"]["GPQA_Medical"]["empty_output_rate"] == 100.0
+    assert report["format_rate"] == round(100 / 3, 2)
+    assert report["average_over_sources"]["first_match_accuracy"] == 25.0
+    table = (tmp_path / "m_api_x_report.md").read_text()
+    assert "| GPQA_Medical | 1 | 0.0 | 0.0 | 0.0 | 0.0 | 100.0 | 0.0 | 0.0 | n/a |" in table
+    assert (tmp_path / "m_api_x_report.png").read_bytes()[:4] == b"\x89PNG"
