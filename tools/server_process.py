@@ -46,8 +46,10 @@ def start_server(command, health_url, log_path=None, pid_file=None, timeout_s=60
         command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
     )
     if pid_file:
+        # The start time lets a later stop tell our server from an unrelated process that
+        # got the same PID after ours exited (PIDs are recycled).
         with open(pid_file, "w") as f:
-            f.write(f"{process.pid}\n")
+            f.write(f"{process.pid} {process_start_time(process.pid) or ''}".strip() + "\n")
     try:
         wait_until_healthy(health_url, timeout_s, process)
     except BaseException:
@@ -57,6 +59,18 @@ def start_server(command, health_url, log_path=None, pid_file=None, timeout_s=60
         if log_path:
             log.close()
     return process
+
+
+def process_start_time(pid):
+    """The kernel's start time of pid (clock ticks since boot, from /proc), or None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # Field 2 (the command name) may contain spaces and parentheses: split after its closing ')'.
+    fields_after_name = stat.rsplit(")", 1)[1].split()
+    return fields_after_name[19]  # field 22 of stat
 
 
 def _alive(pid):
@@ -99,12 +113,26 @@ def stop_pid(pid, grace_s=10.0):
     return True
 
 
+def read_pid_file(pid_file):
+    """(pid, start time or None) as start_server recorded them."""
+    with open(pid_file) as f:
+        fields = f.read().split()
+    return int(fields[0]), (fields[1] if len(fields) > 1 else None)
+
+
 def stop_from_pid_file(pid_file):
-    """Stop the server whose PID start_server recorded; remove the file. Returns True if one was running."""
+    """Stop the server whose PID start_server recorded; remove the file. Returns True if one was running.
+
+    If the recorded PID now belongs to a process that started at another time, the server is
+    long gone and the PID was reused: that process is left alone.
+    """
     if not os.path.exists(pid_file):
         return False
-    with open(pid_file) as f:
-        pid = int(f.read().strip())
-    stopped = stop_pid(pid)
+    pid, recorded_start = read_pid_file(pid_file)
+    current_start = process_start_time(pid)
+    if recorded_start is not None and current_start is not None and current_start != recorded_start:
+        stopped = False
+    else:
+        stopped = stop_pid(pid)
     os.remove(pid_file)
     return stopped

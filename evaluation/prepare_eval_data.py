@@ -1,0 +1,137 @@
+"""Build evaluation/data/eval_data.json ({source: [items]}) from the public benchmark datasets.
+
+Needs network access to the Hugging Face hub (run it once where you have it; offline it stops
+with a message naming the dataset). Each --<benchmark> flag also takes a local .json/.jsonl file
+of that dataset's rows, and "skip" leaves that benchmark out.
+
+Tracks (source names are the keys of the output; the report maps them to the paper's Table 1):
+    MedQA_USLME_test        MedQA-USMLE, 4 options, test split
+    MedMCQA_validation      MedMCQA, validation split (opa..opd, cop)
+    PubMedQA                PubMedQA labelled set (yes / no / maybe); --pubmedqa_test_ids limits it to
+                            the official 500-item test set (a JSON list or dict whose keys are PMIDs)
+    MMLU-Pro_Health         MMLU-Pro test, category "health" (up to 10 options)
+    MMLU-Pro_Biology        MMLU-Pro test, category "biology"
+    GPQA_Genetics           GPQA main (gated: accept its terms on the hub first), subdomain Genetics
+    GPQA_Molecular_Biology  GPQA main, subdomain Molecular Biology; GPQA has no option order, so the
+                            four answers are shuffled with --seed (the paper averaged 5 orders)
+
+Usage:
+    python evaluation/prepare_eval_data.py --output evaluation/data/eval_data.json
+"""
+
+import json
+import os
+import random
+import sys
+from dataclasses import dataclass, field
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from transformers import HfArgumentParser  # noqa: E402
+
+from pipeline_io import InputError, load_records, write_json_atomic  # noqa: E402
+
+LETTERS = "ABCDEFGHIJKLMNOP"
+
+
+@dataclass
+class PrepareArguments:
+    output: str = field(default="evaluation/data/eval_data.json")
+    medqa: str = field(default="GBaker/MedQA-USMLE-4-options", metadata={"help": "Hub id, local file, or 'skip'."})
+    medqa_split: str = field(default="test")
+    medmcqa: str = field(default="openlifescienceai/medmcqa")
+    medmcqa_split: str = field(default="validation")
+    pubmedqa: str = field(default="qiaojin/PubMedQA:pqa_labeled", metadata={"help": "'id:config' selects a configuration."})
+    pubmedqa_split: str = field(default="train", metadata={"help": "The labelled set is published as one 1,000-row split."})
+    pubmedqa_test_ids: str = field(default="", metadata={"help": "JSON with the official test PMIDs (list, or dict keyed by PMID)."})
+    mmlu_pro: str = field(default="TIGER-Lab/MMLU-Pro")
+    mmlu_pro_split: str = field(default="test")
+    gpqa: str = field(default="Idavidrein/gpqa:gpqa_main")
+    gpqa_split: str = field(default="train")
+    seed: int = field(default=42, metadata={"help": "Order of GPQA's shuffled options."})
+
+
+def _item(question, option_texts, answer_index, **extra):
+    options = {LETTERS[i]: str(text) for i, text in enumerate(option_texts)}
+    return {"question": question, "options": options, "answer_idx": LETTERS[answer_index], "answer": options[LETTERS[answer_index]], **extra}
+
+
+def convert_medqa(row):
+    # GBaker/MedQA-USMLE-4-options rows already have question / options dict / answer_idx.
+    options = {letter: str(text) for letter, text in sorted(row["options"].items())}
+    return {"question": row["question"], "options": options, "answer_idx": row["answer_idx"], "answer": options[row["answer_idx"]]}
+
+
+def convert_medmcqa(row):
+    # cop is the index (0-3) of the correct one of opa..opd.
+    return _item(row["question"], [row["opa"], row["opb"], row["opc"], row["opd"]], int(row["cop"]), id=row.get("id"))
+
+
+def convert_pubmedqa(row):
+    contexts = row["context"]["contexts"] if isinstance(row["context"], dict) else row["context"]
+    question = "Context: " + " ".join(contexts) + "\nQuestion: " + row["question"]
+    labels = ["yes", "no", "maybe"]
+    return _item(question, labels, labels.index(row["final_decision"].strip().lower()), pubid=row["pubid"])
+
+
+def convert_mmlu_pro(row):
+    return _item(row["question"], row["options"], int(row["answer_index"]), question_id=row.get("question_id"))
+
+
+def convert_gpqa(row, rng):
+    answers = [row["Correct Answer"], row["Incorrect Answer 1"], row["Incorrect Answer 2"], row["Incorrect Answer 3"]]
+    order = list(range(4))
+    rng.shuffle(order)
+    return _item(row["Question"].strip(), [answers[i].strip() for i in order], order.index(0))
+
+
+def _convert_all(name, rows, convert):
+    items = []
+    for index, row in enumerate(rows):
+        try:
+            items.append(convert(row))
+        except (KeyError, ValueError, TypeError, IndexError) as e:
+            raise InputError(f"{name}: row {index} does not look like this dataset's rows ({type(e).__name__}: {e})") from None
+    return items
+
+
+def build_eval_data(args):
+    data = {}
+    if args.medqa != "skip":
+        data["MedQA_USLME_test"] = _convert_all(args.medqa, load_records(args.medqa, split=args.medqa_split), convert_medqa)
+    if args.medmcqa != "skip":
+        data["MedMCQA_validation"] = _convert_all(args.medmcqa, load_records(args.medmcqa, split=args.medmcqa_split), convert_medmcqa)
+    if args.pubmedqa != "skip":
+        rows = load_records(args.pubmedqa, split=args.pubmedqa_split)
+        if args.pubmedqa_test_ids:
+            with open(args.pubmedqa_test_ids, encoding="utf-8") as f:
+                test_ids = {str(pmid) for pmid in json.load(f)}
+            rows = [row for row in rows if str(row["pubid"]) in test_ids]
+        data["PubMedQA"] = _convert_all(args.pubmedqa, rows, convert_pubmedqa)
+    if args.mmlu_pro != "skip":
+        rows = load_records(args.mmlu_pro, split=args.mmlu_pro_split)
+        for source, category in (("MMLU-Pro_Health", "health"), ("MMLU-Pro_Biology", "biology")):
+            data[source] = _convert_all(args.mmlu_pro, [r for r in rows if r.get("category") == category], convert_mmlu_pro)
+    if args.gpqa != "skip":
+        rows = load_records(args.gpqa, split=args.gpqa_split)
+        rng = random.Random(args.seed)
+        for source, subdomain in (("GPQA_Genetics", "Genetics"), ("GPQA_Molecular_Biology", "Molecular Biology")):
+            picked = [r for r in rows if str(r.get("Subdomain", "")).strip() == subdomain]
+            data[source] = _convert_all(args.gpqa, picked, lambda row: convert_gpqa(row, rng))
+    return data
+
+
+def main():
+    (args,) = HfArgumentParser(PrepareArguments).parse_args_into_dataclasses()
+    try:
+        data = build_eval_data(args)
+    except InputError as e:
+        sys.exit(f"error: {e}")
+    write_json_atomic(args.output, data)
+    for source, items in data.items():
+        print(f"{source}: {len(items)} items")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
