@@ -60,7 +60,7 @@ class Demo:
         self.size = {k: v[1 if args.quick else 0] for k, v in SIZES.items()}
         self.rows = []  # (stage, seconds, what it made)
         self.figures = {}
-        self.env = dict(os.environ, OPENAI_API_KEY="standin-demo-key", TOKENIZERS_PARALLELISM="false",
+        self.env = dict(os.environ, OPENAI_API_KEY="standin-demo-key", PYTHON=sys.executable, TOKENIZERS_PARALLELISM="false",
                         PYTHONUNBUFFERED="1", WANDB_MODE="disabled")
 
     def path(self, *parts):
@@ -174,19 +174,18 @@ class Demo:
         self.rows.append(("rl", seconds, f"{rl['updates']} PPO updates; held-out reward "
                                          f"{fmt(rl['eval_start'].get('score'))} -> {fmt(rl['eval_end'].get('score'))}"))
 
-        # 6. Evaluation of the base and the trained model.
-        eval_file = self.path("data", "demo_eval_subset.json")
-        full = self.load(os.path.join(REPO, "evaluation", "data", "demo_eval_data.json"))
-        with open(eval_file, "w") as f:
-            json.dump({source: rows[: self.size["eval_per_source"]] for source, rows in full.items()}, f, indent=1)
+        # 6. Evaluation of the base and the trained model, each behind its own `transformers serve`.
         reports = {}
         for name, model in (("base", base), ("trained", rl_out)):
             seconds = self.run(f"eval_{name}", ["bash", os.path.join(REPO, "evaluation", "run_eval.sh"), model,
-                                                "--eval_file", eval_file, "--max_new_tokens", str(self.size["eval_new_tokens"]),
+                                                "--eval_file", os.path.join(REPO, "evaluation", "data", "demo_eval_data.json"),
+                                                "--max_items_per_source", str(self.size["eval_per_source"]),
+                                                "--max_new_tokens", str(self.size["eval_new_tokens"]),
                                                 "--output_dir", self.path("eval", name), "--seed", "0"])
             reports[name] = self.load(find_report(self.path("eval", name)))
-            self.rows.append((f"eval {name}", seconds, f"format {fmt(reports[name]['format_rate'])}, "
-                                                       f"accuracy {fmt(overall_accuracy(reports[name]))}"))
+            self.rows.append((f"eval {name}", seconds, f"format {fmt(share(reports[name]['format_rate']))}, "
+                                                       f"accuracy {fmt(share(reports[name]['overall']['paper_accuracy']))} "
+                                                       f"over {reports[name]['overall']['n']} questions"))
         self.figures["eval"] = reports
 
         self.print_table(time.time() - started, reports)
@@ -201,8 +200,8 @@ class Demo:
         rl = self.figures["rl"]
         print("\nlearning:")
         print(f"  SFT loss                        {first:.3f} -> {last:.3f}")
-        print(f"  answers in Thinking/Final layout  base {fmt(reports['base']['format_rate'])} -> "
-              f"trained {fmt(reports['trained']['format_rate'])} (held-out eval questions)")
+        print(f"  answers in Thinking/Final layout  base {fmt(share(reports['base']['format_rate']))} -> "
+              f"trained {fmt(share(reports['trained']['format_rate']))} (held-out eval questions)")
         print(f"  RL mean verifier reward (held-out) {fmt(rl['eval_start'].get('score'))} -> {fmt(rl['eval_end'].get('score'))}")
         print("\naccuracy per source (paper-compatible scoring):")
         sources = sorted(reports["base"]["sources"])
@@ -214,7 +213,7 @@ class Demo:
         summary = {"seconds_total": round(total_seconds, 1), "stages": [
             {"stage": s, "seconds": round(t, 1), "result": w} for s, t, w in self.rows],
             "sft_loss": self.figures["sft_loss"], "verifier": self.figures["verifier"], "rl": rl,
-            "format_rate": {k: r["format_rate"] for k, r in reports.items()},
+            "format_rate": {k: share(r["format_rate"]) for k, r in reports.items()},
             "accuracy": {k: {s: source_accuracy(r, s) for s in sources} for k, r in reports.items()}}
         with open(self.path("demo_summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
@@ -233,12 +232,13 @@ def find_report(folder):
     return os.path.join(folder, reports[0])
 
 
-def overall_accuracy(report):
-    return report["overall"]["paper"]["accuracy"]
+def share(percent):
+    """Evaluation reports percentages; the demo reports shares in [0, 1]."""
+    return None if percent is None else percent / 100
 
 
 def source_accuracy(report, source):
-    return report["sources"][source]["paper"]["accuracy"]
+    return share(report["sources"][source]["paper_accuracy"])
 
 
 def fmt(value):
