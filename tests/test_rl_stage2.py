@@ -1,0 +1,137 @@
+"""RL_stage2.py end to end on the tiny models (CPU, one process), and the seed's command line."""
+
+import json
+import os
+import shlex
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+import RL_stage2
+from ppo_utils.ppo_config import check_batch_sizes
+from rl_helpers import write_problems
+
+SEED_COMMAND = """
+    --model_name_or_path {policy} --reward_model_path {verifier} --value_model_path {value} --dataset_name {data}
+    --response_length 1300 --temperature 0.5 --local_rollout_forward_batch_size 8 --num_ppo_epochs 3 --num_mini_batches 1
+    --total_episodes 20000 --per_device_train_batch_size 1 --gradient_accumulation_steps 16 --bf16 False
+    --output_dir ./ckpts --save_strategy steps --save_step 20 --save_total_limit 1 --eval_strategy steps --eval_steps 20
+    --kl_coef 0.03 --learning_rate 5e-7 --warmup_ratio 0.05 --gradient_checkpointing True --dataloader_num_workers 4
+    --run_name ppo_medical_o1_8B --num_sample_generations -1 --report_to wandb
+"""
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def test_seed_command_parses(tmp_path):
+    argv = shlex.split(SEED_COMMAND.format(policy="models/policy", verifier="models/verifier", value="models/value",
+                                           data=str(tmp_path / "problems.json")))
+    script_args, config, model_args = RL_stage2.parse_args(argv)
+    assert model_args.model_name_or_path == "models/policy"
+    assert (config.reward_model_path, config.value_model_path) == ("models/verifier", "models/value")
+    assert script_args.dataset_name.endswith("problems.json")
+    assert (config.response_length, config.temperature, config.local_rollout_forward_batch_size) == (1300, 0.5, 8)
+    assert (config.num_ppo_epochs, config.num_mini_batches, config.total_episodes) == (3, 1, 20000)
+    assert (config.per_device_train_batch_size, config.gradient_accumulation_steps) == (1, 16)
+    assert (config.save_steps, config.save_total_limit, config.eval_steps) == (20, 1, 20)  # --save_step abbreviates
+    assert (config.kl_coef, config.learning_rate, config.warmup_ratio, config.warmup_steps) == (0.03, 5e-7, 0.05, 0.05)
+    assert config.gradient_checkpointing and config.report_to == ["wandb"] and config.num_sample_generations == -1
+    assert (config.vf_coef, config.gamma, config.lam, config.cliprange, config.rl_algorithm) == (0.1, 1.0, 0.95, 0.2, "ppo")
+    sizes = check_batch_sizes(config, world_size=8)
+    assert (sizes.local_batch_size, sizes.batch_size, sizes.num_updates) == (16, 128, 157)  # the paper's batch of 128
+
+
+def test_help_lists_the_seed_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        RL_stage2.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--value_model_path", "--warmup_ratio", "--kl_coef", "--response_length", "--rl_algorithm", "--save_steps"):
+        assert flag in text
+    assert "1.0" in text and "0.1" in text  # vf_coef: the paper's value vs the code's
+
+
+def test_batch_sizes_that_cannot_work_are_explained(tmp_path):
+    argv = shlex.split(SEED_COMMAND.format(policy="p", verifier="v", value="v", data="d.json")) + ["--total_episodes", "64"]
+    config = RL_stage2.parse_args(argv)[1]
+    with pytest.raises(ValueError, match=r"total_episodes 64 .* 8 process\(es\) .* gradient_accumulation_steps 16 .* = 128"):
+        check_batch_sizes(config, world_size=8)
+    config.rl_algorithm, config.total_episodes, config.gradient_accumulation_steps = "rloo", 20000, 3
+    with pytest.raises(ValueError, match=r"multiple of --num_generations"):
+        check_batch_sizes(config, world_size=1)
+
+
+def tiny_argv(tiny_models, data, out, *extra):
+    return [
+        "--model_name_or_path", tiny_models["tiny-qwen2"], "--reward_model_path", tiny_models["tiny-verifier"],
+        "--value_model_path", tiny_models["tiny-value"], "--dataset_name", data, "--output_dir", out,
+        "--response_length", "10", "--temperature", "1.0", "--local_rollout_forward_batch_size", "3",
+        "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2", "--bf16", "False",
+        "--learning_rate", "3e-3", "--report_to", "none", "--logging_steps", "1", "--seed", "1", *extra,
+    ]
+
+
+def parameters(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_ppo_end_to_end(tiny_models, tmp_path, monkeypatch):
+    loaded = {}
+    real_load_models = RL_stage2.load_models
+
+    def keep_models(*args):
+        models = real_load_models(*args)
+        loaded.update(zip(["tokenizer", "policy", "ref", "value", "verifier", "verifier_tokenizer"], models))
+        loaded["initial"] = {name: parameters(loaded[name]) for name in ("policy", "ref", "value", "verifier")}
+        return models
+
+    monkeypatch.setattr(RL_stage2, "load_models", keep_models)
+    data, out = write_problems(tmp_path / "problems.json", 11), str(tmp_path / "rl")
+    summary = RL_stage2.main(tiny_argv(
+        tiny_models, data, out, "--total_episodes", "24", "--num_mini_batches", "2", "--num_ppo_epochs", "2",
+        "--save_strategy", "steps", "--save_step", "1", "--save_total_limit", "1", "--eval_strategy", "steps",
+        "--eval_steps", "2", "--gradient_checkpointing", "True", "--missing_eos_penalty", "0.5",
+    ))
+    # 10 train / 1 held out; 8 episodes per update (2 x 2 x 2 mini-batches) -> 3 updates
+    assert (summary["train_problems"], summary["eval_problems"], summary["updates"]) == (10, 1, 3)
+    initial = loaded["initial"]
+    changed = [k for k, v in parameters(loaded["policy"]).items() if not torch.equal(v, initial["policy"][k])]
+    assert len(changed) > len(initial["policy"]) // 2
+    assert any(not torch.equal(v, initial["value"][k]) for k, v in parameters(loaded["value"]).items())
+    for frozen in ("ref", "verifier"):
+        assert all(torch.equal(v, initial[frozen][k]) for k, v in parameters(loaded[frozen]).items()), frozen
+
+    log = [json.loads(line) for line in open(os.path.join(out, "rl_log.jsonl"))]
+    assert [r["update"] for r in log] == [1, 2, 3]
+    for key in ("objective/score", "objective/format_rate", "objective/kl", "entropy", "pg_clipfrac", "vf_clipfrac",
+                "vf_loss", "episodes_per_second"):
+        assert all(key in r for r in log), key
+    # the random tiny policy never writes "## Thinking": score 0, minus the missing-eos penalty where it ran on
+    assert all(-0.5 <= r["objective/score"] <= 0.0 and r["objective/format_rate"] == 0.0 for r in log)
+    assert "eval/mean_reward" in log[1] and "eval/mean_reward" not in log[0]
+    assert max(r["pg_clipfrac"] for r in log) > 0  # lr 3e-3 moves the policy past the clip range within an update
+
+    with open(os.path.join(out, "rl_summary.json")) as f:
+        assert json.load(f) == summary
+    assert summary["eval_start"]["samples"] == 1 and summary["eval_end"]["format_rate"] == 0.0
+
+    # checkpoints: saved each update except the last (the final policy goes to output_dir); limit 1 keeps the newest
+    assert sorted(d for d in os.listdir(out) if d.startswith("checkpoint-")) == ["checkpoint-2"]
+    saved = AutoModelForCausalLM.from_pretrained(out)
+    trained = parameters(loaded["policy"])
+    assert all(torch.equal(v, trained[k]) for k, v in saved.state_dict().items())
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What causes scurvy?"}], add_generation_prompt=True, return_tensors="pt")
+    generated = saved.generate(**prompt, max_new_tokens=5, do_sample=False)
+    assert generated.shape[1] > prompt["input_ids"].shape[1]
+    assert not os.path.exists(os.path.join(out, "value_model"))  # the policy only
+    assert AutoModelForCausalLM.from_pretrained(os.path.join(out, "checkpoint-2")) is not None
