@@ -24,7 +24,11 @@ SEED_COMMAND = """
 
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
+    # tiny matrices: one thread is several times faster than two on a shared 2-core machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(True)
