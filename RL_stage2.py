@@ -224,6 +224,9 @@ def run_trl(config, sizes, tokenizer, models, reward, train, evaluation, problem
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     seconds = time.time() - start
     trainer.save_model(config.output_dir)
+    if trainer.is_world_process_zero():
+        write_json_atomic(os.path.join(config.output_dir, "rl_trl_log.json"),
+                          [entry for entry in trainer.state.log_history if "rewards/verifier/mean" in entry])
     eval_end = evaluate_plain(trainer.accelerator.unwrap_model(trainer.model), tokenizer, evaluation, reward, config)
     return eval_start, eval_end, trainer.state.global_step, seconds
 

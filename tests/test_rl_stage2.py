@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 import RL_stage2
 from ppo_utils.ppo_config import check_batch_sizes
-from rl_helpers import write_problems
+from rl_helpers import teach_answer_layout, write_problems
 
 SEED_COMMAND = """
     --model_name_or_path {policy} --reward_model_path {verifier} --value_model_path {value} --dataset_name {data}
@@ -71,6 +71,15 @@ def test_batch_sizes_that_cannot_work_are_explained(tmp_path):
     config.rl_algorithm, config.total_episodes, config.gradient_accumulation_steps = "rloo", 20000, 3
     with pytest.raises(ValueError, match=r"multiple of --num_generations"):
         check_batch_sizes(config, world_size=1)
+
+
+@pytest.fixture(scope="module")
+def taught_policy(tiny_models, tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    folder, _ = teach_answer_layout(tiny_models["tiny-qwen2"], tmp_path_factory.mktemp("taught") / "policy")
+    torch.set_num_threads(threads)
+    return folder
 
 
 def tiny_argv(tiny_models, data, out, *extra):
@@ -139,3 +148,34 @@ def test_ppo_end_to_end(tiny_models, tmp_path, monkeypatch):
     assert generated.shape[1] > prompt["input_ids"].shape[1]
     assert not os.path.exists(os.path.join(out, "value_model"))  # the policy only
     assert AutoModelForCausalLM.from_pretrained(os.path.join(out, "checkpoint-2")) is not None
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
+def test_trl_algorithms_with_the_verifier_reward(tiny_models, taught_policy, tmp_path, monkeypatch, algorithm):
+    loaded = {}
+    real_load_models = RL_stage2.load_models
+
+    def keep_models(*args):
+        models = real_load_models(*args)
+        loaded["initial"] = parameters(models[1])
+        assert models[2] is None and models[3] is None  # no reference copy of ours, no value model
+        return models
+
+    monkeypatch.setattr(RL_stage2, "load_models", keep_models)
+    data, out = write_problems(tmp_path / "problems.json", 11), str(tmp_path / algorithm)
+    argv = tiny_argv(tiny_models, data, out, "--rl_algorithm", algorithm, "--total_episodes", "12", "--num_ppo_epochs", "1",
+                     "--save_strategy", "no", "--eval_strategy", "no", "--response_length", "32", "--temperature", "0.7",
+                     "--gradient_accumulation_steps", "3")
+    argv[argv.index("--model_name_or_path") + 1] = taught_policy
+    summary = RL_stage2.main(argv)
+    # 6 completions per step (3 prompts x num_generations 2) -> 2 optimizer steps for 12 episodes
+    assert summary["algorithm"] == algorithm and summary["updates"] == 2
+    log = json.load(open(os.path.join(out, "rl_trl_log.json")))
+    assert len(log) == 2
+    # the taught policy writes the layout some of the time: rewards differ within groups, so the policy learns
+    assert any(0.0 < entry["rewards/format_ok/mean"] for entry in log)
+    assert all(0.0 <= entry["rewards/verifier/mean"] <= 1.0 for entry in log)
+    saved = AutoModelForCausalLM.from_pretrained(out)
+    changed = [k for k, v in saved.state_dict().items() if not torch.equal(v, loaded["initial"][k])]
+    assert len(changed) > len(loaded["initial"]) // 2
+    assert summary["eval_start"]["samples"] == 1 and 0.0 <= summary["eval_end"]["mean_reward"] <= 1.0
