@@ -142,8 +142,11 @@ def run_ppo(config, sizes, tokenizer, models, reward, train, evaluation):
     from ppo_utils.ppo_trainer import PPOTrainer
 
     trackers = [t for t in config.report_to if t in ("wandb", "tensorboard") and importlib.util.find_spec(t)]
+    # accelerate launch exports the config file's gradient_accumulation_steps, which would override ours
+    os.environ["ACCELERATE_GRADIENT_ACCUMULATION_STEPS"] = str(config.gradient_accumulation_steps)
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps, log_with=trackers or None,
+        step_scheduler_with_optimizer=False,  # one schedule step per optimizer step, not one per process
         kwargs_handlers=[] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")],
     )
     if trackers:

@@ -9,6 +9,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
+import torch
 from transformers import TrainingArguments
 
 
@@ -71,6 +72,10 @@ class PPOConfig(TrainingArguments):
         if self.warmup_ratio is not None:
             self.warmup_steps = self.warmup_ratio
         self.learning_rate = float(self.learning_rate)
+        if self.ddp_backend is None and not torch.cuda.is_available() and world_size_from_env() > 1:
+            # TrainingArguments sets up the process group here; without CUDA accelerate leaves the backend unset,
+            # counts 1 process while DeepSpeed runs several, and DeepSpeed's batch check fails.
+            self.ddp_backend = "gloo"
         super().__post_init__()
 
 

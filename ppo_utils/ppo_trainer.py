@@ -120,9 +120,14 @@ class PPOTrainer:
         scheduler = get_scheduler(config.lr_scheduler_type, optimizer, num_warmup_steps=config.get_warmup_steps(total_steps),
                                   num_training_steps=total_steps)
         if accelerator.state.deepspeed_plugin is not None:
-            # DeepSpeed accumulates by its own count: make it ours, whatever the accelerate config file says.
-            accelerator.state.deepspeed_plugin.deepspeed_config["gradient_accumulation_steps"] = config.gradient_accumulation_steps
-            accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.per_device_train_batch_size
+            # No dataloader goes through prepare(), so DeepSpeed cannot infer its batch sizes; and its own
+            # accumulation count (from the accelerate config file) must be ours.
+            accelerator.state.deepspeed_plugin.deepspeed_config.update({
+                "train_micro_batch_size_per_gpu": config.per_device_train_batch_size,
+                "gradient_accumulation_steps": config.gradient_accumulation_steps,
+                "train_batch_size": config.per_device_train_batch_size * config.gradient_accumulation_steps * accelerator.num_processes,
+            })
+            accelerator.gradient_accumulation_steps = config.gradient_accumulation_steps
         self.model, self.optimizer, self.scheduler = accelerator.prepare(self.model, optimizer, scheduler)
         if accelerator.state.deepspeed_plugin is not None:
             self.ref_policy = prepare_deepspeed(ref_policy, accelerator)
@@ -242,7 +247,8 @@ class PPOTrainer:
                         loss = pg_loss + cfg.vf_coef * vf_loss
                         acc.backward(loss)
                         self.optimizer.step()
-                        self.scheduler.step()
+                        if acc.sync_gradients:  # once per optimizer step (a no-op under DeepSpeed, whose engine steps it)
+                            self.scheduler.step()
                         self.optimizer.zero_grad()
                     with torch.no_grad():
                         stats["pg_loss"].append(pg_loss.detach())
