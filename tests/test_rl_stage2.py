@@ -179,3 +179,28 @@ def test_trl_algorithms_with_the_verifier_reward(tiny_models, taught_policy, tmp
     changed = [k for k, v in saved.state_dict().items() if not torch.equal(v, loaded["initial"][k])]
     assert len(changed) > len(loaded["initial"]) // 2
     assert summary["eval_start"]["samples"] == 1 and 0.0 <= summary["eval_end"]["mean_reward"] <= 1.0
+
+
+def test_resume_from_checkpoint_continues_the_same_run(tiny_models, tmp_path):
+    data = write_problems(tmp_path / "problems.json", 11)
+    common = ["--total_episodes", "12", "--num_ppo_epochs", "1", "--save_strategy", "steps", "--save_step", "1",
+              "--save_total_limit", "2", "--eval_strategy", "no"]
+    whole = str(tmp_path / "whole")
+    RL_stage2.main(tiny_argv(tiny_models, data, whole, *common))
+    assert sorted(d for d in os.listdir(whole) if d.startswith("checkpoint-")) == ["checkpoint-1", "checkpoint-2"]
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    resumed = str(tmp_path / "resumed")
+    summary = RL_stage2.main(tiny_argv(tiny_models, data, resumed, *common, "--resume_from_checkpoint",
+                                       os.path.join(whole, "checkpoint-2")))
+    assert summary["updates"] == 3
+    log = [json.loads(line) for line in open(os.path.join(resumed, "rl_log.jsonl"))]
+    assert [r["update"] for r in log] == [3]  # only the missing update ran
+    whole_log = [json.loads(line) for line in open(os.path.join(whole, "rl_log.jsonl"))]
+    assert log[0]["objective/kl"] == pytest.approx(whole_log[2]["objective/kl"], abs=1e-5)
+    a = AutoModelForCausalLM.from_pretrained(whole).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(resumed).state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
