@@ -142,6 +142,9 @@ def run_ppo(config, sizes, tokenizer, models, reward, train, evaluation):
     from ppo_utils.ppo_trainer import PPOTrainer
 
     trackers = [t for t in config.report_to if t in ("wandb", "tensorboard") and importlib.util.find_spec(t)]
+    if set(config.report_to) - set(trackers):
+        print(f"RL_stage2.py: not reporting to {sorted(set(config.report_to) - set(trackers))} (not installed or not "
+              "supported here); metrics still go to rl_log.jsonl", file=sys.stderr)
     # accelerate launch exports the config file's gradient_accumulation_steps, which would override ours
     os.environ["ACCELERATE_GRADIENT_ACCUMULATION_STEPS"] = str(config.gradient_accumulation_steps)
     accelerator = Accelerator(
