@@ -25,6 +25,7 @@ CPU, one process, tiny models (see docs/rl.md):
         --bf16 False --output_dir out/rl
 """
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -35,11 +36,15 @@ import time
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import InitProcessGroupKwargs, set_seed
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, HfArgumentParser
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, GenerationConfig,
+                          HfArgumentParser)
+from transformers.integrations import is_deepspeed_zero3_enabled
+from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
 
 from pipeline_io import InputError, attn_implementation, from_pretrained_or_explain, load_records, write_json_atomic
 from ppo_utils.ppo_config import ModelConfig, PPOConfig, ScriptArguments, check_batch_sizes, world_size_from_env
-from ppo_utils.verifier_reward import VerifierReward, trl_reward_functions
+from ppo_utils.ppo_trainer import PPOTrainer, generate_responses, left_pad
+from ppo_utils.verifier_reward import VerifierReward, decode_until_stop, trl_reward_functions
 
 QUESTION, ANSWER = "Open-ended Verifiable Question", "Ground-True Answer"
 # Pad tokens to reuse (in this order) when a tokenizer has none or pads with eos; Llama-3's is the first.
@@ -139,8 +144,6 @@ def stop_token_id_for(config, tokenizer):
 
 # ---- PPO ----------------------------------------------------------------------------------------
 def run_ppo(config, sizes, tokenizer, models, reward, train, evaluation):
-    from ppo_utils.ppo_trainer import PPOTrainer
-
     trackers = [t for t in config.report_to if t in ("wandb", "tensorboard") and importlib.util.find_spec(t)]
     if set(config.report_to) - set(trackers):
         print(f"RL_stage2.py: not reporting to {sorted(set(config.report_to) - set(trackers))} (not installed or not "
@@ -176,12 +179,10 @@ def run_ppo(config, sizes, tokenizer, models, reward, train, evaluation):
 # ---- RLOO / GRPO (trl) --------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate_plain(policy, tokenizer, items, reward, config):
-    """Greedy answers on the held-out problems, scored by the verifier (trl path, replicated models)."""
-    from ppo_utils.ppo_trainer import generate_responses, left_pad
-    from transformers import GenerationConfig
-
+    """Greedy answers on the held-out problems, scored by the verifier (trl path: every process, all items)."""
     stop_id = stop_token_id_for(config, tokenizer)
-    generation = GenerationConfig(max_new_tokens=config.response_length, do_sample=False, eos_token_id=stop_id, pad_token_id=tokenizer.pad_token_id)
+    generation = GenerationConfig(max_new_tokens=config.response_length, do_sample=False, eos_token_id=stop_id,
+                                  pad_token_id=tokenizer.pad_token_id)
     queries, mask = left_pad([it["input_ids"] for it in items], tokenizer.pad_token_id)
     device = next(policy.parameters()).device
     was_training = policy.training
@@ -189,12 +190,16 @@ def evaluate_plain(policy, tokenizer, items, reward, config):
     responses = generate_responses(policy, queries.to(device), mask.to(device), generation,
                                    config.local_rollout_forward_batch_size, tokenizer.pad_token_id)
     policy.train(was_training)
-    from ppo_utils.verifier_reward import decode_until_stop
-
     texts = [decode_until_stop(tokenizer, r.tolist(), stop_id) for r in responses.cpu()]
     out = reward(texts, [it["reference"] for it in items])
     return {"eval/mean_reward": out.rewards.mean().item(), "eval/format_rate": out.well_formed.float().mean().item(),
             "eval/samples": len(items), "eval/example": texts[0][:300]}
+
+
+def deepspeed_gathered(model):
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()))
 
 
 def run_trl(config, sizes, tokenizer, models, reward, train, evaluation, problems):
@@ -208,7 +213,8 @@ def run_trl(config, sizes, tokenizer, models, reward, train, evaluation, problem
     copied = ["output_dir", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler_type",
               "warmup_steps", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "seed", "bf16",
               "fp16", "gradient_checkpointing", "save_strategy", "save_steps", "save_total_limit", "logging_steps",
-              "report_to", "run_name", "dataloader_num_workers", "eval_strategy", "eval_steps", "num_train_epochs"]
+              "report_to", "run_name", "dataloader_num_workers", "eval_strategy", "eval_steps", "num_train_epochs",
+              "ddp_backend"]  # ddp_backend: gloo without CUDA (see PPOConfig)
     trl_args = config_cls(
         **{name: getattr(config, name) for name in copied},
         max_steps=num_generations_steps * config.num_ppo_epochs if num_generations_steps else -1,
@@ -225,7 +231,13 @@ def run_trl(config, sizes, tokenizer, models, reward, train, evaluation, problem
                           train_dataset=to_dataset(problems[0]),
                           eval_dataset=to_dataset(problems[1]) if trl_args.eval_strategy != "no" else None,
                           processing_class=tokenizer)
-    eval_start = evaluate_plain(policy, tokenizer, evaluation, reward, config)
+    if trainer.accelerator.state.deepspeed_plugin is not None:  # the verifier was loaded partitioned under ZeRO-3
+        reward.model = prepare_deepspeed(reward.model, trainer.accelerator)
+    else:
+        reward.model = reward.model.to(trainer.accelerator.device)
+    gathered = deepspeed_gathered(policy) if is_deepspeed_zero3_enabled() else contextlib.nullcontext()
+    with gathered:
+        eval_start = evaluate_plain(policy, tokenizer, evaluation, reward, config)
     start = time.time()
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     seconds = time.time() - start
@@ -233,7 +245,8 @@ def run_trl(config, sizes, tokenizer, models, reward, train, evaluation, problem
     if trainer.is_world_process_zero():
         write_json_atomic(os.path.join(config.output_dir, "rl_trl_log.json"),
                           [entry for entry in trainer.state.log_history if "rewards/verifier/mean" in entry])
-    eval_end = evaluate_plain(trainer.accelerator.unwrap_model(trainer.model), tokenizer, evaluation, reward, config)
+    with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as trained:
+        eval_end = evaluate_plain(trained, tokenizer, evaluation, reward, config)
     return eval_start, eval_end, trainer.state.global_step, seconds
 
 
