@@ -204,3 +204,37 @@ def test_resume_from_checkpoint_continues_the_same_run(tiny_models, tmp_path):
     b = AutoModelForCausalLM.from_pretrained(resumed).state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def test_problems_are_filtered_and_ten_percent_held_out(tmp_path):
+    blank = [{"Open-ended Verifiable Question": " ", "Ground-True Answer": "x"}, {"Open-ended Verifiable Question": "q"}]
+    args = RL_stage2.parse_args(["--dataset_name", write_problems(tmp_path / "a.json", 30, blank), "--output_dir", str(tmp_path)])[0]
+    train, held_out, skipped = RL_stage2.load_problems(args, seed=0)
+    assert (len(train), len(held_out), skipped) == (27, 3, 2)
+    many = [{"Open-ended Verifiable Question": f"question {i}", "Ground-True Answer": f"answer {i}"} for i in range(2500)]
+    (tmp_path / "many.jsonl").write_text("\n".join(json.dumps(r) for r in many))
+    args.dataset_name = str(tmp_path / "many.jsonl")
+    train, held_out, _ = RL_stage2.load_problems(args, seed=0)
+    assert (len(train), len(held_out)) == (2300, 200)  # 10%, at most 200
+    assert {p["question"] for p in train}.isdisjoint(p["question"] for p in held_out)
+    args.dataset_name = write_problems(tmp_path / "one.json", 1, blank)
+    with pytest.raises(RL_stage2.InputError, match=r"one\.json: 1 usable row\(s\) of 3"):
+        RL_stage2.load_problems(args, seed=0)
+
+
+def test_pad_token_is_made_distinct_from_eos(tiny_models, monkeypatch):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["tiny-qwen2"])
+    tokenizer.pad_token = tokenizer.eos_token  # as SmolLM2 ships: pad == eos == <|im_end|>
+    assert RL_stage2.distinct_pad_token(tokenizer) is False
+    assert tokenizer.pad_token == "<|endoftext|>" and tokenizer.pad_token_id != tokenizer.eos_token_id
+    llama = AutoTokenizer.from_pretrained(tiny_models["tiny-llama"])
+    llama.pad_token = None
+    RL_stage2.distinct_pad_token(llama)
+    assert llama.pad_token == "<|end_of_text|>"  # the Llama-3 rule
+    # no usable token in the vocabulary: a new one (the caller then grows the embeddings)
+    bare = AutoTokenizer.from_pretrained(tiny_models["tiny-qwen2"])
+    bare.pad_token = bare.eos_token
+    vocab_before = len(bare)
+    monkeypatch.setattr(RL_stage2, "PAD_CANDIDATES", ["<|not-in-vocab|>"])
+    assert RL_stage2.distinct_pad_token(bare) is True
+    assert bare.pad_token == "<|pad|>" and len(bare) == vocab_before + 1
