@@ -185,6 +185,7 @@ class PPOTrainer:
         query_responses = torch.cat([queries, responses], 1)
         attention_mask, position_ids = forward_inputs(query_mask, responses, last_index)
 
+        self.model.eval()  # no dropout, no activation checkpointing while scoring the rollout
         unwrapped = self.accelerator.unwrap_model(self.model)
         logprobs, ref_logprobs, values = [], [], []
         for s in range(0, len(items), cfg.local_rollout_forward_batch_size):
