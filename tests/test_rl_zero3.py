@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -12,13 +13,19 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rl_helpers import write_problems
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.slow
 def test_ppo_two_processes_zero3(tiny_models, tmp_path, repo_root):
     data, out = write_problems(tmp_path / "problems.json", 11), str(tmp_path / "rl")
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     command = [
         accelerate, "launch", "--config_file", os.path.join(repo_root, "configs", "accelerate_cpu_zero3_rl.yaml"),
-        "--num_processes", "2", "--num_machines", "1", "--machine_rank", "0", "--main_process_port", "29571",
+        "--num_processes", "2", "--num_machines", "1", "--machine_rank", "0", "--main_process_port", str(free_port()),
         "--deepspeed_multinode_launcher", "standard", "RL_stage2.py",
         "--model_name_or_path", tiny_models["tiny-qwen2"], "--reward_model_path", tiny_models["tiny-verifier"],
         "--value_model_path", tiny_models["tiny-value"], "--dataset_name", data, "--output_dir", out,
