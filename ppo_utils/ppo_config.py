@@ -1,0 +1,139 @@
+"""Command-line arguments of RL_stage2.py.
+
+Field names follow trl's ScriptArguments / PPOConfig / ModelConfig (trl <= 1.12) so the seed's
+command parses unchanged; `--value_model_path` and `--warmup_ratio` are accepted as well (the first
+was the original's own addition, the second left TrainingArguments in transformers 5).
+"""
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import torch
+from transformers import TrainingArguments
+
+
+@dataclass
+class ScriptArguments:
+    dataset_name: str = field(
+        default=None,
+        metadata={"help": "Hub dataset id (e.g. FreedomIntelligence/medical-o1-verifiable-problem) or a local JSON/JSONL "
+                  "file of objects with 'Open-ended Verifiable Question' and 'Ground-True Answer'."},
+    )
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to read from a hub dataset."})
+    eval_fraction: float = field(default=0.1, metadata={"help": "Share of the problems held out for evaluation."})
+    max_eval_samples: int = field(default=200, metadata={"help": "At most this many held-out problems."})
+    verifier_template: str = field(
+        default=None, metadata={"help": "Verifier input template file (default templates/verifier_input.txt)."}
+    )
+
+
+@dataclass
+class ModelConfig:
+    model_name_or_path: str = field(default=None, metadata={"help": "Policy (and frozen reference) model."})
+    model_revision: str = field(default="main")
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 with --bf16 True, else float32), bfloat16, float32."})
+    trust_remote_code: bool = field(default=False)
+    attn_implementation: str = field(default=None, metadata={"help": "Default: flash_attention_2 with a GPU and flash-attn, else sdpa."})
+
+
+@dataclass
+class PPOConfig(TrainingArguments):
+    # models
+    reward_model_path: str = field(default=None, metadata={"help": "The 2-label medical verifier (its own tokenizer)."})
+    value_model_path: str = field(default=None, metadata={"help": "Value model backbone (1 label); default: the policy."})
+    rl_algorithm: str = field(default="ppo", metadata={"help": "ppo (ours), rloo or grpo (trl's trainers).", "choices": ["ppo", "rloo", "grpo"]})
+    num_generations: int = field(default=2, metadata={"help": "rloo/grpo: completions per prompt (the paper's RLOO ablation: k=2)."})
+    # rollout
+    response_length: int = field(default=53, metadata={"help": "Maximum new tokens per response."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature for rollouts."})
+    stop_token: str = field(default="eos", metadata={"help": "Responses end at this token ('eos': the policy's eos).", "choices": ["eos", "none"]})
+    stop_token_id: int = field(default=None, metadata={"help": "Explicit stop token id (overrides --stop_token)."})
+    missing_eos_penalty: float = field(default=None, metadata={"help": "Subtracted from the score of responses without the stop token."})
+    local_rollout_forward_batch_size: int = field(default=64, metadata={"help": "Sequences per forward pass (generation, reference, value, verifier) during rollouts."})
+    ds3_gather_for_generation: bool = field(default=True, metadata={"help": "ZeRO-3: gather the full policy for fast generation."})
+    # PPO
+    total_episodes: int = field(default=None, metadata={"help": "Responses to train on in total (default: num_train_epochs x train set)."})
+    num_ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
+    num_mini_batches: int = field(default=1, metadata={"help": "Optimizer steps per PPO epoch."})
+    kl_coef: float = field(default=0.05, metadata={"help": "Per-token KL penalty against the reference."})
+    kl_estimator: str = field(default="k1", metadata={"choices": ["k1", "k3"], "help": "k1: log p - log p_ref; k3: unbiased, non-negative."})
+    whiten_rewards: bool = field(default=False)
+    cliprange: float = field(default=0.2)
+    cliprange_value: float = field(default=0.2)
+    vf_coef: float = field(default=0.1, metadata={"help": "Value loss weight. The paper's text says 1.0; the original code (and the seed's command) used 0.1."})
+    gamma: float = field(default=1.0)
+    lam: float = field(default=0.95)
+    num_sample_generations: int = field(default=10, metadata={"help": "Accepted for trl compatibility; evaluation runs at eval_steps."})
+    warmup_ratio: float = field(default=None, metadata={"help": "Share of optimizer steps for linear warmup (same as a warmup_steps < 1)."})
+    dataset_num_proc: int = field(default=None)
+
+    def __post_init__(self):
+        if self.warmup_ratio is not None:
+            self.warmup_steps = self.warmup_ratio
+        self.learning_rate = float(self.learning_rate)
+        if self.ddp_backend is None and not torch.cuda.is_available() and world_size_from_env() > 1:
+            # TrainingArguments sets up the process group here; without CUDA accelerate leaves the backend unset,
+            # counts 1 process while DeepSpeed runs several, and DeepSpeed's batch check fails.
+            self.ddp_backend = "gloo"
+        super().__post_init__()
+
+
+@dataclass
+class BatchSizes:
+    world_size: int
+    local_batch_size: int  # prompts (= responses) per process per update
+    batch_size: int  # episodes per update, all processes
+    local_mini_batch_size: int  # responses per optimizer step, per process
+    num_updates: int
+    description: str
+
+
+def check_batch_sizes(config, world_size):
+    """Derive the PPO batch sizes and stop early, saying why, when the flags cannot work together.
+
+    One update = every process generates per_device_train_batch_size x gradient_accumulation_steps x
+    num_mini_batches responses; each PPO epoch then takes num_mini_batches optimizer steps, each
+    accumulating gradient_accumulation_steps micro-batches of per_device_train_batch_size.
+    Rollout forward passes run in chunks of local_rollout_forward_batch_size; every process holds
+    the same number of prompts, so ZeRO-3's collective calls stay matched whatever the chunk size
+    (the seed's notes asking num_processes == local_rollout_forward_batch_size and
+    num_mini_batches == per_device_train_batch_size are not needed here).
+    """
+    positive = ["per_device_train_batch_size", "gradient_accumulation_steps", "num_mini_batches",
+                "local_rollout_forward_batch_size", "num_ppo_epochs", "response_length"]
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise ValueError(f"--{name} must be at least 1 (got {getattr(config, name)})")
+    local_mini = config.per_device_train_batch_size * config.gradient_accumulation_steps
+    local_batch = local_mini * config.num_mini_batches
+    batch = local_batch * world_size
+    if config.total_episodes is not None and config.total_episodes < batch:
+        raise ValueError(
+            f"--total_episodes {config.total_episodes} is smaller than one update: {world_size} process(es) x "
+            f"per_device_train_batch_size {config.per_device_train_batch_size} x gradient_accumulation_steps "
+            f"{config.gradient_accumulation_steps} x num_mini_batches {config.num_mini_batches} = {batch} responses. "
+            "Raise --total_episodes or lower one of those."
+        )
+    if config.rl_algorithm in ("rloo", "grpo"):
+        generation_batch = config.per_device_train_batch_size * world_size * config.gradient_accumulation_steps
+        if config.num_generations < 2 or generation_batch % config.num_generations:
+            raise ValueError(
+                f"{config.rl_algorithm}: the responses generated per step ({world_size} process(es) x "
+                f"per_device_train_batch_size {config.per_device_train_batch_size} x gradient_accumulation_steps "
+                f"{config.gradient_accumulation_steps} = {generation_batch}) must be a multiple of --num_generations "
+                f"({config.num_generations}, at least 2), because each prompt's completions are compared with each other."
+            )
+    num_updates = math.ceil(config.total_episodes / batch) if config.total_episodes else None
+    description = (
+        f"each update: {world_size} process(es) x {local_batch} prompts (per_device_train_batch_size "
+        f"{config.per_device_train_batch_size} x gradient_accumulation_steps {config.gradient_accumulation_steps} x "
+        f"num_mini_batches {config.num_mini_batches}) = {batch} episodes; {config.num_ppo_epochs} PPO epoch(s) x "
+        f"{config.num_mini_batches} optimizer step(s) of {local_mini * world_size} episodes; rollout forward passes in "
+        f"chunks of {min(config.local_rollout_forward_batch_size, local_batch)}"
+    )
+    return BatchSizes(world_size, local_batch, batch, local_mini, num_updates, description)
+
+
+def world_size_from_env():
+    return int(os.environ.get("WORLD_SIZE", "1"))

@@ -1,0 +1,375 @@
+"""PPO for a causal LM with a pluggable reward, on accelerate (+ DeepSpeed ZeRO-3).
+
+One update:
+  1. rollout: each process samples responses for its prompts; in chunks of
+     local_rollout_forward_batch_size it computes policy and reference log-probs, values and the
+     reward (the verifier, through `reward_fn(responses_text, references)`);
+  2. per-token rewards = -kl_coef * KL on every token + score on the last real token; GAE advantages
+     (whitened over real tokens) and returns;
+  3. num_ppo_epochs passes, each num_mini_batches optimizer steps, each accumulating
+     gradient_accumulation_steps micro-batches: clipped policy loss + vf_coef * clipped value loss.
+Policy and value model sit in one module so DeepSpeed wraps (and shards) them together; the
+reference and the verifier are frozen (sharded for inference under ZeRO-3 too).
+"""
+
+import json
+import math
+import os
+import shutil
+import time
+
+import torch
+from accelerate.utils import gather_object
+from tqdm.auto import tqdm
+from transformers import GenerationConfig, get_scheduler
+from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
+
+from pipeline_io import write_json_atomic
+from ppo_utils import ppo_core
+from ppo_utils.verifier_reward import decode_until_stop
+
+STATE_FILE = "rl_trainer_state.json"
+
+
+class PolicyAndValue(torch.nn.Module):
+    def __init__(self, policy, value_model):
+        super().__init__()
+        self.policy = policy
+        self.value_model = value_model
+
+    def forward(self, input_ids, attention_mask, position_ids):
+        backbone = getattr(self.value_model, self.value_model.base_model_prefix)
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).last_hidden_state
+        values = self.value_model.score(hidden).squeeze(-1)
+        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
+        return logits, values
+
+    # trl's unwrap_model_for_generation switches checkpointing off for generate and back on after
+    @property
+    def is_gradient_checkpointing(self):
+        return self.policy.is_gradient_checkpointing
+
+    def gradient_checkpointing_disable(self):
+        self.policy.gradient_checkpointing_disable()
+        self.value_model.gradient_checkpointing_disable()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        self.value_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def left_pad(sequences, pad_id):
+    length = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, length - len(seq):] = torch.tensor(seq, dtype=torch.long)
+        mask[row, length - len(seq):] = 1
+    return ids, mask
+
+
+def forward_inputs(query_mask, responses, last_index):
+    """Attention mask and position ids over prompt + response (response tokens after the stop token masked)."""
+    response_mask = ppo_core.response_mask(last_index, responses.shape[1]).long()
+    attention_mask = torch.cat([query_mask, response_mask], dim=1)
+    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    return attention_mask, position_ids
+
+
+@torch.no_grad()
+def generate_responses(policy, queries, query_mask, generation_config, chunk_size, pad_id):
+    """Sample (or greedily decode) responses in chunks; returns (batch, longest response) token ids."""
+    chunks = []
+    for start in range(0, queries.shape[0], chunk_size):
+        q, m = queries[start:start + chunk_size], query_mask[start:start + chunk_size]
+        out = policy.generate(input_ids=q, attention_mask=m, generation_config=generation_config)
+        chunks.append(out[:, q.shape[1]:])
+    length = max(c.shape[1] for c in chunks)
+    return torch.cat([torch.nn.functional.pad(c, (0, length - c.shape[1]), value=pad_id) for c in chunks])
+
+
+def disable_dropout(model):
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+class PPOTrainer:
+    def __init__(self, config, accelerator, tokenizer, policy, ref_policy, value_model, reward_fn,
+                 train_items, eval_items, batch_sizes, stop_token_id):
+        """train_items / eval_items: lists of {"input_ids": prompt token ids, "reference": answer text}.
+
+        reward_fn(list of response texts, list of references) -> object with `.rewards` and `.well_formed`.
+        """
+        self.config, self.accelerator, self.tokenizer = config, accelerator, tokenizer
+        self.reward_fn, self.train_items, self.eval_items = reward_fn, train_items, eval_items
+        self.sizes, self.stop_token_id, self.pad_id = batch_sizes, stop_token_id, tokenizer.pad_token_id
+        self.num_updates = batch_sizes.num_updates
+        self.device = accelerator.device
+
+        for model in (policy, value_model):
+            disable_dropout(model)
+            if config.gradient_checkpointing:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        policy.generation_config.pad_token_id = self.pad_id
+        self.model = PolicyAndValue(policy, value_model)
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate, eps=config.adam_epsilon,
+                                      betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.weight_decay)
+        total_steps = self.num_updates * config.num_ppo_epochs * config.num_mini_batches
+        scheduler = get_scheduler(config.lr_scheduler_type, optimizer, num_warmup_steps=config.get_warmup_steps(total_steps),
+                                  num_training_steps=total_steps)
+        if accelerator.state.deepspeed_plugin is not None:
+            # No dataloader goes through prepare(), so DeepSpeed cannot infer its batch sizes; and its own
+            # accumulation count (from the accelerate config file) must be ours.
+            accelerator.state.deepspeed_plugin.deepspeed_config.update({
+                "train_micro_batch_size_per_gpu": config.per_device_train_batch_size,
+                "gradient_accumulation_steps": config.gradient_accumulation_steps,
+                "train_batch_size": config.per_device_train_batch_size * config.gradient_accumulation_steps * accelerator.num_processes,
+            })
+            accelerator.gradient_accumulation_steps = config.gradient_accumulation_steps
+        self.model, self.optimizer, self.scheduler = accelerator.prepare(self.model, optimizer, scheduler)
+        if accelerator.state.deepspeed_plugin is not None:
+            self.ref_policy = prepare_deepspeed(ref_policy, accelerator)
+            self.reward_fn.model = prepare_deepspeed(reward_fn.model, accelerator)
+        else:
+            self.ref_policy = ref_policy.to(self.device)
+            self.reward_fn.model = reward_fn.model.to(self.device)
+        self.ref_policy.eval()
+        self.reward_fn.model.eval()
+
+        self.sample_config = GenerationConfig(
+            max_new_tokens=config.response_length, do_sample=True, temperature=config.temperature + 1e-7, top_k=0, top_p=1.0,
+            eos_token_id=stop_token_id, pad_token_id=self.pad_id,
+        )
+        self.greedy_config = GenerationConfig(max_new_tokens=config.response_length, do_sample=False,
+                                              eos_token_id=stop_token_id, pad_token_id=self.pad_id)
+        self.update = 0
+        self.log_path = os.path.join(config.output_dir, "rl_log.jsonl")
+
+    # ---- data -----------------------------------------------------------------------------------
+    def batch_for_update(self, update):
+        """This process's prompts for an update: a seeded shuffle per pass over the train set."""
+        n, batch = len(self.train_items), self.sizes.batch_size
+        start = update * batch + self.accelerator.process_index * self.sizes.local_batch_size
+        items = []
+        for position in range(start, start + self.sizes.local_batch_size):
+            epoch, offset = divmod(position, n)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed + epoch))
+            items.append(self.train_items[order[offset].item()])
+        return items
+
+    # ---- rollout --------------------------------------------------------------------------------
+    def score_responses(self, responses, references):
+        texts = [decode_until_stop(self.tokenizer, r.tolist(), self.stop_token_id) for r in responses]
+        return self.reward_fn(texts, references), texts
+
+    def forward_logprobs(self, model_forward, query_responses, attention_mask, position_ids, context_length, temperature):
+        logits = model_forward(query_responses, attention_mask, position_ids)
+        logits = logits[:, context_length - 1:-1]
+        return ppo_core.logprobs_of(logits, query_responses[:, context_length:], temperature)
+
+    @torch.no_grad()
+    def rollout(self, items):
+        cfg = self.config
+        queries, query_mask = left_pad([it["input_ids"] for it in items], self.pad_id)
+        queries, query_mask = queries.to(self.device), query_mask.to(self.device)
+        with unwrap_model_for_generation(self.model, self.accelerator, gather_deepspeed3_params=cfg.ds3_gather_for_generation) as unwrapped:
+            responses = generate_responses(unwrapped.policy, queries, query_mask, self.sample_config,
+                                           cfg.local_rollout_forward_batch_size, self.pad_id)
+        context_length = queries.shape[1]
+        last_index = ppo_core.stop_lengths(responses, self.stop_token_id)
+        # everything after the stop token becomes padding
+        mask = ppo_core.response_mask(last_index, responses.shape[1])
+        responses = torch.where(mask, responses, torch.full_like(responses, self.pad_id))
+        query_responses = torch.cat([queries, responses], 1)
+        attention_mask, position_ids = forward_inputs(query_mask, responses, last_index)
+
+        self.model.eval()  # no dropout, no activation checkpointing while scoring the rollout
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        logprobs, ref_logprobs, values = [], [], []
+        for s in range(0, len(items), cfg.local_rollout_forward_batch_size):
+            part = slice(s, s + cfg.local_rollout_forward_batch_size)
+            qr, am, pi = query_responses[part], attention_mask[part], position_ids[part]
+            policy_fwd = lambda i, a, p: unwrapped.policy(input_ids=i, attention_mask=a, position_ids=p, use_cache=False).logits
+            ref_fwd = lambda i, a, p: self.ref_policy(input_ids=i, attention_mask=a, position_ids=p, use_cache=False).logits
+            logprobs.append(self.forward_logprobs(policy_fwd, qr, am, pi, context_length, cfg.temperature + 1e-7))
+            ref_logprobs.append(self.forward_logprobs(ref_fwd, qr, am, pi, context_length, cfg.temperature + 1e-7))
+            backbone = getattr(unwrapped.value_model, unwrapped.value_model.base_model_prefix)
+            hidden = backbone(input_ids=qr, attention_mask=am, position_ids=pi, use_cache=False).last_hidden_state
+            values.append(unwrapped.value_model.score(hidden).squeeze(-1)[:, context_length - 1:-1].float())
+        logprobs, ref_logprobs, values = torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
+
+        reward, texts = self.score_responses(responses.cpu(), [it["reference"] for it in items])
+        scores = reward.rewards.to(self.device).float()
+        has_stop = (responses == self.stop_token_id).any(1)
+        if cfg.missing_eos_penalty is not None:
+            scores = scores - cfg.missing_eos_penalty * (~has_stop).float()
+
+        logprobs = logprobs.masked_fill(~mask, 0.0)
+        ref_logprobs = ref_logprobs.masked_fill(~mask, 0.0)
+        if cfg.kl_estimator == "k1":
+            rewards, kl = ppo_core.token_rewards(scores, logprobs, ref_logprobs, mask, cfg.kl_coef)
+        else:  # k3 = (r - 1) - log r with r = p_ref / p
+            log_ratio = ref_logprobs - logprobs
+            k3 = (log_ratio.exp() - 1) - log_ratio
+            rewards, _ = ppo_core.token_rewards(scores, k3, torch.zeros_like(k3), mask, cfg.kl_coef)
+            kl = (logprobs - ref_logprobs) * mask
+        if cfg.whiten_rewards:
+            rewards = ppo_core.masked_whiten(rewards, mask, shift_mean=False) * mask
+        advantages, returns = ppo_core.gae_advantages(rewards, values, mask, cfg.gamma, cfg.lam)
+        advantages = ppo_core.masked_whiten(advantages, mask) * mask
+        values = values * mask
+        return dict(query_responses=query_responses, attention_mask=attention_mask, position_ids=position_ids,
+                    context_length=context_length, mask=mask, logprobs=logprobs, values=values, advantages=advantages,
+                    returns=returns, scores=scores, well_formed=reward.well_formed.to(self.device), kl=kl,
+                    has_stop=has_stop, texts=texts)
+
+    # ---- optimisation ---------------------------------------------------------------------------
+    def optimise(self, data):
+        cfg, acc = self.config, self.accelerator
+        stats = {k: [] for k in ("pg_loss", "vf_loss", "pg_clipfrac", "vf_clipfrac", "approxkl", "entropy", "ratio")}
+        self.model.train()
+        for _ in range(cfg.num_ppo_epochs):
+            order = torch.randperm(self.sizes.local_batch_size, device=self.device)
+            for mb_start in range(0, self.sizes.local_batch_size, self.sizes.local_mini_batch_size):
+                mini = order[mb_start:mb_start + self.sizes.local_mini_batch_size]
+                for mc_start in range(0, len(mini), cfg.per_device_train_batch_size):
+                    idx = mini[mc_start:mc_start + cfg.per_device_train_batch_size]
+                    with acc.accumulate(self.model):
+                        logits, values = self.model(data["query_responses"][idx], data["attention_mask"][idx], data["position_ids"][idx])
+                        c = data["context_length"]
+                        logits = logits[:, c - 1:-1]
+                        new_values = values[:, c - 1:-1].float()
+                        mask = data["mask"][idx]
+                        new_logprobs = ppo_core.logprobs_of(logits, data["query_responses"][idx][:, c:], cfg.temperature + 1e-7)
+                        pg_loss, pg_clipfrac, approxkl = ppo_core.policy_loss(new_logprobs, data["logprobs"][idx], data["advantages"][idx], mask, cfg.cliprange)
+                        vf_loss, vf_clipfrac = ppo_core.value_loss(new_values, data["values"][idx], data["returns"][idx], mask, cfg.cliprange_value)
+                        loss = pg_loss + cfg.vf_coef * vf_loss
+                        acc.backward(loss)
+                        self.optimizer.step()
+                        if acc.sync_gradients:  # once per optimizer step (a no-op under DeepSpeed, whose engine steps it)
+                            self.scheduler.step()
+                        self.optimizer.zero_grad()
+                    with torch.no_grad():
+                        stats["pg_loss"].append(pg_loss.detach())
+                        stats["vf_loss"].append(vf_loss.detach())
+                        stats["pg_clipfrac"].append(pg_clipfrac)
+                        stats["vf_clipfrac"].append(vf_clipfrac)
+                        stats["approxkl"].append(approxkl)
+                        stats["entropy"].append(ppo_core.masked_mean(ppo_core.entropy_of(logits.detach(), cfg.temperature + 1e-7), mask))
+                        stats["ratio"].append(ppo_core.masked_mean(torch.exp(new_logprobs.detach() - data["logprobs"][idx]), mask))
+        return {k: torch.stack(v).mean() for k, v in stats.items()}
+
+    def mean_across_processes(self, metrics):
+        keys = sorted(metrics)
+        values = torch.stack([metrics[k].float().to(self.device) for k in keys])
+        values = self.accelerator.reduce(values, reduction="mean")
+        return {k: v.item() for k, v in zip(keys, values)}
+
+    # ---- evaluation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self):
+        """Greedy responses on the held-out problems: mean verifier reward and format rate."""
+        if not self.eval_items:
+            return {}
+        acc = self.accelerator
+        with acc.split_between_processes(list(range(len(self.eval_items))), apply_padding=True) as my_indices:
+            items = [self.eval_items[i] for i in my_indices]
+        queries, query_mask = left_pad([it["input_ids"] for it in items], self.pad_id)
+        with unwrap_model_for_generation(self.model, acc, gather_deepspeed3_params=self.config.ds3_gather_for_generation) as unwrapped:
+            unwrapped.eval()
+            responses = generate_responses(unwrapped.policy, queries.to(self.device), query_mask.to(self.device),
+                                           self.greedy_config, self.config.local_rollout_forward_batch_size, self.pad_id)
+        reward, texts = self.score_responses(responses.cpu(), [it["reference"] for it in items])
+        rows = gather_object([(i, r, w, t) for i, r, w, t in zip(my_indices, reward.rewards.tolist(), reward.well_formed.tolist(), texts)])
+        by_index = {i: (r, w, t) for i, r, w, t in rows}  # padding repeats an index: keep one
+        rewards = [by_index[i][0] for i in range(len(self.eval_items))]
+        formats = [by_index[i][1] for i in range(len(self.eval_items))]
+        return {"eval/mean_reward": sum(rewards) / len(rewards), "eval/format_rate": sum(formats) / len(formats),
+                "eval/samples": len(rewards), "eval/example": by_index[0][2][:300]}
+
+    # ---- saving ---------------------------------------------------------------------------------
+    def save_policy(self, folder):
+        """The policy alone, as a Hugging Face folder (full weights gathered under ZeRO-3)."""
+        acc = self.accelerator
+        state_dict = acc.get_state_dict(self.model)
+        if acc.is_main_process:
+            policy_state = {k[len("policy."):]: v for k, v in state_dict.items() if k.startswith("policy.")}
+            policy = acc.unwrap_model(self.model).policy
+            policy.save_pretrained(folder, state_dict=policy_state, safe_serialization=True)
+            self.tokenizer.save_pretrained(folder)
+        acc.wait_for_everyone()
+
+    def save_checkpoint(self):
+        """checkpoint-<update>/: the policy (loadable on its own) + the full training state for --resume_from_checkpoint."""
+        folder = os.path.join(self.config.output_dir, f"checkpoint-{self.update}")
+        self.save_policy(folder)
+        self.accelerator.save_state(os.path.join(folder, "training_state"))
+        if self.accelerator.is_main_process:
+            write_json_atomic(os.path.join(folder, STATE_FILE), {"update": self.update, "num_updates": self.num_updates})
+            self.rotate_checkpoints()
+        self.accelerator.wait_for_everyone()
+
+    def rotate_checkpoints(self):
+        limit = self.config.save_total_limit
+        done = [d for d in os.listdir(self.config.output_dir)
+                if d.startswith("checkpoint-") and os.path.isfile(os.path.join(self.config.output_dir, d, STATE_FILE))]
+        done.sort(key=lambda d: int(d.split("-")[1]))
+        for old in done[:-limit] if limit else []:
+            shutil.rmtree(os.path.join(self.config.output_dir, old))
+
+    def resume(self, checkpoint):
+        with open(os.path.join(checkpoint, STATE_FILE)) as f:
+            self.update = json.load(f)["update"]
+        self.accelerator.load_state(os.path.join(checkpoint, "training_state"))
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def every(self, strategy, steps):
+        strategy = getattr(strategy, "value", strategy)
+        if strategy == "no":
+            return None
+        if strategy == "epoch":
+            return max(1, math.ceil(len(self.train_items) / self.sizes.batch_size))
+        return max(1, math.ceil(steps * self.num_updates) if steps < 1 else int(steps))
+
+    def log(self, record):
+        if self.accelerator.is_main_process:
+            os.makedirs(self.config.output_dir, exist_ok=True)
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record.get("update"))
+
+    def train(self):
+        cfg, acc = self.config, self.accelerator
+        save_every = self.every(cfg.save_strategy, cfg.save_steps)
+        eval_every = self.every(cfg.eval_strategy, cfg.eval_steps)
+        log_every = max(1, int(cfg.logging_steps)) if cfg.logging_steps >= 1 else 1
+        start_time, start_update = time.time(), self.update
+        bar = tqdm(total=self.num_updates, initial=self.update, desc="PPO updates", disable=not acc.is_main_process)
+        while self.update < self.num_updates:
+            data = self.rollout(self.batch_for_update(self.update))
+            stats = self.optimise(data)
+            self.update += 1
+            mask = data["mask"]
+            stats.update({
+                "objective/score": data["scores"].mean(),
+                "objective/format_rate": data["well_formed"].float().mean(),
+                "objective/kl": data["kl"].sum(1).mean(),
+                "objective/non_score_reward": (-cfg.kl_coef * data["kl"]).sum(1).mean(),
+                "val/response_length": mask.sum(1).float().mean(),
+                "val/stop_rate": data["has_stop"].float().mean(),
+            })
+            record = {"update": self.update, "episodes": self.update * self.sizes.batch_size, **self.mean_across_processes(stats),
+                      "lr": self.scheduler.get_last_lr()[0],
+                      "episodes_per_second": (self.update - start_update) * self.sizes.batch_size / (time.time() - start_time)}
+            if eval_every and self.update % eval_every == 0:
+                record.update(self.evaluate())
+            if self.update % log_every == 0 or self.update == self.num_updates:
+                self.log(record)
+            bar.update(1)
+            bar.set_postfix(score=f"{record['objective/score']:.3f}", kl=f"{record['objective/kl']:.3f}")
+            if save_every and self.update % save_every == 0 and self.update < self.num_updates:
+                self.save_checkpoint()
+        bar.close()
+        return time.time() - start_time

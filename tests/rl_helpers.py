@@ -1,0 +1,53 @@
+"""Small verifiable-problem files for the RL tests."""
+
+import json
+
+PROBLEMS = [
+    ("A 60-year-old smoker has painless hematuria. What is the most likely diagnosis?", "Bladder cancer"),
+    ("Which drug is first line for hypertension in a patient with diabetes?", "ACE inhibitor"),
+    ("A child has a barking cough and inspiratory stridor. What is the diagnosis?", "Croup"),
+    ("What is the antidote for acetaminophen overdose?", "N-acetylcysteine"),
+    ("A patient has chest pain and ST elevation in II, III and aVF. Which artery is blocked?", "Right coronary artery"),
+    ("Which vitamin deficiency causes scurvy?", "Vitamin C"),
+    ("What organism causes most community-acquired pneumonia?", "Streptococcus pneumoniae"),
+    ("Which electrolyte disturbance gives peaked T waves?", "Hyperkalemia"),
+    ("What is the first line treatment of anaphylaxis?", "Intramuscular epinephrine"),
+    ("Which hormone is low in primary hypothyroidism?", "Thyroxine"),
+]
+
+
+def write_problems(path, n=10, extra_rows=()):
+    rows = [{"Open-ended Verifiable Question": q, "Ground-True Answer": a} for q, a in (PROBLEMS * 3)[:n]]
+    rows.extend(extra_rows)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(rows, f)
+    return str(path)
+
+
+def teach_answer_layout(model_dir, out_dir, steps=60, lr=3e-3, seed=0):
+    """A copy of a tiny chat model trained briefly to answer as "## Thinking ... ## Final Response ...".
+
+    A random tiny policy never writes the layout, so every reward would be 0.0 and group-relative
+    methods (GRPO, RLOO) would see no signal; after this it writes the layout some of the time.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    texts = []
+    for question, answer in PROBLEMS:
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+        texts.append(prompt + f"## Thinking\n\nLet me reason step by step.\n\n## Final Response\n\n{answer}" + tokenizer.eos_token)
+    batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return str(out_dir), loss.item()

@@ -1,0 +1,128 @@
+"""The verifier reward: format gate, exact verifier input, threshold, truncation at the stop token."""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from ppo_utils.verifier_reward import (
+    NO_ANSWER,
+    VerifierReward,
+    decode_until_stop,
+    final_answer,
+    load_template,
+    trl_reward_functions,
+    verifier_input,
+)
+
+GOOD = "## Thinking\n\nFever and cough point to an infection.\n\n## Final Response\n\nPneumonia."
+
+
+class ControlledVerifier(torch.nn.Module):
+    """Returns logits giving p(label 1) = p_by_text[decoded input]; records what it was shown."""
+
+    def __init__(self, tokenizer, p_by_text, default_p=0.5):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.tokenizer, self.p_by_text, self.default_p = tokenizer, p_by_text, default_p
+        self.seen = []
+
+    def forward(self, input_ids, attention_mask):
+        logits = []
+        for ids, mask in zip(input_ids, attention_mask):
+            text = self.tokenizer.decode(ids[mask.bool()])
+            self.seen.append(text)
+            p = self.p_by_text.get(text, self.default_p)
+            logits.append([0.0, math.log(p / (1 - p))])  # softmax([0, log(p/(1-p))])[1] == p
+        return type("Out", (), {"logits": torch.tensor(logits)})()
+
+
+@pytest.fixture(scope="module")
+def verifier_tokenizer(tiny_models):
+    return AutoTokenizer.from_pretrained(tiny_models["tiny-verifier"])
+
+
+def test_exact_verifier_input_for_a_known_response():
+    text = verifier_input(final_answer(GOOD), "Community-acquired pneumonia", "<|eot_id|>")
+    assert text == (
+        "<Model Response>\nPneumonia.\n</Model Response>\n\n<Reference Answer>\nCommunity-acquired pneumonia\n"
+        "</Reference Answer>\n\nYour task is to evaluate the model response by comparing it to the reference answer. "
+        'If the model response is correct and aligns with the reference answer, output "True" . If it is incorrect or '
+        'fails to select the correct option (if options are provided), output "False" . <|eot_id|>'
+    )
+
+
+def test_template_is_overridable(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("A={response} R={reference}{eos_token}\n")
+    assert load_template(str(path)) == "A={response} R={reference}{eos_token}"
+    assert verifier_input("x", "y", "</s>", load_template(str(path))) == "A=x R=y</s>"
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        "Fever and cough.\n\n## Final Response\n\nPneumonia.",  # no "## Thinking"
+        "## Thinking\n\nA.\n\n## Final Response\n\nB.\n\n## Final Response\n\nC.",  # two final responses
+        "## Thinking\n\nA.\n\n## Final Response\nPneumonia.",  # no blank line after the heading
+        "## Thinking\n\nA.\n\n## Thinking\n\nB.\n\n## Final Response\n\nC.",  # two thinking sections
+    ],
+)
+def test_malformed_responses_get_zero_and_verifier_sees_no_answer(verifier_tokenizer, response):
+    eos = verifier_tokenizer.eos_token
+    no_answer_text = verifier_input(NO_ANSWER, "Pneumonia", eos)
+    verifier = ControlledVerifier(verifier_tokenizer, {no_answer_text: 0.99})
+    out = VerifierReward(verifier, verifier_tokenizer)([response], ["Pneumonia"])
+    assert out.rewards.tolist() == [0.0]
+    assert out.well_formed.tolist() == [False]
+    assert verifier.seen == [no_answer_text]
+
+
+def test_threshold_just_above_and_below_point_four(verifier_tokenizer):
+    eos = verifier_tokenizer.eos_token
+    responses = [GOOD, GOOD.replace("Pneumonia.", "Asthma."), GOOD.replace("Pneumonia.", "Flu.")]
+    references = ["Pneumonia", "Pneumonia", "Pneumonia"]
+    p_by_text = {
+        verifier_input("Pneumonia.", "Pneumonia", eos): 0.401,
+        verifier_input("Asthma.", "Pneumonia", eos): 0.399,
+        verifier_input("Flu.", "Pneumonia", eos): 0.4,  # not strictly above
+    }
+    verifier = ControlledVerifier(verifier_tokenizer, p_by_text, default_p=0.99)
+    out = VerifierReward(verifier, verifier_tokenizer, batch_size=2)(responses, references)
+    assert out.rewards.tolist() == pytest.approx([1.0, 0.1, 0.1])
+    assert out.p_correct.tolist() == pytest.approx([0.401, 0.399, 0.4], abs=1e-6)
+    assert out.well_formed.tolist() == [True, True, True]
+    assert sorted(verifier.seen) == sorted(p_by_text)  # exactly these texts, whole, nothing else
+
+
+def test_truncation_at_the_stop_token(verifier_tokenizer):
+    tok = verifier_tokenizer
+    ids = tok(GOOD, add_special_tokens=False)["input_ids"]
+    tail = tok("\n\n## Final Response\n\nExtra", add_special_tokens=False)["input_ids"]
+    generated = ids + [tok.eos_token_id] + tail + [tok.pad_token_id] * 3
+    text = decode_until_stop(tok, generated, tok.eos_token_id)
+    assert text == GOOD
+    assert final_answer(text) == "Pneumonia."
+    # without truncation the text after the stop token would make it malformed
+    assert final_answer(tok.decode(generated, skip_special_tokens=True)) is None
+
+
+def test_batched_real_verifier_matches_one_by_one(tiny_models, verifier_tokenizer):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_models["tiny-verifier"]).eval()
+    responses = [GOOD, GOOD.replace("Pneumonia.", "A much longer answer about asthma and its treatment."), "bad"]
+    references = ["Pneumonia", "Asthma", "Flu"]
+    batched = VerifierReward(model, verifier_tokenizer, batch_size=3)(responses, references)
+    single = [VerifierReward(model, verifier_tokenizer, batch_size=1)([r], [g]).p_correct.item() for r, g in zip(responses, references)]
+    assert batched.p_correct.tolist() == pytest.approx(single, abs=1e-5)
+    assert batched.rewards[2].item() == 0.0
+    assert batched.rewards[0].item() == (1.0 if single[0] > 0.4 else 0.1)
+
+
+def test_trl_callables_use_the_same_rule(verifier_tokenizer):
+    eos = verifier_tokenizer.eos_token
+    verifier = ControlledVerifier(verifier_tokenizer, {verifier_input("Pneumonia.", "Pneumonia", eos): 0.9}, default_p=0.1)
+    reward_fn, format_fn = trl_reward_functions(VerifierReward(verifier, verifier_tokenizer))
+    completions = [[{"role": "assistant", "content": GOOD}], [{"role": "assistant", "content": "no format"}]]
+    assert reward_fn(prompts=["q", "q"], completions=completions, reference=["Pneumonia", "Pneumonia"]) == pytest.approx([1.0, 0.0])
+    assert format_fn(prompts=["q", "q"], completions=completions) == [1.0, 0.0]

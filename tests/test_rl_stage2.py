@@ -1,0 +1,240 @@
+"""RL_stage2.py end to end on the tiny models (CPU, one process), and the seed's command line."""
+
+import json
+import os
+import shlex
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+import RL_stage2
+from ppo_utils.ppo_config import check_batch_sizes
+from rl_helpers import teach_answer_layout, write_problems
+
+SEED_COMMAND = """
+    --model_name_or_path {policy} --reward_model_path {verifier} --value_model_path {value} --dataset_name {data}
+    --response_length 1300 --temperature 0.5 --local_rollout_forward_batch_size 8 --num_ppo_epochs 3 --num_mini_batches 1
+    --total_episodes 20000 --per_device_train_batch_size 1 --gradient_accumulation_steps 16 --bf16 False
+    --output_dir ./ckpts --save_strategy steps --save_step 20 --save_total_limit 1 --eval_strategy steps --eval_steps 20
+    --kl_coef 0.03 --learning_rate 5e-7 --warmup_ratio 0.05 --gradient_checkpointing True --dataloader_num_workers 4
+    --run_name ppo_medical_o1_8B --num_sample_generations -1 --report_to wandb
+"""
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    # tiny matrices: one thread is several times faster than two on a shared 2-core machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def test_seed_command_parses(tmp_path):
+    argv = shlex.split(SEED_COMMAND.format(policy="models/policy", verifier="models/verifier", value="models/value",
+                                           data=str(tmp_path / "problems.json")))
+    script_args, config, model_args = RL_stage2.parse_args(argv)
+    assert model_args.model_name_or_path == "models/policy"
+    assert (config.reward_model_path, config.value_model_path) == ("models/verifier", "models/value")
+    assert script_args.dataset_name.endswith("problems.json")
+    assert (config.response_length, config.temperature, config.local_rollout_forward_batch_size) == (1300, 0.5, 8)
+    assert (config.num_ppo_epochs, config.num_mini_batches, config.total_episodes) == (3, 1, 20000)
+    assert (config.per_device_train_batch_size, config.gradient_accumulation_steps) == (1, 16)
+    assert (config.save_steps, config.save_total_limit, config.eval_steps) == (20, 1, 20)  # --save_step abbreviates
+    assert (config.kl_coef, config.learning_rate, config.warmup_ratio, config.warmup_steps) == (0.03, 5e-7, 0.05, 0.05)
+    assert config.gradient_checkpointing and config.report_to == ["wandb"] and config.num_sample_generations == -1
+    assert (config.vf_coef, config.gamma, config.lam, config.cliprange, config.rl_algorithm) == (0.1, 1.0, 0.95, 0.2, "ppo")
+    sizes = check_batch_sizes(config, world_size=8)
+    assert (sizes.local_batch_size, sizes.batch_size, sizes.num_updates) == (16, 128, 157)  # the paper's batch of 128
+
+
+def test_help_lists_the_seed_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        RL_stage2.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--value_model_path", "--warmup_ratio", "--kl_coef", "--response_length", "--rl_algorithm", "--save_steps"):
+        assert flag in text
+    assert "1.0" in text and "0.1" in text  # vf_coef: the paper's value vs the code's
+
+
+def test_batch_sizes_that_cannot_work_are_explained(tmp_path):
+    argv = shlex.split(SEED_COMMAND.format(policy="p", verifier="v", value="v", data="d.json")) + ["--total_episodes", "64"]
+    config = RL_stage2.parse_args(argv)[1]
+    with pytest.raises(ValueError, match=r"total_episodes 64 .* 8 process\(es\) .* gradient_accumulation_steps 16 .* = 128"):
+        check_batch_sizes(config, world_size=8)
+    config.rl_algorithm, config.total_episodes, config.gradient_accumulation_steps = "rloo", 20000, 3
+    with pytest.raises(ValueError, match=r"multiple of --num_generations"):
+        check_batch_sizes(config, world_size=1)
+
+
+@pytest.fixture(scope="module")
+def taught_policy(tiny_models, tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    folder, _ = teach_answer_layout(tiny_models["tiny-qwen2"], tmp_path_factory.mktemp("taught") / "policy")
+    torch.set_num_threads(threads)
+    return folder
+
+
+def tiny_argv(tiny_models, data, out, *extra):
+    return [
+        "--model_name_or_path", tiny_models["tiny-qwen2"], "--reward_model_path", tiny_models["tiny-verifier"],
+        "--value_model_path", tiny_models["tiny-value"], "--dataset_name", data, "--output_dir", out,
+        "--response_length", "10", "--temperature", "1.0", "--local_rollout_forward_batch_size", "3",
+        "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2", "--bf16", "False",
+        "--learning_rate", "3e-3", "--report_to", "none", "--logging_steps", "1", "--seed", "1", *extra,
+    ]
+
+
+def parameters(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_ppo_end_to_end(tiny_models, tmp_path, monkeypatch):
+    loaded = {}
+    real_load_models = RL_stage2.load_models
+
+    def keep_models(*args):
+        models = real_load_models(*args)
+        loaded.update(zip(["tokenizer", "policy", "ref", "value", "verifier", "verifier_tokenizer"], models))
+        loaded["initial"] = {name: parameters(loaded[name]) for name in ("policy", "ref", "value", "verifier")}
+        return models
+
+    monkeypatch.setattr(RL_stage2, "load_models", keep_models)
+    data, out = write_problems(tmp_path / "problems.json", 11), str(tmp_path / "rl")
+    summary = RL_stage2.main(tiny_argv(
+        tiny_models, data, out, "--total_episodes", "24", "--num_mini_batches", "2", "--num_ppo_epochs", "2",
+        "--save_strategy", "steps", "--save_step", "1", "--save_total_limit", "1", "--eval_strategy", "steps",
+        "--eval_steps", "2", "--gradient_checkpointing", "True", "--missing_eos_penalty", "0.5",
+    ))
+    # 10 train / 1 held out; 8 episodes per update (2 x 2 x 2 mini-batches) -> 3 updates
+    assert (summary["train_problems"], summary["eval_problems"], summary["updates"]) == (10, 1, 3)
+    initial = loaded["initial"]
+    changed = [k for k, v in parameters(loaded["policy"]).items() if not torch.equal(v, initial["policy"][k])]
+    assert len(changed) > len(initial["policy"]) // 2
+    assert any(not torch.equal(v, initial["value"][k]) for k, v in parameters(loaded["value"]).items())
+    for frozen in ("ref", "verifier"):
+        assert all(torch.equal(v, initial[frozen][k]) for k, v in parameters(loaded[frozen]).items()), frozen
+
+    log = [json.loads(line) for line in open(os.path.join(out, "rl_log.jsonl"))]
+    assert [r["update"] for r in log] == [1, 2, 3]
+    for key in ("objective/score", "objective/format_rate", "objective/kl", "entropy", "pg_clipfrac", "vf_clipfrac",
+                "vf_loss", "episodes_per_second"):
+        assert all(key in r for r in log), key
+    # the random tiny policy never writes "## Thinking": score 0, minus the missing-eos penalty where it ran on
+    assert all(-0.5 <= r["objective/score"] <= 0.0 and r["objective/format_rate"] == 0.0 for r in log)
+    assert "eval/mean_reward" in log[1] and "eval/mean_reward" not in log[0]
+    assert max(r["pg_clipfrac"] for r in log) > 0  # lr 3e-3 moves the policy past the clip range within an update
+
+    with open(os.path.join(out, "rl_summary.json")) as f:
+        assert json.load(f) == summary
+    assert summary["eval_start"]["samples"] == 1 and summary["eval_end"]["format_rate"] == 0.0
+
+    # checkpoints: saved each update except the last (the final policy goes to output_dir); limit 1 keeps the newest
+    assert sorted(d for d in os.listdir(out) if d.startswith("checkpoint-")) == ["checkpoint-2"]
+    saved = AutoModelForCausalLM.from_pretrained(out)
+    trained = parameters(loaded["policy"])
+    assert all(torch.equal(v, trained[k]) for k, v in saved.state_dict().items())
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What causes scurvy?"}], add_generation_prompt=True, return_tensors="pt")
+    generated = saved.generate(**prompt, max_new_tokens=5, do_sample=False)
+    assert generated.shape[1] > prompt["input_ids"].shape[1]
+    assert not os.path.exists(os.path.join(out, "value_model"))  # the policy only
+    assert AutoModelForCausalLM.from_pretrained(os.path.join(out, "checkpoint-2")) is not None
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
+def test_trl_algorithms_with_the_verifier_reward(tiny_models, taught_policy, tmp_path, monkeypatch, algorithm):
+    loaded = {}
+    real_load_models = RL_stage2.load_models
+
+    def keep_models(*args):
+        models = real_load_models(*args)
+        loaded["initial"] = parameters(models[1])
+        assert models[2] is None and models[3] is None  # no reference copy of ours, no value model
+        return models
+
+    monkeypatch.setattr(RL_stage2, "load_models", keep_models)
+    data, out = write_problems(tmp_path / "problems.json", 11), str(tmp_path / algorithm)
+    argv = tiny_argv(tiny_models, data, out, "--rl_algorithm", algorithm, "--total_episodes", "12", "--num_ppo_epochs", "1",
+                     "--save_strategy", "no", "--eval_strategy", "no", "--response_length", "32", "--temperature", "0.7",
+                     "--gradient_accumulation_steps", "3")
+    argv[argv.index("--model_name_or_path") + 1] = taught_policy
+    summary = RL_stage2.main(argv)
+    # 6 completions per step (3 prompts x num_generations 2) -> 2 optimizer steps for 12 episodes
+    assert summary["algorithm"] == algorithm and summary["updates"] == 2
+    log = json.load(open(os.path.join(out, "rl_trl_log.json")))
+    assert len(log) == 2
+    # the taught policy writes the layout some of the time: rewards differ within groups, so the policy learns
+    assert any(0.0 < entry["rewards/format_ok/mean"] for entry in log)
+    assert all(0.0 <= entry["rewards/verifier/mean"] <= 1.0 for entry in log)
+    saved = AutoModelForCausalLM.from_pretrained(out)
+    changed = [k for k, v in saved.state_dict().items() if not torch.equal(v, loaded["initial"][k])]
+    assert len(changed) > len(loaded["initial"]) // 2
+    assert summary["eval_start"]["samples"] == 1 and 0.0 <= summary["eval_end"]["mean_reward"] <= 1.0
+
+
+def test_resume_from_checkpoint_continues_the_same_run(tiny_models, tmp_path):
+    data = write_problems(tmp_path / "problems.json", 11)
+    common = ["--total_episodes", "12", "--num_ppo_epochs", "1", "--save_strategy", "steps", "--save_step", "1",
+              "--save_total_limit", "2", "--eval_strategy", "no"]
+    whole = str(tmp_path / "whole")
+    RL_stage2.main(tiny_argv(tiny_models, data, whole, *common))
+    assert sorted(d for d in os.listdir(whole) if d.startswith("checkpoint-")) == ["checkpoint-1", "checkpoint-2"]
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    resumed = str(tmp_path / "resumed")
+    summary = RL_stage2.main(tiny_argv(tiny_models, data, resumed, *common, "--resume_from_checkpoint",
+                                       os.path.join(whole, "checkpoint-2")))
+    assert summary["updates"] == 3
+    log = [json.loads(line) for line in open(os.path.join(resumed, "rl_log.jsonl"))]
+    assert [r["update"] for r in log] == [3]  # only the missing update ran
+    whole_log = [json.loads(line) for line in open(os.path.join(whole, "rl_log.jsonl"))]
+    assert log[0]["objective/kl"] == pytest.approx(whole_log[2]["objective/kl"], abs=1e-5)
+    a = AutoModelForCausalLM.from_pretrained(whole).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(resumed).state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def test_problems_are_filtered_and_ten_percent_held_out(tmp_path):
+    blank = [{"Open-ended Verifiable Question": " ", "Ground-True Answer": "x"}, {"Open-ended Verifiable Question": "q"}]
+    args = RL_stage2.parse_args(["--dataset_name", write_problems(tmp_path / "a.json", 30, blank), "--output_dir", str(tmp_path)])[0]
+    train, held_out, skipped = RL_stage2.load_problems(args, seed=0)
+    assert (len(train), len(held_out), skipped) == (27, 3, 2)
+    many = [{"Open-ended Verifiable Question": f"question {i}", "Ground-True Answer": f"answer {i}"} for i in range(2500)]
+    (tmp_path / "many.jsonl").write_text("\n".join(json.dumps(r) for r in many))
+    args.dataset_name = str(tmp_path / "many.jsonl")
+    train, held_out, _ = RL_stage2.load_problems(args, seed=0)
+    assert (len(train), len(held_out)) == (2300, 200)  # 10%, at most 200
+    assert {p["question"] for p in train}.isdisjoint(p["question"] for p in held_out)
+    args.dataset_name = write_problems(tmp_path / "one.json", 1, blank)
+    with pytest.raises(RL_stage2.InputError, match=r"one\.json: 1 usable row\(s\) of 3"):
+        RL_stage2.load_problems(args, seed=0)
+
+
+def test_pad_token_is_made_distinct_from_eos(tiny_models, monkeypatch):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["tiny-qwen2"])
+    tokenizer.pad_token = tokenizer.eos_token  # as SmolLM2 ships: pad == eos == <|im_end|>
+    assert RL_stage2.distinct_pad_token(tokenizer) is False
+    assert tokenizer.pad_token == "<|endoftext|>" and tokenizer.pad_token_id != tokenizer.eos_token_id
+    llama = AutoTokenizer.from_pretrained(tiny_models["tiny-llama"])
+    llama.pad_token = None
+    RL_stage2.distinct_pad_token(llama)
+    assert llama.pad_token == "<|end_of_text|>"  # the Llama-3 rule
+    # no usable token in the vocabulary: a new one (the caller then grows the embeddings)
+    bare = AutoTokenizer.from_pretrained(tiny_models["tiny-qwen2"])
+    bare.pad_token = bare.eos_token
+    vocab_before = len(bare)
+    monkeypatch.setattr(RL_stage2, "PAD_CANDIDATES", ["<|not-in-vocab|>"])
+    assert RL_stage2.distinct_pad_token(bare) is True
+    assert bare.pad_token == "<|pad|>" and len(bare) == vocab_before + 1

@@ -1,0 +1,65 @@
+"""RL_stage2.py under `accelerate launch`, 2 processes, DeepSpeed ZeRO-3 on CPU (gloo)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rl_helpers import write_problems
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ppo_two_processes_zero3(tiny_models, tmp_path, repo_root):
+    data, out = write_problems(tmp_path / "problems.json", 11), str(tmp_path / "rl")
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    command = [
+        accelerate, "launch", "--config_file", os.path.join(repo_root, "configs", "accelerate_cpu_zero3_rl.yaml"),
+        "--num_processes", "2", "--num_machines", "1", "--machine_rank", "0", "--main_process_port", str(free_port()),
+        "--deepspeed_multinode_launcher", "standard", "RL_stage2.py",
+        "--model_name_or_path", tiny_models["tiny-qwen2"], "--reward_model_path", tiny_models["tiny-verifier"],
+        "--value_model_path", tiny_models["tiny-value"], "--dataset_name", data, "--output_dir", out,
+        "--response_length", "10", "--temperature", "1.0", "--local_rollout_forward_batch_size", "3",
+        "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2", "--num_mini_batches", "2",
+        "--num_ppo_epochs", "2", "--total_episodes", "16", "--bf16", "False", "--learning_rate", "3e-3",
+        "--save_strategy", "steps", "--save_step", "1", "--save_total_limit", "1", "--eval_strategy", "steps",
+        "--eval_steps", "1", "--gradient_checkpointing", "True", "--report_to", "none", "--logging_steps", "1", "--seed", "1",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es) x 4 prompts" in result.stdout
+
+    summary = json.load(open(os.path.join(out, "rl_summary.json")))
+    assert (summary["updates"], summary["episodes_per_update"]) == (2, 8)
+    log = [json.loads(line) for line in open(os.path.join(out, "rl_log.jsonl"))]
+    assert [r["update"] for r in log] == [1, 2] and all("eval/mean_reward" in r for r in log)
+    # one schedule step per optimizer step (4 per update), not one per process: lr still > 0 after update 1
+    assert log[0]["lr"] == pytest.approx(3e-3 * 4 / 8) and log[1]["lr"] == 0.0
+    assert log[0]["pg_clipfrac"] > 0 and log[1]["approxkl"] > 0  # the policy moved in both updates
+
+    # ZeRO-3 really sharded: one optimizer partition per rank in the resumable state
+    shards = os.listdir(os.path.join(out, "checkpoint-1", "training_state", "pytorch_model"))
+    assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= set(shards)
+
+    # the gathered policy reloads, differs from the start and from checkpoint-1, and generates
+    initial = AutoModelForCausalLM.from_pretrained(tiny_models["tiny-qwen2"]).state_dict()
+    after_one = AutoModelForCausalLM.from_pretrained(os.path.join(out, "checkpoint-1")).state_dict()
+    final_model = AutoModelForCausalLM.from_pretrained(out)
+    final = final_model.state_dict()
+    assert all(final[k].shape == initial[k].shape for k in initial)
+    assert sum(not torch.equal(final[k], initial[k]) for k in initial) > len(initial) // 2
+    assert sum(not torch.equal(final[k], after_one[k]) for k in initial) > len(initial) // 2
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What causes scurvy?"}], add_generation_prompt=True, return_tensors="pt")
+    assert final_model.generate(**prompt, max_new_tokens=4, do_sample=False).shape[1] > prompt["input_ids"].shape[1]
