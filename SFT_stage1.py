@@ -49,6 +49,8 @@ from pipeline_io import InputError, attn_implementation, from_pretrained_or_expl
 
 TEMPLATE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates", "sft")
 SFT_FIELDS = ("Question", "Complex_CoT", "Response")
+# Length grouping sorts this many global batches at a time: more means less padding, less randomness.
+GROUP_BATCHES = 64
 
 
 @dataclass
@@ -200,7 +202,7 @@ def make_loader(examples, args, batching, pad_token_id, num_processes, use_flash
     """DataLoader for one process; `batching` as in SFTArguments (not 'auto')."""
     lengths = [len(e["input_ids"]) for e in examples]
     # Groups span many micro-batches of every process, so the processes' batches stay alike too.
-    group_size = args.train_bsz_per_gpu * num_processes * 64 if batching == "length_grouped" else 0
+    group_size = args.train_bsz_per_gpu * num_processes * GROUP_BATCHES if batching == "length_grouped" else 0
     sampler = EpochSampler(lengths, args.seed, args.train_bsz_per_gpu * num_processes, group_size)
     if batching == "padding_free":
         collate = DataCollatorWithFlattening(return_flash_attn_kwargs=use_flash_attention)
