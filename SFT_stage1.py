@@ -88,6 +88,11 @@ class SFTArguments:
     )
     save_steps: int = field(default=0, metadata={"help": "Also save every N optimizer steps (0: only each epoch)."})
     max_steps: int = field(default=0, metadata={"help": "Stop (and save) after this many optimizer steps in total (0: no limit)."})
+    save_training_state: bool = field(
+        default=True,
+        metadata={"help": "Keep optimizer, scheduler and random state in the newest checkpoint so a rerun resumes "
+                  "(about 3x the model's fp32 size); False saves only the model and tokenizer."},
+    )
     resume: bool = field(default=True, metadata={"help": "Continue from the newest checkpoint of this experiment if there is one."})
     report_to: str = field(default="none", metadata={"help": "none, wandb or tensorboard (the original forced wandb).",
                                                      "choices": ["none", "wandb", "tensorboard"]})
@@ -216,7 +221,7 @@ def make_loader(examples, args, batching, pad_token_id, num_processes, use_flash
 
 
 def list_checkpoints(run_dir):
-    """Complete checkpoints (trainer_state.json is written last), oldest first."""
+    """Complete checkpoints (those with trainer_state.json), oldest first."""
     if not os.path.isdir(run_dir):
         return []
     found = []
@@ -227,7 +232,7 @@ def list_checkpoints(run_dir):
     return [path for _, path in sorted(found)]
 
 
-def save_checkpoint(accelerator, model, tokenizer, run_dir, trainer_state, max_ckpts):
+def save_checkpoint(accelerator, model, tokenizer, run_dir, trainer_state, max_ckpts, with_training_state=True):
     """Gathered 16-bit Hugging Face weights + tokenizer + the state needed to resume; rotate old ones."""
     final_path = os.path.join(run_dir, f"checkpoint-{trainer_state['global_step']}")
     tmp_path = final_path + ".tmp"
@@ -242,13 +247,14 @@ def save_checkpoint(accelerator, model, tokenizer, run_dir, trainer_state, max_c
         unwrapped.save_pretrained(tmp_path, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp_path)
     accelerator.wait_for_everyone()
-    accelerator.save_state(os.path.join(tmp_path, "training_state"))
-    accelerator.wait_for_everyone()
+    if with_training_state:
+        accelerator.save_state(os.path.join(tmp_path, "training_state"))
+        accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        write_json_atomic(os.path.join(tmp_path, "trainer_state.json"), trainer_state)
         if os.path.isdir(final_path):
             shutil.rmtree(final_path)
-        os.replace(tmp_path, final_path)
-        write_json_atomic(os.path.join(final_path, "trainer_state.json"), trainer_state)
+        os.replace(tmp_path, final_path)  # the checkpoint appears complete or not at all
         checkpoints = list_checkpoints(run_dir)
         for old in checkpoints[:-1]:  # only the newest one is needed to resume; its optimizer state is large
             shutil.rmtree(os.path.join(old, "training_state"), ignore_errors=True)
@@ -308,9 +314,11 @@ def main(argv=None):
     use_deepspeed = accelerator.state.deepspeed_plugin is not None
     dtype = torch.bfloat16 if use_deepspeed and accelerator.mixed_precision == "bf16" else torch.float32
     model = from_pretrained_or_explain(AutoModelForCausalLM, args.model_path, dtype=dtype, attn_implementation=attention)
-    model.config.use_cache = False
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # the name from transformers 5.x on
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if tokenizer.pad_token_id is None:  # only padded batches need one; it is masked everywhere
         tokenizer.pad_token = tokenizer.eos_token
 
@@ -337,6 +345,8 @@ def main(argv=None):
             state = json.load(f)
         accelerator.load_state(os.path.join(resumable[-1], "training_state"))
         say(f"resuming from {resumable[-1]} at optimizer step {state['global_step']} (epoch {state['epoch']})")
+        if state["epoch"] >= args.n_epochs:
+            say("that run had finished all epochs: nothing to do (pass --resume False to train again)")
     accelerator.init_trackers(args.experiment_name, config=asdict(args))
     say(f"batching: {batching}, attention: {attention}, {accelerator.num_processes} process(es), "
         f"{steps_per_epoch} optimizer steps per epoch, {total_steps} in all")
@@ -355,6 +365,7 @@ def main(argv=None):
         for batch_index, batch in enumerate(epoch_loader, start=skip):
             with accelerator.accumulate(model):
                 labels = batch.pop("labels")
+                # use_cache=False also lets transformers see packed examples in the position ids
                 outputs = model(**batch, use_cache=False)
                 logits = outputs.logits[:, :-1].float()
                 targets = labels[:, 1:]
@@ -382,7 +393,7 @@ def main(argv=None):
                 "epoch": epoch + (batch_index + 1) / len(loader),
                 "loss": round((total[0] / total[3]).item(), 6),
                 "token_accuracy": round((total[1] / total[2].clamp(min=1)).item(), 6),
-                "lr": scheduler.get_last_lr()[0],
+                "lr": optimizer.param_groups[0]["lr"],  # as the (DeepSpeed) optimizer sees it
             }
             state["history"].append(record)
             accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
@@ -397,7 +408,7 @@ def main(argv=None):
             if end_of_epoch:
                 state["epoch"], state["batches_done_in_epoch"] = epoch + 1, 0
             if end_of_epoch or stop or (args.save_steps and state["global_step"] % args.save_steps == 0):
-                final_path = save_checkpoint(accelerator, model, tokenizer, run_dir, state, args.max_ckpts)
+                final_path = save_checkpoint(accelerator, model, tokenizer, run_dir, state, args.max_ckpts, args.save_training_state)
                 say(f"saved {final_path}")
             if stop:
                 break
