@@ -319,11 +319,9 @@ def main(argv=None):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if tokenizer.pad_token_id is None:  # only padded batches need one; it is masked everywhere
-        tokenizer.pad_token = tokenizer.eos_token
-
-    loader = make_loader(examples, args, batching, tokenizer.pad_token_id, accelerator.num_processes,
-                         attention == "flash_attention_2")
+    # Only padded batches use a pad id, and padding is masked everywhere; the saved tokenizer keeps its own.
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    loader = make_loader(examples, args, batching, pad_token_id, accelerator.num_processes, attention == "flash_attention_2")
     no_decay = ("bias", "norm")
     groups = [
         {"params": [p for n, p in model.named_parameters() if not any(k in n.lower() for k in no_decay)], "weight_decay": args.weight_decay},

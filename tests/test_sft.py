@@ -288,6 +288,9 @@ def test_two_process_deepspeed_zero3_run_on_cpu(tiny_models, tmp_path):
     summary = read_summary(out)
     assert summary["optimizer_steps"] == 8 and summary["finished"]
     assert summary["last_loss"] < summary["first_loss"]
+    # the cosine schedule reaches the optimizer DeepSpeed steps (lr read from its parameter groups)
+    lrs = [h["lr"] for h in summary["history"]]
+    assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[0] <= 3e-3 and lrs[-1] == pytest.approx(0.0, abs=1e-9)
     assert checkpoint_names(out) == ["checkpoint-4", "checkpoint-8"]
 
     trained = AutoModelForCausalLM.from_pretrained(summary["final_checkpoint"], dtype="auto")
@@ -298,3 +301,10 @@ def test_two_process_deepspeed_zero3_run_on_cpu(tiny_models, tmp_path):
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": DEMO_ROWS[0]["Question"]}], add_generation_prompt=True, return_tensors="pt")
     generated = trained.float().generate(**prompt, max_new_tokens=6, do_sample=False)
     assert generated.shape[1] > prompt["input_ids"].shape[1]
+
+
+def test_a_hub_dataset_id_offline_fails_with_advice(tiny_models, tmp_path):
+    proc = run_sft(*common_flags(tiny_models["tiny-llama"], "FreedomIntelligence/medical-o1-reasoning-SFT", str(tmp_path)))
+    assert proc.returncode != 0
+    assert "could not load the Hugging Face dataset 'FreedomIntelligence/medical-o1-reasoning-SFT'" in proc.stderr
+    assert "Traceback" not in proc.stderr
