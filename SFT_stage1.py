@@ -267,6 +267,15 @@ def save_checkpoint(accelerator, model, tokenizer, run_dir, trainer_state, max_c
 # ----------------------------------------------------------------------------------------------
 
 
+def check_tracker(report_to):
+    """Fail before loading anything when the logging package is missing."""
+    import importlib.util
+
+    package = {"wandb": "wandb", "tensorboard": "tensorboard"}.get(report_to)
+    if package and importlib.util.find_spec(package) is None and not (package == "tensorboard" and importlib.util.find_spec("tensorboardX")):
+        sys.exit(f"error: --report_to {report_to} needs the '{package}' package (pip install {package}), or pass --report_to none")
+
+
 def make_accelerator(args):
     # Without CUDA, accelerate leaves the process-group backend unset and DeepSpeed then counts a
     # different world size; naming gloo makes the CPU run take the same path as a GPU run.
@@ -289,6 +298,7 @@ def make_accelerator(args):
 def main(argv=None):
     parser = HfArgumentParser(SFTArguments)
     (args,) = parser.parse_args_into_dataclasses(args=argv)
+    check_tracker(args.report_to)
     accelerator = make_accelerator(args)
     set_seed(args.seed)
     run_dir = os.path.join(args.output_dir, args.experiment_name)
@@ -377,10 +387,12 @@ def main(argv=None):
                 mask = targets != -100
                 correct = ((logits.argmax(-1) == targets) & mask).sum()
                 sums += torch.stack([loss.detach(), correct.float(), mask.sum().float(), torch.ones((), device=sums.device)])
-                real = batch["attention_mask"].sum() if "attention_mask" in batch else torch.tensor(batch["input_ids"].numel())
-                tokens_seen += torch.stack([real.float().to(sums.device), torch.tensor(float(batch["input_ids"].numel()), device=sums.device)])
+                n_processed = batch["input_ids"].numel()
+                n_real = int(batch["attention_mask"].sum()) if "attention_mask" in batch else n_processed
+                tokens_seen += torch.tensor([n_real, n_processed], dtype=torch.float, device=tokens_seen.device)
             if not accelerator.sync_gradients:
                 continue
+            lr = optimizer.param_groups[0]["lr"]  # the rate this update used, as the (DeepSpeed) optimizer sees it
             scheduler.step()
             total = accelerator.reduce(sums, reduction="sum")
             sums.zero_()
@@ -391,7 +403,7 @@ def main(argv=None):
                 "epoch": epoch + (batch_index + 1) / len(loader),
                 "loss": round((total[0] / total[3]).item(), 6),
                 "token_accuracy": round((total[1] / total[2].clamp(min=1)).item(), 6),
-                "lr": optimizer.param_groups[0]["lr"],  # as the (DeepSpeed) optimizer sees it
+                "lr": lr,
             }
             state["history"].append(record)
             accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
