@@ -265,7 +265,7 @@ def test_training_lowers_the_loss_saves_loadable_models_and_rotates_them(tiny_mo
 
 def test_resume_continues_at_the_right_step_with_the_same_result(tiny_models, tmp_path):
     data = write_rows(str(tmp_path), DEMO_ROWS)  # 8 examples, batch 2, accumulation 2: 2 steps per epoch
-    flags = dict(n_epochs=2, gradient_accumulation_steps=2, warmup_rates=0.25)
+    flags = dict(n_epochs=2, gradient_accumulation_steps=2, warmup_rates=0.25, max_seq_len=256, overlong="truncate")
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     run_ok(*common_flags(tiny_models["tiny-llama"], data, straight, **flags))
     run_ok(*common_flags(tiny_models["tiny-llama"], data, resumed, max_steps=1, **flags))  # stops mid-epoch
