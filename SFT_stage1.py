@@ -216,6 +216,20 @@ def make_loader(examples, args, batching, pad_token_id, num_processes, use_flash
     return torch.utils.data.DataLoader(examples, batch_size=args.train_bsz_per_gpu, sampler=sampler, collate_fn=collate)
 
 
+def next_token_loss(model, batch):
+    """Mean cross-entropy over the learned tokens of a micro-batch (padded or flattened), the number
+    of them predicted right (argmax), and their count."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    # use_cache=False also lets transformers see packed examples in the position ids
+    logits = model(**inputs, use_cache=False).logits[:, :-1].float()
+    targets = batch["labels"][:, 1:]
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+    learned = targets != -100
+    with torch.no_grad():
+        n_correct = ((logits.argmax(-1) == targets) & learned).sum()
+    return loss, n_correct, learned.sum()
+
+
 # ----------------------------------------------------------------------------------------------
 # Checkpoints: <output_dir>/<experiment_name>/checkpoint-<step>/{model files, trainer_state.json, training_state/}
 
@@ -372,21 +386,14 @@ def main(argv=None):
         epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
         for batch_index, batch in enumerate(epoch_loader, start=skip):
             with accelerator.accumulate(model):
-                labels = batch.pop("labels")
-                # use_cache=False also lets transformers see packed examples in the position ids
-                outputs = model(**batch, use_cache=False)
-                logits = outputs.logits[:, :-1].float()
-                targets = labels[:, 1:]
-                loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+                loss, n_correct, n_learned = next_token_loss(model, batch)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
                 optimizer.zero_grad()
             with torch.no_grad():
-                mask = targets != -100
-                correct = ((logits.argmax(-1) == targets) & mask).sum()
-                sums += torch.stack([loss.detach(), correct.float(), mask.sum().float(), torch.ones((), device=sums.device)])
+                sums += torch.stack([loss.detach(), n_correct.float(), n_learned.float(), torch.ones((), device=sums.device)])
                 n_processed = batch["input_ids"].numel()
                 n_real = int(batch["attention_mask"].sum()) if "attention_mask" in batch else n_processed
                 tokens_seen += torch.tensor([n_real, n_processed], dtype=torch.float, device=tokens_seen.device)

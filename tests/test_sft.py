@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithFlattening
 
 from pipeline_io import InputError, load_records
-from SFT_stage1 import GROUP_BATCHES, EpochSampler, build_examples, load_chat_tokenizer, pad_collate
+from SFT_stage1 import GROUP_BATCHES, EpochSampler, build_examples, load_chat_tokenizer, next_token_loss, pad_collate
 from SFT_stage1 import main as sft_main
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -202,6 +202,20 @@ def test_padding_free_batches_give_each_example_its_own_attention(tiny_models):
         leaking = model(input_ids=flat["input_ids"], use_cache=False).logits[0]  # one long causal sequence, for contrast
     assert torch.allclose(packed, alone, atol=1e-4)
     assert not torch.allclose(leaking[120:], alone[120:], atol=1e-2)
+
+
+def test_padded_and_padding_free_batches_give_the_same_loss(tiny_models):
+    tokenizer = load_chat_tokenizer(tiny_models["tiny-llama"])
+    examples, _ = build_examples(DEMO_ROWS[:3], tokenizer, 8192, "drop", "demo", show_progress=False)
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["tiny-llama"], attn_implementation="sdpa").eval()
+    with torch.no_grad():
+        padded = next_token_loss(model, pad_collate(tokenizer.pad_token_id)(examples))
+        flat = next_token_loss(model, DataCollatorWithFlattening()(examples))
+    n_learned = sum(label != -100 for e in examples for label in e["labels"])
+    assert padded[2].item() == flat[2].item() == n_learned
+    assert padded[1].item() == flat[1].item()
+    assert flat[0].item() == pytest.approx(padded[0].item(), abs=1e-5)
+    assert 5.0 < flat[0].item() < 7.0  # a random model over a 512-token vocabulary: about ln(512) = 6.2
 
 
 def test_epoch_sampler_visits_every_example_once_and_groups_lengths():
