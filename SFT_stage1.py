@@ -30,7 +30,6 @@ import os
 import shutil
 import sys
 from dataclasses import asdict, dataclass, field
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -154,6 +153,19 @@ def build_examples(rows, tokenizer, max_seq_len, overlong, source, show_progress
             example["labels"] = example["labels"][:max_seq_len]
         examples.append({"input_ids": example["input_ids"], "labels": example["labels"]})
     return examples, n_overlong
+
+
+def stop_token_ids(tokenizer, example, eos_token_id):
+    """Generation stop ids: the model's eos plus the special token the learned turn ends with.
+
+    They differ for a base model given the Llama-3 layout (eos <|end_of_text|>, turns end with
+    <|eot_id|>); without this the fine-tuned model would not stop after its answer.
+    """
+    stop = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
+    last_learned = [t for t, label in zip(example["input_ids"], example["labels"]) if label != -100][-1]
+    if tokenizer.convert_ids_to_tokens(last_learned) in tokenizer.get_added_vocab() and last_learned not in stop:
+        stop.append(last_learned)
+    return stop
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -338,6 +350,7 @@ def main(argv=None):
     use_deepspeed = accelerator.state.deepspeed_plugin is not None
     dtype = torch.bfloat16 if use_deepspeed and accelerator.mixed_precision == "bf16" else torch.float32
     model = from_pretrained_or_explain(AutoModelForCausalLM, args.model_path, dtype=dtype, attn_implementation=attention)
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer, examples[0], model.generation_config.eos_token_id)
     if args.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # the name from transformers 5.x on
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

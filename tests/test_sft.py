@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithFlattening
 
 from pipeline_io import InputError, load_records
-from SFT_stage1 import GROUP_BATCHES, EpochSampler, build_examples, load_chat_tokenizer, next_token_loss, pad_collate
+from SFT_stage1 import GROUP_BATCHES, EpochSampler, build_examples, load_chat_tokenizer, next_token_loss, pad_collate, stop_token_ids
 from SFT_stage1 import main as sft_main
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -151,6 +151,13 @@ def test_llama3_layout_when_the_tokenizer_has_no_chat_template(tiny_models, tmp_
         f"<|start_header_id|>assistant<|end_header_id|>\n\n{answer_text(row)}<|eot_id|>"
     )
     check_labels_token_by_token(tokenizer, row, example, "<|eot_id|>")
+
+    # A base model's eos (<|end_of_text|>) is not where the Llama-3 turn ends: generation must stop at both.
+    end_of_text, eot = tokenizer.convert_tokens_to_ids(["<|end_of_text|>", "<|eot_id|>"])
+    assert stop_token_ids(tokenizer, example, end_of_text) == [end_of_text, eot]
+    assert stop_token_ids(tokenizer, example, [eot]) == [eot]
+    text_end = {"input_ids": example["input_ids"][:-1], "labels": example["labels"][:-1]}  # ends on a plain word piece
+    assert stop_token_ids(tokenizer, text_end, end_of_text) == [end_of_text]
 
 
 def test_overlong_examples_are_dropped_or_cut_at_the_answer_end(tiny_models):
