@@ -314,8 +314,10 @@ def make_accelerator(args):
         project_dir=args.log_dir,
         kwargs_handlers=handlers,
     )
+    # Our flags decide the batch shape, not the config file (whose value accelerate passes by environment).
+    accelerator.gradient_accumulation_steps = args.gradient_accumulation_steps
     plugin = accelerator.state.deepspeed_plugin
-    if plugin is not None:  # our flags decide the batch shape, not the config file
+    if plugin is not None:
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = args.train_bsz_per_gpu
         plugin.deepspeed_config["gradient_accumulation_steps"] = args.gradient_accumulation_steps
     return accelerator
