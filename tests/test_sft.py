@@ -1,0 +1,338 @@
+"""SFT_stage1.py: labels, batching, training, checkpoints, resume, and a 2-process ZeRO-3 run on CPU."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithFlattening
+
+from pipeline_io import InputError, load_records
+from SFT_stage1 import GROUP_BATCHES, EpochSampler, build_examples, load_chat_tokenizer, next_token_loss, pad_collate, stop_token_ids
+from SFT_stage1 import main as sft_main
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_ROWS = load_records(os.path.join(REPO_ROOT, "data", "demo_sft.json"))
+
+
+def answer_text(row):
+    return f"## Thinking\n\n{row['Complex_CoT']}\n\n## Final Response\n\n{row['Response']}"
+
+
+def write_rows(folder, rows, name="sft.json"):
+    path = os.path.join(folder, name)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(rows, f)
+    return path
+
+
+def run_sft(*flags, launcher=()):
+    command = [*launcher, "SFT_stage1.py", *map(str, flags)] if launcher else [sys.executable, "SFT_stage1.py", *map(str, flags)]
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+
+
+def run_ok(*flags, **kwargs):
+    proc = run_sft(*flags, **kwargs)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
+def main_exit_message(flags):
+    """Run SFT_stage1.main in this process, expecting it to stop on bad input; its message."""
+    from accelerate.state import AcceleratorState
+
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            sft_main([str(f) for f in flags])
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)  # leave no accelerate state to other tests
+    return str(stopped.value.code)
+
+
+def common_flags(model, data, out, **overrides):
+    flags = {
+        "model_path": model, "data_path": data, "output_dir": out, "log_dir": os.path.join(out, "logs"),
+        "n_epochs": 2, "train_bsz_per_gpu": 2, "gradient_accumulation_steps": 1, "learning_rate": 1e-3,
+        "max_seq_len": 2048, "gradient_checkpointing": False,
+    }
+    flags.update(overrides)
+    return [item for key, value in flags.items() for item in (f"--{key}", value)]
+
+
+def read_summary(out, experiment="sft_stage1"):
+    with open(os.path.join(out, experiment, "training_summary.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def checkpoint_names(out, experiment="sft_stage1"):
+    return sorted((n for n in os.listdir(os.path.join(out, experiment)) if n.startswith("checkpoint-")), key=lambda n: int(n.split("-")[1]))
+
+
+def max_weight_change(model_a, model_b):
+    b = dict(model_b.named_parameters())
+    return max((p.float() - b[n].float()).abs().max().item() for n, p in model_a.named_parameters())
+
+
+# --------------------------------------------------------------------------------------------- labels
+
+
+@pytest.fixture(scope="module")
+def eos_is_pad_model(tiny_models, tmp_path_factory):
+    """tiny-qwen2 with pad == eos == <|im_end|>, the layout of SmolLM2-135M-Instruct."""
+    folder = str(tmp_path_factory.mktemp("eos_is_pad"))
+    for name in os.listdir(tiny_models["tiny-qwen2"]):
+        shutil.copy(os.path.join(tiny_models["tiny-qwen2"], name), folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def check_labels_token_by_token(tokenizer, row, example, end_of_turn):
+    prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": row["Question"]}], add_generation_prompt=True)["input_ids"]
+    n_prompt = len(prompt_ids)
+    ids, labels = example["input_ids"], example["labels"]
+    assert ids[:n_prompt] == prompt_ids
+    learned = tokenizer(answer_text(row) + end_of_turn, add_special_tokens=False)["input_ids"]
+    for position, (token, label) in enumerate(zip(ids, labels)):
+        if position < n_prompt:
+            assert label == -100, f"prompt token {position} is learned"
+        elif position < n_prompt + len(learned):
+            assert label == token == learned[position - n_prompt], f"assistant token {position} is not learned"
+        else:
+            assert label == -100, f"template tail token {position} ({tokenizer.decode([token])!r}) is learned"
+    assert labels[n_prompt + len(learned) - 1] == tokenizer.convert_tokens_to_ids(end_of_turn)  # the model learns to stop
+
+
+def test_labels_cover_exactly_the_assistant_turn_and_its_end(eos_is_pad_model):
+    tokenizer = load_chat_tokenizer(eos_is_pad_model)
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id
+    rows = DEMO_ROWS[:3]
+    examples, n_overlong = build_examples(rows, tokenizer, 8192, "drop", "demo", show_progress=False)
+    assert n_overlong == 0 and len(examples) == 3
+    for row, example in zip(rows, examples):
+        check_labels_token_by_token(tokenizer, row, example, "<|im_end|>")
+        tail = [t for t, l in zip(example["input_ids"], example["labels"]) if l == -100][-1:]
+        assert tokenizer.decode(tail) == "\n"  # ChatML's newline after <|im_end|> is not learned
+
+    # Padded batches (the original scheme): padding masked everywhere, the eos inside each example
+    # still learned although it has the pad id.
+    batch = pad_collate(tokenizer.pad_token_id)(examples)
+    eos = tokenizer.eos_token_id
+    for i, example in enumerate(examples):
+        n = len(example["input_ids"])
+        assert batch["labels"][i, :n].tolist() == example["labels"]
+        assert (batch["labels"][i, n:] == -100).all() and (batch["attention_mask"][i, n:] == 0).all()
+        assert (batch["attention_mask"][i, :n] == 1).all()
+        assert (batch["labels"][i] == eos).sum().item() == 1
+    # Padding-free batches: the same labels, back to back, positions restarting per example.
+    flat = DataCollatorWithFlattening()(examples)
+    assert flat["labels"][0].tolist() == [label for e in examples for label in e["labels"]]
+    assert flat["position_ids"][0].tolist() == [p for e in examples for p in range(len(e["input_ids"]))]
+
+
+def test_llama3_layout_when_the_tokenizer_has_no_chat_template(tiny_models, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["tiny-llama"])
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(tmp_path)
+    if os.path.exists(tmp_path / "chat_template.jinja"):
+        os.remove(tmp_path / "chat_template.jinja")
+    assert not AutoTokenizer.from_pretrained(tmp_path).chat_template
+
+    tokenizer = load_chat_tokenizer(str(tmp_path))
+    row = DEMO_ROWS[0]
+    (example,), _ = build_examples([row], tokenizer, 8192, "drop", "demo", show_progress=False)
+    text = tokenizer.decode(example["input_ids"])
+    assert text == (
+        f"<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{row['Question']}<|eot_id|>"
+        f"<|start_header_id|>assistant<|end_header_id|>\n\n{answer_text(row)}<|eot_id|>"
+    )
+    check_labels_token_by_token(tokenizer, row, example, "<|eot_id|>")
+
+    # A base model's eos (<|end_of_text|>) is not where the Llama-3 turn ends: generation must stop at both.
+    end_of_text, eot = tokenizer.convert_tokens_to_ids(["<|end_of_text|>", "<|eot_id|>"])
+    assert stop_token_ids(tokenizer, example, end_of_text) == [end_of_text, eot]
+    assert stop_token_ids(tokenizer, example, [eot]) == [eot]
+    text_end = {"input_ids": example["input_ids"][:-1], "labels": example["labels"][:-1]}  # ends on a plain word piece
+    assert stop_token_ids(tokenizer, text_end, end_of_text) == [end_of_text]
+
+
+def test_overlong_examples_are_dropped_or_cut_at_the_answer_end(tiny_models):
+    tokenizer = load_chat_tokenizer(tiny_models["tiny-llama"])
+    rows = DEMO_ROWS[:4]
+    full, _ = build_examples(rows, tokenizer, 100000, "drop", "demo", show_progress=False)
+    lengths = [len(e["input_ids"]) for e in full]
+    limit = sorted(lengths)[1]  # two rows fit, two are longer
+    n_long = sum(n > limit for n in lengths)
+
+    kept, n_overlong = build_examples(rows, tokenizer, limit, "drop", "demo", show_progress=False)
+    assert n_overlong == n_long and len(kept) == len(rows) - n_long
+    assert [e["input_ids"] for e in kept] == [e["input_ids"] for e in full if len(e["input_ids"]) <= limit]
+
+    cut, n_overlong = build_examples(rows, tokenizer, limit, "truncate", "demo", show_progress=False)
+    assert n_overlong == n_long and len(cut) == len(rows)
+    for whole, part in zip(full, cut):
+        assert len(part["input_ids"]) == min(len(whole["input_ids"]), limit)
+        assert part["input_ids"] == whole["input_ids"][:limit]
+        n_prompt = whole["labels"].index(next(l for l in whole["labels"] if l != -100))
+        assert part["labels"][:n_prompt] == [-100] * n_prompt  # the whole question is kept, still masked
+
+
+def test_a_row_without_complex_cot_names_the_row(tiny_models, tmp_path):
+    rows = [dict(r) for r in DEMO_ROWS[:3]]
+    del rows[1]["Complex_CoT"]
+    tokenizer = load_chat_tokenizer(tiny_models["tiny-llama"])
+    with pytest.raises(InputError, match=r"bad\.json: row 1 lacks the field 'Complex_CoT'"):
+        build_examples(rows, tokenizer, 8192, "drop", "bad.json", show_progress=False)
+
+    data = write_rows(str(tmp_path), rows, "bad.json")
+    message = main_exit_message(common_flags(tiny_models["tiny-llama"], data, str(tmp_path / "out")))
+    assert message.startswith("error: ") and message.endswith("bad.json: row 1 lacks the field 'Complex_CoT' (SFT rows need Question, Complex_CoT, Response)")
+
+
+# --------------------------------------------------------------------------------------------- batching
+
+
+def test_padding_free_batches_give_each_example_its_own_attention(tiny_models):
+    tokenizer = load_chat_tokenizer(tiny_models["tiny-llama"])
+    examples, _ = build_examples(DEMO_ROWS[:3], tokenizer, 8192, "drop", "demo", show_progress=False)
+    examples = [{k: v[:n] for k, v in e.items()} for e, n in zip(examples, (120, 80, 150))]
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["tiny-llama"], attn_implementation="sdpa").eval()
+    flat = DataCollatorWithFlattening()(examples)
+    with torch.no_grad():
+        # use_cache=False as in training: with a cache transformers does not look for packed sequences
+        packed = model(input_ids=flat["input_ids"], position_ids=flat["position_ids"], use_cache=False).logits[0]
+        alone = torch.cat([model(input_ids=torch.tensor([e["input_ids"]])).logits[0] for e in examples])
+        leaking = model(input_ids=flat["input_ids"], use_cache=False).logits[0]  # one long causal sequence, for contrast
+    assert torch.allclose(packed, alone, atol=1e-4)
+    assert not torch.allclose(leaking[120:], alone[120:], atol=1e-2)
+
+
+def test_padded_and_padding_free_batches_give_the_same_loss(tiny_models):
+    tokenizer = load_chat_tokenizer(tiny_models["tiny-llama"])
+    examples, _ = build_examples(DEMO_ROWS[:3], tokenizer, 8192, "drop", "demo", show_progress=False)
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["tiny-llama"], attn_implementation="sdpa").eval()
+    with torch.no_grad():
+        padded = next_token_loss(model, pad_collate(tokenizer.pad_token_id)(examples))
+        flat = next_token_loss(model, DataCollatorWithFlattening()(examples))
+    n_learned = sum(label != -100 for e in examples for label in e["labels"])
+    assert padded[2].item() == flat[2].item() == n_learned
+    assert padded[1].item() == flat[1].item()
+    assert flat[0].item() == pytest.approx(padded[0].item(), abs=1e-5)
+    assert 5.0 < flat[0].item() < 7.0  # a random model over a 512-token vocabulary: about ln(512) = 6.2
+
+
+def test_epoch_sampler_visits_every_example_once_and_groups_lengths():
+    lengths = [int(50 + 900 * ((i * 7919) % 1000) / 1000) for i in range(640)]
+    random_order = list(EpochSampler(lengths, seed=1, batch_size=8))
+    grouped = list(EpochSampler(lengths, seed=1, batch_size=8, group_size=8 * GROUP_BATCHES))
+    assert sorted(random_order) == sorted(grouped) == list(range(640))
+    next_epoch = EpochSampler(lengths, seed=1, batch_size=8, group_size=8 * GROUP_BATCHES)
+    next_epoch.set_epoch(1)
+    assert list(next_epoch) != grouped and sorted(next_epoch) == list(range(640))
+
+    def real_share(order):
+        batches = [order[i:i + 8] for i in range(0, len(order), 8)]
+        return sum(lengths[i] for i in order) / sum(8 * max(lengths[i] for i in b) for b in batches)
+
+    assert real_share(grouped) >= 0.98 > real_share(random_order)
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+def test_training_lowers_the_loss_saves_loadable_models_and_rotates_them(tiny_models, tmp_path):
+    model_path = tiny_models["tiny-qwen2"]
+    data = write_rows(str(tmp_path), DEMO_ROWS[:2] * 4)  # 8 examples, batch 2, 3 epochs: 12 steps
+    out = str(tmp_path / "out")
+    # saves at steps 3, 4 (epoch end), 6, 8, 9, 12; --max_ckpts 2 keeps 9 and 12
+    proc = run_ok(*common_flags(model_path, data, out, n_epochs=3, learning_rate=1e-2, save_steps=3, max_ckpts=2,
+                                gradient_checkpointing=True, batching="padding_free"))
+    summary = read_summary(out)
+    assert summary["optimizer_steps"] == 12 and summary["finished"]
+    # A random 2-layer model starts at ln(vocab) ~ 6.2 and reaches ~4.3 in these 12 steps.
+    assert summary["last_loss"] < 0.75 * summary["first_loss"], summary["history"]
+    assert [h["step"] for h in summary["history"]] == list(range(1, 13))
+    assert all(0.0 <= h["token_accuracy"] <= 1.0 for h in summary["history"])
+    assert summary["history"][-1]["token_accuracy"] > summary["history"][0]["token_accuracy"]
+    assert summary["real_tokens_this_run"] == summary["processed_tokens_this_run"]  # padding-free
+    assert summary["final_checkpoint"] == os.path.join(out, "sft_stage1", "checkpoint-12")
+    assert f"final checkpoint: {summary['final_checkpoint']}" in proc.stdout
+
+    trained = AutoModelForCausalLM.from_pretrained(summary["final_checkpoint"])
+    original = AutoModelForCausalLM.from_pretrained(model_path)
+    assert max_weight_change(trained, original) > 1e-3
+    tokenizer = AutoTokenizer.from_pretrained(summary["final_checkpoint"])
+    assert tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": DEMO_ROWS[0]["Question"]}], add_generation_prompt=True, return_tensors="pt")
+    generated = trained.generate(**prompt, max_new_tokens=6, do_sample=False)
+    assert generated.shape[1] > prompt["input_ids"].shape[1]
+    run_dir = os.path.join(out, "sft_stage1")
+    assert checkpoint_names(out) == ["checkpoint-9", "checkpoint-12"]
+    assert not os.path.exists(os.path.join(run_dir, "checkpoint-9", "training_state"))  # only the newest keeps it
+    assert os.path.isdir(os.path.join(run_dir, "checkpoint-12", "training_state"))
+    assert not [n for n in os.listdir(run_dir) if n.endswith(".tmp")]
+    with open(os.path.join(run_dir, "checkpoint-9", "trainer_state.json"), encoding="utf-8") as f:
+        assert json.load(f)["global_step"] == 9
+    older = AutoModelForCausalLM.from_pretrained(os.path.join(run_dir, "checkpoint-9"))
+    assert 0 < max_weight_change(older, trained)
+    # the log file has one line per optimizer step
+    with open(os.path.join(out, "logs", "sft_stage1.jsonl"), encoding="utf-8") as f:
+        assert [json.loads(line)["step"] for line in f] == list(range(1, 13))
+
+
+def test_resume_continues_at_the_right_step_with_the_same_result(tiny_models, tmp_path):
+    data = write_rows(str(tmp_path), DEMO_ROWS)  # 8 examples, batch 2, accumulation 2: 2 steps per epoch
+    flags = dict(n_epochs=2, gradient_accumulation_steps=2, warmup_rates=0.25, max_seq_len=256, overlong="truncate")
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    run_ok(*common_flags(tiny_models["tiny-llama"], data, straight, **flags))
+    run_ok(*common_flags(tiny_models["tiny-llama"], data, resumed, max_steps=1, **flags))  # stops mid-epoch
+    assert read_summary(resumed)["optimizer_steps"] == 1 and not read_summary(resumed)["finished"]
+    proc = run_ok(*common_flags(tiny_models["tiny-llama"], data, resumed, **flags))
+    assert "at optimizer step 1 (epoch 0)" in proc.stdout
+
+    expected, got = read_summary(straight), read_summary(resumed)
+    assert got["optimizer_steps"] == expected["optimizer_steps"] == 4 and got["finished"]
+    assert [h["step"] for h in got["history"]] == [1, 2, 3, 4]
+    for a, b in zip(expected["history"], got["history"]):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4) and a["lr"] == pytest.approx(b["lr"], rel=1e-6)
+    final_a = AutoModelForCausalLM.from_pretrained(expected["final_checkpoint"])
+    final_b = AutoModelForCausalLM.from_pretrained(got["final_checkpoint"])
+    assert max_weight_change(final_a, final_b) < 1e-5
+    original = AutoModelForCausalLM.from_pretrained(tiny_models["tiny-llama"])
+    assert max_weight_change(final_a, original) > 1e-3
+
+
+@pytest.mark.slow
+def test_two_process_deepspeed_zero3_run_on_cpu(tiny_models, tmp_path):
+    data = write_rows(str(tmp_path), DEMO_ROWS * 2)  # 16 examples: 2 processes x batch 2 -> 4 steps per epoch
+    out = str(tmp_path / "out")
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    launcher = (accelerate, "launch", "--config_file", "configs/deepspeed_zero3_cpu.yaml", "--num_processes", "2")
+    run_ok(*common_flags(tiny_models["tiny-llama"], data, out, n_epochs=2, learning_rate=3e-3,
+                         gradient_checkpointing=True), launcher=launcher)
+    summary = read_summary(out)
+    assert summary["optimizer_steps"] == 8 and summary["finished"]
+    assert summary["last_loss"] < summary["first_loss"]
+    # the cosine schedule reaches the optimizer DeepSpeed steps (lr read from its parameter groups)
+    lrs = [h["lr"] for h in summary["history"]]
+    assert lrs[0] == pytest.approx(3e-3) and all(a > b > 0 for a, b in zip(lrs, lrs[1:]))
+    assert checkpoint_names(out) == ["checkpoint-4", "checkpoint-8"]
+
+    trained = AutoModelForCausalLM.from_pretrained(summary["final_checkpoint"], dtype="auto")
+    assert next(trained.parameters()).dtype == torch.bfloat16  # 16-bit weights gathered from the shards
+    original = AutoModelForCausalLM.from_pretrained(tiny_models["tiny-llama"])
+    assert max_weight_change(trained.float(), original) > 1e-3
+    tokenizer = AutoTokenizer.from_pretrained(summary["final_checkpoint"])
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": DEMO_ROWS[0]["Question"]}], add_generation_prompt=True, return_tensors="pt")
+    generated = trained.float().generate(**prompt, max_new_tokens=6, do_sample=False)
+    assert generated.shape[1] > prompt["input_ids"].shape[1]
+
+
+def test_a_hub_dataset_id_offline_fails_with_advice(tiny_models, tmp_path):
+    message = main_exit_message(common_flags(tiny_models["tiny-llama"], "FreedomIntelligence/medical-o1-reasoning-SFT", str(tmp_path)))
+    assert "could not load the Hugging Face dataset 'FreedomIntelligence/medical-o1-reasoning-SFT'" in message
+    assert "pass the local .json/.jsonl file instead" in message
