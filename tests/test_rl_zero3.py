@@ -24,7 +24,7 @@ def test_ppo_two_processes_zero3(tiny_models, tmp_path, repo_root):
     data, out = write_problems(tmp_path / "problems.json", 11), str(tmp_path / "rl")
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     command = [
-        accelerate, "launch", "--config_file", os.path.join(repo_root, "configs", "accelerate_cpu_zero3_rl.yaml"),
+        accelerate, "launch", "--config_file", os.path.join(repo_root, "configs", "deepspeed_zero3_cpu.yaml"),
         "--num_processes", "2", "--num_machines", "1", "--machine_rank", "0", "--main_process_port", str(free_port()),
         "--deepspeed_multinode_launcher", "standard", "RL_stage2.py",
         "--model_name_or_path", tiny_models["tiny-qwen2"], "--reward_model_path", tiny_models["tiny-verifier"],
@@ -50,7 +50,9 @@ def test_ppo_two_processes_zero3(tiny_models, tmp_path, repo_root):
 
     # ZeRO-3 really sharded: one optimizer partition per rank in the resumable state
     shards = os.listdir(os.path.join(out, "checkpoint-1", "training_state", "pytorch_model"))
-    assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= set(shards)
+    # (named bf16_zero_pp_rank_* when the accelerate config asks for bf16 mixed precision)
+    for rank in (0, 1):
+        assert any(name.endswith(f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt") for name in shards), shards
 
     # the gathered policy reloads, differs from the start and from checkpoint-1, and generates
     initial = AutoModelForCausalLM.from_pretrained(tiny_models["tiny-qwen2"]).state_dict()
