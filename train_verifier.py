@@ -79,6 +79,9 @@ class VerifierArguments:
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations (long inputs, big backbones)."})
     logging_steps: int = field(default=10)
     eval_before_training: bool = field(default=True, metadata={"help": "Also score the held-out split with the untrained model."})
+    save_epoch_state: bool = field(default=True, metadata={
+        "help": "After each epoch but the last, save weights, optimizer and scheduler to <output_dir>/training_state so a "
+                "rerun can resume (about 4x the model's size in float32)."})
     resume: bool = field(default=True, metadata={"help": "Continue after the last finished epoch saved in output_dir."})
 
 
@@ -361,9 +364,10 @@ def main(argv=None):
             if progress["step"] >= total_steps:
                 break
         progress["epoch"] = epoch + 1
-        save_training_state(accelerator, args.output_dir, progress)
         if progress["step"] >= total_steps:
             break
+        if args.save_epoch_state:
+            save_training_state(accelerator, args.output_dir, progress)
     bar.close()
 
     # Check and save.
