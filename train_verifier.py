@@ -315,11 +315,13 @@ def main(argv=None):
     total_steps = args.max_steps or steps_per_epoch * args.n_epochs
     n_epochs = math.ceil(total_steps / steps_per_epoch)
     decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
-        (no_decay if parameter.ndim < 2 else decay).append(parameter)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=args.learning_rate)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(args.warmup_rates * total_steps), total_steps)
+    for parameter in model.parameters():  # no decay for biases and norms (ZeRO-3 flattens shards: ds_shape is the real one)
+        (no_decay if len(getattr(parameter, "ds_shape", parameter.shape)) < 2 else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=args.learning_rate)
+    # accelerate steps a prepared scheduler once per process at each optimizer step
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(args.warmup_rates * total_steps) * accelerator.num_processes,
+                                                total_steps * accelerator.num_processes)
     model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, eval_loader, scheduler)
     class_weights = class_weights.to(accelerator.device)
 
