@@ -83,6 +83,8 @@ class VerifierArguments:
         "help": "After each epoch but the last, save weights, optimizer and scheduler to <output_dir>/training_state so a "
                 "rerun can resume (about 4x the model's size in float32)."})
     resume: bool = field(default=True, metadata={"help": "Continue after the last finished epoch saved in output_dir."})
+    report_to: str = field(default="none", metadata={"help": "none, wandb or tensorboard (loss and learning rate; logs under output_dir/logs).",
+                                                     "choices": ["none", "wandb", "tensorboard"]})
 
 
 # ---- data ---------------------------------------------------------------------------------------
@@ -205,7 +207,9 @@ def make_accelerator(args):
     os.environ["ACCELERATE_GRADIENT_ACCUMULATION_STEPS"] = str(args.gradient_accumulation_steps)
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     handlers = [InitProcessGroupKwargs(backend="gloo")] if launched and not torch.cuda.is_available() else []
-    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps, kwargs_handlers=handlers)
+    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps, kwargs_handlers=handlers,
+                              log_with=None if args.report_to == "none" else args.report_to,
+                              project_dir=os.path.join(args.output_dir, "logs"))
     plugin = accelerator.state.deepspeed_plugin
     if plugin is not None:  # our flags decide the batch shape, not the config file
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = args.train_bsz_per_gpu
@@ -243,11 +247,8 @@ def held_out_report(p, examples, threshold):
     labels = [e["label"] for e in examples]
     verifier = [x > threshold for x in p.tolist()]
     baseline = [string_match(e["response"], e["reference"]) for e in examples]
-    return {
-        "verifier": scores(verifier, labels),
-        "string_match": scores(baseline, labels),
-        "verifier_vs_string_match_agreement": round(sum(v == b for v, b in zip(verifier, baseline)) / max(1, len(labels)), 4),
-    }
+    agreement = round(sum(v == b for v, b in zip(verifier, baseline)) / max(1, len(labels)), 4)
+    return scores(verifier, labels), scores(baseline, labels), agreement
 
 
 # ---- checkpoints --------------------------------------------------------------------------------
@@ -323,6 +324,8 @@ def main(argv=None):
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(args.warmup_rates * total_steps) * accelerator.num_processes,
                                                 total_steps * accelerator.num_processes)
     model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, eval_loader, scheduler)
+    if args.report_to != "none":
+        accelerator.init_trackers("train_verifier", config={k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
     class_weights = class_weights.to(accelerator.device)
 
     progress = {"epoch": 0, "step": 0, "log": []}
@@ -331,10 +334,10 @@ def main(argv=None):
         accelerator.load_state(os.path.join(args.output_dir, STATE_DIR))
         progress = previous
         say(f"resumed after epoch {progress['epoch']} (step {progress['step']})")
-    before = progress.get("held_out_before")
+    before = progress.get("heldout_before")
     if before is None and args.eval_before_training:
-        before = held_out_report(predict(accelerator, model, eval_loader, len(held_out)), held_out, args.threshold)
-        progress["held_out_before"] = before
+        before = held_out_report(predict(accelerator, model, eval_loader, len(held_out)), held_out, args.threshold)[0]
+        progress["heldout_before"] = before
         say(f"held-out before training: {json.dumps(before)}")
 
     # Train.
@@ -361,6 +364,7 @@ def main(argv=None):
                 entry = {"step": progress["step"], "epoch": epoch, "loss": round(sum(running) / len(running), 4),
                          "lr": scheduler.get_last_lr()[0]}
                 progress["log"].append(entry)
+                accelerator.log({"train/loss": entry["loss"], "train/lr": entry["lr"]}, step=entry["step"])
                 bar.set_postfix(loss=entry["loss"])
                 running = []
             if progress["step"] >= total_steps:
@@ -374,7 +378,7 @@ def main(argv=None):
 
     # Check and save.
     p = predict(accelerator, model, eval_loader, len(held_out))
-    after = held_out_report(p, held_out, args.threshold)
+    after, baseline, agreement = held_out_report(p, held_out, args.threshold)
     save_verifier(accelerator, model, tokenizer, args.output_dir)
     summary = {
         "output_dir": os.path.abspath(args.output_dir), "backbone": args.model_path, "data_path": args.data_path,
@@ -382,7 +386,8 @@ def main(argv=None):
         "train_share_correct": round(n_correct / len(train), 4), "held_out_share_correct": round(sum(e["label"] for e in held_out) / len(held_out), 4),
         "threshold": args.threshold, "steps": progress["step"], "first_loss": progress["log"][0]["loss"] if progress["log"] else None,
         "last_loss": progress["log"][-1]["loss"] if progress["log"] else None,
-        "held_out_before": before, "held_out": after, "arguments": asdict(args),
+        "heldout_before": before, "heldout": after, "baseline": baseline, "verifier_vs_baseline_agreement": agreement,
+        "arguments": asdict(args),
     }
     if accelerator.is_main_process:
         write_json_atomic(os.path.join(args.output_dir, "heldout_predictions.json"), [
@@ -393,13 +398,13 @@ def main(argv=None):
         write_json_atomic(os.path.join(args.output_dir, "train_log.json"), progress["log"])
         write_json_atomic(os.path.join(args.output_dir, SUMMARY_FILE), summary)
         shutil.rmtree(os.path.join(args.output_dir, STATE_DIR), ignore_errors=True)  # finished: nothing to resume
-        v, b = after["verifier"], after["string_match"]
+        v, b = after, baseline
         print(f"held-out ({len(held_out)} examples, threshold {args.threshold}): verifier accuracy {v['accuracy']}, "
               f"precision {v['precision']}, recall {v['recall']} | string match accuracy {b['accuracy']}, precision "
-              f"{b['precision']}, recall {b['recall']} | verifier agrees with string match on "
-              f"{after['verifier_vs_string_match_agreement']}")
+              f"{b['precision']}, recall {b['recall']} | verifier agrees with string match on {agreement}")
         print(f"verifier saved to {summary['output_dir']} (use it as RL_stage2.py --reward_model_path)")
     accelerator.wait_for_everyone()
+    accelerator.end_training()
     return summary
 
 

@@ -100,12 +100,13 @@ def test_tiny_verifier_learns_the_synthetic_task(tiny_models, tmp_path):
         "--eval_fraction", "0.1", "--max_eval_samples", "200", "--seed", "1", "--logging_steps", "50",
     ])
     assert summary["n_train"] + summary["n_held_out"] == 3000 and 195 <= summary["n_held_out"] <= 201
-    before, after = summary["held_out_before"]["verifier"], summary["held_out"]["verifier"]
+    before, after = summary["heldout_before"], summary["heldout"]
     chance = max(summary["held_out_share_correct"], 1 - summary["held_out_share_correct"])
     assert before["accuracy"] <= chance + 0.05  # the random head says "correct" to everything or nearly
     assert after["accuracy"] >= 0.75 and after["accuracy"] >= chance + 0.25 and after["accuracy"] >= before["accuracy"] + 0.25
     assert after["precision"] >= 0.7 and after["recall"] >= 0.7
-    assert summary["held_out"]["string_match"]["accuracy"] == 1.0  # here the reference is in the response iff correct
+    assert summary["baseline"]["accuracy"] == 1.0  # here the reference is in the response iff correct
+    assert summary["verifier_vs_baseline_agreement"] == after["accuracy"]  # so agreeing with it = agreeing with the verdicts
     assert summary["last_loss"] < summary["first_loss"] - 0.2
 
     # the saved folder, scored through RL's reward code with the same template, gives the held-out predictions
