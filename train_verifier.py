@@ -48,6 +48,7 @@ from ppo_utils.verifier_reward import MAX_VERIFIER_TOKENS, load_template, verifi
 from RL_stage2 import distinct_pad_token
 
 STATE_DIR, STATE_FILE, SUMMARY_FILE = "training_state", "trainer_state.json", "verifier_summary.json"
+HEAD_NAMES = ("score", "classifier")  # the classification head's module name in transformers' *ForSequenceClassification
 
 
 @dataclass
@@ -71,6 +72,9 @@ class VerifierArguments:
     eval_bsz_per_gpu: int = field(default=16)
     gradient_accumulation_steps: int = field(default=1)
     learning_rate: float = field(default=1e-5)
+    head_learning_rate: float = field(default=None, metadata={
+        "help": "Learning rate of the classification head (new when the backbone is a causal LM); default: --learning_rate. "
+                "A higher one helps short runs on small data."})
     weight_decay: float = field(default=0.01)
     warmup_rates: float = field(default=0.05, metadata={"help": "Share of optimizer steps spent warming up (cosine decay after)."})
     n_epochs: int = field(default=2)
@@ -201,6 +205,18 @@ def load_backbone(args):
     return model, tokenizer
 
 
+def parameter_groups(model, args):
+    """AdamW groups: no decay for biases and norms; the new classification head at --head_learning_rate."""
+    groups = {}
+    for name, parameter in model.named_parameters():
+        head = name.split(".")[0] in HEAD_NAMES
+        matrix = len(getattr(parameter, "ds_shape", parameter.shape)) >= 2  # ZeRO-3 flattens shards: ds_shape is the real shape
+        groups.setdefault((head, matrix), []).append(parameter)
+    return [{"params": params, "weight_decay": args.weight_decay if matrix else 0.0,
+             "lr": (args.head_learning_rate or args.learning_rate) if head else args.learning_rate}
+            for (head, matrix), params in sorted(groups.items())]
+
+
 def make_accelerator(args):
     # Without CUDA, accelerate leaves the process-group backend unset and DeepSpeed counts the
     # world size wrong (ENVIRONMENT-FACTS.md); the config file's accumulation would override ours.
@@ -315,11 +331,7 @@ def main(argv=None):
     steps_per_epoch = math.ceil(len(train) / (args.train_bsz_per_gpu * accelerator.num_processes * args.gradient_accumulation_steps))
     total_steps = args.max_steps or steps_per_epoch * args.n_epochs
     n_epochs = math.ceil(total_steps / steps_per_epoch)
-    decay, no_decay = [], []
-    for parameter in model.parameters():  # no decay for biases and norms (ZeRO-3 flattens shards: ds_shape is the real one)
-        (no_decay if len(getattr(parameter, "ds_shape", parameter.shape)) < 2 else decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=args.learning_rate)
+    optimizer = torch.optim.AdamW(parameter_groups(model, args), lr=args.learning_rate)
     # accelerate steps a prepared scheduler once per process at each optimizer step
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(args.warmup_rates * total_steps) * accelerator.num_processes,
                                                 total_steps * accelerator.num_processes)

@@ -332,3 +332,17 @@ def test_zero3_two_processes(tiny_models, tmp_path, repo_root):
     tokenizer = AutoTokenizer.from_pretrained(str(out))
     assert tokenizer.pad_token_id != tokenizer.eos_token_id == initial.config.pad_token_id
     assert trained.config.pad_token_id == tokenizer.pad_token_id
+
+
+def test_parameter_groups_head_rate_and_no_decay(tiny_models):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_models["tiny-verifier"])
+    args = SimpleNamespace(weight_decay=0.1, learning_rate=1e-5, head_learning_rate=1e-3)
+    groups = train_verifier.parameter_groups(model, args)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sum(len(g["params"]) for g in groups) == len(names)
+    for group in groups:
+        for p in group["params"]:
+            assert (group["lr"] == 1e-3) == names[id(p)].startswith("score.")
+            assert (group["weight_decay"] == 0.1) == (p.ndim >= 2)
+    args.head_learning_rate = None
+    assert {g["lr"] for g in train_verifier.parameter_groups(model, args)} == {1e-5}
