@@ -410,10 +410,9 @@ def main(argv=None):
         write_json_atomic(os.path.join(args.output_dir, "train_log.json"), progress["log"])
         write_json_atomic(os.path.join(args.output_dir, SUMMARY_FILE), summary)
         shutil.rmtree(os.path.join(args.output_dir, STATE_DIR), ignore_errors=True)  # finished: nothing to resume
-        v, b = after, baseline
-        print(f"held-out ({len(held_out)} examples, threshold {args.threshold}): verifier accuracy {v['accuracy']}, "
-              f"precision {v['precision']}, recall {v['recall']} | string match accuracy {b['accuracy']}, precision "
-              f"{b['precision']}, recall {b['recall']} | verifier agrees with string match on {agreement}")
+        print(f"held-out ({len(held_out)} examples, threshold {args.threshold}): verifier accuracy {after['accuracy']}, "
+              f"precision {after['precision']}, recall {after['recall']} | string match accuracy {baseline['accuracy']}, "
+              f"precision {baseline['precision']}, recall {baseline['recall']} | verifier agrees with string match on {agreement}")
         print(f"verifier saved to {summary['output_dir']} (use it as RL_stage2.py --reward_model_path)")
     accelerator.wait_for_everyone()
     accelerator.end_training()
