@@ -1,0 +1,90 @@
+"""Score (response, reference) pairs with a trained verifier, for inspection.
+
+Reads the same inputs as train_verifier.py (search records or flat rows; a verdict is optional)
+and writes each pair with the verifier's p(correct), its prediction (p > threshold), the string-match
+baseline and, with --full_responses, the RL reward. When verdicts are present it prints how often
+the verifier and the baseline agree with them.
+
+    python score_verifier.py --verifier_path ckpts/medical_verifier --data_path pairs.json --output_path scored.json
+
+--full_responses treats each response as a whole policy answer ("## Thinking ... ## Final Response
+...") and scores it exactly as RL_stage2.py does (format gate, final answer, reward 1.0 / 0.1 / 0.0).
+"""
+
+import os
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, HfArgumentParser
+
+from pipeline_io import InputError, from_pretrained_or_explain, write_json_atomic
+from ppo_utils.verifier_reward import VerifierReward, verifier_input
+from RL_stage2 import distinct_pad_token
+from train_verifier import read_examples, scores, string_match
+
+
+@dataclass
+class ScoreArguments:
+    verifier_path: str = field(metadata={"help": "A 2-label verifier folder (e.g. train_verifier.py's output) or hub id."})
+    data_path: str = field(metadata={"help": "Pairs to score: search records or flat rows (local .json/.jsonl or hub id)."})
+    output_path: str = field(default=None, metadata={"help": "Default: <data_path without extension>_scored.json."})
+    response_field: str = field(default="response")
+    reference_field: str = field(default="reference_answer")
+    verdict_field: str = field(default="verdict", metadata={"help": "Optional: compared with the predictions when present."})
+    records_field: str = field(default="verifications")
+    verifier_template: str = field(default=None, metadata={"help": "Verifier input template (default templates/verifier_input.txt)."})
+    threshold: float = field(default=0.4)
+    batch_size: int = field(default=8)
+    full_responses: bool = field(default=False, metadata={"help": "Responses are whole policy answers: apply RL's format gate."})
+
+
+def load_verifier(path):
+    tokenizer = from_pretrained_or_explain(AutoTokenizer, path)
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        # as RL_stage2.py does: the score is read at the last non-pad token, which must be the eos
+        if distinct_pad_token(tokenizer):
+            tokenizer.pad_token = tokenizer.bos_token or tokenizer.convert_ids_to_tokens(0)
+    model = from_pretrained_or_explain(AutoModelForSequenceClassification, path, num_labels=2, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model.eval(), tokenizer
+
+
+def main(argv=None):
+    (args,) = HfArgumentParser(ScoreArguments).parse_args_into_dataclasses(args=argv)
+    examples, _ = read_examples(args, need_verdict=False)
+    model, tokenizer = load_verifier(args.verifier_path)
+    reward = VerifierReward(model, tokenizer, template=args.verifier_template, batch_size=args.batch_size, threshold=args.threshold)
+    responses, references = [e["response"] for e in examples], [e["reference"] for e in examples]
+    if args.full_responses:
+        out = reward(responses, references)
+        p, rewards = out.p_correct, out.rewards.tolist()
+    else:
+        p = reward.p_correct([verifier_input(r, ref, tokenizer.eos_token, reward.template) for r, ref in zip(responses, references)])
+        rewards = None
+    rows = []
+    for i, (e, x) in enumerate(zip(examples, p.tolist())):
+        row = {"response": e["response"], "reference_answer": e["reference"], "p_correct": round(x, 4),
+               "predicted": x > args.threshold, "string_match": string_match(e["response"], e["reference"])}
+        if e["label"] is not None:
+            row["verdict"] = bool(e["label"])
+        if rewards is not None:
+            row["reward"] = rewards[i]
+        rows.append(row)
+    output_path = args.output_path or os.path.splitext(args.data_path)[0] + "_scored.json"
+    write_json_atomic(output_path, rows)
+    judged = [r for r in rows if "verdict" in r]
+    summary = {"n": len(rows), "n_predicted_correct": sum(r["predicted"] for r in rows), "output_path": output_path}
+    if judged:
+        labels = [r["verdict"] for r in judged]
+        summary["verifier_vs_verdicts"] = scores([r["predicted"] for r in judged], labels)
+        summary["string_match_vs_verdicts"] = scores([r["string_match"] for r in judged], labels)
+    print(summary)
+    return summary
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except InputError as e:
+        sys.exit(f"score_verifier.py: {e}")

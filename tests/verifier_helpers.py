@@ -1,0 +1,42 @@
+"""A synthetic verdict set a tiny classifier can learn: does the response name the reference answer?
+
+References come from a small set of short answers; a correct response names its reference, a
+wrong one names another answer of the set; the words around the answer vary (paraphrase noise),
+so the classifier must compare the two answers rather than remember sentences.
+"""
+
+import json
+import random
+
+# A short template for the learning test: the real one is ~150 tokens with the tiny tokenizer.
+SHORT_TEMPLATE = "Response: {response}\nReference: {reference}\n{eos_token}"
+
+# short answers the tiny byte-level tokenizer splits into few pieces, so a 2-layer model can compare them
+ANSWERS = ["ACE", "ST", "ECG", "troponin", "aspirin", "insulin", "asthma", "gout"]
+OPENINGS = ["The answer is", "Most likely", "I think it is", "This points to", "Diagnosis:", "Probably", "It is", "Answer:"]
+CLOSINGS = ["", ".", " in this patient.", ", given the history.", "!", " here."]
+
+
+def synthetic_verdicts(n, seed=0, share_correct=0.5):
+    """n flat rows {response, reference_answer, verdict}."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        reference = rng.choice(ANSWERS)
+        correct = rng.random() < share_correct
+        named = reference if correct else rng.choice([a for a in ANSWERS if a != reference])
+        rows.append({"response": f"{rng.choice(OPENINGS)} {named}{rng.choice(CLOSINGS)}", "reference_answer": reference,
+                     "verdict": correct})
+    return rows
+
+
+def as_search_records(rows, per_record=3):
+    """The same verdicts in the search stage's layout: items holding a list of verifications."""
+    return [{"Open-ended Verifiable Question": f"Question {i}?", "verifications": rows[i:i + per_record]}
+            for i in range(0, len(rows), per_record)]
+
+
+def write_json(path, obj):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f)
+    return str(path)
