@@ -140,7 +140,9 @@ class Demo:
                                    "--output_dir", ckpts, "--experiment_name", "sft", "--log_dir", self.path("train_logs"),
                                    "--n_epochs", str(self.size["sft_epochs"]), "--train_bsz_per_gpu", "4",
                                    "--gradient_accumulation_steps", "1", "--learning_rate", "5e-5",
-                                   "--max_seq_len", "1024", "--report_to", "none"])
+                                   "--max_seq_len", "1024", "--report_to", "none",
+                                   # CPU: no recomputation, no 1.6 GB resume state for a throw-away run
+                                   "--gradient_checkpointing", "False", "--save_training_state", "False"])
         sft = self.load(os.path.join(ckpts, "sft", "training_summary.json"))
         sft_model = sft["final_checkpoint"]
         self.figures["sft_loss"] = (sft["first_loss"], sft["last_loss"])
@@ -152,6 +154,7 @@ class Demo:
         seconds = self.run("verifier", [py, "train_verifier.py", "--model_path", base,
                                         "--data_path", self.path("data", "sft_data_records.json"),
                                         "--output_dir", verifier, "--max_length", "256", "--learning_rate", "5e-5",
+                                        "--head_learning_rate", "1e-3", "--save_epoch_state", "False",
                                         "--n_epochs", str(self.size["verifier_epochs"]), "--report_to", "none"])
         ver = self.load(os.path.join(verifier, "verifier_summary.json"))
         self.figures["verifier"] = ver
@@ -168,6 +171,7 @@ class Demo:
                                   "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
                                   "--learning_rate", "1e-6", "--kl_coef", "0.03", "--bf16", "False",
                                   "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none",
+                                  "--gradient_checkpointing", "False",
                                   "--output_dir", rl_out])
         rl = self.load(os.path.join(rl_out, "rl_summary.json"))
         self.figures["rl"] = rl
