@@ -19,6 +19,7 @@ Usage:
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,15 +42,18 @@ class DemoArguments:
     model_path: str = field(default="", metadata={"help": "Base chat model folder (default: SmolLM2-135M-Instruct, built once)."})
 
 
+PROGRESS_BAR = re.compile(r"\d+%\|.*\| *\d+/\d+ \[")
+
 # Sizes: (full demo, --quick). Chosen so the full demo fits in 10 minutes on 2 cores.
 SIZES = {
     "items": (48, 24),             # exam items sent to the construct stage
     "sft_epochs": (2, 2),
+    "sft_learning_rate": ("2e-4", "2e-4"),  # high for 22 steps: the layout must carry over to exam prompts
     "verifier_epochs": (2, 1),
-    "rl_episodes": (16, 8),        # 4 or 2 PPO updates of 4 episodes
-    "response_length": (160, 128),
-    "eval_per_source": (3, 1),     # questions per source of the demo eval file
-    "eval_new_tokens": (192, 160),
+    "rl_episodes": (12, 8),        # 3 or 2 PPO updates of 4 episodes
+    "response_length": (128, 96),
+    "eval_per_source": (2, 1),     # questions per source of the demo eval file (7 sources)
+    "eval_new_tokens": (160, 128),
 }
 
 
@@ -69,16 +73,18 @@ class Demo:
     def run(self, stage, command):
         """Run one stage's command, its output to the console and to logs/<stage>.log; stop the demo if it fails."""
         log_path = self.path("logs", f"{stage}.log")
-        shown = " ".join(c if c.startswith("-") or "/" not in c else os.path.relpath(c, REPO) for c in command[1:])
-        print(f"\n=== {stage}: python {shown}", flush=True)
+        shown = " ".join(os.path.relpath(c, REPO) if c.startswith(REPO + os.sep) else c for c in command[1:])
+        program = "python" if command[0] == sys.executable else command[0]
+        print(f"\n=== {stage}: {program} {shown}", flush=True)
         start = time.time()
         with open(log_path, "w") as log:
             process = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True, bufsize=1)
             for line in process.stdout:
                 log.write(line)
-                if not line.startswith("\r") and "it/s]" not in line and "s/it]" not in line:
-                    print("    " + line.rstrip()[:200], flush=True)
+                line = line.rstrip().split("\r")[-1]  # a progress bar redrawn in place: its last state
+                if line.strip() and not PROGRESS_BAR.search(line) or "100%|" in line:
+                    print("    " + line[:200], flush=True)
             process.wait()
         if process.returncode != 0:
             raise SystemExit(f"demo: stage '{stage}' failed (exit {process.returncode}); its log: {log_path}")
@@ -139,7 +145,7 @@ class Demo:
         seconds = self.run("sft", [py, "SFT_stage1.py", "--model_path", base, "--data_path", sft_data,
                                    "--output_dir", ckpts, "--experiment_name", "sft", "--log_dir", self.path("train_logs"),
                                    "--n_epochs", str(self.size["sft_epochs"]), "--train_bsz_per_gpu", "4",
-                                   "--gradient_accumulation_steps", "1", "--learning_rate", "5e-5",
+                                   "--gradient_accumulation_steps", "1", "--learning_rate", self.size["sft_learning_rate"],
                                    "--max_seq_len", "1024", "--report_to", "none",
                                    # CPU: no recomputation, no 1.6 GB resume state for a throw-away run
                                    "--gradient_checkpointing", "False", "--save_training_state", "False"])
@@ -176,11 +182,11 @@ class Demo:
         rl = self.load(os.path.join(rl_out, "rl_summary.json"))
         self.figures["rl"] = rl
         self.rows.append(("rl", seconds, f"{rl['updates']} PPO updates; held-out reward "
-                                         f"{fmt(rl['eval_start'].get('score'))} -> {fmt(rl['eval_end'].get('score'))}"))
+                                         f"{fmt(rl['eval_start']['mean_reward'])} -> {fmt(rl['eval_end']['mean_reward'])}"))
 
         # 6. Evaluation of the base and the trained model, each behind its own `transformers serve`.
         reports = {}
-        for name, model in (("base", base), ("trained", rl_out)):
+        for name, model in (("base", base), ("trained", rl_out)):  # trained = SFT then RL
             seconds = self.run(f"eval_{name}", ["bash", os.path.join(REPO, "evaluation", "run_eval.sh"), model,
                                                 "--eval_file", os.path.join(REPO, "evaluation", "data", "demo_eval_data.json"),
                                                 "--max_items_per_source", str(self.size["eval_per_source"]),
@@ -206,7 +212,7 @@ class Demo:
         print(f"  SFT loss                        {first:.3f} -> {last:.3f}")
         print(f"  answers in Thinking/Final layout  base {fmt(share(reports['base']['format_rate']))} -> "
               f"trained {fmt(share(reports['trained']['format_rate']))} (held-out eval questions)")
-        print(f"  RL mean verifier reward (held-out) {fmt(rl['eval_start'].get('score'))} -> {fmt(rl['eval_end'].get('score'))}")
+        print(f"  RL mean verifier reward (held-out) {fmt(rl['eval_start']['mean_reward'])} -> {fmt(rl['eval_end']['mean_reward'])}")
         print("\naccuracy per source (paper-compatible scoring):")
         sources = sorted(reports["base"]["sources"])
         for source in sources:

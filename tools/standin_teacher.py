@@ -123,6 +123,11 @@ class Teacher:
     def _stem(item):
         return item["question"].strip()
 
+    @staticmethod
+    def _last_sentence(text):
+        sentences = [part for part in re.split(r"(?<=[.?!])\s+", text.strip()) if part]
+        return sentences[-1] if sentences else text
+
     def _wrong_option(self, item, round_index):
         wrong = [text for text in (item.get("options") or {}).values() if text != item.get("answer")]
         return wrong[round_index % len(wrong)] if wrong else "an unrelated condition"
@@ -139,10 +144,11 @@ class Teacher:
         if kind == "reformat":
             return {"Open-ended Verifiable Question": stem, "Ground-True Answer": answer}, True
         if kind == "natural":
+            # Short on purpose: a small model fine-tuned on it should answer in a few dozen tokens.
             thinking = (
-                f"Let me think about this carefully. {stem}\n\n"
-                f"The key findings point in one direction, so I weigh the usual causes one by one.\n\n"
-                f"Putting it together, the best answer is {answer}."
+                f"Let me work through this. The question is: {self._last_sentence(stem)}\n\n"
+                f"I go over the key findings and the usual causes one at a time and rule out those that do not fit.\n\n"
+                f"That leaves {answer} as the best fit."
             )
             return {"NaturalReasoning": thinking}, True
         if kind == "cot":
@@ -164,7 +170,7 @@ class Teacher:
             return {"CoT": actions}, True
         if kind == "verify":
             return ("False" if self.key.names_a_wrong_option(prompt) else "True"), False
-        return f"Based on the findings, the answer is {answer}. This fits the presentation best.", False
+        return f"The answer is {answer}. It fits the findings best.", False
 
     def present(self, payload, is_json, wrap):
         if not is_json:

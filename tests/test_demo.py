@@ -1,0 +1,58 @@
+"""The end-to-end demo at its reduced size: every stage runs and leaves non-trivial artifacts."""
+
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+from transformers import AutoConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_every_stage_and_learns_the_layout(tmp_path, smollm2):
+    out = tmp_path / "demo"
+    result = subprocess.run([sys.executable, "demo.py", "--quick", "--output_dir", str(out), "--model_path", smollm2],
+                            cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "HuatuoGPT-o1 demo: what ran" in result.stdout
+    summary = json.loads((out / "demo_summary.json").read_text())
+
+    # Data stages: 24 exam items in, verifiable problems and SFT rows out, exactly the SFT keys.
+    problems = json.loads((out / "data" / "verifiable_problems.json").read_text())
+    sft_rows = json.loads((out / "data" / "sft_data.json").read_text())
+    assert 15 <= len(problems) <= 24 and len(sft_rows) == len(problems)  # efficient search verifies every problem
+    assert all(set(row) == {"Question", "Complex_CoT", "Response"} and all(row.values()) for row in sft_rows)
+
+    # SFT: finite losses that fall, a loadable checkpoint.
+    first, last = summary["sft_loss"]
+    assert math.isfinite(first) and math.isfinite(last) and last < first / 2
+    sft_ckpt = json.loads((out / "ckpts" / "sft" / "training_summary.json").read_text())["final_checkpoint"]
+    assert AutoConfig.from_pretrained(sft_ckpt).model_type == "llama"
+
+    # Verifier: trained on the search verdicts, figures are shares.
+    verifier = summary["verifier"]
+    assert verifier["n_train"] > 0 and 0.0 <= verifier["heldout"]["accuracy"] <= 1.0
+    assert AutoConfig.from_pretrained(str(out / "verifier")).num_labels == 2
+
+    # RL: rewards in [0, 1], a saved policy.
+    rl = summary["rl"]
+    assert rl["updates"] == 2
+    for when in ("eval_start", "eval_end"):
+        assert 0.0 <= rl[when]["mean_reward"] <= 1.0 and 0.0 <= rl[when]["format_rate"] <= 1.0
+    assert os.path.exists(out / "ckpts" / "rl" / "config.json")
+
+    # Evaluation: every question answered by both models, accuracies are shares, and the trained
+    # model answers in the Thinking / Final Response layout more often than the base model.
+    for name in ("base", "trained"):
+        results = [p for p in glob.glob(str(out / "eval" / name / "*.json")) if not p.endswith("_report.json")]
+        assert len(results) == 1 and len(json.loads(open(results[0]).read())) == 7
+        assert all(0.0 <= acc <= 1.0 for acc in summary["accuracy"][name].values())
+        assert glob.glob(str(out / "eval" / name / "*_report.png"))
+    assert summary["format_rate"]["trained"] > summary["format_rate"]["base"]
+    assert [s["stage"] for s in summary["stages"]] == ["model", "construct", "search", "sft", "verifier", "rl",
+                                                       "eval base", "eval trained"]
