@@ -7,6 +7,7 @@
   4. verifier   a 2-label verifier trained on the search stage's verdicts
   5. RL         PPO from the SFT model with that verifier as reward
   6. eval       base and trained model behind `transformers serve`, on evaluation/data/demo_eval_data.json
+  7. inference  the trained model answers a new question, thinking and final response streamed
 
 The teacher LLM here is tools/standin_teacher.py: a scripted stand-in, not a model. Point the two data
 scripts at GPT-4o (or any OpenAI-compatible server) for real data. Figures from this demo show that
@@ -42,6 +43,8 @@ class DemoArguments:
     model_path: str = field(default="", metadata={"help": "Base chat model folder (default: SmolLM2-135M-Instruct, built once)."})
 
 
+DEMO_QUESTION = ("A 28-year-old woman has fever, pain on urination and pain in her right flank for two days. "
+                 "What is the most likely diagnosis?")
 PROGRESS_BAR = re.compile(r"\d+%\|.*\| *\d+/\d+ \[")
 
 # Sizes: (full demo, --quick). Chosen so the full demo fits in 10 minutes on 2 cores.
@@ -197,6 +200,11 @@ class Demo:
                                                        f"accuracy {fmt(share(reports[name]['overall']['paper_accuracy']))} "
                                                        f"over {reports[name]['overall']['n']} questions"))
         self.figures["eval"] = reports
+
+        # 7. The trained model answering a new question, streamed (what inference.py shows a user).
+        seconds = self.run("inference", [py, "inference.py", "--model_path", rl_out, "--max_new_tokens", "160",
+                                         "--question", DEMO_QUESTION])
+        self.rows.append(("inference", seconds, f"streamed answer in {self.path('logs', 'inference.log')}"))
 
         self.print_table(time.time() - started, reports)
 

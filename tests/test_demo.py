@@ -55,4 +55,5 @@ def test_quick_demo_runs_every_stage_and_learns_the_layout(tmp_path, smollm2):
         assert glob.glob(str(out / "eval" / name / "*_report.png"))
     assert summary["format_rate"]["trained"] > summary["format_rate"]["base"]
     assert [s["stage"] for s in summary["stages"]] == ["model", "construct", "search", "sft", "verifier", "rl",
-                                                       "eval base", "eval trained"]
+                                                       "eval base", "eval trained", "inference"]
+    assert (out / "logs" / "inference.log").read_text().strip()
