@@ -1,0 +1,47 @@
+"""Shared record loading and atomic writes."""
+
+import json
+import os
+import stat
+
+import pytest
+
+from pipeline_io import InputError, load_records, write_json_atomic
+
+
+def test_load_json_and_jsonl(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps([{"question": "q1"}, {"question": "q2"}]))
+    (tmp_path / "b.jsonl").write_text('{"question": "q1"}\n\n{"question": "q2"}\n')
+    assert load_records(str(tmp_path / "a.json"), ["question"]) == load_records(str(tmp_path / "b.jsonl"), ["question"])
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not valid JSON"),
+    ('{"question": "q"}', "expected a JSON list"),
+    ("[]", "the list is empty"),
+    ('[{"question": "q"}, 3]', "row 1 is a int"),
+    ('[{"question": "q"}, {"answer": "a"}]', "row 1 lacks the field(s) 'question'"),
+])
+def test_bad_input_names_the_file_and_row(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(InputError) as error:
+        load_records(str(path), ["question"])
+    assert str(path) in str(error.value) and message in str(error.value)
+
+
+def test_offline_hub_id_fails_with_advice():
+    with pytest.raises(InputError) as error:
+        load_records("FreedomIntelligence/medical-o1-verifiable-problem")
+    assert "download it" in str(error.value) and "local .json/.jsonl" in str(error.value)
+
+
+def test_atomic_write_replaces_whole_file_readable_by_others(tmp_path):
+    path = tmp_path / "out" / "result.json"
+    write_json_atomic(str(path), {"a": 1})
+    write_json_atomic(str(path), {"a": 2})
+    assert json.loads(path.read_text()) == {"a": 2}
+    assert os.listdir(path.parent) == ["result.json"]  # no temporary file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
