@@ -41,7 +41,8 @@ from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassificati
 from transformers.integrations import is_deepspeed_zero3_enabled
 from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
 
-from pipeline_io import InputError, attn_implementation, from_pretrained_or_explain, load_records, write_json_atomic
+from pipeline_io import (InputError, attn_implementation, from_pretrained_or_explain, load_chat_tokenizer, load_records,
+                         write_json_atomic)
 from ppo_utils.ppo_config import ModelConfig, PPOConfig, ScriptArguments, check_batch_sizes, world_size_from_env
 from ppo_utils.ppo_trainer import PPOTrainer, generate_responses, left_pad
 from ppo_utils.verifier_reward import VerifierReward, decode_until_stop, trl_reward_functions
@@ -49,7 +50,6 @@ from ppo_utils.verifier_reward import VerifierReward, decode_until_stop, trl_rew
 QUESTION, ANSWER = "Open-ended Verifiable Question", "Ground-True Answer"
 # Pad tokens to reuse (in this order) when a tokenizer has none or pads with eos; Llama-3's is the first.
 PAD_CANDIDATES = ["<|end_of_text|>", "<|finetune_right_pad_id|>", "<|endoftext|>", "<pad>", "<|pad|>"]
-LLAMA3_LAYOUT = "<|start_header_id|>user<|end_header_id|>\n\n{question}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
 
 
 def parse_args(argv=None):
@@ -76,11 +76,8 @@ def load_problems(script_args, seed):
 
 
 def prompt_ids(tokenizer, question):
-    """The question through the policy's chat template, ready for the assistant's turn."""
-    if tokenizer.chat_template:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
-    else:  # a base model: the Llama-3 instruct layout, as in SFT
-        text = (tokenizer.bos_token or "") + LLAMA3_LAYOUT.format(question=question)
+    """The question through the policy's chat template (Llama-3 layout for a base model, as in SFT)."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -106,8 +103,8 @@ def load_models(model_args, config):
              "float16": torch.float16, "float32": torch.float32}[model_args.dtype]
     common = dict(dtype=dtype, trust_remote_code=model_args.trust_remote_code,
                   attn_implementation=model_args.attn_implementation or attn_implementation())
-    tokenizer = from_pretrained_or_explain(AutoTokenizer, model_args.model_name_or_path, revision=model_args.model_revision,
-                                           padding_side="left", trust_remote_code=model_args.trust_remote_code)
+    tokenizer = load_chat_tokenizer(model_args.model_name_or_path, revision=model_args.model_revision,
+                                    padding_side="left", trust_remote_code=model_args.trust_remote_code)
     grew = distinct_pad_token(tokenizer)
     policy = from_pretrained_or_explain(AutoModelForCausalLM, model_args.model_name_or_path, revision=model_args.model_revision, **common)
     ref_policy = None

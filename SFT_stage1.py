@@ -38,13 +38,13 @@ from accelerate.utils import InitProcessGroupKwargs, set_seed
 from tqdm.auto import tqdm
 from transformers import (
     AutoModelForCausalLM,
-    AutoTokenizer,
     DataCollatorWithFlattening,
     HfArgumentParser,
     get_cosine_schedule_with_warmup,
 )
 
-from pipeline_io import InputError, attn_implementation, from_pretrained_or_explain, load_records, write_json_atomic
+from pipeline_io import (InputError, attn_implementation, from_pretrained_or_explain, load_chat_tokenizer, load_records,
+                         write_json_atomic)
 
 TEMPLATE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates", "sft")
 SFT_FIELDS = ("Question", "Complex_CoT", "Response")
@@ -99,14 +99,6 @@ class SFTArguments:
 
 # ----------------------------------------------------------------------------------------------
 # Data: chat text -> token ids and labels (-100 on everything the model should not learn to write)
-
-
-def load_chat_tokenizer(model_path):
-    tokenizer = from_pretrained_or_explain(AutoTokenizer, model_path)
-    if not tokenizer.chat_template:
-        with open(os.path.join(TEMPLATE_DIR, "llama3_chat_template.jinja"), encoding="utf-8") as f:
-            tokenizer.chat_template = f.read()
-    return tokenizer
 
 
 def tokenize_example(tokenizer, question, answer):

@@ -8,20 +8,18 @@ Usage:
     python inference.py --model_path ckpts/sft_stage1/checkpoint-1000      # interactive: a question per line
 """
 
-import os
 import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, TextIteratorStreamer
+from transformers import AutoModelForCausalLM, HfArgumentParser, TextIteratorStreamer
 
-from pipeline_io import from_pretrained_or_explain
+from pipeline_io import from_pretrained_or_explain, load_chat_tokenizer
 
 THINKING, FINAL = "## Thinking", "## Final Response"
 LABELS = {THINKING: "[Thinking]", FINAL: "[Final Response]"}
-LLAMA3_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates", "sft", "llama3_chat_template.jinja")
 
 
 @dataclass
@@ -73,10 +71,7 @@ class SectionPrinter:
 
 
 def load(model_path):
-    tokenizer = from_pretrained_or_explain(AutoTokenizer, model_path)
-    if not tokenizer.chat_template:  # a base model fine-tuned by SFT_stage1.py without a template
-        with open(LLAMA3_TEMPLATE, encoding="utf-8") as f:
-            tokenizer.chat_template = f.read()
+    tokenizer = load_chat_tokenizer(model_path)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = from_pretrained_or_explain(AutoModelForCausalLM, model_path, dtype=dtype).to(device).eval()

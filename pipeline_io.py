@@ -116,6 +116,23 @@ def from_pretrained_or_explain(auto_cls, name_or_path, **kwargs):
         ) from e
 
 
+LLAMA3_CHAT_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates", "sft", "llama3_chat_template.jinja")
+
+
+def load_chat_tokenizer(name_or_path, **kwargs):
+    """The tokenizer with a chat template: a base model without one gets the Llama-3 instruct layout.
+
+    SFT trains in that layout, so RL and inference must prompt a fine-tuned base model the same way.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = from_pretrained_or_explain(AutoTokenizer, name_or_path, **kwargs)
+    if not tokenizer.chat_template:
+        with open(LLAMA3_CHAT_TEMPLATE, encoding="utf-8") as f:
+            tokenizer.chat_template = f.read()
+    return tokenizer
+
+
 def attn_implementation():
     """flash_attention_2 where it is installed and a GPU is present (the original forced it), else sdpa."""
     import importlib.util

@@ -45,3 +45,20 @@ def test_atomic_write_replaces_whole_file_readable_by_others(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
+
+
+def test_base_model_tokenizer_gets_the_llama3_layout_in_sft_and_rl(tiny_models, tmp_path):
+    from transformers import AutoTokenizer
+
+    from pipeline_io import load_chat_tokenizer
+    from RL_stage2 import prompt_ids
+
+    base = AutoTokenizer.from_pretrained(tiny_models["tiny-llama"])
+    base.chat_template = None
+    base.save_pretrained(tmp_path)
+    (tmp_path / "chat_template.jinja").unlink(missing_ok=True)
+    tokenizer = load_chat_tokenizer(str(tmp_path))
+    # RL prompts a fine-tuned base model exactly as SFT trained it (question trimmed by the template).
+    assert tokenizer.decode(prompt_ids(tokenizer, "  What causes fever? ")) == (
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nWhat causes fever?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n")
