@@ -96,15 +96,18 @@ def test_tiny_verifier_learns_the_synthetic_task(tiny_models, tmp_path):
     out = str(tmp_path / "verifier")
     summary = train_verifier.main([
         "--model_path", tiny_models["tiny-verifier"], "--data_path", data, "--output_dir", out,
-        "--verifier_template", str(template), "--max_steps", "600", "--learning_rate", "1e-3", "--train_bsz_per_gpu", "16",
+        "--verifier_template", str(template), "--max_steps", "1000", "--learning_rate", "1e-3", "--train_bsz_per_gpu", "16",
         "--eval_fraction", "0.1", "--max_eval_samples", "200", "--seed", "1", "--logging_steps", "50",
     ])
     assert summary["n_train"] + summary["n_held_out"] == 3000 and 195 <= summary["n_held_out"] <= 201
     before, after = summary["heldout_before"], summary["heldout"]
     chance = max(summary["held_out_share_correct"], 1 - summary["held_out_share_correct"])
     assert before["accuracy"] <= chance + 0.05  # the random head says "correct" to everything or nearly
-    assert after["accuracy"] >= 0.75 and after["accuracy"] >= chance + 0.25 and after["accuracy"] >= before["accuracy"] + 0.25
-    assert after["precision"] >= 0.7 and after["recall"] >= 0.7
+    # Bounds from the spread over 6 data/training seeds (1000 steps, lr 1e-3): accuracy 0.83-0.97,
+    # precision 0.76-0.94, recall 0.97-1.00, gain over chance 0.26-0.53. The figures move with the
+    # machine's floating-point paths, so each bound keeps a margin of at least 0.07 below the worst seed.
+    assert after["accuracy"] >= 0.75 and after["accuracy"] >= chance + 0.15 and after["accuracy"] >= before["accuracy"] + 0.15
+    assert after["precision"] >= 0.65 and after["recall"] >= 0.85
     assert summary["baseline"]["accuracy"] == 1.0  # here the reference is in the response iff correct
     assert summary["verifier_vs_baseline_agreement"] == after["accuracy"]  # so agreeing with it = agreeing with the verdicts
     assert summary["last_loss"] < summary["first_loss"] - 0.2
