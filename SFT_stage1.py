@@ -2,13 +2,16 @@
 
 Each row (`Question`, `Complex_CoT`, `Response`) becomes a two-turn chat: the user asks `Question`,
 the assistant answers `## Thinking\\n\\n{Complex_CoT}\\n\\n## Final Response\\n\\n{Response}`
-(templates/sft/assistant_turn.txt). The loss covers the assistant turn only, including its
-end-of-turn token, so the model learns to stop. A tokenizer without a chat template gets the
-Llama-3 instruct layout (templates/sft/llama3_chat_template.jinja).
+(templates/sft/assistant_turn.txt), the stored texts used exactly as they are. Tokens and labels are
+built as the original built them: the loss covers everything after the prompt (the assistant turn,
+its end-of-turn token, so the model learns to stop, and anything the template writes after it). A
+tokenizer without a chat template gets the Llama-3 instruct layout
+(templates/sft/llama3_chat_template.jinja).
 
-Batches carry no wasted padding: with FlashAttention-2 each micro-batch is flattened into one row
-whose position ids restart at every example (each example attends only to itself); with other
-attention kernels, examples of similar length share a micro-batch. See docs/sft.md.
+Micro-batches are drawn at random, as in the original. With FlashAttention-2 each is flattened into
+one row whose position ids restart at every example (each example attends only to itself, no
+padding); otherwise it is padded to its longest example. `--batching length_grouped` trades the
+random composition for less padding. See docs/sft.md.
 
 Usage (8 GPUs, the paper's setting):
     accelerate launch --config_file ./configs/deepspeed_zero3.yaml --num_processes 8 --num_machines 1 \\
@@ -74,15 +77,17 @@ class SFTArguments:
     gradient_checkpointing: bool = field(default=True, metadata={"help": "Recompute activations (the original always did)."})
     overlong: str = field(
         default="drop",
-        metadata={"help": "Examples longer than max_seq_len: 'drop' them (counted and reported) or 'truncate' the "
-                  "answer's end (the question is always kept whole). The original cut the question instead.",
-                  "choices": ["drop", "truncate"]},
+        metadata={"help": "Examples longer than max_seq_len: 'drop' them (counted and reported), 'truncate' the "
+                  "answer's end (the question is always kept whole), or 'keep_last' max_seq_len tokens (the "
+                  "original's cut, which loses the start of the question).",
+                  "choices": ["drop", "truncate", "keep_last"]},
     )
     batching: str = field(
         default="auto",
-        metadata={"help": "'padding_free' (flatten each micro-batch, per-example attention via position ids), "
-                  "'length_grouped' (similar lengths share a micro-batch), 'padded' (the original: random batches "
-                  "padded to their longest), 'auto' (padding_free with FlashAttention-2, else length_grouped).",
+        metadata={"help": "'padding_free' (random micro-batches, each flattened; per-example attention via position "
+                  "ids), 'padded' (the original: random micro-batches padded to their longest), 'length_grouped' "
+                  "(similar lengths share a micro-batch: less padding, but it reweights examples in the loss), "
+                  "'auto' (padding_free with FlashAttention-2, else padded).",
                   "choices": ["auto", "padding_free", "length_grouped", "padded"]},
     )
     save_steps: int = field(default=0, metadata={"help": "Also save every N optimizer steps (0: only each epoch)."})
@@ -102,30 +107,28 @@ class SFTArguments:
 
 
 def tokenize_example(tokenizer, question, answer):
-    """input_ids and labels for one chat; labels copy the assistant turn up to its end-of-turn token.
+    """input_ids and labels for one chat, built as the original built them.
 
-    The prompt (with the generation prompt) and the rest are tokenized separately, so the ids the
-    model learns from follow exactly the prompt ids it will see at inference. Whitespace the template
-    puts after the end-of-turn token is not learned: generation stops before it.
+    The whole chat (user turn, assistant turn) is rendered by the model's chat template and tokenized
+    in one piece; the prompt alone (user turn plus the generation prompt) is tokenized too, and its
+    length is how many leading tokens get label -100. Every token after that is learned: the
+    assistant text, its end-of-turn token and whatever the template writes after it (ChatML's "\\n").
+    The texts go to the template exactly as given: a template that trims message content (Llama-3.x
+    does) trims them there, as it did for the original.
     """
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
-    chat = tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], tokenize=False
-    )
+    user = {"role": "user", "content": question}
+    prompt = tokenizer.apply_chat_template([user], tokenize=False, add_generation_prompt=True)
+    chat = tokenizer.apply_chat_template([user, {"role": "assistant", "content": answer}], tokenize=False)
     if not chat.startswith(prompt):
         raise ValueError("the chat template renders the prompt differently inside a full conversation; cannot mask it")
-    completion = chat[len(prompt):]
-    learned = completion.rstrip()
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    learned_ids = tokenizer(learned, add_special_tokens=False)["input_ids"]
-    tail_ids = tokenizer(completion[len(learned):], add_special_tokens=False)["input_ids"] if len(learned) < len(completion) else []
-    input_ids = prompt_ids + learned_ids + tail_ids
-    labels = [-100] * len(prompt_ids) + learned_ids + [-100] * len(tail_ids)
-    return {"input_ids": input_ids, "labels": labels, "n_prompt": len(prompt_ids)}
+    input_ids = tokenizer(chat, add_special_tokens=False)["input_ids"]
+    n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    labels = [-100] * n_prompt + input_ids[n_prompt:]
+    return {"input_ids": input_ids, "labels": labels, "n_prompt": n_prompt}
 
 
 def build_examples(rows, tokenizer, max_seq_len, overlong, source, show_progress=True):
-    """Tokenized examples and the number of over-long rows dropped or truncated."""
+    """Tokenized examples and the number of over-long rows (dropped, cut at the end, or cut at the start)."""
     with open(os.path.join(TEMPLATE_DIR, "assistant_turn.txt"), encoding="utf-8") as f:
         answer_template = f.read()
     examples, n_overlong = [], 0
@@ -135,28 +138,33 @@ def build_examples(rows, tokenizer, max_seq_len, overlong, source, show_progress
                 raise InputError(f"{source}: row {index} lacks the field '{name}' (SFT rows need {', '.join(SFT_FIELDS)})")
             if not isinstance(row[name], str) or not row[name].strip():
                 raise InputError(f"{source}: row {index} has an empty or non-text '{name}'")
-        answer = answer_template.format(Complex_CoT=row["Complex_CoT"].strip(), Response=row["Response"].strip())
+        # The stored texts exactly, whitespace included: the original did not strip them either.
+        answer = answer_template.format(Complex_CoT=row["Complex_CoT"], Response=row["Response"])
         example = tokenize_example(tokenizer, row["Question"], answer)
         if len(example["input_ids"]) > max_seq_len:
             n_overlong += 1
-            if overlong == "drop" or example["n_prompt"] >= max_seq_len:
+            if overlong == "drop" or (overlong == "truncate" and example["n_prompt"] >= max_seq_len):
                 continue
-            example["input_ids"] = example["input_ids"][:max_seq_len]
-            example["labels"] = example["labels"][:max_seq_len]
+            # truncate: keep the start (the whole question, the answer cut); keep_last: the original's cut
+            kept = slice(None, max_seq_len) if overlong == "truncate" else slice(-max_seq_len, None)
+            example["input_ids"], example["labels"] = example["input_ids"][kept], example["labels"][kept]
         examples.append({"input_ids": example["input_ids"], "labels": example["labels"]})
     return examples, n_overlong
 
 
 def stop_token_ids(tokenizer, example, eos_token_id):
-    """Generation stop ids: the model's eos plus the special token the learned turn ends with.
+    """Generation stop ids: the model's eos plus the special token that ends the learned turn.
 
     They differ for a base model given the Llama-3 layout (eos <|end_of_text|>, turns end with
-    <|eot_id|>); without this the fine-tuned model would not stop after its answer.
+    <|eot_id|>); without this the fine-tuned model would not stop after its answer. The turn's end is
+    the last learned special token (ChatML writes a plain "\\n" after it).
     """
     stop = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
-    last_learned = [t for t, label in zip(example["input_ids"], example["labels"]) if label != -100][-1]
-    if tokenizer.convert_ids_to_tokens(last_learned) in tokenizer.get_added_vocab() and last_learned not in stop:
-        stop.append(last_learned)
+    added = tokenizer.get_added_vocab()
+    learned = [t for t, label in zip(example["input_ids"], example["labels"]) if label != -100]
+    end_of_turn = next((t for t in reversed(learned) if tokenizer.convert_ids_to_tokens(t) in added), None)
+    if end_of_turn is not None and end_of_turn not in stop:
+        stop.append(end_of_turn)
     return stop
 
 
@@ -334,13 +342,14 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     if not examples:
         sys.exit(f"error: every example of {args.data_path} is longer than --max_seq_len {args.max_seq_len}")
-    verb = "dropped" if args.overlong == "drop" else "truncated (end of the answer cut)"
+    verb = {"drop": "dropped", "truncate": "truncated (end of the answer cut)",
+            "keep_last": "cut to their last tokens (the original's way)"}[args.overlong]
     say(f"{len(rows)} rows, {len(examples)} examples; {n_overlong} longer than {args.max_seq_len} tokens {verb}")
 
     attention = attn_implementation()
     batching = args.batching
     if batching == "auto":
-        batching = "padding_free" if attention == "flash_attention_2" else "length_grouped"
+        batching = "padding_free" if attention == "flash_attention_2" else "padded"
     use_deepspeed = accelerator.state.deepspeed_plugin is not None
     dtype = torch.bfloat16 if use_deepspeed and accelerator.mixed_precision == "bf16" else torch.float32
     model = from_pretrained_or_explain(AutoModelForCausalLM, args.model_path, dtype=dtype, attn_implementation=attention)
@@ -353,10 +362,12 @@ def main(argv=None):
     # Only padded batches use a pad id, and padding is masked everywhere; the saved tokenizer keeps its own.
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     loader = make_loader(examples, args, batching, pad_token_id, accelerator.num_processes, attention == "flash_attention_2")
-    no_decay = ("bias", "norm")
+    # The original's rule, matched case-sensitively: biases are not decayed; Llama and Qwen2 name their
+    # norms "...layernorm.weight" / "norm.weight", so their norm weights are decayed, as they were there.
+    no_decay = ("bias", "LayerNorm.weight")
     groups = [
-        {"params": [p for n, p in model.named_parameters() if not any(k in n.lower() for k in no_decay)], "weight_decay": args.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if any(k in n.lower() for k in no_decay)], "weight_decay": 0.0},
+        {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)], "weight_decay": args.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from llm_jobs import (
-    ApiArguments, ItemStore, JobArguments, Teacher, load_prompts, parse_json_object, public_settings, render,
-    run_items, summarise, task_name_of, write_outputs,
+    ApiArguments, ItemStore, JobArguments, Teacher, load_prompts, parse_json_object, parse_json_object_as_original,
+    public_settings, render, run_items, summarise, task_name_of, write_outputs,
 )
 from pipeline_io import InputError, load_records
 
@@ -53,11 +53,30 @@ def parse_verdict(reply):
 
 
 def parse_problem(reply):
+    """The two texts exactly as the JSON holds them (the original did not strip them either)."""
     problem = parse_json_object(reply)
     question, answer = problem.get("Open-ended Verifiable Question"), problem.get("Ground-True Answer")
     if not (isinstance(question, str) and question.strip() and isinstance(answer, str) and answer.strip()):
         raise ValueError("the JSON lacks a non-empty 'Open-ended Verifiable Question' or 'Ground-True Answer'")
-    return question.strip(), answer.strip()
+    return question, answer
+
+
+# --reply_parsing original: the original's tests, kept to reproduce its data (see docs/fidelity.md).
+def parse_verdict_as_original(reply):
+    """Pass when "pass" occurs anywhere in the reply, in any case ("does not pass" passes too)."""
+    return "Pass" if "pass" in reply.lower() else "Not Pass"
+
+
+def parse_problem_as_original(reply):
+    """Exactly two keys, both text (empty text allowed)."""
+    problem = parse_json_object_as_original(reply)
+    question, answer = problem.get("Open-ended Verifiable Question"), problem.get("Ground-True Answer")
+    if len(problem) != 2 or not (isinstance(question, str) and isinstance(answer, str)):
+        raise ValueError("the JSON must hold exactly the two keys, both text")
+    return question, answer
+
+
+PARSERS = {"strict": (parse_verdict, parse_problem), "original": (parse_verdict_as_original, parse_problem_as_original)}
 
 
 def check_items(rows, path):
@@ -81,25 +100,27 @@ def main():
     except InputError as error:
         sys.exit(f"error: {error}")
     items = rows[: job.limit_num]
+    read_verdict, read_problem = PARSERS[api.reply_parsing]
     print(f"loaded {len(rows)} items from {job.data_path}; processing {len(items)}", flush=True)
 
     def construct(record, trace, key):
         text = question_with_options(record)
         if args.filter_data:
             verdict = teacher.ask("filter", render(prompts["filter"], question_with_options=text, answer=record["answer"]),
-                                  parse_verdict, trace)
+                                  read_verdict, trace)
             record["filter_verdict"] = verdict
             if verdict != "Pass":
                 return "filtered"
         question, answer = teacher.ask(
-            "reformat", render(prompts["reformat"], question_with_options=text, answer=record["answer"]), parse_problem, trace
+            "reformat", render(prompts["reformat"], question_with_options=text, answer=record["answer"]), read_problem, trace
         )
         record["Open-ended Verifiable Question"], record["Ground-True Answer"] = question, answer
         return "verifiable"
 
     task = task_name_of(job.data_path) + ("_zh" if job.language == "zh" else "")
     store = ItemStore(f"{job.output_dir}/{task}")
-    work_settings = {"filter_data": args.filter_data, "language": job.language}
+    work_settings = {"filter_data": args.filter_data, "language": job.language, "reply_parsing": api.reply_parsing,
+                     "max_tokens": api.max_tokens}
     entries, this_run = run_items(construct, items, store, work_settings, teacher, "construct")
 
     audit_keys = ("outcome", "failure_reason", "llm_log", "filter_verdict")

@@ -8,7 +8,8 @@ and crashes. This module holds that machinery so each script only says what to a
 - load_prompts / render: prompt templates from files (prompts/<language>/ or the user's folder).
 - Teacher: one shared openai client (its own retry/backoff on 429, 5xx, timeouts), counts every
   HTTP call and token, retries replies that do not parse, redacts the API key from every message.
-- parse_json_object: JSON out of a reply that may wrap it in a ```json fence or prose.
+- parse_json_object: JSON out of a reply that may wrap it in a ```json fence or prose
+  (parse_json_object_as_original: the original's looser reading, for --reply_parsing original).
 - ItemStore / run_items: each finished item is written atomically to its own file, so a rerun skips
   finished items, retries failed ones, and a kill -9 loses only the items in flight.
 - write_outputs: the merged output files plus a run summary, printed for the user.
@@ -53,6 +54,15 @@ class ApiArguments:
         default=3, metadata={"help": "How many times a prompt is sent when the reply cannot be parsed (the original: 2)."}
     )
     temperature: Optional[float] = field(default=None, metadata={"help": "Sampling temperature; unset = the endpoint's default."})
+    max_tokens: int = field(
+        default=8192, metadata={"help": "max_tokens sent with every request, as the original did; 0 sends none (the endpoint's default)."}
+    )
+    reply_parsing: str = field(
+        default="strict",
+        metadata={"help": "'strict': a verdict must be named as a word, JSON is read as written; 'original': the original's "
+                  "reading ('pass' / 'true' anywhere in the reply passes, raw newlines deleted before JSON parsing, "
+                  "any final response accepted).", "choices": ["strict", "original"]},
+    )
 
 
 @dataclass
@@ -117,6 +127,25 @@ def parse_json_object(text):
     raise ValueError(f"no JSON object found in the reply ({text[:80]!r}...)")
 
 
+def parse_json_object_as_original(text):
+    """The original's reading of a JSON reply: unless the reply starts with '{', the text from its first
+    '{' to its last '}'; every raw newline deleted (line breaks inside strings are lost, text on two
+    lines is joined); then strict JSON. Raises ValueError."""
+    text = text or ""
+    if not text.startswith("{"):
+        match = re.search(r"\{.*\}", text, flags=re.DOTALL)
+        if match is None:
+            raise ValueError(f"no {{...}} in the reply ({text[:80]!r}...)")
+        text = match.group(0)
+    try:
+        value = json.loads(text.replace("\n", ""))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not JSON once newlines are deleted: {error}") from None
+    if not isinstance(value, dict):
+        raise ValueError("the JSON is not an object")
+    return value
+
+
 class ItemFailed(Exception):
     """An item that cannot be finished; the message is the reason recorded with it."""
 
@@ -173,6 +202,8 @@ class Teacher:
     def complete(self, prompt, trace):
         """One chat completion (with the client's retries); returns the reply text."""
         extra = {} if self.args.temperature is None else {"temperature": self.args.temperature}
+        if self.args.max_tokens:
+            extra["max_tokens"] = self.args.max_tokens
         try:
             with self.slots:
                 raw = self.client.chat.completions.with_raw_response.create(

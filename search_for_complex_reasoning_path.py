@@ -10,7 +10,7 @@ Per item a teacher LLM
      each attempt restarts from the first trace and the failed one goes to `prior_fail_try`;
   3. if still wrong and --efficient_search: one round that shows it the reference answer (Label_CoT);
   4. once verified: rewrites the trace as natural thinking (-> Complex_CoT) and writes the final
-     answer (-> Response).
+     answer (-> Response), both kept exactly as the teacher wrote them.
 Outputs: <input name>_CoT_search_<N>.json (the SFT data: exactly Question, Complex_CoT, Response),
 <...>_records.json (every item: Long_CoT, verify, response_type, prior_fail_try, all verifications
 with their reference answers, every query and reply) and <...>_summary.json. Progress: one file per
@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from llm_jobs import (
-    ApiArguments, ItemStore, JobArguments, Teacher, load_prompts, parse_json_object, public_settings, render,
-    run_items, summarise, task_name_of, write_outputs,
+    ApiArguments, ItemStore, JobArguments, Teacher, load_prompts, parse_json_object, parse_json_object_as_original,
+    public_settings, render, run_items, summarise, task_name_of, write_outputs,
 )
 from pipeline_io import InputError, load_records
 
@@ -91,25 +91,63 @@ def parse_true_false(reply):
 
 
 def parse_natural(reply):
+    """The thinking exactly as the JSON holds it (becomes Complex_CoT; the original did not strip it)."""
     thinking = parse_json_object(reply).get("NaturalReasoning")
     if not isinstance(thinking, str) or "\n" not in thinking.strip():
         raise ValueError("'NaturalReasoning' must be text with line breaks")
-    return thinking.strip()
+    return thinking
 
 
 def parse_response(reply):
+    """The reply exactly as sent (becomes Response; the original did not strip it)."""
     if not reply.strip():
         raise ValueError("empty reply")
-    return reply.strip()
+    return reply
+
+
+# --reply_parsing original: the original's tests, kept to reproduce its data (see docs/fidelity.md).
+def parse_trace_as_original(reply):
+    """Only the last three actions are checked (Inner Thinking, Final Conclusion, Verification)."""
+    try:
+        cot = parse_json_object_as_original(reply)["CoT"]
+        if not isinstance(cot, list) or [a["action"] for a in cot[-3:]] != ["Inner Thinking", "Final Conclusion", "Verification"]:
+            raise ValueError("the trace does not end with Inner Thinking, Final Conclusion, Verification")
+    except (KeyError, TypeError, IndexError) as error:
+        raise ValueError(f"malformed trace: {error!r}") from None
+    return cot
+
+
+def parse_true_false_as_original(reply):
+    """True when "true" occurs anywhere in the reply, in any case ("not true" is True too)."""
+    return "true" in reply.lower()
+
+
+def parse_natural_as_original(reply):
+    thinking = parse_json_object_as_original(reply).get("NaturalReasoning")
+    if not isinstance(thinking, str) or "\n" not in thinking:
+        raise ValueError("'NaturalReasoning' must be text with a line break (after raw newlines were deleted)")
+    return thinking
+
+
+def parse_response_as_original(reply):
+    return reply
+
+
+PARSERS = {
+    "strict": {"trace": parse_trace, "verdict": parse_true_false, "natural": parse_natural, "response": parse_response},
+    "original": {"trace": parse_trace_as_original, "verdict": parse_true_false_as_original,
+                 "natural": parse_natural_as_original, "response": parse_response_as_original},
+}
 
 
 def trace_as_text(cot):
-    """### <title or action> blocks; the Final Conclusion shows as "Conclusion"."""
+    """"### <title, or the action name>" blocks with their content, blank lines between, the whole
+    stripped; the Final Conclusion shows as "Conclusion" (the original's rendering)."""
     blocks = []
     for action in cot:
-        heading = action.get("title") or action["action"].replace("Final Conclusion", "Conclusion")
-        blocks.append(f"### {heading}\n{action['content']}")
-    return "\n\n".join(blocks)
+        heading = action["title"] if "title" in action else action["action"].replace("Final Conclusion", "Conclusion")
+        blocks.append(f"### {heading}\n{action['content']}\n")
+    return "\n".join(blocks).strip()
 
 
 def has_problem(row):
@@ -134,6 +172,7 @@ def main():
     except InputError as error:
         sys.exit(f"error: {error}")
     items = usable[: job.limit_num]
+    read = PARSERS[api.reply_parsing]
     print(f"loaded {len(rows)} items from {job.data_path}: {len(usable)} verifiable "
           f"({len(rows) - len(usable)} skipped); processing {len(items)}", flush=True)
 
@@ -145,7 +184,7 @@ def main():
         def verify(state):
             conclusion = state["Long_CoT"][-2]["content"]
             prompt = render(prompts["verify"], conclusion=conclusion, reference_answer=reference)
-            verdict = teacher.ask("verify", prompt, parse_true_false, trace)
+            verdict = teacher.ask("verify", prompt, read["verdict"], trace)
             record["verifications"].append({"response": conclusion, "reference_answer": reference, "verdict": verdict})
             state["verify"].append(verdict)
             record.update(state)  # kept up to date, so a failed item still shows how far it got
@@ -153,12 +192,12 @@ def main():
 
         def continue_trace(state, step, template, response_type, **values):
             reasoning = json.dumps(state["Long_CoT"][:-1], ensure_ascii=False, indent=2)
-            new_actions = teacher.ask(step, render(template, question=question, reasoning=reasoning, **values), parse_trace, trace)
+            new_actions = teacher.ask(step, render(template, question=question, reasoning=reasoning, **values), read["trace"], trace)
             state["Long_CoT"] = state["Long_CoT"][:-1] + new_actions  # the new actions replace the last Verification
             state["response_type"].append(response_type)
             record.update(state)
 
-        first = teacher.ask("reason", render(prompts["reason"], question=question), parse_trace, trace)
+        first = teacher.ask("reason", render(prompts["reason"], question=question), read["trace"], trace)
         initial = {"Long_CoT": first, "verify": [], "response_type": ["Init_CoT"]}
         verify(initial)
         state, prior_fail_try = copy.deepcopy(initial), []
@@ -184,16 +223,17 @@ def main():
             return "unverified"
 
         thinking = teacher.ask("natural", render(prompts["natural"], reasoning=trace_as_text(state["Long_CoT"]), question=question),
-                               parse_natural, trace)
+                               read["natural"], trace)
         response = teacher.ask("final response", render(prompts["final_response"], thinking=thinking, question=question),
-                               parse_response, trace)
+                               read["response"], trace)
         record.update({"Question": question, "Complex_CoT": thinking, "Response": response})
         return "verified" if "Label_CoT" not in state["response_type"] else "verified_with_label"
 
     task = task_name_of(job.data_path) + "_CoT_search" + ("_zh" if job.language == "zh" else "")
     store = ItemStore(f"{job.output_dir}/{task}")
     work_settings = {"efficient_search": args.efficient_search, "max_search_attempts": args.max_search_attempts,
-                     "max_search_depth": args.max_search_depth, "seed": args.seed, "language": job.language}
+                     "max_search_depth": args.max_search_depth, "seed": args.seed, "language": job.language,
+                     "reply_parsing": api.reply_parsing, "max_tokens": api.max_tokens}
     entries, this_run = run_items(search, items, store, work_settings, teacher, "search")
 
     sft_rows = [

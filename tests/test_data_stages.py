@@ -3,11 +3,14 @@
 import json
 import os
 import re
+import types
 
 import pytest
 
+import construct_verifiable_medical_problems as construct
+import search_for_complex_reasoning_path as search
 from construct_verifiable_medical_problems import parse_verdict
-from llm_jobs import api_base_url, parse_json_object, render
+from llm_jobs import ApiArguments, ItemTrace, Teacher, api_base_url, parse_json_object, parse_json_object_as_original, render
 from search_for_complex_reasoning_path import parse_trace, parse_true_false, trace_as_text
 from tests.data_helpers import (
     CONSTRUCT, FAST, REPO_ROOT, SEARCH, SECRET_KEY, as_problems, make_items, outputs_of, read_json, run, write_json,
@@ -48,8 +51,74 @@ def test_reply_parsers():
     with pytest.raises(ValueError):
         parse_trace(json.dumps({"CoT": good["CoT"][:2] + [good["CoT"][0]]}))
     assert trace_as_text(good["CoT"]) == "### t\nc\n\n### Conclusion\nX\n\n### Verification\nok"
+    # the original's rendering to the letter: a title key is used even when empty, the whole is stripped
+    odd = [{"action": "Inner Thinking", "title": "", "content": "c"}, {"action": "Verification", "content": "ok \n"}]
+    assert trace_as_text(odd) == "### \nc\n\n### Verification\nok"
     assert render('{"a": "{x}"} {y} {z}', x="{y}", y=1) == '{"a": "{y}"} 1 {z}'
     assert api_base_url("http://h:1/v1/chat/completions") == api_base_url("http://h:1/v1/") == "http://h:1/v1"
+
+
+def test_stored_texts_keep_the_teachers_whitespace():
+    # Complex_CoT, Response and the constructed problem are stored as written (the original did not
+    # strip them; SFT tokens depend on it); only emptiness is refused.
+    assert search.parse_natural('{"NaturalReasoning": "\\nHmm, first.\\nThen.  "}') == "\nHmm, first.\nThen.  "
+    assert search.parse_response("  The answer is B.\n\n") == "  The answer is B.\n\n"
+    assert construct.parse_problem('{"Open-ended Verifiable Question": " Q? ", "Ground-True Answer": "A\\n"}') == (" Q? ", "A\n")
+    for empty in ["", " \n"]:
+        with pytest.raises(ValueError):
+            search.parse_response(empty)
+
+
+def test_the_originals_reply_parsing_on_request():
+    strict, original = search.PARSERS["strict"], search.PARSERS["original"]
+    # verdicts: the original's substring tests
+    assert construct.parse_verdict_as_original("It does not pass: Too Simple") == "Pass"
+    assert parse_verdict("It does not pass: Too Simple") == "Too Simple"
+    assert construct.parse_verdict_as_original("Verdict: Ambiguous Answer") == "Not Pass"
+    assert original["verdict"]("False: it is not the true diagnosis.") is True
+    assert strict["verdict"]("False: it is not the true diagnosis.") is False
+    assert original["verdict"]("Maybe.") is False  # no "true" anywhere: False, never unusable
+    # JSON: raw newlines deleted first, so a raw line break inside a string is lost (and lines join)
+    raw = '{"NaturalReasoning": "Hmm, first.\nThen second."}'
+    assert strict["natural"](raw) == "Hmm, first.\nThen second."
+    assert parse_json_object_as_original(raw) == {"NaturalReasoning": "Hmm, first.Then second."}
+    with pytest.raises(ValueError):
+        original["natural"](raw)  # no line break left
+    escaped = '```json\n{"NaturalReasoning": "Hmm, first.\\nThen second.  "}\n```'
+    assert original["natural"](escaped) == strict["natural"](escaped) == "Hmm, first.\nThen second.  "
+    with pytest.raises(ValueError):
+        parse_json_object_as_original('{"a": 1} Hope this helps!')  # starts with "{": read whole, extra text fails
+    assert parse_json_object('{"a": 1} Hope this helps!') == {"a": 1}
+    # problems: exactly two keys, empty text allowed
+    three = '{"Open-ended Verifiable Question": "Q?", "Ground-True Answer": "A", "Note": "n"}'
+    assert construct.parse_problem(three) == ("Q?", "A")
+    with pytest.raises(ValueError):
+        construct.parse_problem_as_original(three)
+    empty = '{"Open-ended Verifiable Question": "Q?", "Ground-True Answer": ""}'
+    assert construct.parse_problem_as_original(empty) == ("Q?", "")
+    with pytest.raises(ValueError):
+        construct.parse_problem(empty)
+    # traces: only the last three actions are looked at; responses: anything, even empty
+    loose = {"CoT": [{"action": "Thinking aloud"}, {"action": "Inner Thinking", "title": "t", "content": "c"},
+                     {"action": "Final Conclusion", "content": "X"}, {"action": "Verification", "content": "ok"}]}
+    assert original["trace"](json.dumps(loose)) == loose["CoT"]
+    with pytest.raises(ValueError):
+        strict["trace"](json.dumps(loose))
+    for bad in ['{"CoT": [{"action": "Final Conclusion"}]}', '{"CoT": ["a", "b", "c"]}', '{"CoT": "text"}', ""]:
+        with pytest.raises(ValueError):
+            original["trace"](bad)
+    assert original["response"]("") == ""
+
+
+def test_requests_carry_max_tokens_as_the_originals_did_unless_zero(monkeypatch):
+    sent = []
+    completion = types.SimpleNamespace(usage=None, choices=[types.SimpleNamespace(message=types.SimpleNamespace(content="True"))])
+    raw = types.SimpleNamespace(retries_taken=0, parse=lambda: completion)
+    for flags, expected in [({}, 8192), ({"max_tokens": 0}, None), ({"max_tokens": 300}, 300)]:
+        teacher = Teacher(ApiArguments(api_key="sk-test", **flags))
+        monkeypatch.setattr(teacher.client.chat.completions.with_raw_response, "create", lambda **kw: sent.append(kw) or raw)
+        assert teacher.complete("Is it? True or False", ItemTrace()) == "True"
+        assert sent[-1].get("max_tokens") == expected and sent[-1]["messages"][0]["content"] == "Is it? True or False"
 
 
 # ---- stage A ----------------------------------------------------------------------------------
@@ -164,6 +233,19 @@ def test_search_paths_right_at_once_fixed_by_a_strategy_and_fixed_by_the_label_r
     # calls: per item cot + verify per round, then natural + response (label round: no verify)
     assert teacher.stats()["by_kind"] == {"cot": 1 + 2 + 3 + 4, "verify": 1 + 2 + 3 + 3, "natural": 4, "response": 4}
     assert stats["calls"] == teacher.stats()["total"]
+
+
+def test_the_originals_reply_parsing_runs_end_to_end_and_redoes_items_made_the_other_way(start_teacher, tmp_path):
+    items = make_items(3, rounds=[0, 1, -1])
+    teacher = start_teacher(answer_key=items, wrap="mixed")
+    args, (main, records, _) = search_args(tmp_path, as_problems(items), "sft", "--efficient_search", "True")
+    run(SEARCH, args, teacher)
+    strict_rows = read_json(main)
+    teacher.reset()
+    run(SEARCH, args + ["--reply_parsing", "original"], teacher)
+    assert teacher.stats()["by_kind"]["natural"] == 3  # redone: the parsing is part of an item's settings
+    assert read_json(main) == strict_rows and len(strict_rows) == 3  # well-formed replies read the same either way
+    assert [r["outcome"] for r in read_json(records)] == ["verified", "verified", "verified_with_label"]
 
 
 def test_efficient_search_rejects_values_that_are_not_booleans(tmp_path):

@@ -18,10 +18,6 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_ROWS = load_records(os.path.join(REPO_ROOT, "data", "demo_sft.json"))
 
 
-def answer_text(row):
-    return f"## Thinking\n\n{row['Complex_CoT']}\n\n## Final Response\n\n{row['Response']}"
-
-
 def write_rows(folder, rows, name="sft.json"):
     path = os.path.join(folder, name)
     with open(path, "w", encoding="utf-8") as f:
@@ -78,6 +74,34 @@ def max_weight_change(model_a, model_b):
 
 # --------------------------------------------------------------------------------------------- labels
 
+# Rows in the released SFT set's style (our own text): a long Complex_CoT with blank lines inside,
+# Responses with trailing spaces and newlines or a leading space, a Question ending in a newline.
+REAL_STYLE_ROWS = [
+    {"Question": "A 45-year-old man has crushing chest pain and ST elevation in leads II, III and aVF. "
+                 "Which coronary artery is most likely occluded?\n",
+     "Complex_CoT": "Okay, so this man has chest pain and ST elevation in II, III and aVF.\n\nHmm, those leads look at "
+                    "the inferior wall of the heart.\nThe inferior wall is usually supplied by the right coronary artery, "
+                    "since most hearts are right dominant.\n\nWait, could it be the left circumflex? It can give inferior "
+                    "changes too, but that is less common.\nAlso, nothing here points to a left-dominant system.\n\n"
+                    "So the right coronary artery is the best fit.",
+     "Response": "The most likely occluded vessel is the **right coronary artery**. ST elevation in II, III and aVF marks "
+                 "an inferior infarction, and the inferior wall is supplied by the right coronary artery in most people.  \n\n"},
+    {"Question": "Which drug is preferred first for high blood pressure in a diabetic patient with protein in the urine?",
+     "Complex_CoT": "\nAlright, protein in the urine of a diabetic patient means the kidneys are already suffering.\n"
+                    "Oh, and drugs that block the renin-angiotensin system lower the pressure inside the glomerulus.\n"
+                    "An ACE inhibitor such as lisinopril does exactly that.\nIf it causes a cough, an angiotensin receptor "
+                    "blocker is the usual swap.\n",
+     "Response": " An ACE inhibitor (for example lisinopril) is preferred: it lowers blood pressure and protects the kidneys.\n"},
+    {"Question": "  A toddler has a barking cough and inspiratory stridor after a cold. What is the most likely cause?  ",
+     "Complex_CoT": "Let me think. A barking cough with stridor after a cold sounds like croup.\n\nCroup is most often "
+                    "caused by parainfluenza virus.\nRSV causes bronchiolitis instead, with wheeze rather than stridor.  ",
+     "Response": "Croup, most often due to **parainfluenza virus**.\n\n- barking cough\n- inspiratory stridor\n\t\n"},
+    {"Question": "What is the first-line treatment for anaphylaxis?",
+     "Complex_CoT": "Anaphylaxis is a life-threatening allergic reaction.\nThe drug that reverses it fastest is adrenaline "
+                    "given into the muscle.\nAntihistamines and steroids only help later.",
+     "Response": "Intramuscular adrenaline (epinephrine) is the first-line treatment."},
+]
+
 
 @pytest.fixture(scope="module")
 def eos_is_pad_model(tiny_models, tmp_path_factory):
@@ -91,32 +115,76 @@ def eos_is_pad_model(tiny_models, tmp_path_factory):
     return folder
 
 
-def check_labels_token_by_token(tokenizer, row, example, end_of_turn):
-    prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": row["Question"]}], add_generation_prompt=True)["input_ids"]
-    n_prompt = len(prompt_ids)
-    ids, labels = example["input_ids"], example["labels"]
-    assert ids[:n_prompt] == prompt_ids
-    learned = tokenizer(answer_text(row) + end_of_turn, add_special_tokens=False)["input_ids"]
-    for position, (token, label) in enumerate(zip(ids, labels)):
-        if position < n_prompt:
-            assert label == -100, f"prompt token {position} is learned"
-        elif position < n_prompt + len(learned):
-            assert label == token == learned[position - n_prompt], f"assistant token {position} is not learned"
-        else:
-            assert label == -100, f"template tail token {position} ({tokenizer.decode([token])!r}) is learned"
-    assert labels[n_prompt + len(learned) - 1] == tokenizer.convert_tokens_to_ids(end_of_turn)  # the model learns to stop
+def answer_text(row):
+    return f"## Thinking\n\n{row['Complex_CoT']}\n\n## Final Response\n\n{row['Response']}"
 
 
-def test_labels_cover_exactly_the_assistant_turn_and_its_end(eos_is_pad_model):
+def originals_tokens(tokenizer, row, layout):
+    """input_ids and labels as the original built them, assembled here piece by piece from the facts:
+    the chat rendered by the model's template from the stored texts (Llama-3's template trims each
+    message, ChatML keeps it whole), one bos, the whole chat tokenized at once, labels -100 on as
+    many leading tokens as the prompt with its generation prompt has, and every later token learned.
+    Added tokens split the text before BPE runs, so the pieces between them are tokenized alone."""
+    special = tokenizer.convert_tokens_to_ids
+    text = lambda piece: tokenizer(piece, add_special_tokens=False)["input_ids"]
+    answer = answer_text(row)
+    if layout == "llama3":
+        start, end_header, eot = special(["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"])
+        head = [tokenizer.bos_token_id, start, *text("user"), end_header, *text("\n\n" + row["Question"].strip()), eot,
+                start, *text("assistant"), end_header]
+        prompt = head + text("\n\n")
+        chat = head + text("\n\n" + answer.strip()) + [eot]
+    else:  # ChatML, no system turn in this template
+        im_start, im_end = special(["<|im_start|>", "<|im_end|>"])
+        head = [im_start, *text("user\n" + row["Question"]), im_end, *text("\n"), im_start]
+        prompt = head + text("assistant\n")
+        chat = head + text("assistant\n" + answer) + [im_end] + text("\n")
+    return chat, [-100] * len(prompt) + chat[len(prompt):]
+
+
+@pytest.mark.parametrize("model, layout", [("tiny-llama", "llama3"), ("tiny-qwen2", "chatml")])
+def test_tokens_and_labels_equal_the_originals_for_rows_as_stored(tiny_models, model, layout):
+    tokenizer = load_chat_tokenizer(tiny_models[model])
+    examples, n_overlong = build_examples(REAL_STYLE_ROWS, tokenizer, 8192, "drop", "real-style", show_progress=False)
+    assert n_overlong == 0 and len(examples) == len(REAL_STYLE_ROWS)
+    for row, example in zip(REAL_STYLE_ROWS, examples):
+        ids, labels = originals_tokens(tokenizer, row, layout)
+        assert example["input_ids"] == ids
+        assert example["labels"] == labels
+        learned = [t for t, label in zip(ids, labels) if label != -100]
+        if layout == "llama3":
+            assert learned[-1] == tokenizer.convert_tokens_to_ids("<|eot_id|>")
+        else:  # the original also learned ChatML's newline after <|im_end|>
+            assert tokenizer.decode(learned[-2:]) == "<|im_end|>\n"
+        assert tokenizer.decode(learned).startswith("## Thinking\n\n")
+
+    # The test can fail: stripping the stored texts (what this script did before) changes the tokens.
+    # ChatML keeps every message whole: rows 0, 1 and 2 change. Llama-3's template trims each message
+    # itself, so there only whitespace inside the assistant turn counts (edges of Complex_CoT, the
+    # start of Response): rows 1 and 2; row 0's Question newline and trailing spaces go either way.
+    stripped = [{k: v.strip() for k, v in row.items()} for row in REAL_STYLE_ROWS]
+    before, _ = build_examples(stripped, tokenizer, 8192, "drop", "stripped", show_progress=False)
+    changed = [i for i, (a, b) in enumerate(zip(before, examples)) if a["input_ids"] != b["input_ids"]]
+    assert changed == ([1, 2] if layout == "llama3" else [0, 1, 2])
+
+
+def test_rows_that_fit_are_kept_whole_and_longer_ones_are_dropped_by_default(tiny_models):
+    tokenizer = load_chat_tokenizer(tiny_models["tiny-llama"])
+    row = REAL_STYLE_ROWS[0]
+    (example,), _ = build_examples([row], tokenizer, 8192, "drop", "rows", show_progress=False)
+    n = len(example["input_ids"])
+    (fits,), n_overlong = build_examples([row], tokenizer, n, "drop", "rows", show_progress=False)
+    assert n_overlong == 0 and fits == example
+    kept, n_overlong = build_examples([row], tokenizer, n - 1, "drop", "rows", show_progress=False)
+    assert n_overlong == 1 and kept == []
+
+
+def test_padded_batches_mask_padding_and_keep_the_eos_label_when_pad_is_eos(eos_is_pad_model):
     tokenizer = load_chat_tokenizer(eos_is_pad_model)
     assert tokenizer.pad_token_id == tokenizer.eos_token_id
-    rows = DEMO_ROWS[:3]
-    examples, n_overlong = build_examples(rows, tokenizer, 8192, "drop", "demo", show_progress=False)
-    assert n_overlong == 0 and len(examples) == 3
-    for row, example in zip(rows, examples):
-        check_labels_token_by_token(tokenizer, row, example, "<|im_end|>")
-        tail = [t for t, l in zip(example["input_ids"], example["labels"]) if l == -100][-1:]
-        assert tokenizer.decode(tail) == "\n"  # ChatML's newline after <|im_end|> is not learned
+    examples, _ = build_examples(REAL_STYLE_ROWS[:3], tokenizer, 8192, "drop", "rows", show_progress=False)
+    for row, example in zip(REAL_STYLE_ROWS, examples):
+        assert (example["input_ids"], example["labels"]) == originals_tokens(tokenizer, row, "chatml")
 
     # Padded batches (the original scheme): padding masked everywhere, the eos inside each example
     # still learned although it has the pad id.
@@ -143,14 +211,14 @@ def test_llama3_layout_when_the_tokenizer_has_no_chat_template(tiny_models, tmp_
     assert not AutoTokenizer.from_pretrained(tmp_path).chat_template
 
     tokenizer = load_chat_tokenizer(str(tmp_path))
-    row = DEMO_ROWS[0]
-    (example,), _ = build_examples([row], tokenizer, 8192, "drop", "demo", show_progress=False)
+    row = REAL_STYLE_ROWS[0]
+    (example,), _ = build_examples([row], tokenizer, 8192, "drop", "rows", show_progress=False)
     text = tokenizer.decode(example["input_ids"])
     assert text == (
-        f"<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{row['Question']}<|eot_id|>"
-        f"<|start_header_id|>assistant<|end_header_id|>\n\n{answer_text(row)}<|eot_id|>"
+        f"<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{row['Question'].strip()}<|eot_id|>"
+        f"<|start_header_id|>assistant<|end_header_id|>\n\n{answer_text(row).strip()}<|eot_id|>"
     )
-    check_labels_token_by_token(tokenizer, row, example, "<|eot_id|>")
+    assert (example["input_ids"], example["labels"]) == originals_tokens(tokenizer, row, "llama3")
 
     # A base model's eos (<|end_of_text|>) is not where the Llama-3 turn ends: generation must stop at both.
     end_of_text, eot = tokenizer.convert_tokens_to_ids(["<|end_of_text|>", "<|eot_id|>"])
@@ -160,7 +228,14 @@ def test_llama3_layout_when_the_tokenizer_has_no_chat_template(tiny_models, tmp_
     assert stop_token_ids(tokenizer, text_end, end_of_text) == [end_of_text]
 
 
-def test_overlong_examples_are_dropped_or_cut_at_the_answer_end(tiny_models):
+def test_chatml_turns_stop_at_the_end_of_turn_token_not_the_newline_after_it(eos_is_pad_model):
+    tokenizer = load_chat_tokenizer(eos_is_pad_model)
+    (example,), _ = build_examples(REAL_STYLE_ROWS[:1], tokenizer, 8192, "drop", "rows", show_progress=False)
+    im_end, endoftext = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    assert stop_token_ids(tokenizer, example, endoftext) == [endoftext, im_end]
+
+
+def test_overlong_examples_are_dropped_cut_at_the_answer_end_or_cut_at_the_start(tiny_models):
     tokenizer = load_chat_tokenizer(tiny_models["tiny-llama"])
     rows = DEMO_ROWS[:4]
     full, _ = build_examples(rows, tokenizer, 100000, "drop", "demo", show_progress=False)
@@ -179,6 +254,12 @@ def test_overlong_examples_are_dropped_or_cut_at_the_answer_end(tiny_models):
         assert part["input_ids"] == whole["input_ids"][:limit]
         n_prompt = whole["labels"].index(next(l for l in whole["labels"] if l != -100))
         assert part["labels"][:n_prompt] == [-100] * n_prompt  # the whole question is kept, still masked
+
+    last, n_overlong = build_examples(rows, tokenizer, limit, "keep_last", "demo", show_progress=False)
+    assert n_overlong == n_long and len(last) == len(rows)
+    for whole, part in zip(full, last):  # the original's cut: the last max_seq_len tokens and their labels
+        assert part["input_ids"] == whole["input_ids"][-limit:] and part["labels"] == whole["labels"][-limit:]
+    assert sum(part["input_ids"][0] != tokenizer.bos_token_id for part in last) == n_long  # the question's start is lost
 
 
 def test_a_row_without_complex_cot_names_the_row(tiny_models, tmp_path):
