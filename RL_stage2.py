@@ -121,12 +121,7 @@ def load_models(model_args, config):
             model.resize_token_embeddings(len(tokenizer))
         model.config.pad_token_id = tokenizer.pad_token_id
     verifier_tokenizer = from_pretrained_or_explain(AutoTokenizer, config.reward_model_path, trust_remote_code=model_args.trust_remote_code)
-    if verifier_tokenizer.pad_token is None or verifier_tokenizer.pad_token_id == verifier_tokenizer.eos_token_id:
-        # the verifier reads the score at the last non-pad token, which is its eos: pad with anything else
-        if distinct_pad_token(verifier_tokenizer):
-            verifier_tokenizer.pad_token = verifier_tokenizer.bos_token or verifier_tokenizer.convert_ids_to_tokens(0)
     verifier = from_pretrained_or_explain(AutoModelForSequenceClassification, config.reward_model_path, num_labels=2, **common)
-    verifier.config.pad_token_id = verifier_tokenizer.pad_token_id
     for frozen in (ref_policy, verifier):
         if frozen is not None:
             frozen.requires_grad_(False).eval()
@@ -136,6 +131,8 @@ def load_models(model_args, config):
 def stop_token_id_for(config, tokenizer):
     if config.stop_token_id is not None:
         return config.stop_token_id
+    # The verifier exactly as shipped (tokenizer and config untouched): it reads its score where its own
+    # config says, as it did when it was published (ppo_utils/verifier_reward.py pads accordingly).
     return tokenizer.eos_token_id if config.stop_token == "eos" else None
 
 
@@ -189,7 +186,7 @@ def evaluate_plain(policy, tokenizer, items, reward, config):
     policy.train(was_training)
     texts = [decode_until_stop(tokenizer, r.tolist(), stop_id) for r in responses.cpu()]
     out = reward(texts, [it["reference"] for it in items])
-    return {"eval/mean_reward": out.rewards.mean().item(), "eval/format_rate": out.well_formed.float().mean().item(),
+    return {"eval/mean_reward": out.rewards.float().mean().item(), "eval/format_rate": out.well_formed.float().mean().item(),
             "eval/samples": len(items), "eval/example": texts[0][:300]}
 
 
