@@ -59,10 +59,13 @@ def parse_args(argv=None):
 
 # ---- data ---------------------------------------------------------------------------------------
 def load_problems(script_args, seed):
-    """Problems with a non-empty question and answer, shuffled; 10% (at most 200) held out."""
+    """Problems with a non-empty question and answer, shuffled; 10% (at most 200) held out.
+
+    Question and answer are used as stored (the answer goes into the verifier's input unstripped, as the original's).
+    """
     rows = load_records(script_args.dataset_name, split=script_args.dataset_train_split)
     problems = [
-        {"question": str(r[QUESTION]).strip(), "reference": str(r[ANSWER]).strip()}
+        {"question": str(r[QUESTION]), "reference": str(r[ANSWER])}
         for r in rows if str(r.get(QUESTION) or "").strip() and str(r.get(ANSWER) or "").strip()
     ]
     if len(problems) < 2:
@@ -82,6 +85,19 @@ def prompt_ids(tokenizer, question):
 
 
 # ---- models -------------------------------------------------------------------------------------
+def policy_pad_token(tokenizer):
+    """The policy's pad token: the original's rule for Llama-3 (<|end_of_text|> whenever <|eot_id|> exists), else distinct_pad_token.
+
+    The pad id ends a response when the policy samples it, so which token it is can change a number.
+    Returns True when a new token had to be added.
+    """
+    vocab = tokenizer.get_vocab()
+    if "<|eot_id|>" in vocab and vocab.get("<|end_of_text|>", tokenizer.eos_token_id) != tokenizer.eos_token_id:
+        tokenizer.pad_token = "<|end_of_text|>"
+        return False
+    return distinct_pad_token(tokenizer)
+
+
 def distinct_pad_token(tokenizer):
     """Make the pad token differ from eos (padding must not look like the end of an answer).
 
@@ -105,7 +121,7 @@ def load_models(model_args, config):
                   attn_implementation=model_args.attn_implementation or attn_implementation())
     tokenizer = load_chat_tokenizer(model_args.model_name_or_path, revision=model_args.model_revision,
                                     padding_side="left", trust_remote_code=model_args.trust_remote_code)
-    grew = distinct_pad_token(tokenizer)
+    grew = policy_pad_token(tokenizer)
     policy = from_pretrained_or_explain(AutoModelForCausalLM, model_args.model_name_or_path, revision=model_args.model_revision, **common)
     ref_policy = None
     if config.rl_algorithm == "ppo":
@@ -120,13 +136,10 @@ def load_models(model_args, config):
         if grew:
             model.resize_token_embeddings(len(tokenizer))
         model.config.pad_token_id = tokenizer.pad_token_id
+    # The verifier exactly as shipped (tokenizer and config untouched): it reads its score where its own
+    # config says, as it did when it was published (ppo_utils/verifier_reward.py pads accordingly).
     verifier_tokenizer = from_pretrained_or_explain(AutoTokenizer, config.reward_model_path, trust_remote_code=model_args.trust_remote_code)
-    if verifier_tokenizer.pad_token is None or verifier_tokenizer.pad_token_id == verifier_tokenizer.eos_token_id:
-        # the verifier reads the score at the last non-pad token, which is its eos: pad with anything else
-        if distinct_pad_token(verifier_tokenizer):
-            verifier_tokenizer.pad_token = verifier_tokenizer.bos_token or verifier_tokenizer.convert_ids_to_tokens(0)
     verifier = from_pretrained_or_explain(AutoModelForSequenceClassification, config.reward_model_path, num_labels=2, **common)
-    verifier.config.pad_token_id = verifier_tokenizer.pad_token_id
     for frozen in (ref_policy, verifier):
         if frozen is not None:
             frozen.requires_grad_(False).eval()
@@ -140,7 +153,7 @@ def stop_token_id_for(config, tokenizer):
 
 
 # ---- PPO ----------------------------------------------------------------------------------------
-def run_ppo(config, sizes, tokenizer, models, reward, train, evaluation):
+def make_ppo_trainer(config, sizes, tokenizer, models, reward, train, evaluation):
     trackers = [t for t in config.report_to if t in ("wandb", "tensorboard") and importlib.util.find_spec(t)]
     if set(config.report_to) - set(trackers):
         print(f"RL_stage2.py: not reporting to {sorted(set(config.report_to) - set(trackers))} (not installed or not "
@@ -149,7 +162,7 @@ def run_ppo(config, sizes, tokenizer, models, reward, train, evaluation):
     os.environ["ACCELERATE_GRADIENT_ACCUMULATION_STEPS"] = str(config.gradient_accumulation_steps)
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps, log_with=trackers or None,
-        step_scheduler_with_optimizer=False,  # one schedule step per optimizer step, not one per process
+        step_scheduler_with_optimizer=False,  # the trainer steps the schedule once per update, not once per process
         kwargs_handlers=[] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")],
     )
     if trackers:
@@ -160,8 +173,12 @@ def run_ppo(config, sizes, tokenizer, models, reward, train, evaluation):
     stop_id = stop_token_id_for(config, tokenizer)
     if stop_id is None:  # responses then only end at response_length; the pad token stands in as "never"
         stop_id = tokenizer.pad_token_id
-    trainer = PPOTrainer(config, accelerator, tokenizer, policy, ref_policy, value_model, reward,
-                         train, evaluation, sizes, stop_id)
+    return PPOTrainer(config, accelerator, tokenizer, policy, ref_policy, value_model, reward, train, evaluation, sizes, stop_id)
+
+
+def run_ppo(config, sizes, tokenizer, models, reward, train, evaluation):
+    trainer = make_ppo_trainer(config, sizes, tokenizer, models, reward, train, evaluation)
+    accelerator = trainer.accelerator
     if config.resume_from_checkpoint:
         trainer.resume(config.resume_from_checkpoint)
         accelerator.print(f"resumed from {config.resume_from_checkpoint} at update {trainer.update}")
@@ -170,7 +187,8 @@ def run_ppo(config, sizes, tokenizer, models, reward, train, evaluation):
     eval_end = trainer.evaluate()
     trainer.save_policy(config.output_dir)
     accelerator.end_training()
-    return eval_start, eval_end, trainer.update, seconds
+    return eval_start, eval_end, trainer.update, seconds, {"max_grad_norm": trainer.effective_max_grad_norm,
+                                                          "score_position": config.score_position}
 
 
 # ---- RLOO / GRPO (trl) --------------------------------------------------------------------------
@@ -189,8 +207,23 @@ def evaluate_plain(policy, tokenizer, items, reward, config):
     policy.train(was_training)
     texts = [decode_until_stop(tokenizer, r.tolist(), stop_id) for r in responses.cpu()]
     out = reward(texts, [it["reference"] for it in items])
-    return {"eval/mean_reward": out.rewards.mean().item(), "eval/format_rate": out.well_formed.float().mean().item(),
+    return {"eval/mean_reward": out.rewards.float().mean().item(), "eval/format_rate": out.well_formed.float().mean().item(),
             "eval/samples": len(items), "eval/example": texts[0][:300]}
+
+
+@contextlib.contextmanager
+def environment(values):
+    """Environment variables set to `values` inside the block, restored after."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def deepspeed_gathered(model):
@@ -212,22 +245,30 @@ def run_trl(config, sizes, tokenizer, models, reward, train, evaluation, problem
               "fp16", "gradient_checkpointing", "save_strategy", "save_steps", "save_total_limit", "logging_steps",
               "report_to", "run_name", "dataloader_num_workers", "eval_strategy", "eval_steps", "num_train_epochs",
               "ddp_backend"]  # ddp_backend: gloo without CUDA (see PPOConfig)
-    trl_args = config_cls(
-        **{name: getattr(config, name) for name in copied},
-        max_steps=num_generations_steps * config.num_ppo_epochs if num_generations_steps else -1,
-        num_generations=config.num_generations, max_completion_length=config.response_length,
-        temperature=config.temperature, beta=config.kl_coef, epsilon=config.cliprange,
-        num_iterations=config.num_ppo_epochs, reward_weights=[1.0, 0.0], per_device_eval_batch_size=config.num_generations,
-        gradient_checkpointing_kwargs={"use_reentrant": False}, disable_dropout=True,
-    )
-
     def to_dataset(rows):
         return Dataset.from_list([{"prompt": [{"role": "user", "content": r["question"]}], "reference": r["reference"]} for r in rows])
 
-    trainer = trainer_cls(model=policy, reward_funcs=trl_reward_functions(reward), args=trl_args,
-                          train_dataset=to_dataset(problems[0]),
-                          eval_dataset=to_dataset(problems[1]) if trl_args.eval_strategy != "no" else None,
-                          processing_class=tokenizer)
+    # Under DeepSpeed, accelerate launch exports the config file's accumulation count, clipping and precision, which
+    # would override (or contradict, in DeepSpeed's and transformers' checks) our flags: the DeepSpeed plugin the trl
+    # config creates reads these variables, so they carry the flags while the trainer is built.
+    flags_for_deepspeed = {
+        "ACCELERATE_GRADIENT_ACCUMULATION_STEPS": str(config.gradient_accumulation_steps),
+        "ACCELERATE_GRADIENT_CLIPPING": str(config.max_grad_norm),
+        "ACCELERATE_MIXED_PRECISION": "bf16" if config.bf16 else "fp16" if config.fp16 else "no",
+    } if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true" else {}
+    with environment(flags_for_deepspeed):
+        trl_args = config_cls(
+            **{name: getattr(config, name) for name in copied},
+            max_steps=num_generations_steps * config.num_ppo_epochs if num_generations_steps else -1,
+            num_generations=config.num_generations, max_completion_length=config.response_length,
+            temperature=config.temperature, beta=config.kl_coef, epsilon=config.cliprange,
+            num_iterations=config.num_ppo_epochs, reward_weights=[1.0, 0.0], per_device_eval_batch_size=config.num_generations,
+            gradient_checkpointing_kwargs={"use_reentrant": False}, disable_dropout=True,
+        )
+        trainer = trainer_cls(model=policy, reward_funcs=trl_reward_functions(reward), args=trl_args,
+                              train_dataset=to_dataset(problems[0]),
+                              eval_dataset=to_dataset(problems[1]) if trl_args.eval_strategy != "no" else None,
+                              processing_class=tokenizer)
     if trainer.accelerator.state.deepspeed_plugin is not None:  # the verifier was loaded partitioned under ZeRO-3
         reward.model = prepare_deepspeed(reward.model, trainer.accelerator)
     else:
@@ -244,7 +285,9 @@ def run_trl(config, sizes, tokenizer, models, reward, train, evaluation, problem
                           [entry for entry in trainer.state.log_history if "rewards/verifier/mean" in entry])
     with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as trained:
         eval_end = evaluate_plain(trained, tokenizer, evaluation, reward, config)
-    return eval_start, eval_end, trainer.state.global_step, seconds
+    engine = trainer.model_wrapped if trainer.is_deepspeed_enabled else None
+    clipping = engine.gradient_clipping() if engine is not None else trainer.args.max_grad_norm
+    return eval_start, eval_end, trainer.state.global_step, seconds, {"max_grad_norm": clipping}
 
 
 # ---- main ---------------------------------------------------------------------------------------
@@ -279,17 +322,18 @@ def main(argv=None):
     evaluation = [{"input_ids": prompt_ids(tokenizer, r["question"]), "reference": r["reference"]} for r in eval_rows]
 
     if config.rl_algorithm == "ppo":
-        eval_start, eval_end, updates, seconds = run_ppo(config, sizes, tokenizer, (policy, ref_policy, value_model),
-                                                         reward, train, evaluation)
+        eval_start, eval_end, updates, seconds, settings = run_ppo(config, sizes, tokenizer, (policy, ref_policy, value_model),
+                                                                   reward, train, evaluation)
     else:
-        eval_start, eval_end, updates, seconds = run_trl(config, sizes, tokenizer, (policy,), reward, train, evaluation,
-                                                         (train_rows, eval_rows))
+        eval_start, eval_end, updates, seconds, settings = run_trl(config, sizes, tokenizer, (policy,), reward, train,
+                                                                   evaluation, (train_rows, eval_rows))
     summary = {
         "algorithm": config.rl_algorithm, "policy_dir": os.path.abspath(config.output_dir), "updates": updates,
         "episodes_per_update": sizes.batch_size, "seconds": round(seconds, 1),
         "train_problems": len(train_rows), "eval_problems": len(eval_rows),
         "eval_start": {k.split("/")[-1]: v for k, v in eval_start.items()},
         "eval_end": {k.split("/")[-1]: v for k, v in eval_end.items()},
+        **settings,  # as applied (max_grad_norm: read back from DeepSpeed's engine when it clips)
     }
     if state.is_main_process:
         write_json_atomic(os.path.join(config.output_dir, "rl_summary.json"), summary)

@@ -20,7 +20,6 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, HfAr
 
 from pipeline_io import InputError, from_pretrained_or_explain, write_json_atomic
 from ppo_utils.verifier_reward import VerifierReward, verifier_input
-from RL_stage2 import distinct_pad_token
 from train_verifier import read_examples, scores, string_match
 
 
@@ -40,13 +39,9 @@ class ScoreArguments:
 
 
 def load_verifier(path):
+    """The verifier as shipped, as RL_stage2.py uses it (tokenizer and config untouched)."""
     tokenizer = from_pretrained_or_explain(AutoTokenizer, path)
-    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        # as RL_stage2.py does: the score is read at the last non-pad token, which must be the eos
-        if distinct_pad_token(tokenizer):
-            tokenizer.pad_token = tokenizer.bos_token or tokenizer.convert_ids_to_tokens(0)
     model = from_pretrained_or_explain(AutoModelForSequenceClassification, path, num_labels=2, dtype=torch.float32)
-    model.config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), tokenizer
 
 

@@ -49,7 +49,7 @@ class PPOConfig(TrainingArguments):
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature for rollouts."})
     stop_token: str = field(default="eos", metadata={"help": "Responses end at this token ('eos': the policy's eos).", "choices": ["eos", "none"]})
     stop_token_id: int = field(default=None, metadata={"help": "Explicit stop token id (overrides --stop_token)."})
-    missing_eos_penalty: float = field(default=None, metadata={"help": "Subtracted from the score of responses without the stop token."})
+    missing_eos_penalty: float = field(default=None, metadata={"help": "Subtracted from the score of responses without the eos token."})
     local_rollout_forward_batch_size: int = field(default=64, metadata={"help": "Sequences per forward pass (generation, reference, value, verifier) during rollouts."})
     ds3_gather_for_generation: bool = field(default=True, metadata={"help": "ZeRO-3: gather the full policy for fast generation."})
     # PPO
@@ -57,15 +57,25 @@ class PPOConfig(TrainingArguments):
     num_ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
     num_mini_batches: int = field(default=1, metadata={"help": "Optimizer steps per PPO epoch."})
     kl_coef: float = field(default=0.05, metadata={"help": "Per-token KL penalty against the reference."})
-    kl_estimator: str = field(default="k1", metadata={"choices": ["k1", "k3"], "help": "k1: log p - log p_ref; k3: unbiased, non-negative."})
-    whiten_rewards: bool = field(default=False)
+    kl_estimator: str = field(default="k1", metadata={"choices": ["k1", "k3"], "help": "k1: log p - log p_ref (the original's); k3: unbiased, non-negative."})
+    score_position: str = field(
+        default="after_stop", metadata={"choices": ["after_stop", "stop_token"], "help": (
+            "Where the verifier's score is added. after_stop (the original's): one position past the stop token, "
+            "where the value model is trained and bootstrapped too (at the last position when the response has no "
+            "room after it). stop_token: on the stop token itself, values up to it (see docs/rl.md).")},
+    )
+    whiten_rewards: bool = field(default=False, metadata={"help": "Whiten the per-token rewards over the value model's positions."})
     cliprange: float = field(default=0.2)
     cliprange_value: float = field(default=0.2)
     vf_coef: float = field(default=0.1, metadata={"help": "Value loss weight. The paper's text says 1.0; the original code (and the seed's command) used 0.1."})
     gamma: float = field(default=1.0)
     lam: float = field(default=0.95)
+    max_grad_norm: float = field(default=1.0, metadata={"help": (
+        "Clip the gradient norm of policy + value at each optimizer step, with or without DeepSpeed (whose "
+        "gradient_clipping is set from this flag, whatever the accelerate config file says); 0 turns clipping off. "
+        "1.0 is what the original's DeepSpeed runs clipped at.")})
     num_sample_generations: int = field(default=10, metadata={"help": "Accepted for trl compatibility; evaluation runs at eval_steps."})
-    warmup_ratio: float = field(default=None, metadata={"help": "Share of optimizer steps for linear warmup (same as a warmup_steps < 1)."})
+    warmup_ratio: float = field(default=None, metadata={"help": "PPO: share of the updates for linear warmup (same as a warmup_steps < 1; the schedule steps once per update, as the original's)."})
     dataset_num_proc: int = field(default=None)
 
     def __post_init__(self):

@@ -1,7 +1,9 @@
 """The arithmetic of PPO on token sequences, as small pure functions on tensors.
 
-Shapes: (batch, response_length). `mask` is True on the response tokens that count
-(from the first generated token up to and including the stop token), False on padding.
+Shapes: (batch, response length). The placement follows the original trainer (trl 0.13's PPOv2):
+a response is cut after its first stop token, s is the index of its last token (the first pad
+minus one), log-probs and the policy loss count at positions <= s, values and the value loss at
+positions <= s + 1, where the verifier's score is added (see docs/rl.md, "Where the score lands").
 """
 
 import torch
@@ -42,37 +44,63 @@ def entropy_of(logits, temperature):
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
 
 
-def stop_lengths(responses, stop_token_id):
-    """Index of the last real token of each response: the first stop token, else the last position."""
-    is_stop = responses == stop_token_id
-    last = responses.shape[1] - 1
-    first_stop = torch.where(is_stop.any(1), is_stop.int().argmax(1), torch.full_like(is_stop[:, 0], last, dtype=torch.long))
-    return first_stop.long()
+SCORE_POSITIONS = ("after_stop", "stop_token")
 
 
-def response_mask(last_index, length):
-    return torch.arange(length, device=last_index.device).unsqueeze(0) <= last_index.unsqueeze(1)
+def first_true_index(bools):
+    """Index of the first True in each row; the row length when there is none."""
+    length = bools.shape[-1]
+    positions = torch.arange(length, device=bools.device).expand_as(bools)
+    return torch.where(bools, positions, torch.full_like(positions, length)).min(-1).values
 
 
-def token_rewards(scores, logprobs, ref_logprobs, mask, kl_coef):
-    """Per-token reward: -kl_coef * (log pi - log pi_ref) on every real token, plus the score on the last one.
+def truncate_after_stop(responses, stop_token_id, pad_token_id):
+    """Every token after the first stop token becomes pad; the stop token itself stays."""
+    positions = torch.arange(responses.shape[1], device=responses.device).unsqueeze(0)
+    first_stop = first_true_index(responses == stop_token_id).unsqueeze(1)
+    return responses.masked_fill(positions > first_stop, pad_token_id)
 
-    Returns (rewards, kl) with zeros on padding.
+
+def sequence_ends(truncated, pad_token_id):
+    """s, the index of each response's last token: the first pad minus one, the last index when there is no pad.
+
+    A pad token the policy sampled itself ends the response too (s = -1 when it came first).
     """
-    kl = (logprobs - ref_logprobs) * mask
-    rewards = -kl_coef * kl
-    last = mask.long().sum(1) - 1
-    rewards[torch.arange(rewards.shape[0], device=rewards.device), last] += scores.to(rewards.dtype)
-    return rewards, kl
+    return first_true_index(truncated == pad_token_id) - 1
 
 
-def gae_advantages(rewards, values, mask, gamma, lam):
-    """Generalised advantage estimation; the episode ends after the last real token (next value 0).
+def position_masks(ends, length, score_position="after_stop"):
+    """(policy_mask, value_mask): which positions count for log-probs and the policy loss, which for values.
 
-    Returns (advantages, returns) with zeros on padding.
+    after_stop (the original's): values count one position past the stop token, where the score lands.
+    stop_token: both stop at the stop token.
     """
-    values = values * mask
-    rewards = rewards * mask
+    positions = torch.arange(length, device=ends.device).unsqueeze(0)
+    policy_mask = positions <= ends.unsqueeze(1)
+    if score_position == "stop_token":
+        return policy_mask, policy_mask
+    return policy_mask, positions <= (ends + 1).unsqueeze(1)
+
+
+def score_indices(ends, length, score_position="after_stop"):
+    """Where each response's score is added: s + 1 when that is inside the tensor, else s (after_stop); s (stop_token)."""
+    if score_position == "stop_token":
+        return ends.clamp(min=0)
+    return torch.where(ends + 1 < length, ends + 1, ends)
+
+
+def token_rewards(scores, kl_penalty, policy_mask, score_at, kl_coef):
+    """Per-token reward: -kl_coef * kl_penalty on the policy's positions, 0 elsewhere, plus the score at score_at."""
+    rewards = -kl_coef * kl_penalty.masked_fill(~policy_mask, 0.0)
+    rewards[torch.arange(rewards.shape[0], device=rewards.device), score_at] += scores.to(rewards.dtype)
+    return rewards
+
+
+def gae_advantages(rewards, values, gamma, lam):
+    """Generalised advantage estimation over the whole (padded) length; the value after the last position is 0.
+
+    The caller zeroes values and rewards where they do not count. Returns (advantages, returns = advantages + values).
+    """
     length = rewards.shape[1]
     advantages_reversed = []
     last_gae = torch.zeros_like(rewards[:, 0])
@@ -81,9 +109,55 @@ def gae_advantages(rewards, values, mask, gamma, lam):
         delta = rewards[:, t] + gamma * next_value - values[:, t]
         last_gae = delta + gamma * lam * last_gae
         advantages_reversed.append(last_gae)
-    advantages = torch.stack(advantages_reversed[::-1], dim=1) * mask
-    returns = advantages + values
-    return advantages, returns
+    advantages = torch.stack(advantages_reversed[::-1], dim=1)
+    return advantages, advantages + values
+
+
+def kl_terms(logprobs, ref_logprobs, estimator="k1"):
+    """(penalty, kl): the per-token term the reward pays for, and log pi - log pi_ref for the logs.
+
+    k1 = log pi - log pi_ref (the original's); k3 = (r - 1) - log r with r = pi_ref / pi (unbiased, non-negative).
+    """
+    kl = logprobs - ref_logprobs
+    if estimator == "k1":
+        return kl, kl
+    log_ratio = -kl
+    return (log_ratio.exp() - 1) - log_ratio, kl
+
+
+def rollout_targets(responses, scores, logprobs, ref_logprobs, values, *, stop_token_id, pad_token_id, eos_token_id,
+                    kl_coef, gamma, lam, whiten_rewards=False, missing_eos_penalty=None, score_position="after_stop",
+                    kl_estimator="k1"):
+    """Everything PPO trains on, from one rollout.
+
+    responses: sampled token ids (batch, length), before truncation; scores: one verifier score per
+    response, in the verifier's dtype (the missing-eos penalty is subtracted in that dtype, as the
+    original did); logprobs / ref_logprobs / values: per response position (float32).
+    Returns a dict: responses (truncated), ends, policy_mask, value_mask, scores (float32, after the
+    penalty), has_eos, kl, rewards, values (zero where they do not count), advantages (whitened over
+    the policy's positions, zero elsewhere) and returns.
+    """
+    length = responses.shape[1]
+    responses = truncate_after_stop(responses, stop_token_id, pad_token_id)
+    ends = sequence_ends(responses, pad_token_id)
+    policy_mask, value_mask = position_masks(ends, length, score_position)
+    has_eos = (responses == eos_token_id).any(1)
+    if missing_eos_penalty is not None:
+        scores = torch.where(has_eos, scores, scores - missing_eos_penalty)
+    scores = scores.float()
+
+    logprobs = logprobs.masked_fill(~policy_mask, 0.0)
+    ref_logprobs = ref_logprobs.masked_fill(~policy_mask, 0.0)
+    penalty, kl = kl_terms(logprobs, ref_logprobs, kl_estimator)
+    rewards = token_rewards(scores, penalty, policy_mask, score_indices(ends, length, score_position), kl_coef)
+    if whiten_rewards:
+        rewards = masked_whiten(rewards, value_mask, shift_mean=False).masked_fill(~value_mask, 0.0)
+    values = values.masked_fill(~value_mask, 0.0)
+    advantages, returns = gae_advantages(rewards, values, gamma, lam)
+    advantages = masked_whiten(advantages, policy_mask).masked_fill(~policy_mask, 0.0)
+    return dict(responses=responses, ends=ends, policy_mask=policy_mask, value_mask=value_mask, scores=scores,
+                has_eos=has_eos, kl=kl.masked_fill(~policy_mask, 0.0), rewards=rewards, values=values,
+                advantages=advantages, returns=returns)
 
 
 def policy_loss(new_logprobs, old_logprobs, advantages, mask, cliprange):

@@ -4,10 +4,13 @@ One update:
   1. rollout: each process samples responses for its prompts; in chunks of
      local_rollout_forward_batch_size it computes policy and reference log-probs, values and the
      reward (the verifier, through `reward_fn(responses_text, references)`);
-  2. per-token rewards = -kl_coef * KL on every token + score on the last real token; GAE advantages
-     (whitened over real tokens) and returns;
+  2. the original trainer's targets (ppo_core.rollout_targets): responses cut after the stop token,
+     per-token rewards = -kl_coef * KL up to the last token + the score one position later, GAE over
+     the padded length, advantages whitened over the policy's positions;
   3. num_ppo_epochs passes, each num_mini_batches optimizer steps, each accumulating
-     gradient_accumulation_steps micro-batches: clipped policy loss + vf_coef * clipped value loss.
+     gradient_accumulation_steps micro-batches: clipped policy loss + vf_coef * clipped value loss,
+     gradients clipped to max_grad_norm; then one learning-rate schedule step (one per update, as the
+     original).
 Policy and value model sit in one module so DeepSpeed wraps (and shards) them together; the
 reference and the verifier are frozen (sharded for inference under ZeRO-3 too).
 """
@@ -69,10 +72,12 @@ def left_pad(sequences, pad_id):
     return ids, mask
 
 
-def forward_inputs(query_mask, responses, last_index):
-    """Attention mask and position ids over prompt + response (response tokens after the stop token masked)."""
-    response_mask = ppo_core.response_mask(last_index, responses.shape[1]).long()
-    attention_mask = torch.cat([query_mask, response_mask], dim=1)
+def forward_inputs(query_mask, policy_mask):
+    """Attention mask and position ids over prompt + response (response tokens after its last token masked).
+
+    The value one position past the last token is read from the last token's hidden state, so it is covered.
+    """
+    attention_mask = torch.cat([query_mask, policy_mask.long()], dim=1)
     position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
     return attention_mask, position_ids
 
@@ -116,16 +121,19 @@ class PPOTrainer:
         self.model = PolicyAndValue(policy, value_model)
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate, eps=config.adam_epsilon,
                                       betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.weight_decay)
-        total_steps = self.num_updates * config.num_ppo_epochs * config.num_mini_batches
-        scheduler = get_scheduler(config.lr_scheduler_type, optimizer, num_warmup_steps=config.get_warmup_steps(total_steps),
-                                  num_training_steps=total_steps)
+        # As the original: the schedule counts updates (warmup_ratio of the updates) and steps once per update,
+        # so the num_ppo_epochs x num_mini_batches optimizer steps of an update share one learning rate.
+        scheduler = get_scheduler(config.lr_scheduler_type, optimizer, num_warmup_steps=config.get_warmup_steps(self.num_updates),
+                                  num_training_steps=self.num_updates)
+        self.max_grad_norm = config.max_grad_norm if config.max_grad_norm and config.max_grad_norm > 0 else 0.0
         if accelerator.state.deepspeed_plugin is not None:
-            # No dataloader goes through prepare(), so DeepSpeed cannot infer its batch sizes; and its own
-            # accumulation count (from the accelerate config file) must be ours.
+            # No dataloader goes through prepare(), so DeepSpeed cannot infer its batch sizes; its own
+            # accumulation count and clipping (from the accelerate config file) must be our flags'.
             accelerator.state.deepspeed_plugin.deepspeed_config.update({
                 "train_micro_batch_size_per_gpu": config.per_device_train_batch_size,
                 "gradient_accumulation_steps": config.gradient_accumulation_steps,
                 "train_batch_size": config.per_device_train_batch_size * config.gradient_accumulation_steps * accelerator.num_processes,
+                "gradient_clipping": self.max_grad_norm,
             })
             accelerator.gradient_accumulation_steps = config.gradient_accumulation_steps
         self.model, self.optimizer, self.scheduler = accelerator.prepare(self.model, optimizer, scheduler)
@@ -137,6 +145,8 @@ class PPOTrainer:
             self.reward_fn.model = reward_fn.model.to(self.device)
         self.ref_policy.eval()
         self.reward_fn.model.eval()
+        engine_clipping = getattr(self.model, "gradient_clipping", None)  # DeepSpeed's engine: what it really clips at
+        self.effective_max_grad_norm = engine_clipping() if callable(engine_clipping) else self.max_grad_norm
 
         self.sample_config = GenerationConfig(
             max_new_tokens=config.response_length, do_sample=True, temperature=config.temperature + 1e-7, top_k=0, top_p=1.0,
@@ -177,13 +187,16 @@ class PPOTrainer:
         with unwrap_model_for_generation(self.model, self.accelerator, gather_deepspeed3_params=cfg.ds3_gather_for_generation) as unwrapped:
             responses = generate_responses(unwrapped.policy, queries, query_mask, self.sample_config,
                                            cfg.local_rollout_forward_batch_size, self.pad_id)
+        # The original always samples response_length tokens; generation here ends once every response has
+        # stopped, so keep one padding column past the longest: the score of a response that stopped lands
+        # one position after its stop token exactly when it would in a response_length-wide tensor.
+        width = min(cfg.response_length, responses.shape[1] + 1)
+        responses = torch.nn.functional.pad(responses, (0, width - responses.shape[1]), value=self.pad_id)
+        truncated = ppo_core.truncate_after_stop(responses, self.stop_token_id, self.pad_id)
+        policy_mask = ppo_core.position_masks(ppo_core.sequence_ends(truncated, self.pad_id), width)[0]
         context_length = queries.shape[1]
-        last_index = ppo_core.stop_lengths(responses, self.stop_token_id)
-        # everything after the stop token becomes padding
-        mask = ppo_core.response_mask(last_index, responses.shape[1])
-        responses = torch.where(mask, responses, torch.full_like(responses, self.pad_id))
-        query_responses = torch.cat([queries, responses], 1)
-        attention_mask, position_ids = forward_inputs(query_mask, responses, last_index)
+        query_responses = torch.cat([queries, truncated], 1)
+        attention_mask, position_ids = forward_inputs(query_mask, policy_mask)
 
         self.model.eval()  # no dropout, no activation checkpointing while scoring the rollout
         unwrapped = self.accelerator.unwrap_model(self.model)
@@ -200,35 +213,25 @@ class PPOTrainer:
             values.append(unwrapped.value_model.score(hidden).squeeze(-1)[:, context_length - 1:-1].float())
         logprobs, ref_logprobs, values = torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
 
-        reward, texts = self.score_responses(responses.cpu(), [it["reference"] for it in items])
-        scores = reward.rewards.to(self.device).float()
-        has_stop = (responses == self.stop_token_id).any(1)
-        if cfg.missing_eos_penalty is not None:
-            scores = scores - cfg.missing_eos_penalty * (~has_stop).float()
-
-        logprobs = logprobs.masked_fill(~mask, 0.0)
-        ref_logprobs = ref_logprobs.masked_fill(~mask, 0.0)
-        if cfg.kl_estimator == "k1":
-            rewards, kl = ppo_core.token_rewards(scores, logprobs, ref_logprobs, mask, cfg.kl_coef)
-        else:  # k3 = (r - 1) - log r with r = p_ref / p
-            log_ratio = ref_logprobs - logprobs
-            k3 = (log_ratio.exp() - 1) - log_ratio
-            rewards, _ = ppo_core.token_rewards(scores, k3, torch.zeros_like(k3), mask, cfg.kl_coef)
-            kl = (logprobs - ref_logprobs) * mask
-        if cfg.whiten_rewards:
-            rewards = ppo_core.masked_whiten(rewards, mask, shift_mean=False) * mask
-        advantages, returns = ppo_core.gae_advantages(rewards, values, mask, cfg.gamma, cfg.lam)
-        advantages = ppo_core.masked_whiten(advantages, mask) * mask
-        values = values * mask
+        reward, texts = self.score_responses(truncated.cpu(), [it["reference"] for it in items])
+        verifier_scores = reward.rewards.to(self.device)  # the verifier's dtype, as the original kept them
+        targets = ppo_core.rollout_targets(
+            responses, verifier_scores, logprobs, ref_logprobs, values, stop_token_id=self.stop_token_id,
+            pad_token_id=self.pad_id, eos_token_id=self.tokenizer.eos_token_id, kl_coef=cfg.kl_coef, gamma=cfg.gamma,
+            lam=cfg.lam, whiten_rewards=cfg.whiten_rewards, missing_eos_penalty=cfg.missing_eos_penalty,
+            score_position=cfg.score_position, kl_estimator=cfg.kl_estimator,
+        )
         return dict(query_responses=query_responses, attention_mask=attention_mask, position_ids=position_ids,
-                    context_length=context_length, mask=mask, logprobs=logprobs, values=values, advantages=advantages,
-                    returns=returns, scores=scores, well_formed=reward.well_formed.to(self.device), kl=kl,
-                    has_stop=has_stop, texts=texts)
+                    context_length=context_length, logprobs=logprobs.masked_fill(~targets["policy_mask"], 0.0),
+                    well_formed=reward.well_formed.to(self.device), texts=texts,
+                    # the rollout's raw pieces, to recompute the targets another way (tests, docs/rl.md's figure)
+                    sampled=responses, verifier_scores=verifier_scores, ref_logprobs=ref_logprobs, raw_values=values,
+                    **targets)
 
     # ---- optimisation ---------------------------------------------------------------------------
     def optimise(self, data):
         cfg, acc = self.config, self.accelerator
-        stats = {k: [] for k in ("pg_loss", "vf_loss", "pg_clipfrac", "vf_clipfrac", "approxkl", "entropy", "ratio")}
+        stats = {k: [] for k in ("pg_loss", "vf_loss", "pg_clipfrac", "vf_clipfrac", "approxkl", "entropy", "ratio", "grad_norm")}
         self.model.train()
         for _ in range(cfg.num_ppo_epochs):
             order = torch.randperm(self.sizes.local_batch_size, device=self.device)
@@ -241,15 +244,16 @@ class PPOTrainer:
                         c = data["context_length"]
                         logits = logits[:, c - 1:-1]
                         new_values = values[:, c - 1:-1].float()
-                        mask = data["mask"][idx]
+                        mask, value_mask = data["policy_mask"][idx], data["value_mask"][idx]
                         new_logprobs = ppo_core.logprobs_of(logits, data["query_responses"][idx][:, c:], cfg.temperature + 1e-7)
                         pg_loss, pg_clipfrac, approxkl = ppo_core.policy_loss(new_logprobs, data["logprobs"][idx], data["advantages"][idx], mask, cfg.cliprange)
-                        vf_loss, vf_clipfrac = ppo_core.value_loss(new_values, data["values"][idx], data["returns"][idx], mask, cfg.cliprange_value)
+                        vf_loss, vf_clipfrac = ppo_core.value_loss(new_values, data["values"][idx], data["returns"][idx], value_mask, cfg.cliprange_value)
                         loss = pg_loss + cfg.vf_coef * vf_loss
                         acc.backward(loss)
+                        if acc.sync_gradients and self.max_grad_norm and acc.state.deepspeed_plugin is None:
+                            # (DeepSpeed clips inside its step, at the gradient_clipping set from the same flag)
+                            stats["grad_norm"].append(acc.clip_grad_norm_(self.model.parameters(), self.max_grad_norm).float())
                         self.optimizer.step()
-                        if acc.sync_gradients:  # once per optimizer step (a no-op under DeepSpeed, whose engine steps it)
-                            self.scheduler.step()
                         self.optimizer.zero_grad()
                     with torch.no_grad():
                         stats["pg_loss"].append(pg_loss.detach())
@@ -259,7 +263,7 @@ class PPOTrainer:
                         stats["approxkl"].append(approxkl)
                         stats["entropy"].append(ppo_core.masked_mean(ppo_core.entropy_of(logits.detach(), cfg.temperature + 1e-7), mask))
                         stats["ratio"].append(ppo_core.masked_mean(torch.exp(new_logprobs.detach() - data["logprobs"][idx]), mask))
-        return {k: torch.stack(v).mean() for k, v in stats.items()}
+        return {k: torch.stack(v).mean() for k, v in stats.items() if v}
 
     def mean_across_processes(self, metrics):
         keys = sorted(metrics)
@@ -349,19 +353,20 @@ class PPOTrainer:
         bar = tqdm(total=self.num_updates, initial=self.update, desc="PPO updates", disable=not acc.is_main_process)
         while self.update < self.num_updates:
             data = self.rollout(self.batch_for_update(self.update))
+            lr = self.scheduler.get_last_lr()[0]  # the rate of this update's optimizer steps
             stats = self.optimise(data)
+            self.scheduler.step()
             self.update += 1
-            mask = data["mask"]
             stats.update({
                 "objective/score": data["scores"].mean(),
                 "objective/format_rate": data["well_formed"].float().mean(),
                 "objective/kl": data["kl"].sum(1).mean(),
                 "objective/non_score_reward": (-cfg.kl_coef * data["kl"]).sum(1).mean(),
-                "val/response_length": mask.sum(1).float().mean(),
-                "val/stop_rate": data["has_stop"].float().mean(),
+                "val/response_length": data["policy_mask"].sum(1).float().mean(),
+                "val/stop_rate": data["has_eos"].float().mean(),
             })
             record = {"update": self.update, "episodes": self.update * self.sizes.batch_size, **self.mean_across_processes(stats),
-                      "lr": self.scheduler.get_last_lr()[0],
+                      "lr": lr,
                       "episodes_per_second": (self.update - start_update) * self.sizes.batch_size / (time.time() - start_time)}
             if eval_every and self.update % eval_every == 0:
                 record.update(self.evaluate())

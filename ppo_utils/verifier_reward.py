@@ -9,6 +9,13 @@ Rule (SPEC.md): a response is well-formed when it has exactly one "## Thinking" 
 Malformed -> 0.0 (the verifier is still run, on "I do not know the answer.", so every process
 makes the same number of verifier calls under ZeRO-3). Well-formed -> p = softmax(logits)[1];
 1.0 if p > 0.4 else 0.1.
+
+The verifier is used as shipped (tokenizer and config untouched): a Hugging Face sequence
+classifier reads its logits at the last token that is not its config's pad token id. Batches are
+padded on the right with that id, so every input is read where it would be read alone; when the
+shipped pad token is the eos the template appends, that is the token before the eos (what the
+published verifier ran with). As the original, the softmax runs in the model's dtype and the
+rewards keep it (in bf16 the 0.1 reward is 0.10009765625).
 """
 
 import os
@@ -51,9 +58,25 @@ def decode_until_stop(tokenizer, token_ids, stop_token_id):
     return tokenizer.decode(token_ids, skip_special_tokens=True)
 
 
+def verifier_pad_id(model):
+    """The pad token id of the verifier's own config (None when it has none)."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    return getattr(config, "pad_token_id", None)
+
+
+def right_pad(sequences, pad_id):
+    """(input_ids, attention_mask), padded on the right with pad_id."""
+    width = max(len(s) for s in sequences)
+    input_ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in sequences], dtype=torch.long)
+    attention_mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], dtype=torch.long)
+    return input_ids, attention_mask
+
+
 @dataclass
 class RewardOutput:
-    rewards: torch.Tensor  # float, one per response
+    rewards: torch.Tensor  # one per response, in the verifier's dtype
     well_formed: torch.Tensor  # bool
     p_correct: torch.Tensor  # verifier's probability of label 1 ("True")
 
@@ -64,6 +87,8 @@ class VerifierReward:
     def __init__(self, model, tokenizer, template=None, batch_size=8, threshold=0.4,
                  correct_reward=1.0, incorrect_reward=0.1, malformed_reward=0.0, max_length=MAX_VERIFIER_TOKENS):
         self.model, self.tokenizer = model, tokenizer
+        # read now: under DeepSpeed `model` is later replaced by an engine whose .config is DeepSpeed's
+        self.pad_id = verifier_pad_id(model)
         self.template = load_template(template) if template is None or os.path.isfile(template) else template
         self.batch_size, self.threshold, self.max_length = batch_size, threshold, max_length
         self.correct_reward, self.incorrect_reward, self.malformed_reward = correct_reward, incorrect_reward, malformed_reward
@@ -77,25 +102,33 @@ class VerifierReward:
         return texts, torch.tensor([a is not None for a in answers], dtype=torch.bool)
 
     @torch.no_grad()
-    def p_correct(self, texts):
+    def probabilities(self, texts):
+        """p(label 1) for each text, in the verifier's dtype."""
         device = next(self.model.parameters()).device
+        # without a pad id in its config the classifier reads the last token and refuses batches: one at a time
+        batch_size = self.batch_size if self.pad_id is not None else 1
         probabilities = []
-        for start in range(0, len(texts), self.batch_size):
+        for start in range(0, len(texts), batch_size):
             encoded = [
-                self.tokenizer(t, add_special_tokens=False, truncation=True, max_length=self.max_length)
-                for t in texts[start : start + self.batch_size]
+                self.tokenizer(t, add_special_tokens=False, truncation=True, max_length=self.max_length)["input_ids"]
+                for t in texts[start : start + batch_size]
             ]
-            batch = self.tokenizer.pad(encoded, return_tensors="pt").to(device)
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            probabilities.append(torch.softmax(logits.float(), dim=-1)[:, 1].cpu())
+            input_ids, attention_mask = right_pad(encoded, self.pad_id)
+            logits = self.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+            probabilities.append(torch.softmax(logits, dim=-1)[:, 1].cpu())
         return torch.cat(probabilities) if probabilities else torch.zeros(0)
+
+    def p_correct(self, texts):
+        return self.probabilities(texts).float()
 
     def __call__(self, responses, references):
         texts, well_formed = self.inputs(responses, references)
-        p = self.p_correct(texts)
-        rewards = torch.where(p > self.threshold, self.correct_reward, self.incorrect_reward)
+        p = self.probabilities(texts)
+        # the threshold compares the probability as a Python float, like the original's p.item() > 0.4
+        as_p = lambda value: torch.tensor(value, dtype=p.dtype)
+        rewards = torch.where(p.double() > self.threshold, as_p(self.correct_reward), as_p(self.incorrect_reward))
         rewards = torch.where(well_formed, rewards, torch.full_like(rewards, self.malformed_reward))
-        return RewardOutput(rewards=rewards, well_formed=well_formed, p_correct=p)
+        return RewardOutput(rewards=rewards, well_formed=well_formed, p_correct=p.float())
 
 
 def _completion_text(completion):

@@ -51,3 +51,17 @@ def teach_answer_layout(model_dir, out_dir, steps=60, lr=3e-3, seed=0):
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return str(out_dir), loss.item()
+
+
+def build_ppo_trainer(argv, problems=PROBLEMS):
+    """RL_stage2.py's PPO trainer for these flags, in this process, ready for rollout() / optimise()."""
+    import RL_stage2
+    from ppo_utils.ppo_config import check_batch_sizes
+    from ppo_utils.verifier_reward import VerifierReward
+
+    script_args, config, model_args = RL_stage2.parse_args(argv)
+    sizes = check_batch_sizes(config, world_size=1)
+    tokenizer, policy, ref_policy, value_model, verifier, verifier_tokenizer = RL_stage2.load_models(model_args, config)
+    reward = VerifierReward(verifier, verifier_tokenizer, batch_size=config.local_rollout_forward_batch_size)
+    items = [{"input_ids": RL_stage2.prompt_ids(tokenizer, q), "reference": a} for q, a in problems]
+    return RL_stage2.make_ppo_trainer(config, sizes, tokenizer, (policy, ref_policy, value_model), reward, items, items[:1])

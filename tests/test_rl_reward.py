@@ -1,6 +1,7 @@
 """The verifier reward: format gate, exact verifier input, threshold, truncation at the stop token."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -126,3 +127,93 @@ def test_trl_callables_use_the_same_rule(verifier_tokenizer):
     completions = [[{"role": "assistant", "content": GOOD}], [{"role": "assistant", "content": "no format"}]]
     assert reward_fn(prompts=["q", "q"], completions=completions, reference=["Pneumonia", "Pneumonia"]) == pytest.approx([1.0, 0.0])
     assert format_fn(prompts=["q", "q"], completions=completions) == [1.0, 0.0]
+
+
+# ---- the verifier as shipped ----------------------------------------------------------------------
+def shipped_verifier(tiny_models, folder, padding_side, pad_is_eos=True):
+    """A copy of the tiny verifier as a checkpoint could ship it: pad token = eos (tokenizer and config), given padding side."""
+    import json
+    import shutil
+
+    shutil.copytree(tiny_models["tiny-verifier"], folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if pad_is_eos:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.save_pretrained(folder)
+    tokenizer_config = json.load(open(os.path.join(folder, "tokenizer_config.json")))
+    tokenizer_config["padding_side"] = padding_side  # (save_pretrained does not write it)
+    json.dump(tokenizer_config, open(os.path.join(folder, "tokenizer_config.json"), "w"))
+    config = json.load(open(os.path.join(folder, "config.json")))
+    config["pad_token_id"] = tokenizer.pad_token_id
+    json.dump(config, open(os.path.join(folder, "config.json"), "w"))
+    return str(folder)
+
+
+TEXTS = [("ACE", "ACE inhibitor"), ("The answer is an ACE inhibitor such as lisinopril, taken daily.", "ACE inhibitor"),
+         ("Croup", "Bladder cancer")]
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_verifier_padding_with_eos_is_read_before_the_eos_as_the_unmodified_model_reads_it(tiny_models, tmp_path, padding_side):
+    folder = shipped_verifier(tiny_models, tmp_path / "verifier", padding_side)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id == model.config.pad_token_id
+    assert tokenizer.padding_side == padding_side
+    texts = [verifier_input(r, ref, tokenizer.eos_token) for r, ref in TEXTS]
+    singles = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    assert len({len(ids) for ids in singles}) == 3 and all(ids[-1] == tokenizer.eos_token_id for ids in singles)
+    with torch.no_grad():
+        # the reference: the unmodified model on each input alone, unpadded; and by hand, the token before the eos
+        alone = torch.cat([model(input_ids=torch.tensor([ids])).logits for ids in singles])
+        by_hand = torch.stack([model.score(model.model(input_ids=torch.tensor([ids])).last_hidden_state)[0, -2] for ids in singles])
+    torch.testing.assert_close(alone, by_hand, atol=1e-6, rtol=0)
+
+    reward = VerifierReward(model, tokenizer, batch_size=3)  # one padded batch of three lengths
+    torch.testing.assert_close(reward.p_correct(texts), torch.softmax(alone, -1)[:, 1], atol=1e-5, rtol=0)
+    # nothing was changed on the shipped tokenizer or config
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id == model.config.pad_token_id
+    assert tokenizer.padding_side == padding_side
+
+
+def test_rl_stage2_loads_the_verifier_as_shipped(tiny_models, tmp_path):
+    import RL_stage2
+
+    folder = shipped_verifier(tiny_models, tmp_path / "verifier", "left")
+    _, config, model_args = RL_stage2.parse_args([
+        "--model_name_or_path", tiny_models["tiny-qwen2"], "--reward_model_path", folder, "--value_model_path",
+        tiny_models["tiny-value"], "--output_dir", str(tmp_path / "out"), "--bf16", "False", "--report_to", "none"])
+    tokenizer, *_, verifier, verifier_tokenizer = RL_stage2.load_models(model_args, config)
+    shipped = AutoTokenizer.from_pretrained(folder)
+    assert verifier_tokenizer.pad_token_id == verifier.config.pad_token_id == shipped.eos_token_id
+    assert len(verifier_tokenizer) == len(shipped) and verifier_tokenizer.padding_side == "left"
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id  # the policy's own pad stays distinct
+
+
+def test_verifier_without_a_pad_id_is_scored_one_input_at_a_time(tiny_models, verifier_tokenizer):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_models["tiny-verifier"]).eval()
+    model.config.pad_token_id = None  # HF then reads the last token and refuses batches of more than one
+    texts = [verifier_input(r, ref, verifier_tokenizer.eos_token) for r, ref in TEXTS]
+    with torch.no_grad():
+        alone = torch.cat([model(**verifier_tokenizer(t, add_special_tokens=False, return_tensors="pt")).logits for t in texts])
+    p = VerifierReward(model, verifier_tokenizer, batch_size=3).p_correct(texts)
+    torch.testing.assert_close(p, torch.softmax(alone, -1)[:, 1], atol=1e-6, rtol=0)
+
+
+def test_softmax_and_rewards_in_the_verifiers_dtype(tiny_models, verifier_tokenizer):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_models["tiny-verifier"], dtype=torch.bfloat16).eval()
+    reward = VerifierReward(model, verifier_tokenizer, batch_size=1)
+    text = verifier_input("Croup", "Croup", verifier_tokenizer.eos_token)
+    with torch.no_grad():
+        logits = model(**verifier_tokenizer(text, add_special_tokens=False, return_tensors="pt")).logits
+    assert logits.dtype == torch.bfloat16
+    assert reward.p_correct([text]).tolist() == torch.softmax(logits, -1)[:, 1].float().tolist()  # bf16 softmax, exactly
+
+
+def test_threshold_compares_the_probability_as_a_python_float(verifier_tokenizer, monkeypatch):
+    # bf16 0.400390625 is above 0.4 as a float (the original's p.item() > 0.4), although 0.4 itself rounds to it in bf16
+    reward = VerifierReward(torch.nn.Linear(1, 1), verifier_tokenizer)
+    monkeypatch.setattr(reward, "probabilities", lambda texts: torch.tensor([0.400390625, 0.3984375], dtype=torch.bfloat16))
+    out = reward([GOOD, GOOD], ["Pneumonia", "Pneumonia"])
+    assert out.rewards.dtype == torch.bfloat16
+    assert out.rewards.tolist() == [1.0, 0.10009765625]  # 0.1 as bf16 holds it, as the original's reward tensor did

@@ -61,6 +61,8 @@ def test_help_lists_the_seed_flags(capsys):
     for flag in ("--value_model_path", "--warmup_ratio", "--kl_coef", "--response_length", "--rl_algorithm", "--save_steps"):
         assert flag in text
     assert "1.0" in text and "0.1" in text  # vf_coef: the paper's value vs the code's
+    for option in ("--score_position", "after_stop", "stop_token", "--max_grad_norm", "--kl_estimator"):
+        assert option in text
 
 
 def test_batch_sizes_that_cannot_work_are_explained(tmp_path):
@@ -124,6 +126,9 @@ def test_ppo_end_to_end(tiny_models, tmp_path, monkeypatch):
 
     log = [json.loads(line) for line in open(os.path.join(out, "rl_log.jsonl"))]
     assert [r["update"] for r in log] == [1, 2, 3]
+    # as the original: the linear schedule steps once per update; the 4 optimizer steps of an update share its rate
+    assert [r["lr"] for r in log] == pytest.approx([3e-3, 2e-3, 1e-3])
+    assert all(r["grad_norm"] > 0 for r in log) and summary["max_grad_norm"] == 1.0 and summary["score_position"] == "after_stop"
     for key in ("objective/score", "objective/format_rate", "objective/kl", "entropy", "pg_clipfrac", "vf_clipfrac",
                 "vf_loss", "episodes_per_second"):
         assert all(key in r for r in log), key
@@ -208,9 +213,13 @@ def test_resume_from_checkpoint_continues_the_same_run(tiny_models, tmp_path):
 
 def test_problems_are_filtered_and_ten_percent_held_out(tmp_path):
     blank = [{"Open-ended Verifiable Question": " ", "Ground-True Answer": "x"}, {"Open-ended Verifiable Question": "q"}]
-    args = RL_stage2.parse_args(["--dataset_name", write_problems(tmp_path / "a.json", 30, blank), "--output_dir", str(tmp_path)])[0]
+    spaced = {"Open-ended Verifiable Question": " Spaced question? ", "Ground-True Answer": " Croup\n"}
+    args = RL_stage2.parse_args(["--dataset_name", write_problems(tmp_path / "a.json", 30, blank + [spaced]),
+                                 "--output_dir", str(tmp_path)])[0]
     train, held_out, skipped = RL_stage2.load_problems(args, seed=0)
-    assert (len(train), len(held_out), skipped) == (27, 3, 2)
+    assert (len(train), len(held_out), skipped) == (28, 3, 2)
+    # used as stored, like the original (the answer reaches the verifier unstripped)
+    assert {"question": " Spaced question? ", "reference": " Croup\n"} in train + held_out
     many = [{"Open-ended Verifiable Question": f"question {i}", "Ground-True Answer": f"answer {i}"} for i in range(2500)]
     (tmp_path / "many.jsonl").write_text("\n".join(json.dumps(r) for r in many))
     args.dataset_name = str(tmp_path / "many.jsonl")
@@ -220,6 +229,15 @@ def test_problems_are_filtered_and_ten_percent_held_out(tmp_path):
     args.dataset_name = write_problems(tmp_path / "one.json", 1, blank)
     with pytest.raises(RL_stage2.InputError, match=r"one\.json: 1 usable row\(s\) of 3"):
         RL_stage2.load_problems(args, seed=0)
+
+
+def test_policy_pad_token_follows_the_original_for_llama3(tiny_models):
+    llama = AutoTokenizer.from_pretrained(tiny_models["tiny-llama"])
+    llama.pad_token = "<|begin_of_text|>"  # distinct from eos, yet the original always padded Llama-3 with <|end_of_text|>
+    assert RL_stage2.policy_pad_token(llama) is False and llama.pad_token == "<|end_of_text|>"
+    qwen = AutoTokenizer.from_pretrained(tiny_models["tiny-qwen2"])
+    qwen.pad_token = qwen.eos_token  # no <|eot_id|>: the distinct-pad rule below
+    assert RL_stage2.policy_pad_token(qwen) is False and qwen.pad_token == "<|endoftext|>"
 
 
 def test_pad_token_is_made_distinct_from_eos(tiny_models, monkeypatch):
