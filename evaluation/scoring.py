@@ -166,10 +166,14 @@ def honest_answer_part(reply):
     return reply
 
 
+def _fold(text):
+    """Lower case and one kind of dash (same length as the text)."""
+    return re.sub(r"[‐‑‒–—]", "-", text.lower())
+
+
 def _normalise(text):
     """Lower case, one kind of dash, single spaces: so option texts are found however they are typeset."""
-    text = re.sub(r"[‐‑‒–—]", "-", text.lower())
-    return re.sub(r"\s+", " ", text)
+    return re.sub(r"\s+", " ", _fold(text))
 
 
 def _option_needle(option):
@@ -185,9 +189,8 @@ def letter_stands_alone(text, end, options, after_option_word=False):
     after = text[end:]
     if re.match(r"[A-Za-z0-9]|[-‐‑][A-Za-z0-9]|['’]s\b", after):
         return False  # "Lumbar", "B12", "L-myc", "B-cell", "B's"
-    here = _normalise(text[end - 1 : end + 300])
-    if any(len(n) > 1 and here.startswith(n) and not n[1:2].isalnum() for n in map(_option_needle, options.values())):
-        return False  # "B cells", "A stop codon": an option's own text
+    if _inside_option_text(text, end - 1, options):
+        return False  # "B cells", "vitamin A", "A stop codon": part of an option's own text
     word = re.match(r"[ \t]+([a-z]+)", after)
     if word and word.group(1) not in WORDS_AFTER_AN_ANSWER_LETTER and not after_option_word:
         return False  # "B cell", "A patient"
@@ -196,6 +199,20 @@ def letter_stands_alone(text, end, options, after_option_word=False):
         rest = _normalise(after[abbreviation.end() : abbreviation.end() + 300])
         return any(rest.startswith(_option_needle(option)) for option in options.values() if _option_needle(option))
     return True
+
+
+def _inside_option_text(text, at, options):
+    """Whether the character at `at` lies in a mention of one of the options' texts (whole words)."""
+    low = max(0, at - 100)
+    window = _fold(text[low : at + 100])
+    for option in options.values():
+        needle = _fold(str(option)).strip(" .")
+        if len(needle) < 2:
+            continue
+        for match in re.finditer(rf"(?<![a-z0-9]){re.escape(needle)}(?![a-z0-9])", window):
+            if match.start() <= at - low < match.end():
+                return True
+    return False
 
 
 def _letters_after(pattern, text, options, after_option_word=False):
@@ -212,7 +229,8 @@ def honest_answer_statements(text, options):
     """H2: letters the reply states as its answer: "The answer is B", "Answer: (B)", "B is correct", "答案是B"."""
     return sorted(
         _letters_after(ANSWER_PHRASE + DECORATION + OPTION_WORD + "?" + r"[(（]?{letter}", text, options)
-        + _letters_after(r"(?:^|[.!?。]\s*|[*(（])\s*{letter}[)）]?\s+is\s+(?:the\s+)?(?:correct|right|best|answer)\b", text, options)
+        + _letters_after(r"(?:^|[.!?。;,]\s*|[*(（]|(?i:\b(?:while|whereas|and|but|so|thus|hence|therefore)\s+))\s*{letter}[)）]?"
+                         r"\s+is\s+(?:the\s+)?(?:correct|right|best|answer)\b", text, options)
     )
 
 
@@ -246,12 +264,21 @@ def honest_option_mentions(text, options):
         needle = _option_needle(option)
         if not needle:
             continue
-        for match in re.finditer(rf"(?<![a-z0-9]){re.escape(needle)}(?![a-z0-9])", normal):
+        for match in re.finditer(rf"(?<![a-z0-9]){_word_endings_free(needle)}(?![a-z0-9])", normal):
             if needle in YES_NO_MAYBE and not _stated_as_answer(normal, match.start(), match.end()):
                 continue
             spans.append((match.start(), match.end(), letter))
     inside_longer = lambda s: any(o[0] <= s[0] and s[1] <= o[1] and o[1] - o[0] > s[1] - s[0] for o in spans)  # noqa: E731
     return sorted((start, letter) for start, end, letter in spans if not inside_longer((start, end, letter)))
+
+
+def _word_endings_free(needle):
+    """Pattern for an option's text whose words of 3+ letters may end in -s/-es/-d/-ed or lose a final s:
+    "discharged with analgesics" names "Discharge with analgesics", "B cell" names "B cells"."""
+    if needle in YES_NO_MAYBE:
+        return re.escape(needle)
+    parts = re.split(r"([a-z]{3,})", needle)  # odd places: the words
+    return "".join(re.escape(part.removesuffix("s")) + "(?:s|es|d|ed)?" if i % 2 else re.escape(part) for i, part in enumerate(parts))
 
 
 def _stated_as_answer(normal, start, end):

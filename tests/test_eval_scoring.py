@@ -127,6 +127,7 @@ HONEST_CASES = [
     ("B is correct.", FOUR, "B", "B", "answer_statement"),
     ("The answer is B because of the Koplik spots. Mumps (A) would swell the parotids.", FOUR, "B", "B", "answer_statement"),
     ("The answer is A... no, the answer is C.", FOUR, "A", "C", "answer_statement"),
+    ("A is incorrect, while B is the correct answer: measles.", FOUR, "B", "B", "answer_statement"),
     ("答案是B。", FOUR, "B", "B", "answer_statement"),
     ("根据皮疹特点，应选D项。", FOUR, "D", "D", "answer_statement"),
     ("I would say E. Pancreas.", TEN, "E", "E", "answer_statement"),
@@ -139,6 +140,9 @@ HONEST_CASES = [
     ("The serology shows acute Hepatitis B.", HEPATITIS, "B", "B", "option_text"),
     ("This is Hepatitis E in pregnancy.", HEPATITIS, "D", "D", "option_text"),
     ("Night blindness means a lack of vitamin A.", VITAMINS, "A", "A", "option_text"),
+    ("Thus vitamin A is the correct answer.", {"A": "Vitamin D", "B": "Vitamin K", "C": "Vitamin A"}, "C", "C", "option_text"),
+    ("The patient can be discharged home.", LP, "D", "D", "option_text"),  # "discharged" names "Discharge"
+    ("A B cell defect.", {"A": "T cells", "B": "B cells"}, "B", "B", "option_text"),  # "B cell" names "B cells"
     ("Vitamin A toxicity explains it.", VITAMINS, "C", "C", "option_text"),  # not Vitamin A inside it
     ("I think the pancreas makes insulin.", TEN, "E", "E", "option_text"),
     ("The answer is E. coli cover, so ceftriaxone.", {**FOUR, "E": "Ceftriaxone"}, "E", "E", "option_text"),
@@ -171,9 +175,10 @@ def test_honest_view_rules(reply, options, first, last, rule):
 
 def test_honest_view_reads_held_out_replies_without_misreading():
     """Hand-labelled HuatuoGPT-o1-style replies (English and Chinese): 'names' is the option the reply
-    gives as its answer (None: it names none); 'several': it also names other options afterwards."""
+    gives as its answer (None: it names none); 'several': it also names other options afterwards.
+    Batches 2 and 3 were written after the rules, then read as they stood (3 of 49 missed; fixed)."""
     replies = load("eval_heldout_replies.json")
-    assert len(replies) >= 100 and sum(r["names"] is None for r in replies) >= 5
+    assert len(replies) >= 120 and sum(r["names"] is None for r in replies) >= 8
     misread = []
     for r in replies:
         found = scoring.honest_extract(scoring.clean_reply(r["output"]), r["options"])
