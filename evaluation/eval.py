@@ -15,6 +15,11 @@ Any server, chat endpoint (the server applies the chat template):
 
 Start, evaluate and stop in one command: `bash evaluation/run_eval.sh MODEL_DIR [flags of this script]`.
 
+The text sent is the paper's (see docs/eval.md): the paper's prompt wording, the chat template
+rendered as the original client rendered it; replies are cleaned as the original cleaned them
+(every "</s>" removed, then one leading space) before scoring. Where we deliberately differ (one
+BOS token, not two; --max_tokens; one prompt per request) docs/fidelity.md says so.
+
 Writes to --output_dir: <name>.json (every item with its prompt, reply and verdicts),
 <name>_report.json (accuracy per source, both scoring views, format_rate), <name>_report.md
 (beside the paper's Table 1) and <name>_report.png (bar chart).
@@ -24,7 +29,7 @@ import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -48,6 +53,8 @@ class EvalArguments:
     max_new_tokens: int = field(default=2000, metadata={"help": "Most tokens generated per reply."})
     max_tokens: int = field(default=-1, metadata={"help": "Cut the question so the user prompt has at most this many tokens (-1: never)."})
     use_chat_template: bool = field(default=True, metadata={"help": "Completions mode: wrap the prompt in the model's chat template here, on the client."})
+    keep_template_bos: bool = field(default=False, metadata={"help": "Send the chat template's BOS even when the server's tokenizer adds one itself "
+                                                                    "(the original did: Llama-3 prompts then start with two BOS tokens)."})
     strict_prompt: bool = field(default=False, metadata={"help": "Ask the model to end with 'The answer is X.'"})
     batch_size: int = field(default=1024, metadata={"help": "Requests in flight at once (one prompt each; at most 256 threads)."})
     task: str = field(default="api", metadata={"help": "Label put in the output file names (the original's flag)."})
@@ -118,8 +125,14 @@ class PromptBuilder:
         self.tokenizer = None
         if self.max_tokens > 0 or self.client_template:
             self.tokenizer = from_pretrained_or_explain(AutoTokenizer, args.model_name)
-        if self.client_template and not self.tokenizer.chat_template:
-            raise InputError(f"{args.model_name}: the tokenizer has no chat template; pass --use_chat_template False")
+        if self.client_template:
+            if not self.tokenizer.chat_template:
+                raise InputError(f"{args.model_name}: the tokenizer has no chat template; pass --use_chat_template False")
+            self.render_chat = chat_template_renderer(self.tokenizer)
+            # The server tokenizes the text again; if that adds BOS itself, the template's BOS would be a second one.
+            bos_id = self.tokenizer.bos_token_id
+            server_adds_bos = bos_id is not None and self.tokenizer("x")["input_ids"][:1] == [bos_id]
+            self.drop_bos = self.tokenizer.bos_token if server_adds_bos and not args.keep_template_bos else None
 
     def count(self, text):
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -143,12 +156,26 @@ class PromptBuilder:
         prompt = self.user_prompt(item)
         if not self.client_template:
             return prompt
-        text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-        # The server tokenizes this text again; if that adds BOS itself, don't send a second one.
-        bos = self.tokenizer.bos_token
-        if bos and text.startswith(bos) and self.tokenizer("x")["input_ids"][:1] == [self.tokenizer.bos_token_id]:
-            text = text[len(bos) :]
+        text = self.render_chat([{"role": "user", "content": prompt}])
+        if self.drop_bos and text.startswith(self.drop_bos):
+            text = text[len(self.drop_bos) :]
         return text
+
+
+def chat_template_renderer(tokenizer):
+    """messages -> text with the generation prompt, rendered as the original client rendered the chat
+    template: plain Jinja (unlike apply_chat_template, block tags keep the newlines around them) with
+    only `bos_token` defined. A template plain Jinja cannot compile (e.g. one using transformers' own
+    tags) falls back to apply_chat_template."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    try:
+        template = ImmutableSandboxedEnvironment().from_string(tokenizer.chat_template)
+    except jinja2.TemplateSyntaxError as e:
+        print(f"warning: plain Jinja cannot read this chat template ({e}); using apply_chat_template", file=sys.stderr)
+        return lambda messages: tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return lambda messages: template.render(messages=messages, bos_token=tokenizer.bos_token, add_generation_prompt=True)
 
 
 def make_client(args):
@@ -176,7 +203,7 @@ def check_server_listens(base_url):
 
 
 def ask(client, args, prompt):
-    """One prompt, one request; returns {output ('' when the server sent nothing), completion_tokens, finish_reason}."""
+    """One prompt, one request; returns {output (cleaned as the original did), raw_output, completion_tokens, finish_reason}."""
     common = dict(
         model=args.served_model_name or args.model_name,
         max_tokens=args.max_new_tokens,
@@ -191,7 +218,8 @@ def ask(client, args, prompt):
         reply = client.completions.create(prompt=prompt, **common)
         output = reply.choices[0].text
     tokens = reply.usage.completion_tokens if reply.usage else None
-    return {"output": output or "", "completion_tokens": tokens, "finish_reason": reply.choices[0].finish_reason}
+    return {"output": scoring.clean_reply(output), "raw_output": output or "", "completion_tokens": tokens,
+            "finish_reason": reply.choices[0].finish_reason}
 
 
 def output_stem(args):
@@ -202,7 +230,7 @@ def output_stem(args):
 
 def settings_of(args):
     """What must be equal for a partial run to be resumed."""
-    keys = ("model_name", "eval_file", "max_new_tokens", "max_tokens", "use_chat_template", "strict_prompt",
+    keys = ("model_name", "eval_file", "max_new_tokens", "max_tokens", "use_chat_template", "keep_template_bos", "strict_prompt",
             "request_mode", "served_model_name", "temperature", "top_p", "seed")
     return {key: getattr(args, key) for key in keys}
 

@@ -3,6 +3,8 @@
 eval.py calls this after scoring. It also runs alone, to re-score a results file (for example
 after changing the scoring rules) without asking the model again:
     python evaluation/report.py evaluation/results/<name>.json [--paper_row HuatuoGPT-o1-8B]
+Each record's "output" (the reply as cleaned by eval.py) is scored as it stands, so a results file
+of the original code (its "output" was cleaned the same way) re-scores to the original's figures.
 """
 
 import argparse
@@ -44,6 +46,16 @@ def reply_lengths(records):
     }
 
 
+AVERAGED = ("paper_accuracy", "paper_first_match_accuracy", "paper_last_match_accuracy", "honest_first_match_accuracy",
+            "honest_last_match_accuracy")
+
+
+def _mean(values):
+    """Mean of the sources that have a figure (a source whose replies were all empty has no paper view)."""
+    values = [v for v in values if v is not None]
+    return round(sum(values) / len(values), 2) if values else None
+
+
 def build_report(results, settings, paper_row):
     """results: items with 'source' and 'verdict' (scoring.score_item). Returns the report dict."""
     by_source = {}
@@ -61,39 +73,54 @@ def build_report(results, settings, paper_row):
         "format_rate": overall["format_rate"],
         "sources": sources,
         "overall": overall,
-        "average_over_sources": {
-            key: round(sum(s[key] for s in sources.values()) / len(sources), 2)
-            for key in ("paper_accuracy", "first_match_accuracy", "last_match_accuracy")
-        },
+        "average_over_sources": {key: _mean(s[key] for s in sources.values()) for key in AVERAGED},
     }
 
 
+# (column title, key in a source's figures); the row label and the paper's figure frame them.
+COLUMNS = [
+    ("n", "n"),
+    ("paper view", "paper_accuracy"),
+    ("paper: first", "paper_first_match_accuracy"),
+    ("paper: last", "paper_last_match_accuracy"),
+    ("paper: scored", "paper_scored"),
+    ("honest: first", "honest_first_match_accuracy"),
+    ("honest: last", "honest_last_match_accuracy"),
+    ("honest: no answer", "honest_no_answer_rate"),
+    ("blank", "blank_reply_rate"),
+    ("format", "format_rate"),
+    ("reply tokens", "mean_completion_tokens"),
+]
+COLUMN_NOTES = (
+    "accuracy in %. **paper view** = the original evaluation's scorer, rule for rule: the better of its "
+    "first-match and last-match accuracy (paper: first / last), over the replies it scores (paper: scored; "
+    "empty replies are dropped, as the original did). Compare this with the paper's Table 1. "
+    "**honest** = what the reply says: a letter counts only where written as an answer, otherwise the "
+    "option's text; first and last option named, over all replies; no answer = no option named (wrong); "
+    "blank = empty or whitespace replies (wrong). format = exactly one `## Thinking` and one "
+    "`## Final Response`; reply tokens = mean generated tokens. Last row: accuracies averaged over sources, "
+    "counts and rates over all replies."
+)
+
+
 def _cell(value):
-    return "n/a" if value is None else f"{value:.1f}"
+    if value is None:
+        return "n/a"
+    return str(value) if isinstance(value, int) else f"{value:.1f}"
 
 
 def markdown_table(summary):
     lines = [
-        f"Model: `{summary['model']}`; accuracy in %. paper view = the original's rules (better of first/last match); "
-        "first/last = our strict letter matching; no answer = nothing found without the similarity fallback "
-        "(counted wrong); empty = blank replies (counted wrong); format = exactly one `## Thinking` and one `## Final Response`; "
-        "reply tokens = mean generated tokens.",
+        f"Model: `{summary['model']}`; {COLUMN_NOTES}",
         "",
-        f"| source | n | ours, paper view | ours, first match | ours, last match | no answer found | empty | format | reply tokens | paper: {summary['paper_row']} |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| source | " + " | ".join(title for title, _ in COLUMNS) + f" | paper: {summary['paper_row']} |",
+        "|---" * (len(COLUMNS) + 2) + "|",
     ]
     for source, s in summary["sources"].items():
-        lines.append(
-            f"| {source} | {s['n']} | {_cell(s['paper_accuracy'])} | {_cell(s['first_match_accuracy'])} | "
-            f"{_cell(s['last_match_accuracy'])} | {_cell(s['no_answer_found_rate'])} | {_cell(s['empty_output_rate'])} | "
-            f"{_cell(s['format_rate'])} | {_cell(s['mean_completion_tokens'])} | {_cell(s['paper_table1'])} |"
-        )
+        lines.append(f"| {source} | " + " | ".join(_cell(s[key]) for _, key in COLUMNS) + f" | {_cell(s['paper_table1'])} |")
     o, avg = summary["overall"], summary["average_over_sources"]
-    lines.append(
-        f"| **average over sources** | {o['n']} | {_cell(avg['paper_accuracy'])} | {_cell(avg['first_match_accuracy'])} | "
-        f"{_cell(avg['last_match_accuracy'])} | {_cell(o['no_answer_found_rate'])} | {_cell(o['empty_output_rate'])} | "
-        f"{_cell(o['format_rate'])} | {_cell(o['mean_completion_tokens'])} | |"
-    )
+    cells = [_cell(avg[key]) if key in avg else _cell(o[key]) for _, key in COLUMNS]
+    lines.append("| **average over sources** | " + " | ".join(cells) + " | |")
     return "\n".join(lines) + "\n"
 
 
@@ -105,8 +132,8 @@ def bar_chart(summary, path):
 
     sources = list(summary["sources"])
     series = [
-        ("ours, paper view", [summary["sources"][s]["paper_accuracy"] for s in sources]),
-        ("ours, first match", [summary["sources"][s]["first_match_accuracy"] for s in sources]),
+        ("ours, paper view", [summary["sources"][s]["paper_accuracy"] or 0.0 for s in sources]),
+        ("ours, honest first match", [summary["sources"][s]["honest_first_match_accuracy"] for s in sources]),
         (f"paper: {summary['paper_row']}", [summary["sources"][s]["paper_table1"] or 0.0 for s in sources]),
     ]
     width = 0.8 / len(series)

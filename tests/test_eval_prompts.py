@@ -35,15 +35,23 @@ def test_flags_parse_as_booleans_and_keep_the_originals_defaults():
     assert (args.temperature, args.top_p, args.request_mode) == (0.5, 0.9, "completions")
 
 
-def test_strict_prompt_asks_for_the_answer_line(tiny_models):
+OPTION_LIST = ("A. Minimal change disease\nB. IgA nephropathy\nC. Post-streptococcal glomerulonephritis\n"
+               "D. Alport syndrome")
+
+
+def test_free_and_strict_prompts_are_the_papers_text(tiny_models):
     model = tiny_models["tiny-llama"]
     free = PromptBuilder(parse("--model_name", model, "--eval_file", "x", "--use_chat_template", "False"))(ITEM)
     strict = PromptBuilder(parse("--model_name", model, "--eval_file", "x", "--use_chat_template", "False", "--strict_prompt"))(ITEM)
-    for prompt in (free, strict):
-        assert ITEM["question"] in prompt
-        assert "A. Minimal change disease\nB. IgA nephropathy\nC. Post-streptococcal glomerulonephritis\nD. Alport syndrome" in prompt
-    assert '"The answer is X."' in strict and "The answer is" not in free
-    assert free.startswith("Please answer the following multiple-choice question:")
+    assert free == "Please answer the following multiple-choice question:\n" + ITEM["question"] + "\n" + OPTION_LIST
+    # The strict prompt repeats its first sentence: that is what the paper ran.
+    assert strict == ("Please answer the following multiple-choice questions. Please answer the following multiple-choice "
+                      "questions, ensuring your response concludes with the correct option in the format: "
+                      "'The answer is A.'.\n" + ITEM["question"] + "\n" + OPTION_LIST)
+    # Braces in a question are text, not placeholders.
+    braces = {**ITEM, "question": "Which set {a, b} holds {question}?"}
+    assert PromptBuilder(parse("--model_name", model, "--eval_file", "x", "--use_chat_template", "False"))(braces) == (
+        "Please answer the following multiple-choice question:\nWhich set {a, b} holds {question}?\n" + OPTION_LIST)
 
 
 def test_chat_template_on_and_off(tiny_models):
@@ -56,6 +64,48 @@ def test_chat_template_on_and_off(tiny_models):
     # Chat mode leaves the template to the server.
     chat = PromptBuilder(parse("--model_name", model, "--eval_file", "x", "--request_mode", "chat"))(ITEM)
     assert chat == plain
+
+
+def test_chat_template_rendered_as_the_original_client_did(tiny_models, tmp_path):
+    """Plain Jinja keeps the newline after each block tag (apply_chat_template would trim it), and only
+    bos_token is defined (eos_token renders empty)."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["tiny-llama"])
+    tokenizer.chat_template = ("{{ bos_token }}{% for m in messages %}\n[{{ m['role'] }}]{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+                               "{% if add_generation_prompt %}\n[assistant]{% endif %}")
+    tokenizer.save_pretrained(tmp_path)
+    prompt = PromptBuilder(parse("--model_name", str(tmp_path), "--eval_file", "x"))(ITEM)
+    user = PromptBuilder(parse("--model_name", str(tmp_path), "--eval_file", "x", "--use_chat_template", "False"))(ITEM)
+    assert prompt == f"<|begin_of_text|>\n[user]{user}\n\n[assistant]"
+    trimmed = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+    assert trimmed != prompt  # what we would have sent with apply_chat_template
+    # transformers' own {% generation %} tag is no plain Jinja: then apply_chat_template renders it.
+    tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{% generation %}{{ m['content'] }}{% endgeneration %}{% endfor %}"
+    tokenizer.save_pretrained(tmp_path)
+    assert PromptBuilder(parse("--model_name", str(tmp_path), "--eval_file", "x"))(ITEM) == f"<user>{user}"
+
+
+def test_one_bos_unless_asked_for_the_originals_two(bos_adding_tokenizer):
+    folder = bos_adding_tokenizer
+    one = PromptBuilder(parse("--model_name", folder, "--eval_file", "x"))(ITEM)
+    two = PromptBuilder(parse("--model_name", folder, "--eval_file", "x", "--keep_template_bos", "True"))(ITEM)
+    assert two == "<|begin_of_text|>" + one and not one.startswith("<|begin_of_text|>")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer(two)["input_ids"]  # how a server tokenizes the text it receives
+    assert ids[:2] == [tokenizer.bos_token_id] * 2 and tokenizer(one)["input_ids"].count(tokenizer.bos_token_id) == 1
+
+
+@pytest.fixture
+def bos_adding_tokenizer(tiny_models, tmp_path):
+    """The tiny Llama tokenizer made to add BOS itself, as Llama-3's does."""
+    from tokenizers import processors
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["tiny-llama"])
+    bos = tokenizer.bos_token
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.bos_token_id)])
+    tokenizer.save_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path)("x")["input_ids"][0] == tokenizer.bos_token_id
+    return str(tmp_path)
 
 
 def test_max_tokens_cuts_only_the_question(tiny_models):

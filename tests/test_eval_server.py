@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from evaluation import scoring
 from tools.server_process import free_port, read_pid_file
 
 pytestmark = pytest.mark.slow
@@ -50,7 +51,7 @@ def test_serve_eval_and_stop_only_our_server(tiny_models, repo_root, tmp_path):
         common = ["--model_name", model, "--eval_file", DEMO_FILE, "--port", str(port), "--max_new_tokens", "8",
                   "--max_items_per_source", "2", "--batch_size", "4", "--seed", "7"]
         settings = {"model_name": model, "eval_file": DEMO_FILE, "max_new_tokens": 8, "max_tokens": -1, "use_chat_template": True,
-                    "strict_prompt": False, "request_mode": "completions", "served_model_name": None, "temperature": 0.5,
+                    "keep_template_bos": False, "strict_prompt": False, "request_mode": "completions", "served_model_name": None, "temperature": 0.5,
                     "top_p": 0.9, "seed": 7}
         (out1 / f"{stem}.partial.jsonl").write_text(
             json.dumps({"settings": settings}) + "\n" + json.dumps({"id": "PubMedQA/1", "output": "The answer is B."}) + "\n")
@@ -61,20 +62,25 @@ def test_serve_eval_and_stop_only_our_server(tiny_models, repo_root, tmp_path):
         assert all(isinstance(r["output"], str) for r in results)
         asked = [r for r in results if r["id"] != "PubMedQA/1"]
         assert all(1 <= r["completion_tokens"] <= 8 and r["finish_reason"] in ("length", "stop") for r in asked)
+        assert all(r["output"] == scoring.clean_reply(r["raw_output"]) for r in asked)
         resumed = next(r for r in results if r["id"] == "PubMedQA/1")
         assert resumed["output"] == "The answer is B." and resumed["verdict"]["honest"]["first_correct"]
+        assert resumed["verdict"]["paper"]["first_correct"]
         assert all(r["prompt"].startswith("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nPlease answer") for r in results)
         assert not (out1 / f"{stem}.partial.jsonl").exists()
         report = json.loads((out1 / f"{stem}_report.json").read_text())
         assert set(report["sources"]) == {"MedQA_USLME_test", "MedMCQA_validation", "PubMedQA", "MMLU-Pro_Health",
                                           "MMLU-Pro_Biology", "GPQA_Genetics", "GPQA_Molecular_Biology"}
-        # The one right answer we planted, out of 2 PubMedQA items; empty replies count as wrong.
-        assert report["sources"]["PubMedQA"]["first_match_accuracy"] == 50.0
+        # Each source's figures are those of its items' verdicts.
+        for source, figures in report["sources"].items():
+            verdicts = [r["verdict"] for r in results if r["source"] == source]
+            assert {k: figures[k] for k in scoring.summarize(verdicts)} == scoring.summarize(verdicts)
         assert report["sources"]["PubMedQA"]["paper_table1"] == 79.2
         assert report["format_rate"] == 0.0
         assert report["overall"]["mean_completion_tokens"] == round(sum(r["completion_tokens"] for r in asked) / 13, 1)
         assert (out1 / f"{stem}_report.png").stat().st_size > 1000
-        assert "| PubMedQA | 2 | 50.0 | 50.0 | 50.0 |" in (out1 / f"{stem}_report.md").read_text()
+        pubmedqa = report["sources"]["PubMedQA"]
+        assert f"| PubMedQA | 2 | {pubmedqa['paper_accuracy']:.1f} |" in (out1 / f"{stem}_report.md").read_text()
 
         # Run 2: no client template, strict prompt, prompts cut to 250 tokens (tiny tokenizer: ~160-330 uncut).
         out2 = tmp_path / "run2"
@@ -86,7 +92,7 @@ def test_serve_eval_and_stop_only_our_server(tiny_models, repo_root, tmp_path):
 
         tokenizer = AutoTokenizer.from_pretrained(model)
         for r in results:
-            assert r["prompt"].startswith("Please answer the following multiple-choice question. Think it through")
+            assert r["prompt"].startswith("Please answer the following multiple-choice questions. Please answer the following")
             assert len(tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]) <= 250
             assert r["prompt"].endswith(f"{list(r['options'])[-1]}. {list(r['options'].values())[-1]}")
             # Short MedMCQA questions fit whole; the long PubMedQA contexts were cut.
