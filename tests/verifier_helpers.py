@@ -13,7 +13,16 @@ SHORT_TEMPLATE = "Response: {response}\nReference: {reference}\n{eos_token}"
 
 # short answers the tiny byte-level tokenizer splits into few pieces, so a 2-layer model can compare them
 ANSWERS = ["ACE", "ST", "ECG", "troponin", "aspirin", "insulin", "asthma", "gout"]
-OPENINGS = ["The answer is", "Most likely", "I think it is", "This points to", "Diagnosis:", "Probably", "It is", "Answer:"]
+OPENINGS = [
+    "The answer is",
+    "Most likely",
+    "I think it is",
+    "This points to",
+    "Diagnosis:",
+    "Probably",
+    "It is",
+    "Answer:",
+]
 CLOSINGS = ["", ".", " in this patient.", ", given the history.", "!", " here."]
 
 
@@ -25,15 +34,22 @@ def synthetic_verdicts(n, seed=0, share_correct=0.5):
         reference = rng.choice(ANSWERS)
         correct = rng.random() < share_correct
         named = reference if correct else rng.choice([a for a in ANSWERS if a != reference])
-        rows.append({"response": f"{rng.choice(OPENINGS)} {named}{rng.choice(CLOSINGS)}", "reference_answer": reference,
-                     "verdict": correct})
+        rows.append(
+            {
+                "response": f"{rng.choice(OPENINGS)} {named}{rng.choice(CLOSINGS)}",
+                "reference_answer": reference,
+                "verdict": correct,
+            }
+        )
     return rows
 
 
 def as_search_records(rows, per_record=3):
     """The same verdicts in the search stage's layout: items holding a list of verifications."""
-    return [{"Open-ended Verifiable Question": f"Question {i}?", "verifications": rows[i:i + per_record]}
-            for i in range(0, len(rows), per_record)]
+    return [
+        {"Open-ended Verifiable Question": f"Question {i}?", "verifications": rows[i : i + per_record]}
+        for i in range(0, len(rows), per_record)
+    ]
 
 
 def write_json(path, obj):

@@ -9,7 +9,7 @@ downloaded here. Each model is a real Hugging Face folder that the Auto* classes
     tiny-value        Qwen2ForSequenceClassification, 1 label (a PPO value model)
 
 Usage:
-    python tools/tiny_models.py --output_dir /tmp/tiny
+    python tests/tiny_models.py --output_dir /tmp/tiny
 """
 
 import argparse
@@ -34,7 +34,8 @@ VOCAB_SIZE = 512
 LLAMA3_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
-    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + "
+    "'<|eot_id|>' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
 )

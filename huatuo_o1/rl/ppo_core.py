@@ -6,6 +6,8 @@ minus one), log-probs and the policy loss count at positions <= s, values and th
 positions <= s + 1, where the verifier's score is added (see docs/rl.md, "Where the score lands").
 """
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -83,7 +85,7 @@ def position_masks(ends, length, score_position="after_stop"):
 
 
 def score_indices(ends, length, score_position="after_stop"):
-    """Where each response's score is added: s + 1 when that is inside the tensor, else s (after_stop); s (stop_token)."""
+    """Where each response's score is added: s + 1 when inside the tensor, else s (after_stop); s (stop_token)."""
     if score_position == "stop_token":
         return ends.clamp(min=0)
     return torch.where(ends + 1 < length, ends + 1, ends)
@@ -125,17 +127,46 @@ def kl_terms(logprobs, ref_logprobs, estimator="k1"):
     return (log_ratio.exp() - 1) - log_ratio, kl
 
 
-def rollout_targets(responses, scores, logprobs, ref_logprobs, values, *, stop_token_id, pad_token_id, eos_token_id,
-                    kl_coef, gamma, lam, whiten_rewards=False, missing_eos_penalty=None, score_position="after_stop",
-                    kl_estimator="k1"):
+@dataclass
+class Targets:
+    """Everything PPO trains on from one rollout; (batch, response length) unless said otherwise."""
+
+    responses: torch.Tensor  # cut after the first stop token
+    ends: torch.Tensor  # (batch,) s, the index of each response's last token
+    policy_mask: torch.Tensor  # positions that count for log-probs and the policy loss
+    value_mask: torch.Tensor  # positions that count for values and the value loss
+    scores: torch.Tensor  # (batch,) float32, after the missing-eos penalty
+    has_eos: torch.Tensor  # (batch,)
+    kl: torch.Tensor  # log pi - log pi_ref, zero past the policy's positions
+    rewards: torch.Tensor  # per token
+    values: torch.Tensor  # zero where they do not count
+    advantages: torch.Tensor  # whitened over the policy's positions, zero elsewhere
+    returns: torch.Tensor
+
+
+def rollout_targets(
+    responses,
+    scores,
+    logprobs,
+    ref_logprobs,
+    values,
+    *,
+    stop_token_id,
+    pad_token_id,
+    eos_token_id,
+    kl_coef,
+    gamma,
+    lam,
+    whiten_rewards=False,
+    missing_eos_penalty=None,
+    score_position="after_stop",
+    kl_estimator="k1",
+) -> Targets:
     """Everything PPO trains on, from one rollout.
 
     responses: sampled token ids (batch, length), before truncation; scores: one verifier score per
     response, in the verifier's dtype (the missing-eos penalty is subtracted in that dtype, as the
     original did); logprobs / ref_logprobs / values: per response position (float32).
-    Returns a dict: responses (truncated), ends, policy_mask, value_mask, scores (float32, after the
-    penalty), has_eos, kl, rewards, values (zero where they do not count), advantages (whitened over
-    the policy's positions, zero elsewhere) and returns.
     """
     length = responses.shape[1]
     responses = truncate_after_stop(responses, stop_token_id, pad_token_id)
@@ -155,9 +186,19 @@ def rollout_targets(responses, scores, logprobs, ref_logprobs, values, *, stop_t
     values = values.masked_fill(~value_mask, 0.0)
     advantages, returns = gae_advantages(rewards, values, gamma, lam)
     advantages = masked_whiten(advantages, policy_mask).masked_fill(~policy_mask, 0.0)
-    return dict(responses=responses, ends=ends, policy_mask=policy_mask, value_mask=value_mask, scores=scores,
-                has_eos=has_eos, kl=kl.masked_fill(~policy_mask, 0.0), rewards=rewards, values=values,
-                advantages=advantages, returns=returns)
+    return Targets(
+        responses=responses,
+        ends=ends,
+        policy_mask=policy_mask,
+        value_mask=value_mask,
+        scores=scores,
+        has_eos=has_eos,
+        kl=kl.masked_fill(~policy_mask, 0.0),
+        rewards=rewards,
+        values=values,
+        advantages=advantages,
+        returns=returns,
+    )
 
 
 def policy_loss(new_logprobs, old_logprobs, advantages, mask, cliprange):

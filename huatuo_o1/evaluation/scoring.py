@@ -20,7 +20,8 @@ Replies are cleaned once, as the original did, before either view reads them (cl
 import difflib
 import re
 from dataclasses import asdict, dataclass
-from typing import Optional
+
+from huatuo_o1.answer_format import FINAL_MARK, FINAL_RESPONSE, THINKING, is_well_formed
 
 CJK = "\u4e00-\u9fff"  # the ideograph range the original's letter rule names
 
@@ -35,26 +36,21 @@ class Extraction:
           that never reached its final response), or "blank".
     """
 
-    first: Optional[str]
-    last: Optional[str]
+    first: str | None
+    last: str | None
     rule: str
 
 
-def clean_reply(raw):
+def clean_reply(raw: str | None) -> str:
     """The reply as the original scored it: every "</s>" removed, then one leading space."""
     reply = (raw or "").replace("</s>", "")
     return reply[1:] if reply.startswith(" ") else reply
 
 
-def thinking_format_ok(reply):
-    """True when the reply has exactly one "## Thinking" and exactly one "## Final Response"."""
-    return reply.count("## Thinking") == 1 and reply.count("## Final Response") == 1
-
-
 # ---------------------------------------------------------------------------------------------
 # Paper view: the original scorer (Python `re` semantics throughout).
 
-PAPER_FINAL_MARK = "## Final Response\n\n"
+PAPER_FINAL_MARK = FINAL_MARK  # P1 reads after the heading and its blank line, as the original scorer did
 PAPER_ALL_LETTERS = "ABCDEFGHIJKLMN"
 PAPER_ANSWER_IS = re.compile(r"answer is\s*?([A-N])")  # P2: A-N whatever the option count; case-sensitive
 # P3, left context: alternatives in the original's order (the order decides what a match consumes).
@@ -112,7 +108,7 @@ def paper_most_similar(text, options):
     return best_letter
 
 
-def paper_extract(reply, options):
+def paper_extract(reply: str, options: dict) -> Extraction:
     """The original scorer's reading of a cleaned reply (P1-P5); an empty reply is dropped."""
     if reply == "":
         return Extraction(None, None, "dropped")
@@ -133,8 +129,15 @@ def paper_extract(reply, options):
 # ---------------------------------------------------------------------------------------------
 # Honest view: what the reply says.
 
-FINAL_HEADING = re.compile(r"^[ \t]*#{1,6}[ \t]*Final Response[ \t]*:?[ \t]*$", re.M | re.I)
-THINKING_HEADING = re.compile(r"^[ \t]*#{1,6}[ \t]*Thinking[ \t]*:?[ \t]*$", re.M | re.I)
+
+def _heading_line(heading):
+    """A line holding the heading however it is typeset: any level of '#', a colon, any case."""
+    words = re.escape(heading.lstrip("#").strip())
+    return re.compile(rf"^[ \t]*#{{1,6}}[ \t]*{words}[ \t]*:?[ \t]*$", re.M | re.I)
+
+
+FINAL_HEADING = _heading_line(FINAL_RESPONSE)
+THINKING_HEADING = _heading_line(THINKING)
 
 # Lower-case words that may follow a letter that is an answer ("B because ...", "B is correct");
 # any other lower-case word makes the letter part of a name ("B cell", "A patient", "E coli").
@@ -229,8 +232,12 @@ def honest_answer_statements(text, options):
     """H2: letters the reply states as its answer: "The answer is B", "Answer: (B)", "B is correct", "答案是B"."""
     return sorted(
         _letters_after(ANSWER_PHRASE + DECORATION + OPTION_WORD + "?" + r"[(（]?{letter}", text, options)
-        + _letters_after(r"(?:^|[.!?。;,]\s*|[*(（]|(?i:\b(?:while|whereas|and|but|so|thus|hence|therefore)\s+))\s*{letter}[)）]?"
-                         r"\s+is\s+(?:the\s+)?(?:correct|right|best|answer)\b", text, options)
+        + _letters_after(
+            r"(?:^|[.!?。;,]\s*|[*(（]|(?i:\b(?:while|whereas|and|but|so|thus|hence|therefore)\s+))\s*{letter}[)）]?"
+            r"\s+is\s+(?:the\s+)?(?:correct|right|best|answer)\b",
+            text,
+            options,
+        )
     )
 
 
@@ -246,7 +253,9 @@ def honest_letter_mentions(text, options):
     found += _letters_after(r"{letter}\s*(?:项|选项)", text, options)
     found += _letters_after(r"\*\*\s*[(（]?{letter}(?=[)）.:：]?\s*\*\*|[)）.:：]\s)", text, options)
     found += _letters_after(r"[(（]{letter}[)）]", text, options)
-    found += _letters_after(r"(?i:\b(?:is|be|was)\b)\s+[(（]?{letter}(?=[)）]?(?:[ \t]*$|[.,;!?。](?:\s|$)|\s+[-–—(]))", text, options)
+    found += _letters_after(
+        r"(?i:\b(?:is|be|was)\b)\s+[(（]?{letter}(?=[)）]?(?:[ \t]*$|[.,;!?。](?:\s|$)|\s+[-–—(]))", text, options
+    )
     return sorted(set(found))
 
 
@@ -278,7 +287,10 @@ def _word_endings_free(needle):
     if needle in YES_NO_MAYBE:
         return re.escape(needle)
     parts = re.split(r"([a-z]{3,})", needle)  # odd places: the words
-    return "".join(re.escape(part.removesuffix("s")) + "(?:s|es|d|ed)?" if i % 2 else re.escape(part) for i, part in enumerate(parts))
+    return "".join(
+        re.escape(part.removesuffix("s")) + "(?:s|es|d|ed)?" if i % 2 else re.escape(part)
+        for i, part in enumerate(parts)
+    )
 
 
 def _stated_as_answer(normal, start, end):
@@ -291,7 +303,7 @@ def _stated_as_answer(normal, start, end):
     return opens and re.match(r"\s*(?:[,.!;:—-]|\*\*|$)", after) is not None  # "No, ...", "Maybe.", "..., yes:"
 
 
-def honest_extract(reply, options):
+def honest_extract(reply: str, options: dict) -> Extraction:
     """What a cleaned reply says (H1-H5); the first and last option it names."""
     if not reply.strip():
         return Extraction(None, None, "blank")
@@ -316,10 +328,10 @@ def honest_extract(reply, options):
 # Verdicts and figures.
 
 
-def score_item(item, reply):
+def score_item(item: dict, reply: str | None) -> dict:
     """Both views' verdicts on one cleaned reply; item has 'options' (dict) and 'answer_idx' (letter)."""
     gold = str(item["answer_idx"]).lower()
-    verdict = {"format_ok": thinking_format_ok(reply or "")}
+    verdict = {"format_ok": is_well_formed(reply or "")}
     for view, extract in (("paper", paper_extract), ("honest", honest_extract)):
         found = extract(reply or "", item["options"])
         verdict[view] = {
@@ -334,7 +346,7 @@ def _percent(count, total):
     return round(100.0 * count / total, 2) if total else None
 
 
-def summarize(verdicts):
+def summarize(verdicts: list[dict]) -> dict:
     """Accuracy figures (percent) for one list of per-item verdicts (e.g. one source)."""
     n = len(verdicts)
     scored = [v["paper"] for v in verdicts if v["paper"]["rule"] != "dropped"]

@@ -42,9 +42,7 @@ def start_server(command, health_url, log_path=None, pid_file=None, timeout_s=60
     The server gets its own process group so that stopping it also stops any workers it spawned.
     """
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    process = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
-    )
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
     if pid_file:
         # The start time lets a later stop tell our server from an unrelated process that
         # got the same PID after ours exited (PIDs are recycled).

@@ -25,12 +25,11 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
-from typing import Optional
 
 import openai
 from tqdm import tqdm
 
-from pipeline_io import InputError, looks_like_hub_id, write_json_atomic
+from huatuo_o1.records import InputError, looks_like_hub_id, write_json_atomic
 
 PROMPTS_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompts")
 
@@ -42,41 +41,68 @@ class ApiArguments:
         default="https://api.openai.com/v1",
         metadata={"help": "Any OpenAI-compatible endpoint: a base URL (.../v1) or a full .../chat/completions URL."},
     )
-    api_key: Optional[str] = field(
+    api_key: str | None = field(
         default=None,
         metadata={"help": "API key. Prefer the OPENAI_API_KEY environment variable (a flag is visible in `ps`)."},
     )
     max_retries: int = field(
-        default=6, metadata={"help": "HTTP retries per call on 429/5xx/timeouts/connection errors (the client's exponential backoff, honouring retry-after)."}
+        default=6,
+        metadata={
+            "help": (
+                "HTTP retries per call on 429/5xx/timeouts/connection errors (the client's exponential "
+                "backoff, honouring retry-after)."
+            )
+        },
     )
-    timeout: float = field(default=120.0, metadata={"help": "Seconds before one HTTP call times out (then it is retried)."})
+    timeout: float = field(
+        default=120.0, metadata={"help": "Seconds before one HTTP call times out (then it is retried)."}
+    )
     parse_attempts: int = field(
-        default=3, metadata={"help": "How many times a prompt is sent when the reply cannot be parsed (the original: 2)."}
+        default=3,
+        metadata={"help": "How many times a prompt is sent when the reply cannot be parsed (the original: 2)."},
     )
-    temperature: Optional[float] = field(default=None, metadata={"help": "Sampling temperature; unset = the endpoint's default."})
+    temperature: float | None = field(
+        default=None, metadata={"help": "Sampling temperature; unset = the endpoint's default."}
+    )
     max_tokens: int = field(
-        default=8192, metadata={"help": "max_tokens sent with every request, as the original did; 0 sends none (the endpoint's default)."}
+        default=8192,
+        metadata={
+            "help": "max_tokens sent with every request, as the original did; 0 sends none (the endpoint's default)."
+        },
     )
     reply_parsing: str = field(
         default="strict",
-        metadata={"help": "'strict': a verdict must be named as a word, JSON is read as written; 'original': the original's "
-                  "reading ('pass' / 'true' anywhere in the reply passes, raw newlines deleted before JSON parsing, "
-                  "any final response accepted).", "choices": ["strict", "original"]},
+        metadata={
+            "help": "'strict': a verdict must be named as a word, JSON is read as written; 'original': the original's "
+            "reading ('pass' / 'true' anywhere in the reply passes, raw newlines deleted before JSON parsing, "
+            "any final response accepted).",
+            "choices": ["strict", "original"],
+        },
     )
 
 
 @dataclass
 class JobArguments:
-    data_path: str = field(default=None, metadata={"help": "Local .json/.jsonl list of items, or a Hugging Face dataset id."})
-    output_path: Optional[str] = field(
-        default=None, metadata={"help": "Where to write the merged output (default: the original's name, in the current folder)."}
+    data_path: str = field(
+        default=None, metadata={"help": "Local .json/.jsonl list of items, or a Hugging Face dataset id."}
     )
-    output_dir: str = field(default="output_data", metadata={"help": "Folder for per-item progress files (one sub-folder per task)."})
-    limit_num: Optional[int] = field(default=None, metadata={"help": "Only process the first N items."})
-    language: str = field(default="en", metadata={"help": "Language of the generated text.", "choices": ["en", "zh"]})
-    prompt_dir: Optional[str] = field(
+    output_path: str | None = field(
         default=None,
-        metadata={"help": "Folder with your own prompt templates (same file names as prompts/en/); missing files fall back to the built-in ones."},
+        metadata={"help": "Where to write the merged output (default: the original's name, in the current folder)."},
+    )
+    output_dir: str = field(
+        default="output_data", metadata={"help": "Folder for per-item progress files (one sub-folder per task)."}
+    )
+    limit_num: int | None = field(default=None, metadata={"help": "Only process the first N items."})
+    language: str = field(default="en", metadata={"help": "Language of the generated text.", "choices": ["en", "zh"]})
+    prompt_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Folder with your own prompt templates (same file names as prompts/en/); missing files fall "
+                "back to the built-in ones."
+            )
+        },
     )
 
 
@@ -92,12 +118,16 @@ def load_prompts(required, language="en", prompt_dir=None):
         ]
         path = next((p for p in candidates if os.path.isfile(p)), None)
         if path is None:
-            raise InputError(f"prompt template '{name}.txt' not found in {' or '.join(os.path.dirname(p) for p in candidates)}")
+            raise InputError(
+                f"prompt template '{name}.txt' not found in {' or '.join(os.path.dirname(p) for p in candidates)}"
+            )
         with open(path, encoding="utf-8") as f:
             text = f.read()
         missing = [p for p in placeholders if "{" + p + "}" not in text]
         if missing:
-            raise InputError(f"{path}: the template lacks the placeholder(s) {', '.join('{' + p + '}' for p in missing)}")
+            raise InputError(
+                f"{path}: the template lacks the placeholder(s) {', '.join('{' + p + '}' for p in missing)}"
+            )
         prompts[name] = text
     return prompts
 
@@ -116,7 +146,7 @@ def parse_json_object(text):
     candidates = [text]
     candidates += re.findall(r"```(?:json|JSON)?\s*(.*?)```", text, flags=re.DOTALL)
     if "{" in text and "}" in text:
-        candidates.append(text[text.index("{"): text.rindex("}") + 1])
+        candidates.append(text[text.index("{") : text.rindex("}") + 1])
     for candidate in candidates:
         try:
             value = json.loads(candidate, strict=False)  # strict=False: raw newlines inside strings
@@ -165,7 +195,7 @@ class ItemTrace:
 
 
 class Teacher:
-    """One openai client shared by all worker threads: at most `concurrency` requests at once; counts calls and tokens."""
+    """One openai client shared by all worker threads: at most `concurrency` requests at once; counts calls, tokens."""
 
     def __init__(self, args: ApiArguments, concurrency=1):
         self.api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
@@ -174,7 +204,10 @@ class Teacher:
         self.args = args
         self.concurrency = max(1, concurrency)  # requests in flight at once (--num_process)
         self.client = openai.OpenAI(
-            base_url=api_base_url(args.api_url), api_key=self.api_key, max_retries=args.max_retries, timeout=args.timeout
+            base_url=api_base_url(args.api_url),
+            api_key=self.api_key,
+            max_retries=args.max_retries,
+            timeout=args.timeout,
         )
         self.lock = threading.Lock()
         self.slots = threading.BoundedSemaphore(self.concurrency)
@@ -195,7 +228,8 @@ class Teacher:
     def _http_calls_spent(self, error):
         """The client retried this error max_retries times before giving up, or not at all."""
         retryable = isinstance(error, openai.APIConnectionError) or (
-            isinstance(error, openai.APIStatusError) and (error.status_code in (408, 409, 429) or error.status_code >= 500)
+            isinstance(error, openai.APIStatusError)
+            and (error.status_code in (408, 409, 429) or error.status_code >= 500)
         )
         return self.args.max_retries + 1 if retryable else 1
 
@@ -215,8 +249,10 @@ class Teacher:
             raise
         usage = completion.usage
         self._count(
-            trace, 1 + raw.retries_taken,
-            (usage.prompt_tokens or 0) if usage else 0, (usage.completion_tokens or 0) if usage else 0,
+            trace,
+            1 + raw.retries_taken,
+            (usage.prompt_tokens or 0) if usage else 0,
+            (usage.completion_tokens or 0) if usage else 0,
         )
         return completion.choices[0].message.content or "" if completion.choices else ""
 
@@ -231,7 +267,9 @@ class Teacher:
                 reply = self.complete(prompt, trace)
             except openai.OpenAIError as error:
                 spent = self._http_calls_spent(error)
-                raise ItemFailed(self.redact(f"{step}: {type(error).__name__} after {spent} HTTP call(s): {error}")) from None
+                raise ItemFailed(
+                    self.redact(f"{step}: {type(error).__name__} after {spent} HTTP call(s): {error}")
+                ) from None
             try:
                 value = parse(reply)
             except ValueError as error:
@@ -240,7 +278,9 @@ class Teacher:
                 continue
             trace.log.append({"step": step, "query": prompt, "reply": reply, "parsed": True})
             return value
-        raise ItemFailed(self.redact(f"{step}: no usable reply after {self.args.parse_attempts} attempt(s) ({problem})"))
+        raise ItemFailed(
+            self.redact(f"{step}: no usable reply after {self.args.parse_attempts} attempt(s) ({problem})")
+        )
 
 
 # ---- per-item progress ----------------------------------------------------------------------
@@ -275,7 +315,7 @@ def fingerprint(item, settings):
 
 
 class ItemStore:
-    """One JSON file per input item in `folder` (named by its key), written atomically (old file or new, never half)."""
+    """One JSON file per input item in `folder` (named by its key), written atomically (old or new, never half)."""
 
     def __init__(self, folder):
         self.folder = folder
@@ -319,8 +359,11 @@ def run_items(work, items, store, settings, teacher, desc):
             pending.append((key, item))
     resumed = len(entries)
     if resumed or stale:
-        print(f"{desc}: {resumed} item(s) already finished in {store.folder} (skipped), {len(pending)} to do"
-              + (f", {stale} redone because the input or settings changed" if stale else ""), flush=True)
+        print(
+            f"{desc}: {resumed} item(s) already finished in {store.folder} (skipped), {len(pending)} to do"
+            + (f", {stale} redone because the input or settings changed" if stale else ""),
+            flush=True,
+        )
 
     def one(key, item):
         trace, record = ItemTrace(), copy.deepcopy(item)
@@ -337,9 +380,15 @@ def run_items(work, items, store, settings, teacher, desc):
             record["failure_reason"] = reason
         record["llm_log"] = trace.log
         entry = {
-            "key": key, "fingerprint": fingerprint(item, settings), "status": status, "outcome": outcome,
-            "reason": reason, "calls": trace.calls, "prompt_tokens": trace.prompt_tokens,
-            "completion_tokens": trace.completion_tokens, "record": record,
+            "key": key,
+            "fingerprint": fingerprint(item, settings),
+            "status": status,
+            "outcome": outcome,
+            "reason": reason,
+            "calls": trace.calls,
+            "prompt_tokens": trace.prompt_tokens,
+            "completion_tokens": trace.completion_tokens,
+            "record": record,
         }
         store.save(key, entry)
         return entry
@@ -347,7 +396,10 @@ def run_items(work, items, store, settings, teacher, desc):
     started = time.time()
     done = failed = 0
     # A few more threads than request slots keep every slot busy while a thread parses or writes a file.
-    with ThreadPoolExecutor(max_workers=teacher.concurrency + 4) as pool, tqdm(total=len(pending), desc=desc, unit="item") as bar:
+    with (
+        ThreadPoolExecutor(max_workers=teacher.concurrency + 4) as pool,
+        tqdm(total=len(pending), desc=desc, unit="item") as bar,
+    ):
         futures = [pool.submit(one, key, item) for key, item in pending]
         try:
             for future in as_completed(futures):
@@ -356,17 +408,27 @@ def run_items(work, items, store, settings, teacher, desc):
                 done += entry["status"] == "done"
                 failed += entry["status"] == "failed"
                 bar.update(1)
-                bar.set_postfix(done=done, failed=failed, calls=teacher.calls,
-                                tokens=teacher.prompt_tokens + teacher.completion_tokens, refresh=False)
+                bar.set_postfix(
+                    done=done,
+                    failed=failed,
+                    calls=teacher.calls,
+                    tokens=teacher.prompt_tokens + teacher.completion_tokens,
+                    refresh=False,
+                )
         except KeyboardInterrupt:
             for future in futures:
                 future.cancel()
             raise
     elapsed = time.time() - started
     this_run = {
-        "items_resumed": resumed, "items_processed": len(pending), "items_redone_stale": stale,
-        "calls": teacher.calls, "prompt_tokens": teacher.prompt_tokens, "completion_tokens": teacher.completion_tokens,
-        "elapsed_s": round(elapsed, 3), "items_per_s": round(len(pending) / elapsed, 3) if elapsed > 0 and pending else None,
+        "items_resumed": resumed,
+        "items_processed": len(pending),
+        "items_redone_stale": stale,
+        "calls": teacher.calls,
+        "prompt_tokens": teacher.prompt_tokens,
+        "completion_tokens": teacher.completion_tokens,
+        "elapsed_s": round(elapsed, 3),
+        "items_per_s": round(len(pending) / elapsed, 3) if elapsed > 0 and pending else None,
     }
     return [entries[key] for key in item_keys(items)], this_run
 
@@ -410,10 +472,16 @@ def write_outputs(output_path, main_rows, entries, summary):
     write_json_atomic(output_path, main_rows)
     write_json_atomic(summary_path, summary)
     failed = summary["by_outcome"].get("failed", 0)
-    print(f"items by outcome: {summary['by_outcome']}; API calls {summary['calls']}, "
-          f"tokens {summary['prompt_tokens']} prompt + {summary['completion_tokens']} completion", flush=True)
+    print(
+        f"items by outcome: {summary['by_outcome']}; API calls {summary['calls']}, "
+        f"tokens {summary['prompt_tokens']} prompt + {summary['completion_tokens']} completion",
+        flush=True,
+    )
     if failed:
-        print(f"{failed} item(s) failed (reasons in the records file); rerun the same command to retry only those.", flush=True)
+        print(
+            f"{failed} item(s) failed (reasons in the records file); rerun the same command to retry only those.",
+            flush=True,
+        )
     print(f"wrote {len(main_rows)} rows to {output_path}", flush=True)
     print(f"records: {records_path}", flush=True)
     print(f"summary: {summary_path}", flush=True)
