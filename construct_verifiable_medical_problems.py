@@ -19,20 +19,8 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from huatuo_o1 import cli
+from huatuo_o1 import cli, llm_jobs
 from huatuo_o1.construct import PROMPTS, check_items, construct_item
-from huatuo_o1.llm_jobs import (
-    ApiArguments,
-    ItemStore,
-    JobArguments,
-    Teacher,
-    load_prompts,
-    public_settings,
-    run_items,
-    summarise,
-    task_name_of,
-    write_outputs,
-)
 from huatuo_o1.records import ANSWER, OPTIONS, QUESTION, load_records
 
 
@@ -45,7 +33,7 @@ class ConstructArguments:
 
 
 def main():
-    parser = HfArgumentParser((ConstructArguments, JobArguments, ApiArguments))
+    parser = HfArgumentParser((ConstructArguments, llm_jobs.JobArguments, llm_jobs.ApiArguments))
     args, job, api = parser.parse_args_into_dataclasses()
     if not job.data_path:
         parser.error("--data_path is required")
@@ -53,8 +41,8 @@ def main():
     # Load.
     rows = load_records(job.data_path, required_fields=(QUESTION, OPTIONS, ANSWER))
     check_items(rows, job.data_path)
-    prompts = load_prompts(PROMPTS, job.language, job.prompt_dir)
-    teacher = Teacher(api, concurrency=args.num_process)
+    prompts = llm_jobs.load_prompts(PROMPTS, job.language, job.prompt_dir)
+    teacher = llm_jobs.Teacher(api, concurrency=args.num_process)
     items = rows[: job.limit_num]
     print(f"loaded {len(rows)} items from {job.data_path}; processing {len(items)}", flush=True)
 
@@ -62,15 +50,14 @@ def main():
     def construct(record, trace, key):
         return construct_item(record, trace, teacher, prompts, args.filter_data, api.reply_parsing)
 
-    task = task_name_of(job.data_path) + ("_zh" if job.language == "zh" else "")
-    store = ItemStore(f"{job.output_dir}/{task}")
+    task, store = llm_jobs.task_store(job)
     work_settings = {
         "filter_data": args.filter_data,
         "language": job.language,
         "reply_parsing": api.reply_parsing,
         "max_tokens": api.max_tokens,
     }
-    entries, this_run = run_items(construct, items, store, work_settings, teacher, "construct")
+    entries, this_run = llm_jobs.run_items(construct, items, store, work_settings, teacher, "construct")
 
     # Save: the verifiable problems, every record, a summary.
     audit_keys = ("outcome", "failure_reason", "llm_log", "filter_verdict")
@@ -80,11 +67,11 @@ def main():
         if entry["outcome"] == "verifiable"
     ]
     output_path = job.output_path or f"{task}_final_{len(verifiable)}.json"
-    settings = public_settings(args, job, api)
-    summary = summarise(
+    settings = llm_jobs.public_settings(args, job, api)
+    summary = llm_jobs.summarise(
         "construct_verifiable_medical_problems", entries, this_run, {"progress_dir": store.folder}, settings
     )
-    write_outputs(output_path, verifiable, entries, summary)
+    llm_jobs.write_outputs(output_path, verifiable, entries, summary)
 
 
 if __name__ == "__main__":

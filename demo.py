@@ -109,6 +109,8 @@ class Demo:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
 
+    # The stages' commands, laid out as a user types them:
+    # fmt: off
     def main(self):
         shutil.rmtree(self.out, ignore_errors=True)
         os.makedirs(self.path("logs"))
@@ -118,14 +120,8 @@ class Demo:
 
         # 0. The base model.
         t = time.time()
-        base = (
-            self.args.model_path
-            or subprocess.run(
-                [py, os.path.join(REPO, "tools", "get_smollm2.py")], check=True, capture_output=True, text=True
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
+        base = self.args.model_path or subprocess.run([py, os.path.join(REPO, "tools", "get_smollm2.py")], check=True,
+                                                      capture_output=True, text=True).stdout.strip().splitlines()[-1]
         self.rows.append(("model", time.time() - t, f"base model {os.path.relpath(base, REPO)}"))
 
         # Input: the first N of our exam items.
@@ -135,261 +131,106 @@ class Demo:
             json.dump(items, f, ensure_ascii=False, indent=1)
 
         port = free_port()
-        teacher = start_server(
-            [py, os.path.join(REPO, "tests", "standin_teacher.py"), "--port", str(port), "--answer_key", exam_path],
-            f"http://127.0.0.1:{port}/health",
-            log_path=self.path("logs", "standin_teacher.log"),
-        )
-        api = [
-            "--model_name",
-            "gpt-4o",
-            "--api_url",
-            f"http://127.0.0.1:{port}/v1",
-            "--output_dir",
-            self.path("data", "progress"),
-        ]
+        teacher = start_server([py, os.path.join(REPO, "tests", "standin_teacher.py"), "--port", str(port),
+                                "--answer_key", exam_path], f"http://127.0.0.1:{port}/health",
+                               log_path=self.path("logs", "standin_teacher.log"))
+        api = ["--model_name", "gpt-4o", "--api_url", f"http://127.0.0.1:{port}/v1",
+               "--output_dir", self.path("data", "progress")]
         try:
             # 1. Construct verifiable problems.
             verifiable = self.path("data", "verifiable_problems.json")
-            seconds = self.run(
-                "construct",
-                [
-                    py,
-                    "construct_verifiable_medical_problems.py",
-                    "--data_path",
-                    exam_path,
-                    "--filter_data",
-                    *api,
-                    "--output_path",
-                    verifiable,
-                ],
-            )
+            seconds = self.run("construct", [py, "construct_verifiable_medical_problems.py", "--data_path", exam_path,
+                                             "--filter_data", *api, "--output_path", verifiable])
             summary = self.load(self.path("data", "verifiable_problems_summary.json"))
             n_problems = len(self.load(verifiable))
-            self.rows.append(
-                (
-                    "construct",
-                    seconds,
-                    f"{len(items)} exam items -> {n_problems} verifiable problems ({summary_counts(summary)})",
-                )
-            )
+            self.rows.append(("construct", seconds, f"{len(items)} exam items -> {n_problems} verifiable problems "
+                                                    f"({summary_counts(summary)})"))
 
             # 2. Search complex reasoning paths.
             sft_data = self.path("data", "sft_data.json")
-            seconds = self.run(
-                "search",
-                [
-                    py,
-                    "search_for_complex_reasoning_path.py",
-                    "--data_path",
-                    verifiable,
-                    "--efficient_search",
-                    "True",
-                    "--max_search_attempts",
-                    "1",
-                    "--max_search_depth",
-                    "2",
-                    *api,
-                    "--output_path",
-                    sft_data,
-                ],
-            )
+            seconds = self.run("search", [py, "search_for_complex_reasoning_path.py", "--data_path", verifiable,
+                                          "--efficient_search", "True", "--max_search_attempts", "1",
+                                          "--max_search_depth", "2", *api, "--output_path", sft_data])
             summary = self.load(self.path("data", "sft_data_summary.json"))
             n_sft = len(self.load(sft_data))
-            self.rows.append(
-                ("search", seconds, f"{n_problems} problems -> {n_sft} SFT examples ({summary_counts(summary)})")
-            )
+            self.rows.append(("search", seconds,
+                              f"{n_problems} problems -> {n_sft} SFT examples ({summary_counts(summary)})"))
         finally:
             stop_pid(teacher.pid)
 
         # 3. SFT.
         ckpts = self.path("ckpts")
-        seconds = self.run(
-            "sft",
-            [
-                py,
-                "SFT_stage1.py",
-                "--model_path",
-                base,
-                "--data_path",
-                sft_data,
-                "--output_dir",
-                ckpts,
-                "--experiment_name",
-                "sft",
-                "--log_dir",
-                self.path("train_logs"),
-                "--n_epochs",
-                str(self.size["sft_epochs"]),
-                "--train_bsz_per_gpu",
-                "4",
-                "--gradient_accumulation_steps",
-                "1",
-                "--learning_rate",
-                self.size["sft_learning_rate"],
-                "--max_seq_len",
-                "1024",
-                "--report_to",
-                "none",
-                # CPU: no recomputation, no 1.6 GB resume state for a throw-away run
-                "--gradient_checkpointing",
-                "False",
-                "--save_training_state",
-                "False",
-            ],
-        )
+        seconds = self.run("sft", [py, "SFT_stage1.py", "--model_path", base, "--data_path", sft_data,
+                                   "--output_dir", ckpts, "--experiment_name", "sft",
+                                   "--log_dir", self.path("train_logs"),
+                                   "--n_epochs", str(self.size["sft_epochs"]), "--train_bsz_per_gpu", "4",
+                                   "--gradient_accumulation_steps", "1",
+                                   "--learning_rate", self.size["sft_learning_rate"],
+                                   "--max_seq_len", "1024", "--report_to", "none",
+                                   # CPU: no recomputation, no 1.6 GB resume state for a throw-away run
+                                   "--gradient_checkpointing", "False", "--save_training_state", "False"])
         sft = self.load(os.path.join(ckpts, "sft", "training_summary.json"))
         sft_model = sft["final_checkpoint"]
         self.figures["sft_loss"] = (sft["first_loss"], sft["last_loss"])
-        self.rows.append(
-            (
-                "sft",
-                seconds,
-                f"{sft['examples']} examples, {sft['optimizer_steps']} steps, loss "
-                f"{sft['first_loss']:.3f} -> {sft['last_loss']:.3f}",
-            )
-        )
+        self.rows.append(("sft", seconds, f"{sft['examples']} examples, {sft['optimizer_steps']} steps, loss "
+                                          f"{sft['first_loss']:.3f} -> {sft['last_loss']:.3f}"))
 
         # 4. Verifier, from the search stage's verdicts.
         verifier = self.path("verifier")
-        seconds = self.run(
-            "verifier",
-            [
-                py,
-                "train_verifier.py",
-                "--model_path",
-                base,
-                "--data_path",
-                self.path("data", "sft_data_records.json"),
-                "--output_dir",
-                verifier,
-                "--max_length",
-                "256",
-                "--learning_rate",
-                "5e-5",
-                "--head_learning_rate",
-                "1e-3",
-                "--save_epoch_state",
-                "False",
-                "--n_epochs",
-                str(self.size["verifier_epochs"]),
-                "--report_to",
-                "none",
-            ],
-        )
+        seconds = self.run("verifier", [py, "train_verifier.py", "--model_path", base,
+                                        "--data_path", self.path("data", "sft_data_records.json"),
+                                        "--output_dir", verifier, "--max_length", "256", "--learning_rate", "5e-5",
+                                        "--head_learning_rate", "1e-3", "--save_epoch_state", "False",
+                                        "--n_epochs", str(self.size["verifier_epochs"]), "--report_to", "none"])
         ver = self.load(os.path.join(verifier, "verifier_summary.json"))
         self.figures["verifier"] = ver
-        self.rows.append(
-            (
-                "verifier",
-                seconds,
-                f"{ver['n_train']} verdicts, held-out accuracy "
-                f"{fmt(ver['heldout']['accuracy'])} (string match {fmt(ver['baseline']['accuracy'])})",
-            )
-        )
+        self.rows.append(("verifier", seconds, f"{ver['n_train']} verdicts, held-out accuracy "
+                                               f"{fmt(ver['heldout']['accuracy'])} "
+                                               f"(string match {fmt(ver['baseline']['accuracy'])})"))
 
         # 5. RL (PPO), from the SFT model, with the verifier as reward.
         rl_out = self.path("ckpts", "rl")
-        seconds = self.run(
-            "rl",
-            [
-                py,
-                "RL_stage2.py",
-                "--model_name_or_path",
-                sft_model,
-                "--reward_model_path",
-                verifier,
-                "--value_model_path",
-                base,
-                "--dataset_name",
-                verifiable,
-                "--response_length",
-                str(self.size["response_length"]),
-                "--temperature",
-                "0.5",
-                "--local_rollout_forward_batch_size",
-                "4",
-                "--num_ppo_epochs",
-                "1",
-                "--num_mini_batches",
-                "1",
-                "--total_episodes",
-                str(self.size["rl_episodes"]),
-                "--per_device_train_batch_size",
-                "2",
-                "--gradient_accumulation_steps",
-                "2",
-                "--learning_rate",
-                "1e-6",
-                "--kl_coef",
-                "0.03",
-                "--bf16",
-                "False",
-                "--eval_strategy",
-                "no",
-                "--save_strategy",
-                "no",
-                "--report_to",
-                "none",
-                "--gradient_checkpointing",
-                "False",
-                "--output_dir",
-                rl_out,
-            ],
-        )
+        seconds = self.run("rl", [py, "RL_stage2.py", "--model_name_or_path", sft_model,
+                                  "--reward_model_path", verifier, "--value_model_path", base,
+                                  "--dataset_name", verifiable,
+                                  "--response_length", str(self.size["response_length"]), "--temperature", "0.5",
+                                  "--local_rollout_forward_batch_size", "4", "--num_ppo_epochs", "1",
+                                  "--num_mini_batches", "1", "--total_episodes", str(self.size["rl_episodes"]),
+                                  "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
+                                  "--learning_rate", "1e-6", "--kl_coef", "0.03", "--bf16", "False",
+                                  "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none",
+                                  "--gradient_checkpointing", "False",
+                                  "--output_dir", rl_out])
         rl = self.load(os.path.join(rl_out, "rl_summary.json"))
         self.figures["rl"] = rl
-        self.rows.append(
-            (
-                "rl",
-                seconds,
-                f"{rl['updates']} PPO updates; held-out reward "
-                f"{fmt(rl['eval_start']['mean_reward'])} -> {fmt(rl['eval_end']['mean_reward'])}",
-            )
-        )
+        self.rows.append(("rl", seconds, f"{rl['updates']} PPO updates; held-out reward "
+                                         f"{fmt(rl['eval_start']['mean_reward'])} -> "
+                                         f"{fmt(rl['eval_end']['mean_reward'])}"))
 
         # 6. Evaluation of the base and the trained model, each behind its own `transformers serve`.
         reports = {}
         for name, model in (("base", base), ("trained", rl_out)):  # trained = SFT then RL
-            seconds = self.run(
-                f"eval_{name}",
-                [
-                    "bash",
-                    os.path.join(REPO, "evaluation", "run_eval.sh"),
-                    model,
-                    "--eval_file",
-                    os.path.join(REPO, "evaluation", "data", "demo_eval_data.json"),
-                    "--max_items_per_source",
-                    str(self.size["eval_per_source"]),
-                    "--max_new_tokens",
-                    str(self.size["eval_new_tokens"]),
-                    "--output_dir",
-                    self.path("eval", name),
-                    "--seed",
-                    "0",
-                ],
-            )
+            eval_file = os.path.join(REPO, "evaluation", "data", "demo_eval_data.json")
+            seconds = self.run(f"eval_{name}", ["bash", os.path.join(REPO, "evaluation", "run_eval.sh"), model,
+                                                "--eval_file", eval_file,
+                                                "--max_items_per_source", str(self.size["eval_per_source"]),
+                                                "--max_new_tokens", str(self.size["eval_new_tokens"]),
+                                                "--output_dir", self.path("eval", name), "--seed", "0"])
             reports[name] = self.load(find_report(self.path("eval", name)))
-            self.rows.append(
-                (
-                    f"eval {name}",
-                    seconds,
-                    f"format {fmt(share(reports[name]['format_rate']))}, "
-                    f"accuracy {fmt(share(reports[name]['overall']['paper_accuracy']))} "
-                    f"over {reports[name]['overall']['n']} questions",
-                )
-            )
+            overall = reports[name]["overall"]
+            self.rows.append((f"eval {name}", seconds, f"format {fmt(share(reports[name]['format_rate']))}, "
+                                                       f"accuracy {fmt(share(overall['paper_accuracy']))} "
+                                                       f"over {overall['n']} questions"))
         self.figures["eval"] = reports
 
         # 7. The trained model answering a new question, streamed (what inference.py shows a user).
-        seconds = self.run(
-            "inference",
-            [py, "inference.py", "--model_path", rl_out, "--max_new_tokens", "160", "--question", DEMO_QUESTION],
-        )
+        seconds = self.run("inference", [py, "inference.py", "--model_path", rl_out, "--max_new_tokens", "160",
+                                         "--question", DEMO_QUESTION])
         self.rows.append(("inference", seconds, f"streamed answer in {self.path('logs', 'inference.log')}"))
 
         self.print_table(time.time() - started, reports)
 
+    # fmt: on
     def print_table(self, total_seconds, reports):
         print("\n=== HuatuoGPT-o1 demo: what ran (stand-in teacher; SmolLM2-135M-Instruct) ===")
         print(f"{'stage':<12} {'seconds':>8}  result")

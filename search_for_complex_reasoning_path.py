@@ -25,19 +25,7 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-from huatuo_o1 import cli
-from huatuo_o1.llm_jobs import (
-    ApiArguments,
-    ItemStore,
-    JobArguments,
-    Teacher,
-    load_prompts,
-    public_settings,
-    run_items,
-    summarise,
-    task_name_of,
-    write_outputs,
-)
+from huatuo_o1 import cli, llm_jobs
 from huatuo_o1.records import GROUND_TRUTH, OPEN_QUESTION, SFT_FIELDS, InputError, load_records
 from huatuo_o1.search import PROMPTS, has_problem, search_item
 
@@ -57,7 +45,7 @@ class SearchArguments:
 
 
 def main():
-    parser = HfArgumentParser((SearchArguments, JobArguments, ApiArguments))
+    parser = HfArgumentParser((SearchArguments, llm_jobs.JobArguments, llm_jobs.ApiArguments))
     args, job, api = parser.parse_args_into_dataclasses()
     if not job.data_path:
         parser.error("--data_path is required")
@@ -70,8 +58,8 @@ def main():
             f"{job.data_path}: no row has both '{OPEN_QUESTION}' and '{GROUND_TRUTH}' as non-empty text; "
             "make them with construct_verifiable_medical_problems.py and pass its *_final_<N>.json file"
         )
-    prompts = load_prompts(PROMPTS, job.language, job.prompt_dir)
-    teacher = Teacher(api, concurrency=args.num_process)
+    prompts = llm_jobs.load_prompts(PROMPTS, job.language, job.prompt_dir)
+    teacher = llm_jobs.Teacher(api, concurrency=args.num_process)
     items = usable[: job.limit_num]
     print(
         f"loaded {len(rows)} items from {job.data_path}: {len(usable)} verifiable "
@@ -94,8 +82,7 @@ def main():
             efficient_search=args.efficient_search,
         )
 
-    task = task_name_of(job.data_path) + "_CoT_search" + ("_zh" if job.language == "zh" else "")
-    store = ItemStore(f"{job.output_dir}/{task}")
+    task, store = llm_jobs.task_store(job, "_CoT_search")
     work_settings = {
         "efficient_search": args.efficient_search,
         "max_search_attempts": args.max_search_attempts,
@@ -105,7 +92,7 @@ def main():
         "reply_parsing": api.reply_parsing,
         "max_tokens": api.max_tokens,
     }
-    entries, this_run = run_items(search, items, store, work_settings, teacher, "search")
+    entries, this_run = llm_jobs.run_items(search, items, store, work_settings, teacher, "search")
 
     # Save: the SFT data (exactly its three fields), every record, a summary.
     sft_rows = [
@@ -114,15 +101,15 @@ def main():
         if entry["outcome"].startswith("verified")
     ]
     output_path = job.output_path or f"{task}_{len(sft_rows)}.json"
-    summary = summarise(
+    summary = llm_jobs.summarise(
         "search_for_complex_reasoning_path",
         entries,
         this_run,
         {"progress_dir": store.folder},
-        public_settings(args, job, api),
+        llm_jobs.public_settings(args, job, api),
         skipped=len(rows) - len(usable),
     )
-    write_outputs(output_path, sft_rows, entries, summary)
+    llm_jobs.write_outputs(output_path, sft_rows, entries, summary)
 
 
 if __name__ == "__main__":

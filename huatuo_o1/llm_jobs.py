@@ -314,6 +314,12 @@ def fingerprint(item, settings):
     return _digest([item, settings])
 
 
+def task_store(job: "JobArguments", suffix: str = "") -> tuple[str, "ItemStore"]:
+    """(task name, per-item store) of a run: <input name><suffix>[_zh], under <output_dir>/ (the original's naming)."""
+    task = task_name_of(job.data_path) + suffix + ("_zh" if job.language == "zh" else "")
+    return task, ItemStore(f"{job.output_dir}/{task}")
+
+
 class ItemStore:
     """One JSON file per input item in `folder` (named by its key), written atomically (old or new, never half)."""
 

@@ -34,6 +34,20 @@ def tiny_models(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def taught_policy(tiny_models, tmp_path_factory):
+    """tiny-qwen2 trained briefly to answer in the "## Thinking / ## Final Response" layout (RL tests)."""
+    import torch
+
+    from tests.rl_helpers import teach_answer_layout
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    folder, _ = teach_answer_layout(tiny_models["tiny-qwen2"], tmp_path_factory.mktemp("taught") / "policy")
+    torch.set_num_threads(threads)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def repo_root():
     return REPO_ROOT
 

@@ -19,6 +19,23 @@ PROBLEMS = [
 ]
 
 
+def flags(**values):
+    """["--name", "value", ...] from keyword arguments; None leaves the flag out."""
+    return [item for name, value in values.items() if value is not None for item in (f"--{name}", str(value))]
+
+
+def rl_flags(tiny_models, data, out, **overrides):
+    """RL_stage2.py's flags for the tiny models, small sizes; overrides change or (None) drop a flag."""
+    values = dict(
+        model_name_or_path=tiny_models["tiny-qwen2"], reward_model_path=tiny_models["tiny-verifier"],
+        value_model_path=tiny_models["tiny-value"], dataset_name=data, output_dir=out, response_length=10,
+        temperature=1.0, local_rollout_forward_batch_size=3, per_device_train_batch_size=2,
+        gradient_accumulation_steps=2, bf16=False, learning_rate=3e-3, report_to="none", logging_steps=1, seed=1,
+    )  # fmt: skip
+    values.update(overrides)
+    return flags(**values)
+
+
 def write_problems(path, n=10, extra_rows=()):
     rows = [{"Open-ended Verifiable Question": q, "Ground-True Answer": a} for q, a in (PROBLEMS * 3)[:n]]
     rows.extend(extra_rows)

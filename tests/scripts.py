@@ -80,3 +80,17 @@ def reset_accelerate():
 
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
+
+
+def record_calls(monkeypatch, owner, name):
+    """Wrap owner.name so that every call's arguments are recorded (the real one still runs); returns the list."""
+    calls = []
+    real = getattr(owner, name)
+
+    def recorded(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    is_static = isinstance(vars(owner).get(name), staticmethod) if isinstance(owner, type) else False
+    monkeypatch.setattr(owner, name, staticmethod(recorded) if is_static else recorded)
+    return calls

@@ -3,9 +3,9 @@ value model is read at, gradient clipping without DeepSpeed, and the two placeme
 
 import pytest
 import torch
-from rl_helpers import build_ppo_trainer, teach_answer_layout, write_problems
 
 from huatuo_o1.rl import ppo_core, ppo_trainer
+from tests.rl_helpers import build_ppo_trainer, rl_flags, write_problems
 
 T, F = True, False
 
@@ -23,37 +23,13 @@ def one_thread_fresh_accelerate():
 
 
 def argv(tiny_models, tmp_path, *extra, policy=None):
-    return [
-        "--model_name_or_path",
-        policy or tiny_models["tiny-qwen2"],
-        "--reward_model_path",
-        tiny_models["tiny-verifier"],
-        "--value_model_path",
-        tiny_models["tiny-value"],
-        "--dataset_name",
-        write_problems(tmp_path / "p.json"),
-        "--output_dir",
-        str(tmp_path / "out"),
-        "--per_device_train_batch_size",
-        "2",
-        "--gradient_accumulation_steps",
-        "1",
-        "--local_rollout_forward_batch_size",
-        "2",
-        "--total_episodes",
-        "2",
-        "--num_ppo_epochs",
-        "1",
-        "--bf16",
-        "False",
-        "--report_to",
-        "none",
-        "--kl_coef",
-        "0.1",
-        "--seed",
-        "1",
-        *extra,
-    ]
+    return rl_flags(
+        tiny_models, write_problems(tmp_path / "p.json"), str(tmp_path / "out"),
+        model_name_or_path=policy or tiny_models["tiny-qwen2"],
+        per_device_train_batch_size=2, gradient_accumulation_steps=1, local_rollout_forward_batch_size=2,
+        total_episodes=2, num_ppo_epochs=1, kl_coef=0.1, response_length=None, temperature=None, learning_rate=None,
+        logging_steps=None,
+    ) + list(extra)  # fmt: skip
 
 
 def test_rollout_puts_the_score_after_the_stop_token(tiny_models, tmp_path, monkeypatch):
@@ -148,15 +124,6 @@ def test_max_grad_norm_is_applied_without_deepspeed(tiny_models, tmp_path):
         GradientState._reset_state()
     assert moved["1e-6"] <= 1e-2 * 1e-6 + 1e-8
     assert moved["0"] > 1e-5
-
-
-@pytest.fixture(scope="module")
-def taught_policy(tiny_models, tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    folder, _ = teach_answer_layout(tiny_models["tiny-qwen2"], tmp_path_factory.mktemp("taught") / "policy")
-    torch.set_num_threads(threads)
-    return folder
 
 
 def test_both_placements_on_one_rollout(tiny_models, taught_policy, tmp_path, capsys):

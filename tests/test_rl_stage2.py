@@ -6,15 +6,16 @@ import shlex
 
 import pytest
 import torch
-from rl_helpers import teach_answer_layout, write_problems
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from huatuo_o1 import models as model_loading
+from huatuo_o1 import training
 from huatuo_o1.records import InputError
 from huatuo_o1.rl import loading
 from huatuo_o1.rl.config import check_batch_sizes, parse_args
 from huatuo_o1.rl.loading import Problem, load_problems
-from tests.scripts import reset_accelerate, run_ok
+from tests.rl_helpers import rl_flags, write_problems
+from tests.scripts import record_calls, reset_accelerate, run_ok
 
 SEED_COMMAND = """
     --model_name_or_path {policy} --reward_model_path {verifier} --value_model_path {value} --dataset_name
@@ -115,49 +116,8 @@ def test_batch_sizes_that_cannot_work_are_explained(tmp_path):
         check_batch_sizes(config, world_size=1)
 
 
-@pytest.fixture(scope="module")
-def taught_policy(tiny_models, tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    folder, _ = teach_answer_layout(tiny_models["tiny-qwen2"], tmp_path_factory.mktemp("taught") / "policy")
-    torch.set_num_threads(threads)
-    return folder
-
-
 def tiny_argv(tiny_models, data, out, *extra):
-    return [
-        "--model_name_or_path",
-        tiny_models["tiny-qwen2"],
-        "--reward_model_path",
-        tiny_models["tiny-verifier"],
-        "--value_model_path",
-        tiny_models["tiny-value"],
-        "--dataset_name",
-        data,
-        "--output_dir",
-        out,
-        "--response_length",
-        "10",
-        "--temperature",
-        "1.0",
-        "--local_rollout_forward_batch_size",
-        "3",
-        "--per_device_train_batch_size",
-        "2",
-        "--gradient_accumulation_steps",
-        "2",
-        "--bf16",
-        "False",
-        "--learning_rate",
-        "3e-3",
-        "--report_to",
-        "none",
-        "--logging_steps",
-        "1",
-        "--seed",
-        "1",
-        *extra,
-    ]
+    return rl_flags(tiny_models, data, out) + list(extra)
 
 
 def parameters(model):
@@ -306,7 +266,7 @@ def test_trl_algorithms_with_the_verifier_reward(tiny_models, taught_policy, tmp
     assert summary["eval_start"]["samples"] == 1 and 0.0 <= summary["eval_end"]["mean_reward"] <= 1.0
 
 
-def test_resume_from_checkpoint_continues_the_same_run(tiny_models, tmp_path):
+def test_resume_from_checkpoint_continues_the_same_run(tiny_models, tmp_path, monkeypatch):
     data = write_problems(tmp_path / "problems.json", 11)
     common = [
         "--total_episodes",
@@ -325,12 +285,17 @@ def test_resume_from_checkpoint_continues_the_same_run(tiny_models, tmp_path):
     whole = str(tmp_path / "whole")
     run_rl(tiny_argv(tiny_models, data, whole, *common))
     assert sorted(d for d in os.listdir(whole) if d.startswith("checkpoint-")) == ["checkpoint-1", "checkpoint-2"]
+    # the training toolkit's layout: a loadable policy, the trainer's counters, accelerate's state
+    checkpoint = os.path.join(whole, "checkpoint-2")
+    assert {"config.json", "trainer_state.json", "training_state"} <= set(os.listdir(checkpoint))
+    assert json.load(open(os.path.join(checkpoint, "trainer_state.json"))) == {"update": 2, "num_updates": 3}
     reset_accelerate()
+    loads = record_calls(monkeypatch, training.Checkpoints, "load")
     resumed = str(tmp_path / "resumed")
     summary = run_rl(
         tiny_argv(tiny_models, data, resumed, *common, "--resume_from_checkpoint", os.path.join(whole, "checkpoint-2"))
     )
-    assert summary["updates"] == 3
+    assert summary["updates"] == 3 and [call[1] for call in loads] == [checkpoint]  # resumed through the toolkit
     log = [json.loads(line) for line in open(os.path.join(resumed, "rl_log.jsonl"))]
     assert [r["update"] for r in log] == [3]  # only the missing update ran
     whole_log = [json.loads(line) for line in open(os.path.join(whole, "rl_log.jsonl"))]

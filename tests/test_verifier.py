@@ -8,9 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from rl_helpers import write_problems
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
-from verifier_helpers import SHORT_TEMPLATE, as_search_records, synthetic_verdicts, write_json
 
 from huatuo_o1 import models as model_loading
 from huatuo_o1 import training
@@ -18,7 +16,9 @@ from huatuo_o1 import verifier_training as vt
 from huatuo_o1.records import InputError
 from huatuo_o1.rl import loading
 from huatuo_o1.verifier import VerifierReward, verifier_input
-from tests.scripts import reset_accelerate, run_ok, run_script
+from tests.rl_helpers import write_problems
+from tests.scripts import record_calls, reset_accelerate, run_ok, run_script
+from tests.verifier_helpers import SHORT_TEMPLATE, as_search_records, synthetic_verdicts, write_json
 
 
 def train_verifier(argv):
@@ -461,7 +461,9 @@ def test_rerun_resumes_after_the_last_finished_epoch(tiny_models, tmp_path, monk
     assert os.path.isfile(os.path.join(out, "checkpoint-6", "config.json"))
     monkeypatch.setattr(training.Checkpoints, "save", real_save)
     reset_accelerate()
+    loads = record_calls(monkeypatch, training.Checkpoints, "load")
     summary = train_verifier(argv)
+    assert [call[1] for call in loads] == [os.path.join(out, "checkpoint-6")]  # resumed through the toolkit
     log = json.load(open(os.path.join(out, "train_log.json")))
     assert summary["steps"] == 18 and [entry["step"] for entry in log] == list(range(1, 19))
     assert [entry["epoch"] for entry in log] == [0] * 6 + [1] * 6 + [2] * 6

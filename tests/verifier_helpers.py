@@ -56,3 +56,27 @@ def write_json(path, obj):
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f)
     return str(path)
+
+
+def main():
+    """Write the synthetic verdict set (as search records) and the short template, for the benches."""
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--rows", type=int, default=1500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output_dir", required=True)
+    args = parser.parse_args()
+    os.makedirs(args.output_dir, exist_ok=True)
+    print(
+        write_json(
+            os.path.join(args.output_dir, "records.json"), as_search_records(synthetic_verdicts(args.rows, args.seed))
+        )
+    )
+    with open(os.path.join(args.output_dir, "short_template.txt"), "w", encoding="utf-8") as f:
+        f.write(SHORT_TEMPLATE)
+
+
+if __name__ == "__main__":
+    main()

@@ -109,6 +109,25 @@ def generate_responses(
     return torch.cat([torch.nn.functional.pad(c, (0, length - c.shape[1]), value=pad_id) for c in chunks])
 
 
+@torch.no_grad()
+def greedy_answers(policy, tokenizer, items: list[Problem], reward: VerifierReward, generation_config, chunk_size: int,
+                   stop_token_id: int) -> tuple[list, list, list]:  # fmt: skip
+    """Greedy responses to the items' prompts, read up to the stop token and scored: (rewards, well-formed, texts)."""
+    pad_id = tokenizer.pad_token_id
+    queries, mask = training.pad_batch([it.prompt_ids for it in items], pad_id, side="left")
+    device = next(policy.parameters()).device
+    responses = generate_responses(policy, queries.to(device), mask.to(device), generation_config, chunk_size, pad_id)
+    texts = [decode_until_stop(tokenizer, r.tolist(), stop_token_id) for r in responses.cpu()]
+    out = reward(texts, [it.reference for it in items])
+    return out.rewards.tolist(), out.well_formed.tolist(), texts
+
+
+def eval_figures(rewards, well_formed, texts) -> dict:
+    """What the held-out evaluation reports (PPO's and RLOO / GRPO's alike)."""
+    return {"eval/mean_reward": sum(rewards) / len(rewards), "eval/format_rate": sum(well_formed) / len(well_formed),
+            "eval/samples": len(rewards), "eval/example": texts[0][:300]}  # fmt: skip
+
+
 def disable_dropout(model):
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
@@ -369,41 +388,19 @@ class PPOTrainer:
     # ---- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Greedy responses on the held-out problems: mean verifier reward and format rate."""
+        """Greedy responses on the held-out problems, split over the processes: mean reward and format rate."""
         if not self.eval_items:
             return {}
         acc = self.accelerator
         with acc.split_between_processes(list(range(len(self.eval_items))), apply_padding=True) as my_indices:
             items = [self.eval_items[i] for i in my_indices]
-        queries, query_mask = training.pad_batch([it.prompt_ids for it in items], self.pad_id, side="left")
-        with unwrap_model_for_generation(
-            self.model, acc, gather_deepspeed3_params=self.config.ds3_gather_for_generation
-        ) as unwrapped:
+        gather = self.config.ds3_gather_for_generation
+        with unwrap_model_for_generation(self.model, acc, gather_deepspeed3_params=gather) as unwrapped:
             unwrapped.eval()
-            responses = generate_responses(
-                unwrapped.policy,
-                queries.to(self.device),
-                query_mask.to(self.device),
-                self.greedy_config,
-                self.config.local_rollout_forward_batch_size,
-                self.pad_id,
-            )
-        reward, texts = self.score_responses(responses.cpu(), [it.reference for it in items])
-        rows = gather_object(
-            [
-                (i, r, w, t)
-                for i, r, w, t in zip(my_indices, reward.rewards.tolist(), reward.well_formed.tolist(), texts)
-            ]
-        )
-        by_index = {i: (r, w, t) for i, r, w, t in rows}  # padding repeats an index: keep one
-        rewards = [by_index[i][0] for i in range(len(self.eval_items))]
-        formats = [by_index[i][1] for i in range(len(self.eval_items))]
-        return {
-            "eval/mean_reward": sum(rewards) / len(rewards),
-            "eval/format_rate": sum(formats) / len(formats),
-            "eval/samples": len(rewards),
-            "eval/example": by_index[0][2][:300],
-        }
+            answers = greedy_answers(unwrapped.policy, self.tokenizer, items, self.reward_fn, self.greedy_config,
+                                     self.config.local_rollout_forward_batch_size, self.stop_token_id)  # fmt: skip
+        by_index = dict(gather_object(list(zip(my_indices, zip(*answers)))))  # padding repeats an index: keep one
+        return eval_figures(*zip(*(by_index[i] for i in range(len(self.eval_items)))))
 
     # ---- saving ---------------------------------------------------------------------------------
     def save_policy(self, folder: str) -> None:

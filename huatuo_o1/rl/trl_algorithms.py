@@ -16,42 +16,22 @@ from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
 from huatuo_o1.records import write_json_atomic
 from huatuo_o1.rl.config import BatchSizes, PPOConfig
 from huatuo_o1.rl.loading import Problem, stop_token_id_for
-from huatuo_o1.rl.ppo_trainer import generate_responses
-from huatuo_o1.training import pad_batch
-from huatuo_o1.verifier import VerifierReward, decode_until_stop, trl_reward_functions
+from huatuo_o1.rl.ppo_trainer import eval_figures, greedy_answers
+from huatuo_o1.verifier import VerifierReward, trl_reward_functions
 
 
 @torch.no_grad()
 def evaluate_plain(policy, tokenizer, items: list[Problem], reward: VerifierReward, config: PPOConfig) -> dict:
     """Greedy answers on the held-out problems, scored by the verifier (trl path: every process, all items)."""
     stop_id = stop_token_id_for(config, tokenizer)
-    generation = GenerationConfig(
-        max_new_tokens=config.response_length,
-        do_sample=False,
-        eos_token_id=stop_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    queries, mask = pad_batch([it.prompt_ids for it in items], tokenizer.pad_token_id, side="left")
-    device = next(policy.parameters()).device
+    generation = GenerationConfig(max_new_tokens=config.response_length, do_sample=False, eos_token_id=stop_id,
+                                  pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     was_training = policy.training
     policy.eval()
-    responses = generate_responses(
-        policy,
-        queries.to(device),
-        mask.to(device),
-        generation,
-        config.local_rollout_forward_batch_size,
-        tokenizer.pad_token_id,
-    )
+    answers = greedy_answers(policy, tokenizer, items, reward, generation, config.local_rollout_forward_batch_size,
+                             stop_id)  # fmt: skip
     policy.train(was_training)
-    texts = [decode_until_stop(tokenizer, r.tolist(), stop_id) for r in responses.cpu()]
-    out = reward(texts, [it.reference for it in items])
-    return {
-        "eval/mean_reward": out.rewards.float().mean().item(),
-        "eval/format_rate": out.well_formed.float().mean().item(),
-        "eval/samples": len(items),
-        "eval/example": texts[0][:300],
-    }
+    return eval_figures(*answers)
 
 
 @contextlib.contextmanager
