@@ -1,4 +1,4 @@
-"""evaluation/scoring.py: the paper view rule by rule (P1-P5, the original scorer's quirks included),
+"""huatuo_o1/evaluation/scoring.py: the paper view rule by rule (P1-P5, the original scorer's quirks included),
 the honest view (H1-H5) on hand-labelled real-style replies, the figures, and evaluation/report.py
 re-scoring a results file."""
 
