@@ -6,9 +6,10 @@ inference.py is the command around it.
 import sys
 import threading
 from dataclasses import asdict
+from typing import TextIO
 
 import torch
-from transformers import AutoModelForCausalLM, TextIteratorStreamer
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase, TextIteratorStreamer
 
 from huatuo_o1.answer_format import FINAL_RESPONSE, THINKING, split_reply
 from huatuo_o1.models import from_pretrained_or_explain, load_chat_tokenizer
@@ -57,7 +58,7 @@ class SectionPrinter:
         return asdict(split_reply(self.text))
 
 
-def load(model_path: str):
+def load(model_path: str) -> tuple[PreTrainedTokenizerBase, torch.nn.Module]:
     tokenizer = load_chat_tokenizer(model_path)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -66,7 +67,13 @@ def load(model_path: str):
 
 
 def answer(
-    tokenizer, model, question: str, max_new_tokens: int, temperature: float = 0.0, top_p: float = 0.9, out=sys.stdout
+    tokenizer: PreTrainedTokenizerBase,
+    model: torch.nn.Module,
+    question: str,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 0.9,
+    out: TextIO = sys.stdout,
 ) -> dict:
     """Generate an answer to question, printing it as it comes; return its parts."""
     inputs = tokenizer.apply_chat_template(

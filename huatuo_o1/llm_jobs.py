@@ -23,8 +23,10 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import openai
 from tqdm import tqdm
@@ -109,7 +111,7 @@ class JobArguments:
 # ---- prompts --------------------------------------------------------------------------------
 
 
-def load_prompts(required, language="en", prompt_dir=None):
+def load_prompts(required: dict, language: str = "en", prompt_dir: str | None = None) -> dict[str, str]:
     """required: {template name: [placeholders it must contain]} -> {name: template text}."""
     prompts = {}
     for name, placeholders in required.items():
@@ -132,7 +134,7 @@ def load_prompts(required, language="en", prompt_dir=None):
     return prompts
 
 
-def render(template, **values):
+def render(template: str, **values) -> str:
     """Fill {name} placeholders in one pass (text filled in is never scanned again); other braces stay."""
     return re.sub(r"\{(\w+)\}", lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), template)
 
@@ -140,7 +142,7 @@ def render(template, **values):
 # ---- replies --------------------------------------------------------------------------------
 
 
-def parse_json_object(text):
+def parse_json_object(text: str) -> dict:
     """The JSON object in a reply: plain, inside a ```json fence, or between prose. Raises ValueError."""
     text = (text or "").strip()
     candidates = [text]
@@ -157,7 +159,7 @@ def parse_json_object(text):
     raise ValueError(f"no JSON object found in the reply ({text[:80]!r}...)")
 
 
-def parse_json_object_as_original(text):
+def parse_json_object_as_original(text: str) -> dict:
     """The original's reading of a JSON reply: unless the reply starts with '{', the text from its first
     '{' to its last '}'; every raw newline deleted (line breaks inside strings are lost, text on two
     lines is joined); then strict JSON. Raises ValueError."""
@@ -180,7 +182,7 @@ class ItemFailed(Exception):
     """An item that cannot be finished; the message is the reason recorded with it."""
 
 
-def api_base_url(api_url):
+def api_base_url(api_url: str) -> str:
     """Accept a base URL or a full chat-completions URL (the original took the latter)."""
     url = api_url.rstrip("/")
     return url[: -len("/chat/completions")] if url.endswith("/chat/completions") else url
@@ -213,7 +215,7 @@ class Teacher:
         self.slots = threading.BoundedSemaphore(self.concurrency)
         self.calls = self.prompt_tokens = self.completion_tokens = 0
 
-    def redact(self, text):
+    def redact(self, text: object) -> str:
         return str(text).replace(self.api_key, "***") if self.api_key else str(text)
 
     def _count(self, trace, calls, prompt_tokens=0, completion_tokens=0):
@@ -233,7 +235,7 @@ class Teacher:
         )
         return self.args.max_retries + 1 if retryable else 1
 
-    def complete(self, prompt, trace):
+    def complete(self, prompt: str, trace: ItemTrace) -> str:
         """One chat completion (with the client's retries); returns the reply text."""
         extra = {} if self.args.temperature is None else {"temperature": self.args.temperature}
         if self.args.max_tokens:
@@ -256,7 +258,7 @@ class Teacher:
         )
         return completion.choices[0].message.content or "" if completion.choices else ""
 
-    def ask(self, step, prompt, parse, trace):
+    def ask(self, step: str, prompt: str, parse: Callable[[str], Any], trace: ItemTrace) -> Any:
         """Send prompt until parse(reply) succeeds (at most parse_attempts times); log every exchange.
 
         parse raises ValueError for an unusable reply. Raises ItemFailed with the reason otherwise.
@@ -286,7 +288,7 @@ class Teacher:
 # ---- per-item progress ----------------------------------------------------------------------
 
 
-def task_name_of(data_path):
+def task_name_of(data_path: str) -> str:
     """The original's task name: the input file name without extension (hub ids: org_name)."""
     if looks_like_hub_id(data_path):
         return data_path.replace("/", "_").replace(":", "_")
@@ -298,7 +300,7 @@ def _digest(obj):
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
-def item_keys(items):
+def item_keys(items: list[dict]) -> list[str]:
     """A key per item from its content (so inserting or reordering rows keeps finished work findable);
     repeated identical items get -1, -2, ... appended."""
     keys, seen = [], Counter()
@@ -309,7 +311,7 @@ def item_keys(items):
     return keys
 
 
-def fingerprint(item, settings):
+def fingerprint(item: dict, settings: dict) -> str:
     """Identifies the work an item file holds: the item itself and the settings that change the result."""
     return _digest([item, settings])
 
@@ -330,10 +332,10 @@ class ItemStore:
             if name.startswith(".tmp-"):
                 os.remove(os.path.join(folder, name))
 
-    def path(self, key):
+    def path(self, key: str) -> str:
         return os.path.join(self.folder, f"{key}.json")
 
-    def load(self, key):
+    def load(self, key: str) -> dict | None:
         try:
             with open(self.path(key), encoding="utf-8") as f:
                 return json.load(f)
@@ -342,11 +344,18 @@ class ItemStore:
         except json.JSONDecodeError:  # only possible if someone edited it by hand
             return None
 
-    def save(self, key, entry):
+    def save(self, key: str, entry: dict) -> None:
         write_json_atomic(self.path(key), entry)
 
 
-def run_items(work, items, store, settings, teacher, desc):
+def run_items(
+    work: Callable[[dict, ItemTrace, str], str],
+    items: list[dict],
+    store: "ItemStore",
+    settings: dict,
+    teacher: Teacher,
+    desc: str,
+) -> tuple[list[dict], dict]:
     """Run work(record, trace, key) -> outcome for every item not finished yet.
 
     record starts as a copy of the item; work adds its results to it (kept even when the item fails).
@@ -442,7 +451,9 @@ def run_items(work, items, store, settings, teacher, desc):
 # ---- outputs --------------------------------------------------------------------------------
 
 
-def summarise(stage, entries, this_run, outputs, settings, skipped=0):
+def summarise(
+    stage: str, entries: list[dict], this_run: dict, outputs: dict, settings: dict, skipped: int = 0
+) -> dict:
     outcomes = Counter(entry["outcome"] for entry in entries)
     reasons = Counter(entry["reason"].split(":")[0] for entry in entries if entry["status"] == "failed")
     return {
@@ -460,7 +471,7 @@ def summarise(stage, entries, this_run, outputs, settings, skipped=0):
     }
 
 
-def public_settings(*argument_groups):
+def public_settings(*argument_groups) -> dict:
     """All flags, for the summary: never the API key."""
     settings = {}
     for group in argument_groups:
@@ -469,7 +480,7 @@ def public_settings(*argument_groups):
     return settings
 
 
-def write_outputs(output_path, main_rows, entries, summary):
+def write_outputs(output_path: str, main_rows: list[dict], entries: list[dict], summary: dict) -> dict:
     """Write the main output, all records (incl. filtered/failed, with their reasons) and the summary."""
     stem = output_path[:-5] if output_path.endswith(".json") else output_path
     records_path, summary_path = f"{stem}_records.json", f"{stem}_summary.json"

@@ -10,8 +10,12 @@
 
 import importlib.util
 import os
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 LLAMA3_CHAT_TEMPLATE = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "templates", "llama3_chat_template.jinja"
@@ -20,7 +24,7 @@ LLAMA3_CHAT_TEMPLATE = os.path.join(
 PAD_CANDIDATES = ["<|end_of_text|>", "<|finetune_right_pad_id|>", "<|endoftext|>", "<pad>", "<|pad|>"]
 
 
-def from_pretrained_or_explain(auto_cls, name_or_path: str, **kwargs):
+def from_pretrained_or_explain(auto_cls: type, name_or_path: str, **kwargs) -> Any:
     """auto_cls.from_pretrained, with a message that says what to do when a hub id cannot be fetched."""
     try:
         return auto_cls.from_pretrained(name_or_path, **kwargs)
@@ -34,7 +38,7 @@ def from_pretrained_or_explain(auto_cls, name_or_path: str, **kwargs):
         ) from e
 
 
-def load_chat_tokenizer(name_or_path: str, **kwargs):
+def load_chat_tokenizer(name_or_path: str, **kwargs) -> "PreTrainedTokenizerBase":
     """The tokenizer with a chat template: a base model without one gets the Llama-3 instruct layout.
 
     SFT trains in that layout, so RL and inference must prompt a fine-tuned base model the same way.
@@ -55,7 +59,7 @@ def attn_implementation() -> str:
     return "sdpa"
 
 
-def distinct_pad_token(tokenizer) -> bool:
+def distinct_pad_token(tokenizer: "PreTrainedTokenizerBase") -> bool:
     """Make the pad token differ from eos (padding must not look like the end of an answer).
 
     Returns True when a new token had to be added (the embeddings must then grow by one).
@@ -71,7 +75,7 @@ def distinct_pad_token(tokenizer) -> bool:
     return True
 
 
-def policy_pad_token(tokenizer) -> bool:
+def policy_pad_token(tokenizer: "PreTrainedTokenizerBase") -> bool:
     """The RL policy's pad token: the original's rule for Llama-3 (<|end_of_text|> whenever <|eot_id|>
     exists), else distinct_pad_token.
 

@@ -3,10 +3,12 @@
 SFT_stage1.py wires these to the training toolkit (huatuo_o1.training).
 """
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import DataCollatorWithFlattening
+from transformers import DataCollatorWithFlattening, PreTrainedTokenizerBase
 
 from huatuo_o1.answer_format import assistant_turn
 from huatuo_o1.records import SFT_COT, SFT_FIELDS, SFT_QUESTION, SFT_RESPONSE, InputError
@@ -23,7 +25,7 @@ NO_DECAY = ("bias", "LayerNorm.weight")
 # Data: chat text -> token ids and labels (-100 on everything the model should not learn to write)
 
 
-def tokenize_example(tokenizer, question: str, answer: str) -> dict:
+def tokenize_example(tokenizer: PreTrainedTokenizerBase, question: str, answer: str) -> dict:
     """input_ids and labels for one chat, built as the original built them.
 
     The whole chat (user turn, assistant turn) is rendered by the model's chat template and tokenized
@@ -45,7 +47,12 @@ def tokenize_example(tokenizer, question: str, answer: str) -> dict:
 
 
 def build_examples(
-    rows: list[dict], tokenizer, max_seq_len: int, overlong: str, source: str, show_progress: bool = True
+    rows: list[dict],
+    tokenizer: PreTrainedTokenizerBase,
+    max_seq_len: int,
+    overlong: str,
+    source: str,
+    show_progress: bool = True,
 ) -> tuple[list[dict], int]:
     """Tokenized examples and the number of over-long rows (dropped, cut at the end, or cut at the start)."""
     examples, n_overlong = [], 0
@@ -70,7 +77,9 @@ def build_examples(
     return examples, n_overlong
 
 
-def stop_token_ids(tokenizer, example: dict, eos_token_id) -> list[int]:
+def stop_token_ids(
+    tokenizer: PreTrainedTokenizerBase, example: dict, eos_token_id: int | list[int] | None
+) -> list[int]:
     """Generation stop ids: the model's eos plus the special token that ends the learned turn.
 
     They differ for a base model given the Llama-3 layout (eos <|end_of_text|>, turns end with
@@ -97,7 +106,7 @@ class EpochSampler(torch.utils.data.Sampler):
         self.lengths, self.seed, self.batch_size, self.group_size = lengths, seed, batch_size, group_size
         self.epoch = 0
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self):
@@ -117,7 +126,7 @@ class EpochSampler(torch.utils.data.Sampler):
         return iter(order)
 
 
-def pad_collate(pad_token_id: int):
+def pad_collate(pad_token_id: int) -> Callable[[list[dict]], dict]:
     """Right-pad a micro-batch to its longest example; padding is masked in attention and labels."""
 
     def collate(features):
@@ -152,7 +161,7 @@ def make_loader(
     return torch.utils.data.DataLoader(examples, batch_size=batch_size, sampler=sampler, collate_fn=collate)
 
 
-def next_token_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def next_token_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean cross-entropy over the learned tokens of a micro-batch (padded or flattened), the number
     of them predicted right (argmax), and their count."""
     inputs = {k: v for k, v in batch.items() if k != "labels"}
@@ -166,7 +175,7 @@ def next_token_loss(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, tor
     return loss, n_correct, learned.sum()
 
 
-def weight_decay_groups(model, weight_decay: float) -> list[dict]:
+def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """AdamW parameter groups with the original's no-decay rule (NO_DECAY)."""
     decayed = [p for n, p in model.named_parameters() if not any(k in n for k in NO_DECAY)]
     kept = [p for n, p in model.named_parameters() if any(k in n for k in NO_DECAY)]

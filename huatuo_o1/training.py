@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator
@@ -27,6 +28,9 @@ from accelerate.utils import InitProcessGroupKwargs
 from transformers import get_scheduler
 
 from huatuo_o1.records import write_json_atomic
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 TRAINER_STATE = "trainer_state.json"
 TRAINING_STATE = "training_state"
@@ -71,7 +75,9 @@ def make_accelerator(
     return accelerator
 
 
-def make_schedule(accelerator: Accelerator, name: str, optimizer, warmup_steps: int, total_steps: int):
+def make_schedule(
+    accelerator: Accelerator, name: str, optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     """transformers' schedule `name` over total_steps, for an optimizer accelerate prepared.
 
     The stage calls its step() itself, once per the stage's own unit (SFT and the verifier: each
@@ -83,13 +89,15 @@ def make_schedule(accelerator: Accelerator, name: str, optimizer, warmup_steps: 
     return scheduler
 
 
-def applied_max_grad_norm(accelerator: Accelerator, model, max_grad_norm: float) -> float:
+def applied_max_grad_norm(accelerator: Accelerator, model: torch.nn.Module, max_grad_norm: float) -> float:
     """The clipping really applied: DeepSpeed's engine reports its own; otherwise the flag (0: off)."""
     engine_clipping = getattr(model, "gradient_clipping", None)
     return engine_clipping() if callable(engine_clipping) else max(max_grad_norm or 0.0, 0.0)
 
 
-def optimizer_step(accelerator: Accelerator, model, optimizer, max_grad_norm: float) -> torch.Tensor | None:
+def optimizer_step(
+    accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float
+) -> torch.Tensor | None:
     """Inside `accelerator.accumulate(model)`, after backward: clip at the end of an accumulation, step, zero.
 
     Returns the gradient norm before clipping where we clip (None under DeepSpeed, whose engine clips
@@ -108,7 +116,13 @@ def optimizer_step(accelerator: Accelerator, model, optimizer, max_grad_norm: fl
     return norm
 
 
-def save_model_folder(accelerator: Accelerator, model, tokenizer, folder: str, submodule: str | None = None) -> None:
+def save_model_folder(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    tokenizer: "PreTrainedTokenizerBase",
+    folder: str,
+    submodule: str | None = None,
+) -> None:
     """Full weights (gathered from the shards under ZeRO-3) and the tokenizer, as a Hugging Face folder.
 
     submodule: save only that part of a wrapper module (PPO's policy inside policy + value model).
@@ -161,8 +175,8 @@ class Checkpoints:
     def save(
         self,
         accelerator: Accelerator,
-        model,
-        tokenizer,
+        model: torch.nn.Module,
+        tokenizer: "PreTrainedTokenizerBase",
         step: int,
         trainer_state: dict,
         with_training_state: bool = True,

@@ -19,13 +19,18 @@ rewards keep it (in bf16 the 0.1 reward is 0.10009765625).
 """
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from huatuo_o1.answer_format import final_answer
 from huatuo_o1.models import from_pretrained_or_explain
 from huatuo_o1.training import pad_batch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 TEMPLATE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates", "verifier_input.txt")
 NO_ANSWER = "I do not know the answer."
@@ -45,7 +50,9 @@ def verifier_input(answer: str, reference: str, eos_token: str | None, template:
     return template.format(response=answer, reference=reference, eos_token=eos_token or "")
 
 
-def decode_until_stop(tokenizer, token_ids, stop_token_id: int | None) -> str:
+def decode_until_stop(
+    tokenizer: "PreTrainedTokenizerBase", token_ids: Sequence[int], stop_token_id: int | None
+) -> str:
     """Decode a generated response up to (not including) its first stop token."""
     token_ids = list(token_ids)
     if stop_token_id in token_ids:
@@ -53,7 +60,7 @@ def decode_until_stop(tokenizer, token_ids, stop_token_id: int | None) -> str:
     return tokenizer.decode(token_ids, skip_special_tokens=True)
 
 
-def verifier_pad_id(model):
+def verifier_pad_id(model: torch.nn.Module) -> int | None:
     """The pad token id of the verifier's own config (None when it has none)."""
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "get_text_config"):
@@ -61,7 +68,9 @@ def verifier_pad_id(model):
     return getattr(config, "pad_token_id", None)
 
 
-def load_verifier(path: str, dtype=torch.float32, **kwargs):
+def load_verifier(
+    path: str, dtype: torch.dtype = torch.float32, **kwargs
+) -> tuple[torch.nn.Module, "PreTrainedTokenizerBase"]:
     """(model, tokenizer) of a 2-label verifier exactly as shipped: tokenizer and config untouched."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -105,7 +114,7 @@ class VerifierReward:
             malformed_reward,
         )
 
-    def inputs(self, responses, references):
+    def inputs(self, responses: list[str], references: list[str]) -> tuple[list[str], torch.Tensor]:
         answers = [final_answer(r) for r in responses]
         texts = [
             verifier_input(NO_ANSWER if a is None else a, ref, self.tokenizer.eos_token, self.template)
@@ -114,7 +123,7 @@ class VerifierReward:
         return texts, torch.tensor([a is not None for a in answers], dtype=torch.bool)
 
     @torch.no_grad()
-    def probabilities(self, texts):
+    def probabilities(self, texts: list[str]) -> torch.Tensor:
         """p(label 1) for each text, in the verifier's dtype."""
         device = next(self.model.parameters()).device
         # without a pad id in its config the classifier reads the last token and refuses batches: one at a time
@@ -130,7 +139,7 @@ class VerifierReward:
             probabilities.append(torch.softmax(logits, dim=-1)[:, 1].cpu())
         return torch.cat(probabilities) if probabilities else torch.zeros(0)
 
-    def p_correct(self, texts):
+    def p_correct(self, texts: list[str]) -> torch.Tensor:
         return self.probabilities(texts).float()
 
     def __call__(self, responses, references):
@@ -150,7 +159,7 @@ def _completion_text(completion):
     return completion[0]["content"] if isinstance(completion, list) else completion
 
 
-def trl_reward_functions(verifier_reward):
+def trl_reward_functions(verifier_reward: "VerifierReward | None") -> list[Callable]:
     """Callables for trl's GRPOTrainer / RLOOTrainer: the verifier reward and (weight 0, for the logs) the format rate.
 
     The dataset's `reference` column arrives by name.

@@ -6,7 +6,9 @@ The verifier's input text and the reward are huatuo_o1.verifier's (RL reads the 
 
 import random
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -15,6 +17,10 @@ from huatuo_o1.models import attn_implementation, distinct_pad_token, from_pretr
 from huatuo_o1.records import REFERENCE_ANSWER, VERDICT, VERIFICATIONS, VERIFIED_RESPONSE, InputError, load_records
 from huatuo_o1.training import pad
 from huatuo_o1.verifier import verifier_input
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from transformers import PreTrainedTokenizerBase
 
 HEAD_NAMES = (
     "score",
@@ -44,7 +50,7 @@ class VerdictData:
     )
 
 
-def parse_verdict(value, where):
+def parse_verdict(value: object, where: str) -> bool | None:
     """True/False from a bool, 'True'/'False' (any case), or 0/1; None when the verdict is missing."""
     if value is None or isinstance(value, bool):
         return value
@@ -116,7 +122,7 @@ def split_by_record(examples: list[dict], eval_fraction: float, max_eval_samples
     return [e for e in examples if e["group"] not in held_out], [e for e in examples if e["group"] in held_out]
 
 
-def normalise(text):
+def normalise(text: str) -> str:
     return " ".join(re.sub(r"[^\w]+", " ", text.lower()).split())
 
 
@@ -126,7 +132,7 @@ def string_match(response: str, reference: str) -> bool:
     return bool(reference) and f" {reference} " in f" {normalise(response)} "
 
 
-def encode(examples, tokenizer, template, max_length):
+def encode(examples: list[dict], tokenizer: "PreTrainedTokenizerBase", template: str, max_length: int) -> list[dict]:
     for index, e in enumerate(examples):
         text = verifier_input(e["response"], e["reference"], tokenizer.eos_token, template)
         e["input_ids"] = tokenizer(text, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
@@ -134,7 +140,7 @@ def encode(examples, tokenizer, template, max_length):
     return examples
 
 
-def collate(pad_token_id: int):
+def collate(pad_token_id: int) -> Callable[[list[dict]], dict]:
     """Right-padded micro-batches with their labels and their examples' indices."""
 
     def collate_batch(batch):
@@ -149,7 +155,9 @@ def collate(pad_token_id: int):
     return collate_batch
 
 
-def load_backbone(model_path: str, gradient_checkpointing: bool = False):
+def load_backbone(
+    model_path: str, gradient_checkpointing: bool = False
+) -> tuple[torch.nn.Module, "PreTrainedTokenizerBase"]:
     """The classifier and its tokenizer, with a pad token distinct from eos.
 
     The classifier reads its score at the last token that is not padding. Our input ends with the
@@ -177,7 +185,9 @@ def load_backbone(model_path: str, gradient_checkpointing: bool = False):
     return model, tokenizer
 
 
-def parameter_groups(model, weight_decay: float, learning_rate: float, head_learning_rate=None) -> list[dict]:
+def parameter_groups(
+    model: torch.nn.Module, weight_decay: float, learning_rate: float, head_learning_rate: float | None = None
+) -> list[dict]:
     """AdamW groups: no decay for biases and norms; the new classification head at --head_learning_rate."""
     groups = {}
     for name, parameter in model.named_parameters():
@@ -197,7 +207,9 @@ def parameter_groups(model, weight_decay: float, learning_rate: float, head_lear
 
 
 @torch.no_grad()
-def predict(accelerator, model, loader, n):
+def predict(
+    accelerator: "Accelerator", model: torch.nn.Module, loader: torch.utils.data.DataLoader, n: int
+) -> torch.Tensor:
     """p(label 1) for each of the n examples behind `loader`, in order, on every process."""
     model.eval()
     p = torch.zeros(n)
@@ -209,7 +221,7 @@ def predict(accelerator, model, loader, n):
     return p
 
 
-def scores(predicted, labels) -> dict:
+def scores(predicted: Sequence, labels: Sequence) -> dict:
     """Accuracy, and precision / recall of 'correct' (label 1); None where undefined."""
     predicted, labels = [bool(x) for x in predicted], [bool(x) for x in labels]
     tp = sum(p and y for p, y in zip(predicted, labels))
@@ -221,7 +233,7 @@ def scores(predicted, labels) -> dict:
     }
 
 
-def held_out_report(p, examples, threshold):
+def held_out_report(p: torch.Tensor, examples: list[dict], threshold: float) -> tuple[dict, dict, float]:
     labels = [e["label"] for e in examples]
     verifier = [x > threshold for x in p.tolist()]
     baseline = [string_match(e["response"], e["reference"]) for e in examples]

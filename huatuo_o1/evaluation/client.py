@@ -7,13 +7,18 @@ huatuo_o1.evaluation.report builds the figures.
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from huatuo_o1.evaluation import scoring
 from huatuo_o1.models import from_pretrained_or_explain
 from huatuo_o1.records import ANSWER_IDX, OPTIONS, QUESTION, InputError
+
+if TYPE_CHECKING:
+    from openai import OpenAI
 
 TEMPLATE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 MAX_THREADS = 256  # requests in flight; more only queue on the server anyway
@@ -145,10 +150,10 @@ class PromptBuilder:
             server_adds_bos = bos_id is not None and self.tokenizer("x")["input_ids"][:1] == [bos_id]
             self.drop_bos = self.tokenizer.bos_token if server_adds_bos and not args.keep_template_bos else None
 
-    def count(self, text):
+    def count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def user_prompt(self, item):
+    def user_prompt(self, item: dict) -> str:
         options = "\n".join(f"{letter}. {text}" for letter, text in item["options"].items())
         render = lambda question: self.template.format(question=question, options=options)  # noqa: E731
         question = item["question"]
@@ -173,7 +178,7 @@ class PromptBuilder:
         return text
 
 
-def chat_template_renderer(tokenizer):
+def chat_template_renderer(tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict]], str]:
     """messages -> text with the generation prompt, rendered as the original client rendered the chat
     template: plain Jinja (unlike apply_chat_template, block tags keep the newlines around them) with
     only `bos_token` defined. A template plain Jinja cannot compile (e.g. one using transformers' own
@@ -191,7 +196,7 @@ def chat_template_renderer(tokenizer):
     )
 
 
-def make_client(args: EvalArguments):
+def make_client(args: EvalArguments) -> "OpenAI":
     from openai import OpenAI
 
     base_url = args.base_url or f"http://127.0.0.1:{args.port}/v1"
@@ -217,7 +222,7 @@ def check_server_listens(base_url: str) -> None:
         ) from None
 
 
-def ask(client, args: EvalArguments, prompt: str) -> dict:
+def ask(client: "OpenAI", args: EvalArguments, prompt: str) -> dict:
     """One prompt, one request; returns {output (cleaned as the original did), raw_output, completion_tokens,
     finish_reason}."""
     common = dict(

@@ -12,12 +12,12 @@ from huatuo_o1.records import write_json_atomic
 PAPER_TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_table1.json")
 
 
-def paper_table():
+def paper_table() -> dict:
     with open(PAPER_TABLE_PATH, encoding="utf-8") as f:
         return json.load(f)
 
 
-def paper_figure(source, paper_row):
+def paper_figure(source: str, paper_row: str) -> float | None:
     """The paper's Table 1 number for this source and row, or None when no column matches."""
     table = paper_table()
     if paper_row not in table["rows"]:
@@ -28,7 +28,7 @@ def paper_figure(source, paper_row):
     return table["rows"][paper_row][table["columns"].index(column)]
 
 
-def reply_lengths(records):
+def reply_lengths(records: list[dict]) -> dict:
     """Mean generated tokens and the share of replies cut by --max_new_tokens (when the server said)."""
     tokens = [r["completion_tokens"] for r in records if r.get("completion_tokens") is not None]
     reasons = [r["finish_reason"] for r in records if r.get("finish_reason")]
@@ -128,7 +128,7 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bar_chart(summary, path):
+def bar_chart(summary: dict, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -58,17 +58,17 @@ PAPER_LEFT_CONTEXT = "|".join([f"[{CJK}]", "is ", "是", "项", r"\*", r"\W", " 
 PAPER_RIGHT_CONTEXT = rf"\W|[{CJK}]|$"
 
 
-def paper_final_part(reply):
+def paper_final_part(reply: str) -> str:
     """P1: the text after the last "## Final Response\\n\\n", or the whole reply."""
     return reply.split(PAPER_FINAL_MARK)[-1]
 
 
-def paper_answer_is(text):
+def paper_answer_is(text: str) -> list[str]:
     """P2: letters of every "answer is" + whitespace + capital A-N ("answer is Lumbar" gives L)."""
     return [match.group(1) for match in PAPER_ANSWER_IS.finditer(text)]
 
 
-def paper_standalone_letters(text, option_count):
+def paper_standalone_letters(text: str, option_count: int) -> list[str]:
     """P3: letters among the first option_count of A-N, between a left and a right context.
 
     Each match consumes both contexts, so in "B/C" or "B C" only B is found; an "A " is the article.
@@ -78,7 +78,7 @@ def paper_standalone_letters(text, option_count):
     return [match.group(1) for match in re.finditer(pattern, text)]
 
 
-def paper_option_text(text, options):
+def paper_option_text(text: str, options: dict) -> tuple[str, str] | None:
     """P4: (first, last) from option texts found anywhere in the lower-cased text, or None.
 
     last = the option whose last occurrence starts furthest right; first = the option whose FIRST
@@ -97,7 +97,7 @@ def paper_option_text(text, options):
     return rightmost(first_spots), rightmost(last_spots)
 
 
-def paper_most_similar(text, options):
+def paper_most_similar(text: str, options: dict) -> str | None:
     """P5: the option whose text is most similar to the reply (option first, reply second); ties: the later option."""
     lowered = text.lower()
     best_letter, best_ratio = None, -1.0
@@ -159,7 +159,7 @@ OPTION_WORD = r"(?:(?i:\b(?:options?|choices?))\s*|选项\s*)"
 YES_NO_MAYBE = frozenset({"yes", "no", "maybe"})  # PubMedQA's options: words people also use in passing
 
 
-def honest_answer_part(reply):
+def honest_answer_part(reply: str) -> str | None:
     """H1: the text after the last "## Final Response" heading; None when the reply stopped in its thinking."""
     headings = list(FINAL_HEADING.finditer(reply))
     if headings:
@@ -183,7 +183,7 @@ def _option_needle(option):
     return _normalise(str(option)).strip(" .")
 
 
-def letter_stands_alone(text, end, options, after_option_word=False):
+def letter_stands_alone(text: str, end: int, options: dict, after_option_word: bool = False) -> bool:
     """H-follow: whether the letter ending at `end` is a letter and not the start of a word or name.
 
     After "option"/"choice" a letter is a letter whatever word follows ("option B looks right"),
@@ -228,7 +228,7 @@ def _letters_after(pattern, text, options, after_option_word=False):
     return found
 
 
-def honest_answer_statements(text, options):
+def honest_answer_statements(text: str, options: dict) -> list[tuple[int, str]]:
     """H2: letters the reply states as its answer: "The answer is B", "Answer: (B)", "B is correct", "答案是B"."""
     return sorted(
         _letters_after(ANSWER_PHRASE + DECORATION + OPTION_WORD + "?" + r"[(（]?{letter}", text, options)
@@ -241,12 +241,12 @@ def honest_answer_statements(text, options):
     )
 
 
-def honest_label_lines(text, options):
+def honest_label_lines(text: str, options: dict) -> list[tuple[int, str]]:
     """Lines that start with a letter as a label: "B. Measles", "(B) Measles", "- **B)** ...", "B"."""
     return _letters_after(r"^[ \t]*(?:[-*>•][ \t]*)*(?:\*\*)?[(（]?{letter}(?=[)）.]|\*\*|[ \t]*$)", text, options)
 
 
-def honest_letter_mentions(text, options):
+def honest_letter_mentions(text: str, options: dict) -> list[tuple[int, str]]:
     """H4: letters named as options anywhere: label lines, "option B", "B项", "**B**", "(B)", "... is B."."""
     found = honest_label_lines(text, options)
     found += _letters_after(OPTION_WORD + r"[(（]?{letter}", text, options, after_option_word=True)
@@ -259,7 +259,7 @@ def honest_letter_mentions(text, options):
     return sorted(set(found))
 
 
-def honest_option_mentions(text, options):
+def honest_option_mentions(text: str, options: dict) -> list[tuple[int, str]]:
     """H5: (position, letter) of each place an option's text is named, as a whole word or phrase.
 
     A mention inside a longer option's mention does not count ("Vitamin A" inside "Vitamin A

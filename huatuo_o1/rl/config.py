@@ -278,7 +278,7 @@ class BatchSizes:
     description: str
 
 
-def check_batch_sizes(config, world_size):
+def check_batch_sizes(config: PPOConfig, world_size: int) -> "BatchSizes":
     """Derive the PPO batch sizes and stop early, saying why, when the flags cannot work together.
 
     One update = every process generates per_device_train_batch_size x gradient_accumulation_steps x
@@ -332,5 +332,5 @@ def check_batch_sizes(config, world_size):
     return BatchSizes(world_size, local_batch, batch, local_mini, num_updates, description)
 
 
-def world_size_from_env():
+def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))

@@ -8,7 +8,7 @@ import random
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from huatuo_o1.models import attn_implementation, from_pretrained_or_explain, load_chat_tokenizer, policy_pad_token
 from huatuo_o1.records import GROUND_TRUTH, OPEN_QUESTION, InputError, load_records
@@ -57,7 +57,7 @@ def load_problems(script_args: ScriptArguments, seed: int) -> tuple[list[Problem
     return problems[n_eval:], problems[:n_eval], len(rows) - len(problems)
 
 
-def prompt_ids(tokenizer, question: str) -> list[int]:
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, question: str) -> list[int]:
     """The question through the policy's chat template (Llama-3 layout for a base model, as in SFT)."""
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
@@ -113,7 +113,7 @@ def load_models(model_args: ModelConfig, config: PPOConfig) -> Models:
     return Models(tokenizer, policy, ref_policy, value_model, verifier, verifier_tokenizer)
 
 
-def stop_token_id_for(config: PPOConfig, tokenizer) -> int | None:
+def stop_token_id_for(config: PPOConfig, tokenizer: PreTrainedTokenizerBase) -> int | None:
     if config.stop_token_id is not None:
         return config.stop_token_id
     return tokenizer.eos_token_id if config.stop_token == "eos" else None

@@ -10,14 +10,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 
-def masked_mean(values, mask):
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     mask = mask.to(values.dtype)
     return (values * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def masked_var(values, mask):
+def masked_var(values: Tensor, mask: Tensor) -> Tensor:
     """Unbiased variance over the masked entries (as the PPO reference implementations use)."""
     mean = masked_mean(values, mask)
     squared = masked_mean((values - mean) ** 2, mask)
@@ -25,7 +26,7 @@ def masked_var(values, mask):
     return squared * count / (count - 1).clamp(min=1)
 
 
-def masked_whiten(values, mask, shift_mean=True):
+def masked_whiten(values: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
     """Normalise to unit variance (and zero mean) using the masked entries only."""
     mean, var = masked_mean(values, mask), masked_var(values, mask)
     whitened = (values - mean) * torch.rsqrt(var + 1e-8)
@@ -34,13 +35,13 @@ def masked_whiten(values, mask, shift_mean=True):
     return whitened
 
 
-def logprobs_of(logits, tokens, temperature):
+def logprobs_of(logits: Tensor, tokens: Tensor, temperature: float) -> Tensor:
     """log p(token) under logits / temperature (generation sampled at that temperature)."""
     logprobs = F.log_softmax(logits.float() / temperature, dim=-1)
     return torch.gather(logprobs, 2, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def entropy_of(logits, temperature):
+def entropy_of(logits: Tensor, temperature: float) -> Tensor:
     logits = logits.float() / temperature
     probs = F.softmax(logits, dim=-1)
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
@@ -49,21 +50,21 @@ def entropy_of(logits, temperature):
 SCORE_POSITIONS = ("after_stop", "stop_token")
 
 
-def first_true_index(bools):
+def first_true_index(bools: Tensor) -> Tensor:
     """Index of the first True in each row; the row length when there is none."""
     length = bools.shape[-1]
     positions = torch.arange(length, device=bools.device).expand_as(bools)
     return torch.where(bools, positions, torch.full_like(positions, length)).min(-1).values
 
 
-def truncate_after_stop(responses, stop_token_id, pad_token_id):
+def truncate_after_stop(responses: Tensor, stop_token_id: int, pad_token_id: int) -> Tensor:
     """Every token after the first stop token becomes pad; the stop token itself stays."""
     positions = torch.arange(responses.shape[1], device=responses.device).unsqueeze(0)
     first_stop = first_true_index(responses == stop_token_id).unsqueeze(1)
     return responses.masked_fill(positions > first_stop, pad_token_id)
 
 
-def sequence_ends(truncated, pad_token_id):
+def sequence_ends(truncated: Tensor, pad_token_id: int) -> Tensor:
     """s, the index of each response's last token: the first pad minus one, the last index when there is no pad.
 
     A pad token the policy sampled itself ends the response too (s = -1 when it came first).
@@ -71,7 +72,7 @@ def sequence_ends(truncated, pad_token_id):
     return first_true_index(truncated == pad_token_id) - 1
 
 
-def position_masks(ends, length, score_position="after_stop"):
+def position_masks(ends: Tensor, length: int, score_position: str = "after_stop") -> tuple[Tensor, Tensor]:
     """(policy_mask, value_mask): which positions count for log-probs and the policy loss, which for values.
 
     after_stop (the original's): values count one position past the stop token, where the score lands.
@@ -84,21 +85,21 @@ def position_masks(ends, length, score_position="after_stop"):
     return policy_mask, positions <= (ends + 1).unsqueeze(1)
 
 
-def score_indices(ends, length, score_position="after_stop"):
+def score_indices(ends: Tensor, length: int, score_position: str = "after_stop") -> Tensor:
     """Where each response's score is added: s + 1 when inside the tensor, else s (after_stop); s (stop_token)."""
     if score_position == "stop_token":
         return ends.clamp(min=0)
     return torch.where(ends + 1 < length, ends + 1, ends)
 
 
-def token_rewards(scores, kl_penalty, policy_mask, score_at, kl_coef):
+def token_rewards(scores: Tensor, kl_penalty: Tensor, policy_mask: Tensor, score_at: Tensor, kl_coef: float) -> Tensor:
     """Per-token reward: -kl_coef * kl_penalty on the policy's positions, 0 elsewhere, plus the score at score_at."""
     rewards = -kl_coef * kl_penalty.masked_fill(~policy_mask, 0.0)
     rewards[torch.arange(rewards.shape[0], device=rewards.device), score_at] += scores.to(rewards.dtype)
     return rewards
 
 
-def gae_advantages(rewards, values, gamma, lam):
+def gae_advantages(rewards: Tensor, values: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
     """Generalised advantage estimation over the whole (padded) length; the value after the last position is 0.
 
     The caller zeroes values and rewards where they do not count. Returns (advantages, returns = advantages + values).
@@ -115,7 +116,7 @@ def gae_advantages(rewards, values, gamma, lam):
     return advantages, advantages + values
 
 
-def kl_terms(logprobs, ref_logprobs, estimator="k1"):
+def kl_terms(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") -> tuple[Tensor, Tensor]:
     """(penalty, kl): the per-token term the reward pays for, and log pi - log pi_ref for the logs.
 
     k1 = log pi - log pi_ref (the original's); k3 = (r - 1) - log r with r = pi_ref / pi (unbiased, non-negative).
@@ -145,22 +146,22 @@ class Targets:
 
 
 def rollout_targets(
-    responses,
-    scores,
-    logprobs,
-    ref_logprobs,
-    values,
+    responses: Tensor,
+    scores: Tensor,
+    logprobs: Tensor,
+    ref_logprobs: Tensor,
+    values: Tensor,
     *,
-    stop_token_id,
-    pad_token_id,
-    eos_token_id,
-    kl_coef,
-    gamma,
-    lam,
-    whiten_rewards=False,
-    missing_eos_penalty=None,
-    score_position="after_stop",
-    kl_estimator="k1",
+    stop_token_id: int,
+    pad_token_id: int,
+    eos_token_id: int,
+    kl_coef: float,
+    gamma: float,
+    lam: float,
+    whiten_rewards: bool = False,
+    missing_eos_penalty: float | None = None,
+    score_position: str = "after_stop",
+    kl_estimator: str = "k1",
 ) -> Targets:
     """Everything PPO trains on, from one rollout.
 
@@ -201,7 +202,9 @@ def rollout_targets(
     )
 
 
-def policy_loss(new_logprobs, old_logprobs, advantages, mask, cliprange):
+def policy_loss(
+    new_logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, cliprange: float
+) -> tuple[Tensor, Tensor, Tensor]:
     """Clipped surrogate loss; returns (loss, clip fraction, approximate KL old->new)."""
     log_ratio = new_logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
@@ -213,7 +216,9 @@ def policy_loss(new_logprobs, old_logprobs, advantages, mask, cliprange):
     return loss, clip_fraction, approx_kl
 
 
-def value_loss(new_values, old_values, returns, mask, cliprange_value):
+def value_loss(
+    new_values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, cliprange_value: float
+) -> tuple[Tensor, Tensor]:
     """Clipped value loss (0.5 * max of squared errors); returns (loss, clip fraction)."""
     clipped_values = old_values + torch.clamp(new_values - old_values, -cliprange_value, cliprange_value)
     unclipped_error = (new_values - returns) ** 2

@@ -19,19 +19,20 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
-from transformers import GenerationConfig
+from transformers import GenerationConfig, PreTrainedTokenizerBase
 from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
 
 from huatuo_o1 import training
 from huatuo_o1.rl import ppo_core
 from huatuo_o1.rl.config import BatchSizes, PPOConfig
 from huatuo_o1.rl.loading import Models, Problem, stop_token_id_for
-from huatuo_o1.verifier import VerifierReward, decode_until_stop
+from huatuo_o1.verifier import RewardOutput, VerifierReward, decode_until_stop
 
 
 @dataclass
@@ -59,7 +60,9 @@ class PolicyAndValue(torch.nn.Module):
         self.policy = policy
         self.value_model = value_model
 
-    def forward(self, input_ids, attention_mask, position_ids):
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         backbone = getattr(self.value_model, self.value_model.base_model_prefix)
         hidden = backbone(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
@@ -72,20 +75,20 @@ class PolicyAndValue(torch.nn.Module):
 
     # trl's unwrap_model_for_generation switches checkpointing off for generate and back on after
     @property
-    def is_gradient_checkpointing(self):
+    def is_gradient_checkpointing(self) -> bool:
         return self.policy.is_gradient_checkpointing
 
-    def gradient_checkpointing_disable(self):
+    def gradient_checkpointing_disable(self) -> None:
         self.policy.gradient_checkpointing_disable()
         self.value_model.gradient_checkpointing_disable()
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
         self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         self.value_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def forward_inputs(query_mask, policy_mask):
+def forward_inputs(query_mask: torch.Tensor, policy_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention mask and position ids over prompt + response (response tokens after its last token masked).
 
     The value one position past the last token is read from the last token's hidden state, so it is covered.
@@ -97,7 +100,12 @@ def forward_inputs(query_mask, policy_mask):
 
 @torch.no_grad()
 def generate_responses(
-    policy, queries: torch.Tensor, query_mask: torch.Tensor, generation_config, chunk_size: int, pad_id: int
+    policy: torch.nn.Module,
+    queries: torch.Tensor,
+    query_mask: torch.Tensor,
+    generation_config: GenerationConfig,
+    chunk_size: int,
+    pad_id: int,
 ) -> torch.Tensor:
     """Sample (or greedily decode) responses in chunks; returns (batch, longest response) token ids."""
     chunks = []
@@ -110,8 +118,15 @@ def generate_responses(
 
 
 @torch.no_grad()
-def greedy_answers(policy, tokenizer, items: list[Problem], reward: VerifierReward, generation_config, chunk_size: int,
-                   stop_token_id: int) -> tuple[list, list, list]:  # fmt: skip
+def greedy_answers(
+    policy: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    items: list[Problem],
+    reward: VerifierReward,
+    generation_config: GenerationConfig,
+    chunk_size: int,
+    stop_token_id: int,
+) -> tuple[list, list, list]:
     """Greedy responses to the items' prompts, read up to the stop token and scored: (rewards, well-formed, texts)."""
     pad_id = tokenizer.pad_token_id
     queries, mask = training.pad_batch([it.prompt_ids for it in items], pad_id, side="left")
@@ -122,13 +137,13 @@ def greedy_answers(policy, tokenizer, items: list[Problem], reward: VerifierRewa
     return out.rewards.tolist(), out.well_formed.tolist(), texts
 
 
-def eval_figures(rewards, well_formed, texts) -> dict:
+def eval_figures(rewards: Sequence[float], well_formed: Sequence[bool], texts: Sequence[str]) -> dict:
     """What the held-out evaluation reports (PPO's and RLOO / GRPO's alike)."""
     return {"eval/mean_reward": sum(rewards) / len(rewards), "eval/format_rate": sum(well_formed) / len(well_formed),
             "eval/samples": len(rewards), "eval/example": texts[0][:300]}  # fmt: skip
 
 
-def disable_dropout(model):
+def disable_dropout(model: torch.nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
@@ -237,13 +252,19 @@ class PPOTrainer:
         return items
 
     # ---- rollout --------------------------------------------------------------------------------
-    def score_responses(self, responses, references):
+    def score_responses(self, responses: torch.Tensor, references: list[str]) -> tuple[RewardOutput, list[str]]:
         texts = [decode_until_stop(self.tokenizer, r.tolist(), self.stop_token_id) for r in responses]
         return self.reward_fn(texts, references), texts
 
     def forward_logprobs(
-        self, model_forward, query_responses, attention_mask, position_ids, context_length, temperature
-    ):
+        self,
+        model_forward: Callable,
+        query_responses: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        context_length: int,
+        temperature: float,
+    ) -> torch.Tensor:
         logits = model_forward(query_responses, attention_mask, position_ids)
         logits = logits[:, context_length - 1 : -1]
         return ppo_core.logprobs_of(logits, query_responses[:, context_length:], temperature)
@@ -379,7 +400,7 @@ class PPOTrainer:
                         )
         return {k: torch.stack(v).mean() for k, v in stats.items() if v}
 
-    def mean_across_processes(self, metrics):
+    def mean_across_processes(self, metrics: dict[str, torch.Tensor]) -> dict[str, float]:
         keys = sorted(metrics)
         values = torch.stack([metrics[k].float().to(self.device) for k in keys])
         values = self.accelerator.reduce(values, reduction="mean")
@@ -422,7 +443,7 @@ class PPOTrainer:
         self.update = training.Checkpoints.load(self.accelerator, checkpoint)["update"]
 
     # ---- the loop -------------------------------------------------------------------------------
-    def every(self, strategy, steps):
+    def every(self, strategy: str, steps: float) -> int | None:
         strategy = getattr(strategy, "value", strategy)
         if strategy == "no":
             return None
@@ -430,7 +451,7 @@ class PPOTrainer:
             return max(1, math.ceil(len(self.train_items) / self.sizes.batch_size))
         return max(1, math.ceil(steps * self.num_updates) if steps < 1 else int(steps))
 
-    def log(self, record):
+    def log(self, record: dict) -> None:
         if self.accelerator.is_main_process:
             os.makedirs(self.config.output_dir, exist_ok=True)
             with open(self.log_path, "a", encoding="utf-8") as f:

@@ -7,9 +7,10 @@ copied into trl's config, and under DeepSpeed they override the accelerate confi
 import contextlib
 import os
 import time
+from collections.abc import Iterator
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, PreTrainedTokenizerBase
 from transformers.integrations import is_deepspeed_zero3_enabled
 from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
 
@@ -21,7 +22,13 @@ from huatuo_o1.verifier import VerifierReward, trl_reward_functions
 
 
 @torch.no_grad()
-def evaluate_plain(policy, tokenizer, items: list[Problem], reward: VerifierReward, config: PPOConfig) -> dict:
+def evaluate_plain(
+    policy: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    items: list[Problem],
+    reward: VerifierReward,
+    config: PPOConfig,
+) -> dict:
     """Greedy answers on the held-out problems, scored by the verifier (trl path: every process, all items)."""
     stop_id = stop_token_id_for(config, tokenizer)
     generation = GenerationConfig(max_new_tokens=config.response_length, do_sample=False, eos_token_id=stop_id,
@@ -35,7 +42,7 @@ def evaluate_plain(policy, tokenizer, items: list[Problem], reward: VerifierRewa
 
 
 @contextlib.contextmanager
-def environment(values):
+def environment(values: dict[str, str]) -> Iterator[None]:
     """Environment variables set to `values` inside the block, restored after."""
     saved = {name: os.environ.get(name) for name in values}
     os.environ.update(values)
@@ -49,7 +56,7 @@ def environment(values):
                 os.environ[name] = value
 
 
-def deepspeed_gathered(model):
+def deepspeed_gathered(model: torch.nn.Module) -> contextlib.AbstractContextManager:
     import deepspeed
 
     return deepspeed.zero.GatheredParameters(list(model.parameters()))
@@ -58,12 +65,12 @@ def deepspeed_gathered(model):
 def run_trl(
     config: PPOConfig,
     sizes: BatchSizes,
-    tokenizer,
-    policy,
+    tokenizer: PreTrainedTokenizerBase,
+    policy: torch.nn.Module,
     reward: VerifierReward,
     train: list[Problem],
     evaluation: list[Problem],
-):
+) -> tuple[dict, dict, int, float, dict]:
     """Train with trl's RLOO or GRPO; returns (held-out figures before, after, optimizer steps, seconds, settings)."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
