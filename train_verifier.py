@@ -64,7 +64,8 @@ class VerifierArguments:
         default="./ckpts/medical_verifier", metadata={"help": "The trained verifier (a Hugging Face folder)."}
     )
     verifier_template: str = field(
-        default=None, metadata={"help": "Verifier input template (default templates/verifier_input.txt, as in RL)."}
+        default=None,
+        metadata={"help": "Verifier input template (default huatuo_o1/templates/verifier_input.txt, as in RL)."},
     )
     max_length: int = field(
         default=MAX_VERIFIER_TOKENS,

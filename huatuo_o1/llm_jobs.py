@@ -101,7 +101,7 @@ class JobArguments:
         default=None,
         metadata={
             "help": (
-                "Folder with your own prompt templates (same file names as prompts/en/); missing files fall "
+                "Folder with your own prompt templates (same file names as huatuo_o1/prompts/en/); missing files fall "
                 "back to the built-in ones."
             )
         },

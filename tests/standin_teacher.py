@@ -2,8 +2,9 @@
 
 The data stages talk to "any OpenAI-compatible endpoint" (GPT-4o in the paper). Tests and the CPU
 demo cannot reach one, so this server answers /v1/chat/completions with deterministic, scripted
-replies in the formats SPEC.md fixes, looking the right answer up in an answer key (a JSON list of
-multiple-choice items with `question`, `options`, `answer`). It can inject faults and counts calls.
+replies in the formats the data stages parse (docs/data.md), looking the right answer up in an
+answer key (a JSON list of multiple-choice items with `question`, `options`, `answer`). It can
+inject faults and counts calls.
 
 What a request asks for is recognised from the fixed words the prompts must contain:
     filter     "Not Reformulatable"           -> one of Pass / Too Simple / Ambiguous Answer / Not Reformulatable

@@ -30,7 +30,7 @@ from transformers import (
 
 VOCAB_SIZE = 512
 
-# Llama-3 instruct layout (the same text SPEC.md names for tokenizers without a template).
+# Llama-3 instruct layout (the layout SFT gives tokenizers without a template).
 LLAMA3_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
@@ -83,7 +83,7 @@ def llama_tokenizer():
         tokenizer_object=train_tokenizer(specials),
         bos_token="<|begin_of_text|>",
         eos_token="<|eot_id|>",
-        pad_token="<|end_of_text|>",  # as SPEC.md asks for Llama-3: pad differs from eos
+        pad_token="<|end_of_text|>",  # as RL pads Llama-3 policies: pad differs from eos
         additional_special_tokens=["<|start_header_id|>", "<|end_header_id|>"],
     )
     tok.chat_template = LLAMA3_TEMPLATE

@@ -3,10 +3,10 @@
 Two views of every reply, both reported:
 
 paper view  -- the original evaluation's scorer, rule for rule, quirks included (rules P1-P5 below,
-               numbered as in the project notes' "Paper-view answer extraction"), so that our figures
-               compare with the paper's Table 1. An empty reply is dropped: it is neither right nor
-               wrong and not in the denominator. Each reply gives a first and a last letter; the
-               reported accuracy is the better of first-match and last-match accuracy.
+               docs/eval.md explains them), so that our figures compare with the paper's Table 1. An
+               empty reply is dropped: it is neither right nor wrong and not in the denominator. Each
+               reply gives a first and a last letter; the reported accuracy is the better of
+               first-match and last-match accuracy.
 honest view -- what the reply says (rules H1-H5). A bare letter is an answer only where people write
                answers ("The answer is B", "Answer: (B)", "option B", "**B**", a line "B. Measles");
                letters that belong to words and names ("B cell", "Hepatitis B", "L-myc", "vitamin A")

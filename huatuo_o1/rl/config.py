@@ -32,7 +32,8 @@ class ScriptArguments:
     eval_fraction: float = field(default=0.1, metadata={"help": "Share of the problems held out for evaluation."})
     max_eval_samples: int = field(default=200, metadata={"help": "At most this many held-out problems."})
     verifier_template: str = field(
-        default=None, metadata={"help": "Verifier input template file (default templates/verifier_input.txt)."}
+        default=None,
+        metadata={"help": "Verifier input template file (default huatuo_o1/templates/verifier_input.txt)."},
     )
 
 
