@@ -47,6 +47,21 @@ def taught_policy(tiny_models, tmp_path_factory):
     return folder
 
 
+@pytest.fixture
+def one_thread_fresh_accelerate():
+    """One torch thread (tiny matrices: several times faster than two on a shared 2-core machine), and no
+    accelerate state left behind for the next in-process run."""
+    import torch
+
+    from tests.scripts import reset_accelerate
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    reset_accelerate()
+
+
 @pytest.fixture(scope="session")
 def repo_root():
     return REPO_ROOT

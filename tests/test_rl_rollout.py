@@ -10,16 +10,7 @@ from tests.rl_helpers import build_ppo_trainer, rl_flags, write_problems
 T, F = True, False
 
 
-@pytest.fixture(autouse=True)
-def one_thread_fresh_accelerate():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("one_thread_fresh_accelerate")
 
 
 def argv(tiny_models, tmp_path, *extra, policy=None):

@@ -28,14 +28,7 @@ SEED_COMMAND = """
 """
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    # tiny matrices: one thread is several times faster than two on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    reset_accelerate()
+pytestmark = pytest.mark.usefixtures("one_thread_fresh_accelerate")
 
 
 def run_rl(argv):

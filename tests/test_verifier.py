@@ -29,13 +29,7 @@ def train_verifier(argv):
         return json.load(f)
 
 
-@pytest.fixture(autouse=True)
-def one_thread_fresh_state():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: one thread is faster on a shared 2-core machine
-    yield
-    torch.set_num_threads(threads)
-    reset_accelerate()
+pytestmark = pytest.mark.usefixtures("one_thread_fresh_accelerate")
 
 
 def data_args(path, **fields):
