@@ -2,15 +2,18 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: test demo install clean
+.PHONY: test lint demo install clean
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt tools/install.sh
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml tools/install.sh
 	bash tools/install.sh
 	touch $(STAMP)
 
 install: $(STAMP)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+test: lint
 	$(PY) -m pytest -q -rs tests
 
 demo: $(STAMP)

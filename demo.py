@@ -9,7 +9,7 @@
   6. eval       base and trained model behind `transformers serve`, on evaluation/data/demo_eval_data.json
   7. inference  the trained model answers a new question, thinking and final response streamed
 
-The teacher LLM here is tools/standin_teacher.py: a scripted stand-in, not a model. Point the two data
+The teacher LLM here is tests/standin_teacher.py: a scripted stand-in, not a model. Point the two data
 scripts at GPT-4o (or any OpenAI-compatible server) for real data. Figures from this demo show that
 every stage works and that the model learns the answer layout; they say nothing about medical skill.
 
@@ -29,33 +29,37 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
-REPO = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, REPO)
+from huatuo_o1.serving import free_port, start_server, stop_pid
 
-from tools.get_smollm2 import materialise  # noqa: E402
-from tools.server_process import free_port, start_server, stop_pid  # noqa: E402
+REPO = os.path.dirname(os.path.abspath(__file__))
 
 
 @dataclass
 class DemoArguments:
-    output_dir: str = field(default="demo_output", metadata={"help": "Everything the demo makes goes here (recreated)."})
+    output_dir: str = field(
+        default="demo_output", metadata={"help": "Everything the demo makes goes here (recreated)."}
+    )
     quick: bool = field(default=False, metadata={"help": "Smaller data and fewer steps (the test suite's size)."})
-    model_path: str = field(default="", metadata={"help": "Base chat model folder (default: SmolLM2-135M-Instruct, built once)."})
+    model_path: str = field(
+        default="", metadata={"help": "Base chat model folder (default: SmolLM2-135M-Instruct, built once)."}
+    )
 
 
-DEMO_QUESTION = ("A 28-year-old woman has fever, pain on urination and pain in her right flank for two days. "
-                 "What is the most likely diagnosis?")
+DEMO_QUESTION = (
+    "A 28-year-old woman has fever, pain on urination and pain in her right flank for two days. "
+    "What is the most likely diagnosis?"
+)
 PROGRESS_BAR = re.compile(r"\d+%\|.*\| *\d+/\d+ \[")
 
 # Sizes: (full demo, --quick). Chosen so the full demo fits in 10 minutes on 2 cores.
 SIZES = {
-    "items": (48, 24),             # exam items sent to the construct stage
+    "items": (48, 24),  # exam items sent to the construct stage
     "sft_epochs": (2, 2),
     "sft_learning_rate": ("2e-4", "2e-4"),  # high for 22 steps: the layout must carry over to exam prompts
     "verifier_epochs": (2, 1),
-    "rl_episodes": (12, 8),        # 3 or 2 PPO updates of 4 episodes
+    "rl_episodes": (12, 8),  # 3 or 2 PPO updates of 4 episodes
     "response_length": (128, 96),
-    "eval_per_source": (2, 1),     # questions per source of the demo eval file (7 sources)
+    "eval_per_source": (2, 1),  # questions per source of the demo eval file (7 sources)
     "eval_new_tokens": (160, 128),
 }
 
@@ -67,8 +71,14 @@ class Demo:
         self.size = {k: v[1 if args.quick else 0] for k, v in SIZES.items()}
         self.rows = []  # (stage, seconds, what it made)
         self.figures = {}
-        self.env = dict(os.environ, OPENAI_API_KEY="standin-demo-key", PYTHON=sys.executable, TOKENIZERS_PARALLELISM="false",
-                        PYTHONUNBUFFERED="1", WANDB_MODE="disabled")
+        self.env = dict(
+            os.environ,
+            OPENAI_API_KEY="standin-demo-key",
+            PYTHON=sys.executable,
+            TOKENIZERS_PARALLELISM="false",
+            PYTHONUNBUFFERED="1",
+            WANDB_MODE="disabled",
+        )
 
     def path(self, *parts):
         return os.path.join(self.out, *parts)
@@ -81,8 +91,9 @@ class Demo:
         print(f"\n=== {stage}: {program} {shown}", flush=True)
         start = time.time()
         with open(log_path, "w") as log:
-            process = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True, bufsize=1)
+            process = subprocess.Popen(
+                command, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            )
             for line in process.stdout:
                 log.write(line)
                 line = line.rstrip().split("\r")[-1]  # a progress bar redrawn in place: its last state
@@ -98,6 +109,8 @@ class Demo:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
 
+    # The stages' commands, laid out as a user types them:
+    # fmt: off
     def main(self):
         shutil.rmtree(self.out, ignore_errors=True)
         os.makedirs(self.path("logs"))
@@ -107,7 +120,8 @@ class Demo:
 
         # 0. The base model.
         t = time.time()
-        base = self.args.model_path or materialise()
+        base = self.args.model_path or subprocess.run([py, os.path.join(REPO, "tools", "get_smollm2.py")], check=True,
+                                                      capture_output=True, text=True).stdout.strip().splitlines()[-1]
         self.rows.append(("model", time.time() - t, f"base model {os.path.relpath(base, REPO)}"))
 
         # Input: the first N of our exam items.
@@ -117,7 +131,7 @@ class Demo:
             json.dump(items, f, ensure_ascii=False, indent=1)
 
         port = free_port()
-        teacher = start_server([py, os.path.join(REPO, "tools", "standin_teacher.py"), "--port", str(port),
+        teacher = start_server([py, os.path.join(REPO, "tests", "standin_teacher.py"), "--port", str(port),
                                 "--answer_key", exam_path], f"http://127.0.0.1:{port}/health",
                                log_path=self.path("logs", "standin_teacher.log"))
         api = ["--model_name", "gpt-4o", "--api_url", f"http://127.0.0.1:{port}/v1",
@@ -139,16 +153,19 @@ class Demo:
                                           "--max_search_depth", "2", *api, "--output_path", sft_data])
             summary = self.load(self.path("data", "sft_data_summary.json"))
             n_sft = len(self.load(sft_data))
-            self.rows.append(("search", seconds, f"{n_problems} problems -> {n_sft} SFT examples ({summary_counts(summary)})"))
+            self.rows.append(("search", seconds,
+                              f"{n_problems} problems -> {n_sft} SFT examples ({summary_counts(summary)})"))
         finally:
             stop_pid(teacher.pid)
 
         # 3. SFT.
         ckpts = self.path("ckpts")
         seconds = self.run("sft", [py, "SFT_stage1.py", "--model_path", base, "--data_path", sft_data,
-                                   "--output_dir", ckpts, "--experiment_name", "sft", "--log_dir", self.path("train_logs"),
+                                   "--output_dir", ckpts, "--experiment_name", "sft",
+                                   "--log_dir", self.path("train_logs"),
                                    "--n_epochs", str(self.size["sft_epochs"]), "--train_bsz_per_gpu", "4",
-                                   "--gradient_accumulation_steps", "1", "--learning_rate", self.size["sft_learning_rate"],
+                                   "--gradient_accumulation_steps", "1",
+                                   "--learning_rate", self.size["sft_learning_rate"],
                                    "--max_seq_len", "1024", "--report_to", "none",
                                    # CPU: no recomputation, no 1.6 GB resume state for a throw-away run
                                    "--gradient_checkpointing", "False", "--save_training_state", "False"])
@@ -168,12 +185,14 @@ class Demo:
         ver = self.load(os.path.join(verifier, "verifier_summary.json"))
         self.figures["verifier"] = ver
         self.rows.append(("verifier", seconds, f"{ver['n_train']} verdicts, held-out accuracy "
-                                               f"{fmt(ver['heldout']['accuracy'])} (string match {fmt(ver['baseline']['accuracy'])})"))
+                                               f"{fmt(ver['heldout']['accuracy'])} "
+                                               f"(string match {fmt(ver['baseline']['accuracy'])})"))
 
         # 5. RL (PPO), from the SFT model, with the verifier as reward.
         rl_out = self.path("ckpts", "rl")
-        seconds = self.run("rl", [py, "RL_stage2.py", "--model_name_or_path", sft_model, "--reward_model_path", verifier,
-                                  "--value_model_path", base, "--dataset_name", verifiable,
+        seconds = self.run("rl", [py, "RL_stage2.py", "--model_name_or_path", sft_model,
+                                  "--reward_model_path", verifier, "--value_model_path", base,
+                                  "--dataset_name", verifiable,
                                   "--response_length", str(self.size["response_length"]), "--temperature", "0.5",
                                   "--local_rollout_forward_batch_size", "4", "--num_ppo_epochs", "1",
                                   "--num_mini_batches", "1", "--total_episodes", str(self.size["rl_episodes"]),
@@ -185,20 +204,23 @@ class Demo:
         rl = self.load(os.path.join(rl_out, "rl_summary.json"))
         self.figures["rl"] = rl
         self.rows.append(("rl", seconds, f"{rl['updates']} PPO updates; held-out reward "
-                                         f"{fmt(rl['eval_start']['mean_reward'])} -> {fmt(rl['eval_end']['mean_reward'])}"))
+                                         f"{fmt(rl['eval_start']['mean_reward'])} -> "
+                                         f"{fmt(rl['eval_end']['mean_reward'])}"))
 
         # 6. Evaluation of the base and the trained model, each behind its own `transformers serve`.
         reports = {}
         for name, model in (("base", base), ("trained", rl_out)):  # trained = SFT then RL
+            eval_file = os.path.join(REPO, "evaluation", "data", "demo_eval_data.json")
             seconds = self.run(f"eval_{name}", ["bash", os.path.join(REPO, "evaluation", "run_eval.sh"), model,
-                                                "--eval_file", os.path.join(REPO, "evaluation", "data", "demo_eval_data.json"),
+                                                "--eval_file", eval_file,
                                                 "--max_items_per_source", str(self.size["eval_per_source"]),
                                                 "--max_new_tokens", str(self.size["eval_new_tokens"]),
                                                 "--output_dir", self.path("eval", name), "--seed", "0"])
             reports[name] = self.load(find_report(self.path("eval", name)))
+            overall = reports[name]["overall"]
             self.rows.append((f"eval {name}", seconds, f"format {fmt(share(reports[name]['format_rate']))}, "
-                                                       f"accuracy {fmt(share(reports[name]['overall']['paper_accuracy']))} "
-                                                       f"over {reports[name]['overall']['n']} questions"))
+                                                       f"accuracy {fmt(share(overall['paper_accuracy']))} "
+                                                       f"over {overall['n']} questions"))
         self.figures["eval"] = reports
 
         # 7. The trained model answering a new question, streamed (what inference.py shows a user).
@@ -208,6 +230,7 @@ class Demo:
 
         self.print_table(time.time() - started, reports)
 
+    # fmt: on
     def print_table(self, total_seconds, reports):
         print("\n=== HuatuoGPT-o1 demo: what ran (stand-in teacher; SmolLM2-135M-Instruct) ===")
         print(f"{'stage':<12} {'seconds':>8}  result")
@@ -218,21 +241,34 @@ class Demo:
         rl = self.figures["rl"]
         print("\nlearning:")
         print(f"  SFT loss                        {first:.3f} -> {last:.3f}")
-        print(f"  answers in Thinking/Final layout  base {fmt(share(reports['base']['format_rate']))} -> "
-              f"trained {fmt(share(reports['trained']['format_rate']))} (held-out eval questions)")
-        print(f"  RL mean verifier reward (held-out) {fmt(rl['eval_start']['mean_reward'])} -> {fmt(rl['eval_end']['mean_reward'])}")
+        print(
+            f"  answers in Thinking/Final layout  base {fmt(share(reports['base']['format_rate']))} -> "
+            f"trained {fmt(share(reports['trained']['format_rate']))} (held-out eval questions)"
+        )
+        print(
+            f"  RL mean verifier reward (held-out) {fmt(rl['eval_start']['mean_reward'])} -> "
+            f"{fmt(rl['eval_end']['mean_reward'])}"
+        )
         print("\naccuracy per source (paper-compatible scoring):")
         sources = sorted(reports["base"]["sources"])
         for source in sources:
-            print(f"  {source:<26} base {fmt(source_accuracy(reports['base'], source))}  "
-                  f"trained {fmt(source_accuracy(reports['trained'], source))}")
-        print(f"\nartifacts in {self.out}: data/ (problems, SFT data, records, summaries), ckpts/sft, verifier/, "
-              f"ckpts/rl (policy), eval/ (results, reports, charts), logs/ (every stage's output)")
-        summary = {"seconds_total": round(total_seconds, 1), "stages": [
-            {"stage": s, "seconds": round(t, 1), "result": w} for s, t, w in self.rows],
-            "sft_loss": self.figures["sft_loss"], "verifier": self.figures["verifier"], "rl": rl,
+            print(
+                f"  {source:<26} base {fmt(source_accuracy(reports['base'], source))}  "
+                f"trained {fmt(source_accuracy(reports['trained'], source))}"
+            )
+        print(
+            f"\nartifacts in {self.out}: data/ (problems, SFT data, records, summaries), ckpts/sft, verifier/, "
+            f"ckpts/rl (policy), eval/ (results, reports, charts), logs/ (every stage's output)"
+        )
+        summary = {
+            "seconds_total": round(total_seconds, 1),
+            "stages": [{"stage": s, "seconds": round(t, 1), "result": w} for s, t, w in self.rows],
+            "sft_loss": self.figures["sft_loss"],
+            "verifier": self.figures["verifier"],
+            "rl": rl,
             "format_rate": {k: share(r["format_rate"]) for k, r in reports.items()},
-            "accuracy": {k: {s: source_accuracy(r, s) for s in sources} for k, r in reports.items()}}
+            "accuracy": {k: {s: source_accuracy(r, s) for s in sources} for k, r in reports.items()},
+        }
         with open(self.path("demo_summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         print(f"summary: {self.path('demo_summary.json')}")

@@ -12,61 +12,69 @@ the verifier and the baseline agree with them.
 """
 
 import os
-import sys
 from dataclasses import dataclass, field
 
-import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, HfArgumentParser
+from transformers import HfArgumentParser
 
-from pipeline_io import InputError, from_pretrained_or_explain, write_json_atomic
-from ppo_utils.verifier_reward import VerifierReward, verifier_input
-from train_verifier import read_examples, scores, string_match
+from huatuo_o1 import cli
+from huatuo_o1.records import write_json_atomic
+from huatuo_o1.verifier import VerifierReward, load_verifier, verifier_input
+from huatuo_o1.verifier_training import VerdictData, read_examples, scores, string_match
 
 
 @dataclass
 class ScoreArguments:
-    verifier_path: str = field(metadata={"help": "A 2-label verifier folder (e.g. train_verifier.py's output) or hub id."})
-    data_path: str = field(metadata={"help": "Pairs to score: search records or flat rows (local .json/.jsonl or hub id)."})
+    verifier_path: str = field(
+        metadata={"help": "A 2-label verifier folder (e.g. train_verifier.py's output) or hub id."}
+    )
     output_path: str = field(default=None, metadata={"help": "Default: <data_path without extension>_scored.json."})
-    response_field: str = field(default="response")
-    reference_field: str = field(default="reference_answer")
-    verdict_field: str = field(default="verdict", metadata={"help": "Optional: compared with the predictions when present."})
-    records_field: str = field(default="verifications")
-    verifier_template: str = field(default=None, metadata={"help": "Verifier input template (default templates/verifier_input.txt)."})
+    verifier_template: str = field(
+        default=None, metadata={"help": "Verifier input template (default huatuo_o1/templates/verifier_input.txt)."}
+    )
     threshold: float = field(default=0.4)
     batch_size: int = field(default=8)
-    full_responses: bool = field(default=False, metadata={"help": "Responses are whole policy answers: apply RL's format gate."})
-
-
-def load_verifier(path):
-    """The verifier as shipped, as RL_stage2.py uses it (tokenizer and config untouched)."""
-    tokenizer = from_pretrained_or_explain(AutoTokenizer, path)
-    model = from_pretrained_or_explain(AutoModelForSequenceClassification, path, num_labels=2, dtype=torch.float32)
-    return model.eval(), tokenizer
+    full_responses: bool = field(
+        default=False, metadata={"help": "Responses are whole policy answers: apply RL's format gate."}
+    )
 
 
 def main(argv=None):
-    (args,) = HfArgumentParser(ScoreArguments).parse_args_into_dataclasses(args=argv)
-    examples, _ = read_examples(args, need_verdict=False)
+    args, data = HfArgumentParser((ScoreArguments, VerdictData)).parse_args_into_dataclasses(args=argv)
+
+    # Load: the pairs, and the verifier as shipped, as RL_stage2.py uses it (tokenizer and config untouched).
+    examples, _ = read_examples(data, need_verdict=False)
     model, tokenizer = load_verifier(args.verifier_path)
-    reward = VerifierReward(model, tokenizer, template=args.verifier_template, batch_size=args.batch_size, threshold=args.threshold)
+    reward = VerifierReward(
+        model, tokenizer, template=args.verifier_template, batch_size=args.batch_size, threshold=args.threshold
+    )
+
+    # Score.
     responses, references = [e["response"] for e in examples], [e["reference"] for e in examples]
     if args.full_responses:
         out = reward(responses, references)
         p, rewards = out.p_correct, out.rewards.tolist()
     else:
-        p = reward.p_correct([verifier_input(r, ref, tokenizer.eos_token, reward.template) for r, ref in zip(responses, references)])
+        p = reward.p_correct(
+            [verifier_input(r, ref, tokenizer.eos_token, reward.template) for r, ref in zip(responses, references)]
+        )
         rewards = None
     rows = []
     for i, (e, x) in enumerate(zip(examples, p.tolist())):
-        row = {"response": e["response"], "reference_answer": e["reference"], "p_correct": round(x, 4),
-               "predicted": x > args.threshold, "string_match": string_match(e["response"], e["reference"])}
+        row = {
+            "response": e["response"],
+            "reference_answer": e["reference"],
+            "p_correct": round(x, 4),
+            "predicted": x > args.threshold,
+            "string_match": string_match(e["response"], e["reference"]),
+        }
         if e["label"] is not None:
             row["verdict"] = bool(e["label"])
         if rewards is not None:
             row["reward"] = rewards[i]
         rows.append(row)
-    output_path = args.output_path or os.path.splitext(args.data_path)[0] + "_scored.json"
+
+    # Save.
+    output_path = args.output_path or os.path.splitext(data.data_path)[0] + "_scored.json"
     write_json_atomic(output_path, rows)
     judged = [r for r in rows if "verdict" in r]
     summary = {"n": len(rows), "n_predicted_correct": sum(r["predicted"] for r in rows), "output_path": output_path}
@@ -79,7 +87,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except InputError as e:
-        sys.exit(f"score_verifier.py: {e}")
+    cli.run(main)

@@ -21,21 +21,22 @@ import tempfile
 import threading
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
+from huatuo_o1.serving import free_port, start_server, stop_pid
 
-from tools.server_process import free_port, start_server, stop_pid  # noqa: E402
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def bare_client_rate(base_url, workers, items):
     """Requests per second of a plain openai client in `workers` threads sending the same prompts."""
     from openai import OpenAI
 
-    from construct_verifiable_medical_problems import PROMPTS, question_with_options
-    from llm_jobs import load_prompts, render
+    from huatuo_o1.construct import PROMPTS, question_with_options
+    from huatuo_o1.llm_jobs import load_prompts, render
 
     template = load_prompts(PROMPTS)["reformat"]
-    prompts = iter([render(template, question_with_options=question_with_options(item), answer=item["answer"]) for item in items])
+    prompts = iter(
+        [render(template, question_with_options=question_with_options(item), answer=item["answer"]) for item in items]
+    )
     client = OpenAI(base_url=base_url, api_key="bench-key")
     lock = threading.Lock()
 
@@ -61,13 +62,19 @@ def main():
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--latency_ms", type=float, default=100.0)
     parser.add_argument("--items", type=int, default=960)
-    parser.add_argument("--repeats", type=int, default=3, help="runs; the median is reported (a shared machine is noisy)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs; the median is reported (a shared machine is noisy)"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
         items = [
-            {"question": f"Item {i}: a patient presents with finding number {i} and needs a diagnosis. What is it?",
-             "options": {"A": f"Condition {i}", "B": "Something else"}, "answer_idx": "A", "answer": f"Condition {i}"}
+            {
+                "question": f"Item {i}: a patient presents with finding number {i} and needs a diagnosis. What is it?",
+                "options": {"A": f"Condition {i}", "B": "Something else"},
+                "answer_idx": "A",
+                "answer": f"Condition {i}",
+            }
             for i in range(args.items)
         ]
         data_path = os.path.join(scratch, "bench.json")
@@ -75,8 +82,16 @@ def main():
             json.dump(items, f)
         port = free_port()
         teacher = start_server(
-            [sys.executable, os.path.join(REPO_ROOT, "tools", "standin_teacher.py"), "--port", str(port),
-             "--answer_key", data_path, "--latency_ms", str(args.latency_ms)],
+            [
+                sys.executable,
+                os.path.join(REPO_ROOT, "tests", "standin_teacher.py"),
+                "--port",
+                str(port),
+                "--answer_key",
+                data_path,
+                "--latency_ms",
+                str(args.latency_ms),
+            ],
             f"http://127.0.0.1:{port}/health",
         )
         ideal = args.workers / (args.latency_ms / 1000)
@@ -85,11 +100,25 @@ def main():
             for repeat in range(args.repeats):
                 output = os.path.join(scratch, f"out{repeat}.json")
                 subprocess.run(
-                    [sys.executable, os.path.join(REPO_ROOT, "construct_verifiable_medical_problems.py"),
-                     "--data_path", data_path, "--api_url", f"http://127.0.0.1:{port}/v1", "--model_name", "bench",
-                     "--num_process", str(args.workers), "--output_path", output,
-                     "--output_dir", os.path.join(scratch, f"p{repeat}")],
-                    check=True, env=dict(os.environ, OPENAI_API_KEY="bench-key"), stdout=subprocess.DEVNULL,
+                    [
+                        sys.executable,
+                        os.path.join(REPO_ROOT, "construct_verifiable_medical_problems.py"),
+                        "--data_path",
+                        data_path,
+                        "--api_url",
+                        f"http://127.0.0.1:{port}/v1",
+                        "--model_name",
+                        "bench",
+                        "--num_process",
+                        str(args.workers),
+                        "--output_path",
+                        output,
+                        "--output_dir",
+                        os.path.join(scratch, f"p{repeat}"),
+                    ],
+                    check=True,
+                    env=dict(os.environ, OPENAI_API_KEY="bench-key"),
+                    stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
                 with open(os.path.join(scratch, f"out{repeat}_summary.json")) as f:
@@ -99,15 +128,21 @@ def main():
                 bare = bare_client_rate(f"http://127.0.0.1:{port}/v1", args.workers, items)
                 ratios.append(measured / ideal)
                 bare_ratios.append(bare / ideal)
-                print(f"run {repeat + 1}: {measured:.1f} items/s ({summary['calls']} API calls); "
-                      f"bare openai client, same threads and prompts: {bare:.1f} requests/s", flush=True)
+                print(
+                    f"run {repeat + 1}: {measured:.1f} items/s ({summary['calls']} API calls); "
+                    f"bare openai client, same threads and prompts: {bare:.1f} requests/s",
+                    flush=True,
+                )
         finally:
             stop_pid(teacher.pid)
 
-    print(f"items: {args.items}, workers: {args.workers}, server latency: {args.latency_ms:.0f} ms, "
-          f"ideal {ideal:.1f} items/s (workers / latency), median of {args.repeats} runs")
+    print(
+        f"items: {args.items}, workers: {args.workers}, server latency: {args.latency_ms:.0f} ms, "
+        f"ideal {ideal:.1f} items/s (workers / latency), median of {args.repeats} runs"
+    )
     print(f"bare openai client: {statistics.median(bare_ratios):.3f} of ideal (the ceiling on this machine now)")
     print(f"throughput ratio: {statistics.median(ratios):.3f} (goal >= 0.85)")
+
 
 if __name__ == "__main__":
     main()

@@ -11,15 +11,16 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+from openai import OpenAI
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import torch  # noqa: E402
-from openai import OpenAI  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from huatuo_o1.serving import free_port
 
-from tools.server_process import free_port  # noqa: E402
-
-PROMPT = "Please answer the following multiple-choice question:\nWhich vitamin deficiency causes scurvy?\nA. Vitamin A\nB. Vitamin B1\nC. Vitamin C\nD. Vitamin D"
+PROMPT = (
+    "Please answer the following multiple-choice question:\nWhich vitamin deficiency causes scurvy?\nA. "
+    "Vitamin A\nB. Vitamin B1\nC. Vitamin C\nD. Vitamin D"
+)
 
 
 def main():
@@ -30,7 +31,9 @@ def main():
     args = parser.parse_args()
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    text = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True
+    )
     model = AutoModelForCausalLM.from_pretrained(args.model)
     inputs = tokenizer(text, return_tensors="pt")
     start = time.perf_counter()
@@ -40,8 +43,18 @@ def main():
     del model
 
     port, pid_file = free_port(), tempfile.mktemp(suffix=".pid")
-    serve = [sys.executable, "evaluation/serve.py", "--model_path", args.model, "--port", str(port), "--pid_file", pid_file,
-             "--backend", "transformers"] + (["--continuous_batching"] if args.continuous_batching else [])
+    serve = [
+        sys.executable,
+        "evaluation/serve.py",
+        "--model_path",
+        args.model,
+        "--port",
+        str(port),
+        "--pid_file",
+        pid_file,
+        "--backend",
+        "transformers",
+    ] + (["--continuous_batching"] if args.continuous_batching else [])
     subprocess.run(serve, check=True, stdout=subprocess.DEVNULL)
     try:
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="EMPTY")
@@ -50,9 +63,14 @@ def main():
         reply = client.completions.create(model=args.model, prompt=text, max_tokens=args.new_tokens, temperature=0)
         served = reply.usage.completion_tokens / (time.perf_counter() - start)
     finally:
-        subprocess.run([sys.executable, "evaluation/serve.py", "--stop", "--pid_file", pid_file], stdout=subprocess.DEVNULL)
-    print(f"direct generate: {direct:.1f} tokens/s; through transformers serve: {served:.1f} tokens/s "
-          f"(ratio {served / direct:.2f}; served reply had {reply.usage.completion_tokens} tokens; load {os.getloadavg()[0]:.1f})")
+        subprocess.run(
+            [sys.executable, "evaluation/serve.py", "--stop", "--pid_file", pid_file], stdout=subprocess.DEVNULL
+        )
+    print(
+        f"direct generate: {direct:.1f} tokens/s; through transformers serve: {served:.1f} tokens/s "
+        f"(ratio {served / direct:.2f}; served reply had {reply.usage.completion_tokens} tokens; load "
+        f"{os.getloadavg()[0]:.1f})"
+    )
 
 
 if __name__ == "__main__":

@@ -20,15 +20,15 @@ import argparse
 import json
 import os
 import random
+import subprocess
 import sys
 import tempfile
-from types import SimpleNamespace
+
+from huatuo_o1.models import load_chat_tokenizer
+from huatuo_o1.records import load_records
+from huatuo_o1.sft import build_examples, make_loader
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-
-from SFT_stage1 import build_examples, load_chat_tokenizer, make_loader  # noqa: E402
-from pipeline_io import load_records  # noqa: E402
 
 
 def synthetic_rows(n_rows, seed, median_words=200, sigma=0.2):
@@ -50,8 +50,9 @@ def synthetic_rows(n_rows, seed, median_words=200, sigma=0.2):
 
 
 def token_ratio(examples, batching, batch_size, seed, pad_token_id):
-    args = SimpleNamespace(train_bsz_per_gpu=batch_size, seed=seed)
-    loader = make_loader(examples, args, batching, pad_token_id, num_processes=1, use_flash_attention=False)
+    loader = make_loader(
+        examples, batch_size, seed, batching, pad_token_id, num_processes=1, use_flash_attention=False
+    )
     real = processed = 0
     for batch in loader:
         processed += batch["input_ids"].numel()
@@ -72,25 +73,37 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         model_path = args.model_path
         if model_path is None:
-            from tools.tiny_models import build_tiny_models
-
-            model_path = build_tiny_models(tmp)["tiny-llama"]
+            subprocess.run(
+                [sys.executable, os.path.join(REPO_ROOT, "tests", "tiny_models.py"), "--output_dir", tmp],
+                check=True,
+                capture_output=True,
+            )
+            model_path = os.path.join(tmp, "tiny-llama")
         tokenizer = load_chat_tokenizer(model_path)
     rows = load_records(args.data_path) if args.data_path else synthetic_rows(args.n_rows, args.seed)
-    examples, n_overlong = build_examples(rows, tokenizer, args.max_seq_len, "drop", args.data_path or "synthetic", show_progress=False)
+    examples, n_overlong = build_examples(
+        rows, tokenizer, args.max_seq_len, "drop", args.data_path or "synthetic", show_progress=False
+    )
     lengths = sorted(len(e["input_ids"]) for e in examples)
     mean = sum(lengths) / len(lengths)
-    print(f"data: {args.data_path or 'synthetic (log-normal lengths)'}, {len(examples)} examples "
-          f"({n_overlong} over {args.max_seq_len} tokens dropped), tokens per example: mean {mean:.0f}, "
-          f"median {lengths[len(lengths) // 2]}, min {lengths[0]}, max {lengths[-1]}")
+    print(
+        f"data: {args.data_path or 'synthetic (log-normal lengths)'}, {len(examples)} examples "
+        f"({n_overlong} over {args.max_seq_len} tokens dropped), tokens per example: mean {mean:.0f}, "
+        f"median {lengths[len(lengths) // 2]}, min {lengths[0]}, max {lengths[-1]}"
+    )
     print("real tokens / processed tokens over one epoch (1.000 = no padding)")
     print(f"{'batch':>6} {'original (random, padded)':>26} {'ours length_grouped':>20} {'ours padding_free':>18}")
     results = {}
     for batch_size in args.batch_sizes:
-        ratios = {scheme: token_ratio(examples, scheme, batch_size, args.seed, tokenizer.pad_token_id)
-                  for scheme in ("padded", "length_grouped", "padding_free")}
+        ratios = {
+            scheme: token_ratio(examples, scheme, batch_size, args.seed, tokenizer.pad_token_id)
+            for scheme in ("padded", "length_grouped", "padding_free")
+        }
         results[batch_size] = ratios
-        print(f"{batch_size:>6} {ratios['padded']:>26.3f} {ratios['length_grouped']:>20.3f} {ratios['padding_free']:>18.3f}")
+        print(
+            f"{batch_size:>6} {ratios['padded']:>26.3f} {ratios['length_grouped']:>20.3f} "
+            f"{ratios['padding_free']:>18.3f}"
+        )
     print(json.dumps({str(k): {s: round(v, 4) for s, v in r.items()} for k, r in results.items()}))
 
 

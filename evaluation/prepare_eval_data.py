@@ -20,16 +20,13 @@ Usage:
 """
 
 import json
-import os
 import random
-import sys
 from dataclasses import dataclass, field
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from transformers import HfArgumentParser
 
-from transformers import HfArgumentParser  # noqa: E402
-
-from pipeline_io import InputError, load_records, write_json_atomic  # noqa: E402
+from huatuo_o1 import cli
+from huatuo_o1.records import InputError, load_records, write_json_atomic
 
 LETTERS = "ABCDEFGHIJKLMNOP"
 
@@ -41,9 +38,15 @@ class PrepareArguments:
     medqa_split: str = field(default="test")
     medmcqa: str = field(default="openlifescienceai/medmcqa")
     medmcqa_split: str = field(default="validation")
-    pubmedqa: str = field(default="qiaojin/PubMedQA:pqa_labeled", metadata={"help": "'id:config' selects a configuration."})
-    pubmedqa_split: str = field(default="train", metadata={"help": "The labelled set is published as one 1,000-row split."})
-    pubmedqa_test_ids: str = field(default="", metadata={"help": "JSON with the official test PMIDs (list, or dict keyed by PMID)."})
+    pubmedqa: str = field(
+        default="qiaojin/PubMedQA:pqa_labeled", metadata={"help": "'id:config' selects a configuration."}
+    )
+    pubmedqa_split: str = field(
+        default="train", metadata={"help": "The labelled set is published as one 1,000-row split."}
+    )
+    pubmedqa_test_ids: str = field(
+        default="", metadata={"help": "JSON with the official test PMIDs (list, or dict keyed by PMID)."}
+    )
     mmlu_pro: str = field(default="TIGER-Lab/MMLU-Pro")
     mmlu_pro_split: str = field(default="test")
     gpqa: str = field(default="Idavidrein/gpqa:gpqa_main")
@@ -53,13 +56,24 @@ class PrepareArguments:
 
 def _item(question, option_texts, answer_index, **extra):
     options = {LETTERS[i]: str(text) for i, text in enumerate(option_texts)}
-    return {"question": question, "options": options, "answer_idx": LETTERS[answer_index], "answer": options[LETTERS[answer_index]], **extra}
+    return {
+        "question": question,
+        "options": options,
+        "answer_idx": LETTERS[answer_index],
+        "answer": options[LETTERS[answer_index]],
+        **extra,
+    }
 
 
 def convert_medqa(row):
     # GBaker/MedQA-USMLE-4-options rows already have question / options dict / answer_idx.
     options = {letter: str(text) for letter, text in sorted(row["options"].items())}
-    return {"question": row["question"], "options": options, "answer_idx": row["answer_idx"], "answer": options[row["answer_idx"]]}
+    return {
+        "question": row["question"],
+        "options": options,
+        "answer_idx": row["answer_idx"],
+        "answer": options[row["answer_idx"]],
+    }
 
 
 def convert_medmcqa(row):
@@ -91,16 +105,22 @@ def _convert_all(name, rows, convert):
         try:
             items.append(convert(row))
         except (KeyError, ValueError, TypeError, IndexError) as e:
-            raise InputError(f"{name}: row {index} does not look like this dataset's rows ({type(e).__name__}: {e})") from None
+            raise InputError(
+                f"{name}: row {index} does not look like this dataset's rows ({type(e).__name__}: {e})"
+            ) from None
     return items
 
 
 def build_eval_data(args):
     data = {}
     if args.medqa != "skip":
-        data["MedQA_USLME_test"] = _convert_all(args.medqa, load_records(args.medqa, split=args.medqa_split), convert_medqa)
+        data["MedQA_USLME_test"] = _convert_all(
+            args.medqa, load_records(args.medqa, split=args.medqa_split), convert_medqa
+        )
     if args.medmcqa != "skip":
-        data["MedMCQA_validation"] = _convert_all(args.medmcqa, load_records(args.medmcqa, split=args.medmcqa_split), convert_medmcqa)
+        data["MedMCQA_validation"] = _convert_all(
+            args.medmcqa, load_records(args.medmcqa, split=args.medmcqa_split), convert_medmcqa
+        )
     if args.pubmedqa != "skip":
         rows = load_records(args.pubmedqa, split=args.pubmedqa_split)
         if args.pubmedqa_test_ids:
@@ -111,7 +131,9 @@ def build_eval_data(args):
     if args.mmlu_pro != "skip":
         rows = load_records(args.mmlu_pro, split=args.mmlu_pro_split)
         for source, category in (("MMLU-Pro_Health", "health"), ("MMLU-Pro_Biology", "biology")):
-            data[source] = _convert_all(args.mmlu_pro, [r for r in rows if r.get("category") == category], convert_mmlu_pro)
+            data[source] = _convert_all(
+                args.mmlu_pro, [r for r in rows if r.get("category") == category], convert_mmlu_pro
+            )
     if args.gpqa != "skip":
         rows = load_records(args.gpqa, split=args.gpqa_split)
         rng = random.Random(args.seed)
@@ -123,10 +145,7 @@ def build_eval_data(args):
 
 def main():
     (args,) = HfArgumentParser(PrepareArguments).parse_args_into_dataclasses()
-    try:
-        data = build_eval_data(args)
-    except InputError as e:
-        sys.exit(f"error: {e}")
+    data = build_eval_data(args)
     write_json_atomic(args.output, data)
     for source, items in data.items():
         print(f"{source}: {len(items)} items")
@@ -134,4 +153,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

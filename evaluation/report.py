@@ -10,152 +10,10 @@ of the original code (its "output" was cleaned the same way) re-scores to the or
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from evaluation import scoring  # noqa: E402
-from pipeline_io import write_json_atomic  # noqa: E402
-
-PAPER_TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_table1.json")
-
-
-def paper_table():
-    with open(PAPER_TABLE_PATH, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def paper_figure(source, paper_row):
-    """The paper's Table 1 number for this source and row, or None when no column matches."""
-    table = paper_table()
-    if paper_row not in table["rows"]:
-        raise ValueError(f"--paper_row {paper_row!r} is not in Table 1; choose one of {list(table['rows'])}")
-    column = table["source_to_column"].get(source)
-    if column is None:
-        return None
-    return table["rows"][paper_row][table["columns"].index(column)]
-
-
-def reply_lengths(records):
-    """Mean generated tokens and the share of replies cut by --max_new_tokens (when the server said)."""
-    tokens = [r["completion_tokens"] for r in records if r.get("completion_tokens") is not None]
-    reasons = [r["finish_reason"] for r in records if r.get("finish_reason")]
-    return {
-        "mean_completion_tokens": round(sum(tokens) / len(tokens), 1) if tokens else None,
-        "cut_at_max_new_tokens_rate": round(100.0 * reasons.count("length") / len(reasons), 2) if reasons else None,
-    }
-
-
-AVERAGED = ("paper_accuracy", "paper_first_match_accuracy", "paper_last_match_accuracy", "honest_first_match_accuracy",
-            "honest_last_match_accuracy")
-
-
-def _mean(values):
-    """Mean of the sources that have a figure (a source whose replies were all empty has no paper view)."""
-    values = [v for v in values if v is not None]
-    return round(sum(values) / len(values), 2) if values else None
-
-
-def build_report(results, settings, paper_row):
-    """results: items with 'source' and 'verdict' (scoring.score_item). Returns the report dict."""
-    by_source = {}
-    for record in results:
-        by_source.setdefault(record["source"], []).append(record["verdict"])
-    sources = {}
-    for source, verdicts in by_source.items():
-        records = [r for r in results if r["source"] == source]
-        sources[source] = {**scoring.summarize(verdicts), **reply_lengths(records), "paper_table1": paper_figure(source, paper_row)}
-    overall = {**scoring.summarize([r["verdict"] for r in results]), **reply_lengths(results)}
-    return {
-        "model": settings.get("model_name"),
-        "settings": settings,
-        "paper_row": paper_row,
-        "format_rate": overall["format_rate"],
-        "sources": sources,
-        "overall": overall,
-        "average_over_sources": {key: _mean(s[key] for s in sources.values()) for key in AVERAGED},
-    }
-
-
-# (column title, key in a source's figures); the row label and the paper's figure frame them.
-COLUMNS = [
-    ("n", "n"),
-    ("paper view", "paper_accuracy"),
-    ("paper: first", "paper_first_match_accuracy"),
-    ("paper: last", "paper_last_match_accuracy"),
-    ("paper: scored", "paper_scored"),
-    ("honest: first", "honest_first_match_accuracy"),
-    ("honest: last", "honest_last_match_accuracy"),
-    ("honest: no answer", "honest_no_answer_rate"),
-    ("blank", "blank_reply_rate"),
-    ("format", "format_rate"),
-    ("reply tokens", "mean_completion_tokens"),
-]
-COLUMN_NOTES = (
-    "accuracy in %. **paper view** = the original evaluation's scorer, rule for rule: the better of its "
-    "first-match and last-match accuracy (paper: first / last), over the replies it scores (paper: scored; "
-    "empty replies are dropped, as the original did). Compare this with the paper's Table 1. "
-    "**honest** = what the reply says: a letter counts only where written as an answer, otherwise the "
-    "option's text; first and last option named, over all replies; no answer = no option named (wrong); "
-    "blank = empty or whitespace replies (wrong). format = exactly one `## Thinking` and one "
-    "`## Final Response`; reply tokens = mean generated tokens. Last row: accuracies averaged over sources, "
-    "counts and rates over all replies."
-)
-
-
-def _cell(value):
-    if value is None:
-        return "n/a"
-    return str(value) if isinstance(value, int) else f"{value:.1f}"
-
-
-def markdown_table(summary):
-    lines = [
-        f"Model: `{summary['model']}`; {COLUMN_NOTES}",
-        "",
-        "| source | " + " | ".join(title for title, _ in COLUMNS) + f" | paper: {summary['paper_row']} |",
-        "|---" * (len(COLUMNS) + 2) + "|",
-    ]
-    for source, s in summary["sources"].items():
-        lines.append(f"| {source} | " + " | ".join(_cell(s[key]) for _, key in COLUMNS) + f" | {_cell(s['paper_table1'])} |")
-    o, avg = summary["overall"], summary["average_over_sources"]
-    cells = [_cell(avg[key]) if key in avg else _cell(o[key]) for _, key in COLUMNS]
-    lines.append("| **average over sources** | " + " | ".join(cells) + " | |")
-    return "\n".join(lines) + "\n"
-
-
-def bar_chart(summary, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sources = list(summary["sources"])
-    series = [
-        ("ours, paper view", [summary["sources"][s]["paper_accuracy"] or 0.0 for s in sources]),
-        ("ours, honest first match", [summary["sources"][s]["honest_first_match_accuracy"] for s in sources]),
-        (f"paper: {summary['paper_row']}", [summary["sources"][s]["paper_table1"] or 0.0 for s in sources]),
-    ]
-    width = 0.8 / len(series)
-    figure, axes = plt.subplots(figsize=(max(6, 1.3 * len(sources)), 4))
-    for offset, (label, values) in enumerate(series):
-        axes.bar([i + offset * width for i in range(len(sources))], values, width, label=label)
-    axes.set_xticks([i + width for i in range(len(sources))])
-    axes.set_xticklabels(sources, rotation=30, ha="right", fontsize=8)
-    axes.set_ylabel("accuracy (%)")
-    axes.set_ylim(0, 100)
-    axes.set_title(os.path.basename(os.path.normpath(summary["model"] or "model")))
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
-def write_reports(summary, prefix):
-    write_json_atomic(prefix + ".json", summary)
-    with open(prefix + ".md", "w", encoding="utf-8") as f:
-        f.write(markdown_table(summary))
-    bar_chart(summary, prefix + ".png")
+from huatuo_o1 import cli
+from huatuo_o1.evaluation import report, scoring
+from huatuo_o1.records import write_json_atomic
 
 
 def main():
@@ -173,10 +31,10 @@ def main():
     if os.path.exists(previous):
         with open(previous, encoding="utf-8") as f:
             settings = json.load(f).get("settings", settings)
-    summary = build_report(results, settings, args.paper_row)
-    write_reports(summary, os.path.splitext(args.results_file)[0] + "_report")
-    print(markdown_table(summary))
+    summary = report.build_report(results, settings, args.paper_row)
+    report.write_reports(summary, os.path.splitext(args.results_file)[0] + "_report")
+    print(report.markdown_table(summary))
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

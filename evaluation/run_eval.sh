@@ -9,7 +9,7 @@ if [ $# -lt 1 ]; then sed -n 2,6p "$0"; exit 2; fi
 model=$1; shift
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PYTHON=${PYTHON:-$(command -v python || command -v python3)}
-port=${PORT:-$("$PYTHON" -c 'import sys; sys.path.insert(0, sys.argv[1]); from tools.server_process import free_port; print(free_port())' "$here/..")}
+port=${PORT:-$("$PYTHON" -c 'from huatuo_o1.serving import free_port; print(free_port())')}
 pid_file=$(mktemp "${TMPDIR:-/tmp}/eval_server.XXXXXX")
 rm -f "$pid_file"
 # shellcheck disable=SC2086  # SERVE_ARGS is a list of flags

@@ -18,32 +18,38 @@ import importlib.util
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from transformers import HfArgumentParser
 
-from transformers import HfArgumentParser  # noqa: E402
-
-from tools.server_process import process_start_time, read_pid_file, start_server, stop_from_pid_file  # noqa: E402
+from huatuo_o1 import cli
+from huatuo_o1.serving import process_start_time, read_pid_file, start_server, stop_from_pid_file
 
 DEFAULT_PID_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "server.pid")
 
 
 @dataclass
 class ServeArguments:
-    model_path: Optional[str] = field(default=None, metadata={"help": "Model folder or hub id to serve."})
+    model_path: str | None = field(default=None, metadata={"help": "Model folder or hub id to serve."})
     port: int = field(default=30000)
     host: str = field(default="127.0.0.1")
     backend: str = field(default="auto", metadata={"help": "auto, sglang, vllm or transformers."})
-    mem_fraction_static: float = field(default=0.8, metadata={"help": "GPU memory share (SGLang; vLLM's --gpu-memory-utilization)."})
+    mem_fraction_static: float = field(
+        default=0.8, metadata={"help": "GPU memory share (SGLang; vLLM's --gpu-memory-utilization)."}
+    )
     dp: int = field(default=1, metadata={"help": "Data-parallel replicas (SGLang, vLLM)."})
     tp: int = field(default=1, metadata={"help": "Tensor-parallel GPUs (SGLang, vLLM)."})
     seed: int = field(default=42, metadata={"help": "Server's default random seed."})
-    continuous_batching: bool = field(default=False, metadata={"help": "transformers serve: paged-attention continuous batching."})
+    continuous_batching: bool = field(
+        default=False, metadata={"help": "transformers serve: paged-attention continuous batching."}
+    )
     pid_file: str = field(default=DEFAULT_PID_FILE)
-    log_file: Optional[str] = field(default=None, metadata={"help": "Server output (default: the PID file with .log)."})
-    timeout: float = field(default=1800.0, metadata={"help": "Seconds to wait for the health endpoint (model download and load)."})
-    stop: bool = field(default=False, metadata={"help": "Stop the server recorded in --pid_file instead of starting one."})
+    log_file: str | None = field(default=None, metadata={"help": "Server output (default: the PID file with .log)."})
+    timeout: float = field(
+        default=1800.0, metadata={"help": "Seconds to wait for the health endpoint (model download and load)."}
+    )
+    stop: bool = field(
+        default=False, metadata={"help": "Stop the server recorded in --pid_file instead of starting one."}
+    )
 
 
 def _has_gpu():
@@ -67,20 +73,65 @@ def choose_backend(requested):
 def server_command(args, backend, extra):
     host, port = args.host, str(args.port)
     if backend == "sglang":
-        return [sys.executable, "-m", "sglang.launch_server", "--model-path", args.model_path, "--host", host, "--port", port,
-                "--mem-fraction-static", str(args.mem_fraction_static), "--dp", str(args.dp), "--tp", str(args.tp),
-                "--random-seed", str(args.seed), *extra]
+        return [
+            sys.executable,
+            "-m",
+            "sglang.launch_server",
+            "--model-path",
+            args.model_path,
+            "--host",
+            host,
+            "--port",
+            port,
+            "--mem-fraction-static",
+            str(args.mem_fraction_static),
+            "--dp",
+            str(args.dp),
+            "--tp",
+            str(args.tp),
+            "--random-seed",
+            str(args.seed),
+            *extra,
+        ]
     if backend == "vllm":
-        return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", args.model_path, "--host", host,
-                "--port", port, "--gpu-memory-utilization", str(args.mem_fraction_static),
-                "--data-parallel-size", str(args.dp), "--tensor-parallel-size", str(args.tp), "--seed", str(args.seed), *extra]
+        return [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            args.model_path,
+            "--host",
+            host,
+            "--port",
+            port,
+            "--gpu-memory-utilization",
+            str(args.mem_fraction_static),
+            "--data-parallel-size",
+            str(args.dp),
+            "--tensor-parallel-size",
+            str(args.tp),
+            "--seed",
+            str(args.seed),
+            *extra,
+        ]
     if backend == "transformers":
         missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
         if missing:
             sys.exit(f"error: `transformers serve` needs {' and '.join(missing)}: pip install 'transformers[serving]'")
         # The model given here is pinned: requests must name it exactly so (eval.py sends --model_name).
-        command = [sys.executable, "-m", "transformers.cli.transformers", "serve", args.model_path, "--host", host,
-                   "--port", port, "--default-seed", str(args.seed)]
+        command = [
+            sys.executable,
+            "-m",
+            "transformers.cli.transformers",
+            "serve",
+            args.model_path,
+            "--host",
+            host,
+            "--port",
+            port,
+            "--default-seed",
+            str(args.seed),
+        ]
         if args.continuous_batching:
             command.append("--continuous-batching")
         return command + list(extra)
@@ -93,12 +144,16 @@ def main():
 
     if args.stop:
         if not os.path.exists(args.pid_file):
-            print(f"No server recorded in {args.pid_file}: nothing stopped. (A server started by hand is "
-                  "stopped with `kill PID`; start it with evaluation/serve.py to have it recorded.)")
+            print(
+                f"No server recorded in {args.pid_file}: nothing stopped. (A server started by hand is "
+                "stopped with `kill PID`; start it with evaluation/serve.py to have it recorded.)"
+            )
             return
         pid, _ = read_pid_file(args.pid_file)
         stopped = stop_from_pid_file(args.pid_file)
-        print(f"stopped server PID {pid}" if stopped else f"server PID {pid} had already exited; removed {args.pid_file}")
+        print(
+            f"stopped server PID {pid}" if stopped else f"server PID {pid} had already exited; removed {args.pid_file}"
+        )
         return
 
     if not args.model_path:
@@ -107,24 +162,34 @@ def main():
         pid, started = read_pid_file(args.pid_file)
         current = process_start_time(pid)
         if current is not None and started in (None, current):
-            sys.exit(f"error: {args.pid_file} records a running server (PID {pid}); stop it first "
-                     "(bash evaluation/kill_sglang_server.sh) or pass another --pid_file")
+            sys.exit(
+                f"error: {args.pid_file} records a running server (PID {pid}); stop it first "
+                "(bash evaluation/kill_sglang_server.sh) or pass another --pid_file"
+            )
     backend = choose_backend(args.backend)
     command = server_command(args, backend, extra)
     log_file = args.log_file or os.path.splitext(args.pid_file)[0] + ".log"
     env = {**os.environ, "HF_HUB_DISABLE_UPDATE_CHECK": "1"}
     print(f"starting {backend}: {' '.join(command)}\n(log: {log_file})", flush=True)
     try:
-        process = start_server(command, f"http://{args.host}:{args.port}/health", log_path=log_file,
-                               pid_file=args.pid_file, timeout_s=args.timeout, env=env)
+        process = start_server(
+            command,
+            f"http://{args.host}:{args.port}/health",
+            log_path=log_file,
+            pid_file=args.pid_file,
+            timeout_s=args.timeout,
+            env=env,
+        )
     except (RuntimeError, TimeoutError) as e:
         if os.path.exists(args.pid_file):
             os.remove(args.pid_file)
         with open(log_file, errors="replace") as f:
             tail = "".join(f.readlines()[-15:])
         sys.exit(f"error: the {backend} server did not come up: {e}\nlast lines of {log_file}:\n{tail}")
-    print(f"{backend} server PID {process.pid} ready on http://{args.host}:{args.port}/v1 (recorded in {args.pid_file})")
+    print(
+        f"{backend} server PID {process.pid} ready on http://{args.host}:{args.port}/v1 (recorded in {args.pid_file})"
+    )
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

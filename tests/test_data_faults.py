@@ -8,7 +8,18 @@ import time
 
 import pytest
 
-from tests.data_helpers import CONSTRUCT, FAST, REPO_ROOT, SEARCH, SECRET_KEY, make_items, outputs_of, read_json, run, write_json
+from tests.data_helpers import (
+    CONSTRUCT,
+    FAST,
+    REPO_ROOT,
+    SEARCH,
+    SECRET_KEY,
+    make_items,
+    outputs_of,
+    read_json,
+    run,
+    write_json,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -33,11 +44,19 @@ def test_thirty_percent_mixed_faults_on_200_items_lose_and_duplicate_nothing(sta
     items = make_items(200)
     for item in items[::25]:
         item["standin_filter"] = "Too Simple"
-    teacher = start_teacher(answer_key=items, fault_rate=0.3, faults="429,500,timeout,malformed",
-                            timeout_sleep_s=1.0, wrap="mixed", seed=3)
+    teacher = start_teacher(
+        answer_key=items, fault_rate=0.3, faults="429,500,timeout,malformed", timeout_sleep_s=1.0, wrap="mixed", seed=3
+    )
     problems_path, problem_records, problem_summary = outputs_of(tmp_path, "problems")
-    construct_args = ["--data_path", write_json(tmp_path / "mcq.json", items), "--filter_data", "--output_path",
-                      problems_path, "--output_dir", tmp_path / "p"] + FAULTY
+    construct_args = [
+        "--data_path",
+        write_json(tmp_path / "mcq.json", items),
+        "--filter_data",
+        "--output_path",
+        problems_path,
+        "--output_dir",
+        tmp_path / "p",
+    ] + FAULTY
     run(CONSTRUCT, construct_args, teacher)
 
     records, summary, server = read_json(problem_records), read_json(problem_summary), teacher.stats()
@@ -68,7 +87,9 @@ def test_thirty_percent_mixed_faults_on_200_items_lose_and_duplicate_nothing(sta
 
     # Faults off: a rerun retries exactly the failed items and leaves the finished ones alone.
     failed_search = {r["question"] for r in records if r["outcome"] == "failed"}
-    assert failed_first | failed_search, "with 30% faults and 2 retries some items are expected to fail (p(none) < 1e-5)"
+    assert failed_first | failed_search, (
+        "with 30% faults and 2 retries some items are expected to fail (p(none) < 1e-5)"
+    )
     print(f"failed: construct {len(failed_first)}, search {len(failed_search)}; reasons {summary['failed_by_step']}")
     teacher.configure(fault_rate=0.0)
     teacher.reset()
@@ -77,7 +98,9 @@ def test_thirty_percent_mixed_faults_on_200_items_lose_and_duplicate_nothing(sta
     assert "failed" not in read_json(problem_summary)["by_outcome"]
     # stage A's output now holds the problems that failed before: new items for stage B, the rest stay finished
     new_problems = {p["question"] for p in read_json(problems_path)} - {p["question"] for p in problems}
-    assert len(new_problems) == len(failed_first - {r["question"] for r in read_json(problem_records) if r["outcome"] == "filtered"})
+    assert len(new_problems) == len(
+        failed_first - {r["question"] for r in read_json(problem_records) if r["outcome"] == "filtered"}
+    )
     teacher.reset()
     run(SEARCH, search_args, teacher)
     assert {c["question"] for c in teacher.stats()["calls"]} - {None} == failed_search | new_problems
@@ -86,17 +109,35 @@ def test_thirty_percent_mixed_faults_on_200_items_lose_and_duplicate_nothing(sta
 
 def test_a_run_killed_midway_resumes_without_repeating_finished_items(start_teacher, tmp_path):
     items = make_items(40)
-    problems = [dict(item, **{"Open-ended Verifiable Question": item["question"], "Ground-True Answer": item["answer"]})
-                for item in items]
+    problems = [
+        dict(item, **{"Open-ended Verifiable Question": item["question"], "Ground-True Answer": item["answer"]})
+        for item in items
+    ]
     teacher = start_teacher(answer_key=items, latency_ms=20)
     sft_path, sft_records, sft_summary = outputs_of(tmp_path, "sft")
-    args = ["--data_path", write_json(tmp_path / "problems.json", problems), "--output_path", sft_path,
-            "--output_dir", tmp_path / "s"] + FAST[:-2] + ["--num_process", "4"]
+    args = (
+        [
+            "--data_path",
+            write_json(tmp_path / "problems.json", problems),
+            "--output_path",
+            sft_path,
+            "--output_dir",
+            tmp_path / "s",
+        ]
+        + FAST[:-2]
+        + ["--num_process", "4"]
+    )
     store = tmp_path / "s" / "problems_CoT_search"
 
     env = dict(os.environ, OPENAI_API_KEY=SECRET_KEY)
-    process = subprocess.Popen([sys.executable, SEARCH, "--api_url", teacher.base_url, *map(str, args)], cwd=REPO_ROOT,
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, SEARCH, "--api_url", teacher.base_url, *map(str, args)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
     def finished_files():
         return [name for name in os.listdir(store) if not name.startswith(".tmp-")] if store.is_dir() else []
 

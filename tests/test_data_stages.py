@@ -7,19 +7,37 @@ import types
 
 import pytest
 
-import construct_verifiable_medical_problems as construct
-import search_for_complex_reasoning_path as search
-from construct_verifiable_medical_problems import parse_verdict
-from llm_jobs import ApiArguments, ItemTrace, Teacher, api_base_url, parse_json_object, parse_json_object_as_original, render
-from search_for_complex_reasoning_path import parse_trace, parse_true_false, trace_as_text
+from huatuo_o1 import construct, search
+from huatuo_o1.construct import parse_verdict
+from huatuo_o1.llm_jobs import (
+    ApiArguments,
+    ItemTrace,
+    Teacher,
+    api_base_url,
+    parse_json_object,
+    parse_json_object_as_original,
+    render,
+)
+from huatuo_o1.search import parse_trace, parse_true_false, trace_as_text
 from tests.data_helpers import (
-    CONSTRUCT, FAST, REPO_ROOT, SEARCH, SECRET_KEY, as_problems, make_items, outputs_of, read_json, run, write_json,
+    CONSTRUCT,
+    FAST,
+    REPO_ROOT,
+    SEARCH,
+    SECRET_KEY,
+    as_problems,
+    make_items,
+    outputs_of,
+    read_json,
+    run,
+    write_json,
 )
 
 SFT_KEYS = {"Question", "Complex_CoT", "Response"}
 
 
 # ---- parsing ----------------------------------------------------------------------------------
+
 
 def test_json_is_found_in_fences_and_prose_and_garbage_is_rejected():
     obj = {"Ground-True Answer": "Bladder carcinoma", "n": [1, 2]}
@@ -28,7 +46,9 @@ def test_json_is_found_in_fences_and_prose_and_garbage_is_rejected():
     assert parse_json_object(f"```json\n{plain}\n```") == obj
     assert parse_json_object(f"Sure! Here it is:\n```\n{plain}\n```\nAnything else?") == obj
     assert parse_json_object(f"The result is {plain} as requested.") == obj
-    assert parse_json_object('{"NaturalReasoning": "line one\nline two"}') == {"NaturalReasoning": "line one\nline two"}
+    assert parse_json_object('{"NaturalReasoning": "line one\nline two"}') == {
+        "NaturalReasoning": "line one\nline two"
+    }
     for bad in ["", "Maybe.", plain[: len(plain) // 2], "[1, 2, 3]"]:
         with pytest.raises(ValueError):
             parse_json_object(bad)
@@ -45,8 +65,13 @@ def test_reply_parsers():
     for unusable in ["Maybe.", "It could be true or false.", ""]:
         with pytest.raises(ValueError):
             parse_true_false(unusable)
-    good = {"CoT": [{"action": "Inner Thinking", "title": "t", "content": "c"},
-                    {"action": "Final Conclusion", "content": "X"}, {"action": "Verification", "content": "ok"}]}
+    good = {
+        "CoT": [
+            {"action": "Inner Thinking", "title": "t", "content": "c"},
+            {"action": "Final Conclusion", "content": "X"},
+            {"action": "Verification", "content": "ok"},
+        ]
+    }
     assert parse_trace(json.dumps(good)) == good["CoT"]
     with pytest.raises(ValueError):
         parse_trace(json.dumps({"CoT": good["CoT"][:2] + [good["CoT"][0]]}))
@@ -63,7 +88,10 @@ def test_stored_texts_keep_the_teachers_whitespace():
     # strip them; SFT tokens depend on it); only emptiness is refused.
     assert search.parse_natural('{"NaturalReasoning": "\\nHmm, first.\\nThen.  "}') == "\nHmm, first.\nThen.  "
     assert search.parse_response("  The answer is B.\n\n") == "  The answer is B.\n\n"
-    assert construct.parse_problem('{"Open-ended Verifiable Question": " Q? ", "Ground-True Answer": "A\\n"}') == (" Q? ", "A\n")
+    assert construct.parse_problem('{"Open-ended Verifiable Question": " Q? ", "Ground-True Answer": "A\\n"}') == (
+        " Q? ",
+        "A\n",
+    )
     for empty in ["", " \n"]:
         with pytest.raises(ValueError):
             search.parse_response(empty)
@@ -99,8 +127,14 @@ def test_the_originals_reply_parsing_on_request():
     with pytest.raises(ValueError):
         construct.parse_problem(empty)
     # traces: only the last three actions are looked at; responses: anything, even empty
-    loose = {"CoT": [{"action": "Thinking aloud"}, {"action": "Inner Thinking", "title": "t", "content": "c"},
-                     {"action": "Final Conclusion", "content": "X"}, {"action": "Verification", "content": "ok"}]}
+    loose = {
+        "CoT": [
+            {"action": "Thinking aloud"},
+            {"action": "Inner Thinking", "title": "t", "content": "c"},
+            {"action": "Final Conclusion", "content": "X"},
+            {"action": "Verification", "content": "ok"},
+        ]
+    }
     assert original["trace"](json.dumps(loose)) == loose["CoT"]
     with pytest.raises(ValueError):
         strict["trace"](json.dumps(loose))
@@ -112,16 +146,21 @@ def test_the_originals_reply_parsing_on_request():
 
 def test_requests_carry_max_tokens_as_the_originals_did_unless_zero(monkeypatch):
     sent = []
-    completion = types.SimpleNamespace(usage=None, choices=[types.SimpleNamespace(message=types.SimpleNamespace(content="True"))])
+    completion = types.SimpleNamespace(
+        usage=None, choices=[types.SimpleNamespace(message=types.SimpleNamespace(content="True"))]
+    )
     raw = types.SimpleNamespace(retries_taken=0, parse=lambda: completion)
     for flags, expected in [({}, 8192), ({"max_tokens": 0}, None), ({"max_tokens": 300}, 300)]:
         teacher = Teacher(ApiArguments(api_key="sk-test", **flags))
-        monkeypatch.setattr(teacher.client.chat.completions.with_raw_response, "create", lambda **kw: sent.append(kw) or raw)
+        monkeypatch.setattr(
+            teacher.client.chat.completions.with_raw_response, "create", lambda **kw: sent.append(kw) or raw
+        )
         assert teacher.complete("Is it? True or False", ItemTrace()) == "True"
         assert sent[-1].get("max_tokens") == expected and sent[-1]["messages"][0]["content"] == "Is it? True or False"
 
 
 # ---- stage A ----------------------------------------------------------------------------------
+
 
 def test_construct_with_filter_keeps_judged_items_in_records_only(start_teacher, tmp_path):
     items = make_items(8)
@@ -130,16 +169,38 @@ def test_construct_with_filter_keeps_judged_items_in_records_only(start_teacher,
     items[6]["standin_filter"] = "Not Reformulatable"
     teacher = start_teacher(answer_key=items, wrap="prose")
     main, records, summary = outputs_of(tmp_path, "problems")
-    result = run(CONSTRUCT, ["--data_path", write_json(tmp_path / "mcq.json", items), "--filter_data",
-                             "--output_path", main, "--output_dir", tmp_path / "progress"] + FAST, teacher)
+    result = run(
+        CONSTRUCT,
+        [
+            "--data_path",
+            write_json(tmp_path / "mcq.json", items),
+            "--filter_data",
+            "--output_path",
+            main,
+            "--output_dir",
+            tmp_path / "progress",
+        ]
+        + FAST,
+        teacher,
+    )
 
     problems, all_records, stats = read_json(main), read_json(records), read_json(summary)
     passed = [item for i, item in enumerate(items) if i not in (2, 5, 6)]
     assert [p["question"] for p in problems] == [item["question"] for item in passed]
     for problem, item in zip(problems, passed):  # the input fields plus the two keys, nothing else
-        assert problem == dict(item, **{"Open-ended Verifiable Question": item["question"], "Ground-True Answer": item["answer"]})
-    assert [r["filter_verdict"] for r in all_records] == ["Pass", "Pass", "Ambiguous Answer", "Pass", "Pass",
-                                                           "Too Simple", "Not Reformulatable", "Pass"]
+        assert problem == dict(
+            item, **{"Open-ended Verifiable Question": item["question"], "Ground-True Answer": item["answer"]}
+        )
+    assert [r["filter_verdict"] for r in all_records] == [
+        "Pass",
+        "Pass",
+        "Ambiguous Answer",
+        "Pass",
+        "Pass",
+        "Too Simple",
+        "Not Reformulatable",
+        "Pass",
+    ]
     assert [r["outcome"] for r in all_records].count("filtered") == 3
     assert "Open-ended Verifiable Question" not in all_records[5]
     assert stats["by_outcome"] == {"filtered": 3, "verifiable": 5}
@@ -169,8 +230,16 @@ def test_unparsable_reformat_is_retried_then_recorded_and_a_rerun_retries_only_f
     items = make_items(3)
     teacher = start_teacher(answer_key=items, fault_rate=1.0, faults="malformed")
     main, records, summary = outputs_of(tmp_path, "problems")
-    args = ["--data_path", write_json(tmp_path / "mcq.json", items), "--output_path", main,
-            "--output_dir", tmp_path / "progress", "--parse_attempts", "3"] + FAST
+    args = [
+        "--data_path",
+        write_json(tmp_path / "mcq.json", items),
+        "--output_path",
+        main,
+        "--output_dir",
+        tmp_path / "progress",
+        "--parse_attempts",
+        "3",
+    ] + FAST
     run(CONSTRUCT, args, teacher)
     assert read_json(main) == []
     failed = read_json(records)
@@ -192,11 +261,22 @@ def test_unparsable_reformat_is_retried_then_recorded_and_a_rerun_retries_only_f
 
 # ---- stage B ----------------------------------------------------------------------------------
 
+
 def search_args(tmp_path, problems, name="sft", *extra):
     main, records, summary = outputs_of(tmp_path, name)
-    return ["--data_path", write_json(tmp_path / f"{name}_in.json", problems), "--output_path", main,
-            "--output_dir", tmp_path / f"{name}_progress", "--max_search_attempts", "1", "--max_search_depth", "2",
-            *extra] + FAST, (main, records, summary)
+    return [
+        "--data_path",
+        write_json(tmp_path / f"{name}_in.json", problems),
+        "--output_path",
+        main,
+        "--output_dir",
+        tmp_path / f"{name}_progress",
+        "--max_search_attempts",
+        "1",
+        "--max_search_depth",
+        "2",
+        *extra,
+    ] + FAST, (main, records, summary)
 
 
 def test_search_paths_right_at_once_fixed_by_a_strategy_and_fixed_by_the_label_round(start_teacher, tmp_path):
@@ -249,8 +329,11 @@ def test_the_originals_reply_parsing_runs_end_to_end_and_redoes_items_made_the_o
 
 
 def test_efficient_search_rejects_values_that_are_not_booleans(tmp_path):
-    result = run(SEARCH, ["--data_path", write_json(tmp_path / "p.json", as_problems(make_items(1))),
-                          "--efficient_search", "maybe"], check=False)
+    result = run(
+        SEARCH,
+        ["--data_path", write_json(tmp_path / "p.json", as_problems(make_items(1))), "--efficient_search", "maybe"],
+        check=False,
+    )
     assert result.returncode == 2 and "--efficient_search" in result.stderr and "maybe" in result.stderr
 
 
@@ -292,7 +375,9 @@ def test_strategy_choice_is_reproducible_with_a_seed_and_never_backtracks_first(
     teacher = start_teacher(answer_key=items)
 
     def strategies(name, seed):
-        args, (_, records, _) = search_args(tmp_path, as_problems(items), name, "--efficient_search", "0", "--seed", seed)
+        args, (_, records, _) = search_args(
+            tmp_path, as_problems(items), name, "--efficient_search", "0", "--seed", seed
+        )
         args[args.index("--max_search_depth") + 1] = "3"
         run(SEARCH, args, teacher)
         return [r["response_type"] for r in read_json(records)]
@@ -305,12 +390,27 @@ def test_strategy_choice_is_reproducible_with_a_seed_and_never_backtracks_first(
 
 # ---- language, templates, key, inputs ---------------------------------------------------------
 
+
 def test_chinese_output_uses_the_chinese_templates(start_teacher, tmp_path):
     items = make_items(2, rounds=[1, -1])
     teacher = start_teacher(answer_key=items)
     main, records, _ = outputs_of(tmp_path, "zh_problems")
-    run(CONSTRUCT, ["--data_path", write_json(tmp_path / "mcq.json", items), "--filter_data", "--language", "zh",
-                    "--output_path", main, "--output_dir", tmp_path / "p"] + FAST, teacher)
+    run(
+        CONSTRUCT,
+        [
+            "--data_path",
+            write_json(tmp_path / "mcq.json", items),
+            "--filter_data",
+            "--language",
+            "zh",
+            "--output_path",
+            main,
+            "--output_dir",
+            tmp_path / "p",
+        ]
+        + FAST,
+        teacher,
+    )
     assert len(read_json(main)) == 2
     args, (sft, search_records, _) = search_args(tmp_path, read_json(main), "zh_sft", "--language", "zh")
     run(SEARCH, args, teacher)
@@ -340,8 +440,21 @@ def test_the_key_comes_from_the_environment_or_the_flag_and_never_shows(start_te
     items = make_items(3, rounds=0)
     teacher = start_teacher(answer_key=items, fault_rate=0.5, faults="500,malformed")
     main, records, summary = outputs_of(tmp_path, "problems")
-    base = ["--data_path", write_json(tmp_path / "mcq.json", items), "--filter_data", "--output_path", main,
-            "--output_dir", tmp_path / "p", "--max_retries", "0", "--parse_attempts", "1", "--model_name", "m"]
+    base = [
+        "--data_path",
+        write_json(tmp_path / "mcq.json", items),
+        "--filter_data",
+        "--output_path",
+        main,
+        "--output_dir",
+        tmp_path / "p",
+        "--max_retries",
+        "0",
+        "--parse_attempts",
+        "1",
+        "--model_name",
+        "m",
+    ]
     result = run(CONSTRUCT, base, teacher, env_key=None, check=False)
     assert result.returncode != 0 and "OPENAI_API_KEY" in result.stderr
 
@@ -350,7 +463,9 @@ def test_the_key_comes_from_the_environment_or_the_flag_and_never_shows(start_te
         result = run(CONSTRUCT, base + flag, teacher, env_key=env_key)
         outputs += [result.stdout, result.stderr]
     # an endpoint that refuses connections: the failure reasons are recorded, still without the key
-    result = run(CONSTRUCT, base + ["--api_url", "http://127.0.0.1:9/v1", "--output_dir", tmp_path / "p2"], env_key=SECRET_KEY)
+    result = run(
+        CONSTRUCT, base + ["--api_url", "http://127.0.0.1:9/v1", "--output_dir", tmp_path / "p2"], env_key=SECRET_KEY
+    )
     outputs += [result.stdout, result.stderr]
     assert all(r["failure_reason"].startswith("filter: APIConnectionError") for r in read_json(records))
     for folder, _, files in os.walk(tmp_path):
@@ -361,10 +476,16 @@ def test_the_key_comes_from_the_environment_or_the_flag_and_never_shows(start_te
 BAD_INPUTS = {
     "not_json": ('[{"question": "x", ', "not valid JSON"),
     "wrong_top_level": ('{"question": "x", "options": {"A": "a"}, "answer": "a"}', "expected a JSON list"),
-    "missing_options": ('[{"question": "q", "options": {"A": "a"}, "answer": "a"}, {"question": "q", "answer": "a"}]', "row 1 lacks the field(s) 'options'"),
+    "missing_options": (
+        '[{"question": "q", "options": {"A": "a"}, "answer": "a"}, {"question": "q", "answer": "a"}]',
+        "row 1 lacks the field(s) 'options'",
+    ),
     "missing_question": ('[{"options": {"A": "a"}, "answer": "a"}]', "row 0 lacks the field(s) 'question'"),
     "missing_answer": ('[{"question": "q", "options": {"A": "a"}}]', "row 0 lacks the field(s) 'answer'"),
-    "options_not_a_dict": ('[{"question": "q", "options": ["a", "b"], "answer": "a"}]', "row 0 has 'options' of type list"),
+    "options_not_a_dict": (
+        '[{"question": "q", "options": ["a", "b"], "answer": "a"}]',
+        "row 0 has 'options' of type list",
+    ),
     "empty_list": ("[]", "the list is empty"),
     "jsonl_bad_line": ('{"question": "q", "options": {"A": "a"}, "answer": "a"}\n{oops\n', "line 2 is not valid JSON"),
 }
@@ -378,8 +499,12 @@ def test_bad_input_stops_with_one_clear_error_and_overwrites_nothing(tmp_path, c
     output = tmp_path / "out.json"
     output.write_text("EXISTING")
     # one case as a real process (exit status, stderr), the others in-process (same main, faster)
-    result = run(CONSTRUCT, ["--data_path", path, "--output_path", output, "--output_dir", tmp_path / "p"], check=False,
-                 subprocess_run=case == "not_json")
+    result = run(
+        CONSTRUCT,
+        ["--data_path", path, "--output_path", output, "--output_dir", tmp_path / "p"],
+        check=False,
+        subprocess_run=case == "not_json",
+    )
     assert result.returncode != 0
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and str(path) in error_lines[0] and expected in error_lines[0]
@@ -396,9 +521,14 @@ def test_search_rejects_input_without_problems_and_offline_hub_ids(tmp_path):
     assert result.returncode != 0 and "row 1 is a str, expected an object" in result.stderr
     path = write_json(tmp_path / "mcq.json", make_items(2))
     result = run(SEARCH, ["--data_path", path], check=False)
-    assert result.returncode != 0 and path in result.stderr and "construct_verifiable_medical_problems.py" in result.stderr
-    result = run(SEARCH, ["--data_path", "FreedomIntelligence/medical-o1-verifiable-problem"], check=False,
-                 cwd=str(tmp_path))
+    assert (
+        result.returncode != 0
+        and path in result.stderr
+        and "construct_verifiable_medical_problems.py" in result.stderr
+    )
+    result = run(
+        SEARCH, ["--data_path", "FreedomIntelligence/medical-o1-verifiable-problem"], check=False, cwd=str(tmp_path)
+    )
     assert result.returncode != 0 and "could not load the Hugging Face dataset" in result.stderr
     assert "Traceback" not in result.stderr and not os.path.exists(tmp_path / "output_data")
 
@@ -407,9 +537,31 @@ def test_the_seed_commands_work_as_typed_on_the_demo_data(start_teacher, tmp_pat
     demo = os.path.join(REPO_ROOT, "data", "demo_data.json")
     teacher = start_teacher(answer_key=demo)
     # the seed's two commands, plus where the teacher is; run in a scratch folder so outputs land there
-    run(CONSTRUCT, ["--data_path", demo, "--filter_data", "--model_name", "gpt-4o"], teacher, cwd=tmp_path, subprocess_run=True)
-    run(SEARCH, ["--data_path", demo, "--efficient_search", "True", "--max_search_attempts", "1",
-                 "--max_search_depth", "2", "--model_name", "gpt-4o"], teacher, cwd=tmp_path, subprocess_run=True)
+    run(
+        CONSTRUCT,
+        ["--data_path", demo, "--filter_data", "--model_name", "gpt-4o"],
+        teacher,
+        cwd=tmp_path,
+        subprocess_run=True,
+    )
+    run(
+        SEARCH,
+        [
+            "--data_path",
+            demo,
+            "--efficient_search",
+            "True",
+            "--max_search_attempts",
+            "1",
+            "--max_search_depth",
+            "2",
+            "--model_name",
+            "gpt-4o",
+        ],
+        teacher,
+        cwd=tmp_path,
+        subprocess_run=True,
+    )
     names = sorted(os.listdir(tmp_path))
     final = [n for n in names if re.fullmatch(r"demo_data_final_\d+\.json", n)]
     sft = [n for n in names if re.fullmatch(r"demo_data_CoT_search_\d+\.json", n)]
@@ -427,8 +579,21 @@ def test_no_more_than_num_process_requests_are_in_flight(start_teacher, tmp_path
     items = make_items(24)
     teacher = start_teacher(answer_key=items, latency_ms=60)
     main, _, _ = outputs_of(tmp_path, "problems")
-    run(CONSTRUCT, ["--data_path", write_json(tmp_path / "mcq.json", items), "--filter_data", "--output_path", main,
-                    "--output_dir", tmp_path / "p"] + FAST + ["--num_process", "3"], teacher)
+    run(
+        CONSTRUCT,
+        [
+            "--data_path",
+            write_json(tmp_path / "mcq.json", items),
+            "--filter_data",
+            "--output_path",
+            main,
+            "--output_dir",
+            tmp_path / "p",
+        ]
+        + FAST
+        + ["--num_process", "3"],
+        teacher,
+    )
     arrivals = sorted(call["time"] for call in teacher.stats()["calls"])
     assert len(arrivals) == 48
     assert min(later - earlier for earlier, later in zip(arrivals, arrivals[3:])) >= 0.055

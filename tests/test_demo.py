@@ -16,8 +16,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.slow
 def test_quick_demo_runs_every_stage_and_learns_the_layout(tmp_path, smollm2):
     out = tmp_path / "demo"
-    result = subprocess.run([sys.executable, "demo.py", "--quick", "--output_dir", str(out), "--model_path", smollm2],
-                            cwd=REPO, capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(
+        [sys.executable, "demo.py", "--quick", "--output_dir", str(out), "--model_path", smollm2],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "HuatuoGPT-o1 demo: what ran" in result.stdout
     summary = json.loads((out / "demo_summary.json").read_text())
@@ -54,6 +59,15 @@ def test_quick_demo_runs_every_stage_and_learns_the_layout(tmp_path, smollm2):
         assert all(0.0 <= acc <= 1.0 for acc in summary["accuracy"][name].values())
         assert glob.glob(str(out / "eval" / name / "*_report.png"))
     assert summary["format_rate"]["trained"] > summary["format_rate"]["base"]
-    assert [s["stage"] for s in summary["stages"]] == ["model", "construct", "search", "sft", "verifier", "rl",
-                                                       "eval base", "eval trained", "inference"]
+    assert [s["stage"] for s in summary["stages"]] == [
+        "model",
+        "construct",
+        "search",
+        "sft",
+        "verifier",
+        "rl",
+        "eval base",
+        "eval trained",
+        "inference",
+    ]
     assert (out / "logs" / "inference.log").read_text().strip()

@@ -1,4 +1,4 @@
-"""evaluation/scoring.py: the paper view rule by rule (P1-P5, the original scorer's quirks included),
+"""huatuo_o1/evaluation/scoring.py: the paper view rule by rule (P1-P5, the original scorer's quirks included),
 the honest view (H1-H5) on hand-labelled real-style replies, the figures, and evaluation/report.py
 re-scoring a results file."""
 
@@ -9,12 +9,28 @@ import sys
 
 import pytest
 
-from evaluation import scoring
+from huatuo_o1.evaluation import scoring
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 FOUR = {"A": "Mumps", "B": "Measles", "C": "Rubella", "D": "Chickenpox"}
-TEN = {k: v for k, v in zip("ABCDEFGHIJ", ["Liver", "Spleen", "Gallbladder", "Kidney", "Pancreas", "Stomach",
-                                            "Adrenal gland", "Thyroid", "Pituitary gland", "Small intestine"])}
+TEN = {
+    k: v
+    for k, v in zip(
+        "ABCDEFGHIJ",
+        [
+            "Liver",
+            "Spleen",
+            "Gallbladder",
+            "Kidney",
+            "Pancreas",
+            "Stomach",
+            "Adrenal gland",
+            "Thyroid",
+            "Pituitary gland",
+            "Small intestine",
+        ],
+    )
+}
 YES_NO_MAYBE = {"A": "yes", "B": "no", "C": "maybe"}
 LP = {"A": "CT angiography", "B": "Lumbar puncture", "C": "MRI of the spine", "D": "Discharge"}
 CELLS = {"A": "B cells", "B": "T cells", "C": "NK cells", "D": "Macrophages"}
@@ -92,7 +108,11 @@ def test_paper_view_on_synthetic_replies_of_many_kinds():
     cases = load("eval_paper_view_cases.json")
     assert len({c["kind"] for c in cases}) >= 34
     got = [first_last(scoring.paper_extract(c["reply"], c["options"])) for c in cases]
-    wrong = [(c["kind"], c["reply"], (c["first"], c["last"]), found) for c, found in zip(cases, got) if found != (c["first"], c["last"])]
+    wrong = [
+        (c["kind"], c["reply"], (c["first"], c["last"]), found)
+        for c, found in zip(cases, got)
+        if found != (c["first"], c["last"])
+    ]
     assert wrong == []
 
 
@@ -125,7 +145,13 @@ HONEST_CASES = [
     ("**Answer:** B) Measles", FOUR, "B", "B", "answer_statement"),
     ("The correct option is C.", FOUR, "C", "C", "answer_statement"),
     ("B is correct.", FOUR, "B", "B", "answer_statement"),
-    ("The answer is B because of the Koplik spots. Mumps (A) would swell the parotids.", FOUR, "B", "B", "answer_statement"),
+    (
+        "The answer is B because of the Koplik spots. Mumps (A) would swell the parotids.",
+        FOUR,
+        "B",
+        "B",
+        "answer_statement",
+    ),
     ("The answer is A... no, the answer is C.", FOUR, "A", "C", "answer_statement"),
     ("A is incorrect, while B is the correct answer: measles.", FOUR, "B", "B", "answer_statement"),
     ("答案是B。", FOUR, "B", "B", "answer_statement"),
@@ -140,7 +166,13 @@ HONEST_CASES = [
     ("The serology shows acute Hepatitis B.", HEPATITIS, "B", "B", "option_text"),
     ("This is Hepatitis E in pregnancy.", HEPATITIS, "D", "D", "option_text"),
     ("Night blindness means a lack of vitamin A.", VITAMINS, "A", "A", "option_text"),
-    ("Thus vitamin A is the correct answer.", {"A": "Vitamin D", "B": "Vitamin K", "C": "Vitamin A"}, "C", "C", "option_text"),
+    (
+        "Thus vitamin A is the correct answer.",
+        {"A": "Vitamin D", "B": "Vitamin K", "C": "Vitamin A"},
+        "C",
+        "C",
+        "option_text",
+    ),
     ("The patient can be discharged home.", LP, "D", "D", "option_text"),  # "discharged" names "Discharge"
     ("A B cell defect.", {"A": "T cells", "B": "B cells"}, "B", "B", "option_text"),  # "B cell" names "B cells"
     ("Vitamin A toxicity explains it.", VITAMINS, "C", "C", "option_text"),  # not Vitamin A inside it
@@ -204,9 +236,25 @@ def test_verdicts_and_figures_by_hand():
     ]
     verdicts = [scoring.score_item({"options": o, "answer_idx": g}, reply) for reply, o, g in cases]
     assert [(v["paper"]["first"], v["paper"]["last"]) for v in verdicts] == [
-        ("C", "C"), ("B", "D"), ("I", "I"), ("L", "L"), ("C", "C"), (None, None), ("D", "D"), ("B", "B")]
+        ("C", "C"),
+        ("B", "D"),
+        ("I", "I"),
+        ("L", "L"),
+        ("C", "C"),
+        (None, None),
+        ("D", "D"),
+        ("B", "B"),
+    ]
     assert [(v["honest"]["first"], v["honest"]["last"]) for v in verdicts] == [
-        ("C", "C"), ("B", "D"), ("E", "E"), ("B", "B"), (None, None), (None, None), (None, None), ("B", "B")]
+        ("C", "C"),
+        ("B", "D"),
+        ("E", "E"),
+        ("B", "B"),
+        (None, None),
+        (None, None),
+        (None, None),
+        ("B", "B"),
+    ]
     summary = scoring.summarize(verdicts)
     assert (summary["n"], summary["paper_scored"]) == (8, 7)
     # Paper, over 7 scored: first right = cases 0, 6, 7 -> 3/7; last right adds case 1 -> 4/7.
@@ -216,23 +264,39 @@ def test_verdicts_and_figures_by_hand():
     assert summary["paper_similarity_fallback_rate"] == round(200 / 7, 2)  # cases 4 and 6
     # Honest, over all 8: first right = 0, 2, 3, 7 -> 50%; last adds case 1 -> 62.5%.
     assert (summary["honest_first_match_accuracy"], summary["honest_last_match_accuracy"]) == (50.0, 62.5)
-    assert (summary["honest_no_answer_rate"], summary["blank_reply_rate"], summary["format_rate"]) == (12.5, 25.0, 12.5)
+    assert (summary["honest_no_answer_rate"], summary["blank_reply_rate"], summary["format_rate"]) == (
+        12.5,
+        25.0,
+        12.5,
+    )
 
 
 def test_a_source_of_empty_replies_has_no_paper_figure():
     verdicts = [scoring.score_item({"options": FOUR, "answer_idx": "A"}, "")] * 2
     summary = scoring.summarize(verdicts)
-    assert (summary["paper_scored"], summary["paper_accuracy"], summary["honest_first_match_accuracy"]) == (0, None, 0.0)
+    assert (summary["paper_scored"], summary["paper_accuracy"], summary["honest_first_match_accuracy"]) == (
+        0,
+        None,
+        0.0,
+    )
 
 
 def test_report_rescores_a_results_file_to_the_paper_views_figures(tmp_path, repo_root):
     def record(source, options, gold, output, tokens=10, finish="stop"):
-        return {"source": source, "options": options, "answer_idx": gold, "output": output,
-                "completion_tokens": tokens, "finish_reason": finish}
+        return {
+            "source": source,
+            "options": options,
+            "answer_idx": gold,
+            "output": output,
+            "completion_tokens": tokens,
+            "finish_reason": finish,
+        }
 
     results = [
         # MedQA_USLME_test: 5 replies, one empty (dropped) -> 4 scored.
-        record("MedQA_USLME_test", FOUR, "B", "## Thinking\n\nA?\n\n## Final Response\n\nThe answer is B."),  # B/B right
+        record(
+            "MedQA_USLME_test", FOUR, "B", "## Thinking\n\nA?\n\n## Final Response\n\nThe answer is B."
+        ),  # B/B right
         record("MedQA_USLME_test", LP, "B", "The answer is Lumbar puncture."),  # L/L wrong
         record("MedQA_USLME_test", FOUR, "D", "Either A, D"),  # A/D: last right
         record("MedQA_USLME_test", FOUR, "C", "Measles, then rubella, then measles again."),  # C/B: first right
@@ -244,14 +308,22 @@ def test_report_rescores_a_results_file_to_the_paper_views_figures(tmp_path, rep
     ]
     path = tmp_path / "m_api_x.json"
     path.write_text(json.dumps(results))
-    done = subprocess.run([sys.executable, "evaluation/report.py", str(path), "--paper_row", "LLaMA-3.1-8B-Instruct"],
-                          cwd=repo_root, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "evaluation/report.py", str(path), "--paper_row", "LLaMA-3.1-8B-Instruct"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "m_api_x_report.json").read_text())
     medqa, pubmedqa = report["sources"]["MedQA_USLME_test"], report["sources"]["PubMedQA"]
     # MedQA: first right 2/4 (cases 0, 3), last right 2/4 (cases 0, 2) -> 50.0.
     assert (medqa["n"], medqa["paper_scored"]) == (5, 4)
-    assert (medqa["paper_first_match_accuracy"], medqa["paper_last_match_accuracy"], medqa["paper_accuracy"]) == (50.0, 50.0, 50.0)
+    assert (medqa["paper_first_match_accuracy"], medqa["paper_last_match_accuracy"], medqa["paper_accuracy"]) == (
+        50.0,
+        50.0,
+        50.0,
+    )
     # PubMedQA: first and last right 2/3.
     assert (pubmedqa["paper_scored"], pubmedqa["paper_accuracy"]) == (3, round(200 / 3, 2))
     # Honest, over all 5: first right = case 0 (B) and case 1 (Lumbar puncture is B); case 3 names measles first.

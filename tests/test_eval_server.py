@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from evaluation import scoring
-from tools.server_process import free_port, read_pid_file
+from huatuo_o1.evaluation import scoring
+from huatuo_o1.serving import free_port, read_pid_file
 
 pytestmark = pytest.mark.slow
 
@@ -37,10 +37,25 @@ def test_serve_eval_and_stop_only_our_server(tiny_models, repo_root, tmp_path):
     port = free_port()
     pid_file = tmp_path / "server.pid"
     # Stands in for someone else's SGLang: the original stop script would have killed it.
-    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "sglang.launch_server", "--port", "1"])
+    bystander = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(300)", "sglang.launch_server", "--port", "1"]
+    )
     try:
-        run(repo_root, sys.executable, "evaluation/serve.py", "--model_path", model, "--port", str(port),
-            "--backend", "transformers", "--pid_file", str(pid_file), "--timeout", "120")
+        run(
+            repo_root,
+            sys.executable,
+            "evaluation/serve.py",
+            "--model_path",
+            model,
+            "--port",
+            str(port),
+            "--backend",
+            "transformers",
+            "--pid_file",
+            str(pid_file),
+            "--timeout",
+            "120",
+        )
         server_pid, _ = read_pid_file(pid_file)
         assert alive(server_pid)
 
@@ -48,13 +63,42 @@ def test_serve_eval_and_stop_only_our_server(tiny_models, repo_root, tmp_path):
         out1 = tmp_path / "run1"
         out1.mkdir()
         stem = "tiny-llama_api_demo_eval_data"
-        common = ["--model_name", model, "--eval_file", DEMO_FILE, "--port", str(port), "--max_new_tokens", "8",
-                  "--max_items_per_source", "2", "--batch_size", "4", "--seed", "7"]
-        settings = {"model_name": model, "eval_file": DEMO_FILE, "max_new_tokens": 8, "max_tokens": -1, "use_chat_template": True,
-                    "keep_template_bos": False, "strict_prompt": False, "request_mode": "completions", "served_model_name": None, "temperature": 0.5,
-                    "top_p": 0.9, "seed": 7}
+        common = [
+            "--model_name",
+            model,
+            "--eval_file",
+            DEMO_FILE,
+            "--port",
+            str(port),
+            "--max_new_tokens",
+            "8",
+            "--max_items_per_source",
+            "2",
+            "--batch_size",
+            "4",
+            "--seed",
+            "7",
+        ]
+        settings = {
+            "model_name": model,
+            "eval_file": DEMO_FILE,
+            "max_new_tokens": 8,
+            "max_tokens": -1,
+            "use_chat_template": True,
+            "keep_template_bos": False,
+            "strict_prompt": False,
+            "request_mode": "completions",
+            "served_model_name": None,
+            "temperature": 0.5,
+            "top_p": 0.9,
+            "seed": 7,
+        }
         (out1 / f"{stem}.partial.jsonl").write_text(
-            json.dumps({"settings": settings}) + "\n" + json.dumps({"id": "PubMedQA/1", "output": "The answer is B."}) + "\n")
+            json.dumps({"settings": settings})
+            + "\n"
+            + json.dumps({"id": "PubMedQA/1", "output": "The answer is B."})
+            + "\n"
+        )
         done = run(repo_root, sys.executable, "evaluation/eval.py", *common, "--output_dir", str(out1))
         assert "14 items, 1 already answered (resumed), 13 to ask" in done.stdout
         results = json.loads((out1 / f"{stem}.json").read_text())
@@ -66,11 +110,21 @@ def test_serve_eval_and_stop_only_our_server(tiny_models, repo_root, tmp_path):
         resumed = next(r for r in results if r["id"] == "PubMedQA/1")
         assert resumed["output"] == "The answer is B." and resumed["verdict"]["honest"]["first_correct"]
         assert resumed["verdict"]["paper"]["first_correct"]
-        assert all(r["prompt"].startswith("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nPlease answer") for r in results)
+        assert all(
+            r["prompt"].startswith("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nPlease answer")
+            for r in results
+        )
         assert not (out1 / f"{stem}.partial.jsonl").exists()
         report = json.loads((out1 / f"{stem}_report.json").read_text())
-        assert set(report["sources"]) == {"MedQA_USLME_test", "MedMCQA_validation", "PubMedQA", "MMLU-Pro_Health",
-                                          "MMLU-Pro_Biology", "GPQA_Genetics", "GPQA_Molecular_Biology"}
+        assert set(report["sources"]) == {
+            "MedQA_USLME_test",
+            "MedMCQA_validation",
+            "PubMedQA",
+            "MMLU-Pro_Health",
+            "MMLU-Pro_Biology",
+            "GPQA_Genetics",
+            "GPQA_Molecular_Biology",
+        }
         # Each source's figures are those of its items' verdicts.
         for source, figures in report["sources"].items():
             verdicts = [r["verdict"] for r in results if r["source"] == source]
@@ -84,48 +138,108 @@ def test_serve_eval_and_stop_only_our_server(tiny_models, repo_root, tmp_path):
 
         # Run 2: no client template, strict prompt, prompts cut to 250 tokens (tiny tokenizer: ~160-330 uncut).
         out2 = tmp_path / "run2"
-        run(repo_root, sys.executable, "evaluation/eval.py", *common, "--output_dir", str(out2),
-            "--use_chat_template", "False", "--strict_prompt", "--max_tokens", "250")
+        run(
+            repo_root,
+            sys.executable,
+            "evaluation/eval.py",
+            *common,
+            "--output_dir",
+            str(out2),
+            "--use_chat_template",
+            "False",
+            "--strict_prompt",
+            "--max_tokens",
+            "250",
+        )
         results = json.loads((out2 / f"{stem}_strict.json").read_text())
         assert len(results) == 14
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model)
         for r in results:
-            assert r["prompt"].startswith("Please answer the following multiple-choice questions. Please answer the following")
+            assert r["prompt"].startswith(
+                "Please answer the following multiple-choice questions. Please answer the following"
+            )
             assert len(tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]) <= 250
             assert r["prompt"].endswith(f"{list(r['options'])[-1]}. {list(r['options'].values())[-1]}")
             # Short MedMCQA questions fit whole; the long PubMedQA contexts were cut.
-            assert (r["question"] in r["prompt"]) == (r["source"] != "PubMedQA") or r["source"] not in ("PubMedQA", "MedMCQA_validation")
+            assert (r["question"] in r["prompt"]) == (r["source"] != "PubMedQA") or r["source"] not in (
+                "PubMedQA",
+                "MedMCQA_validation",
+            )
 
         # Run 3: the chat endpoint (the server applies the template).
         out3 = tmp_path / "run3"
-        run(repo_root, sys.executable, "evaluation/eval.py", *common, "--output_dir", str(out3), "--request_mode", "chat",
-            "--max_items_per_source", "1")
+        run(
+            repo_root,
+            sys.executable,
+            "evaluation/eval.py",
+            *common,
+            "--output_dir",
+            str(out3),
+            "--request_mode",
+            "chat",
+            "--max_items_per_source",
+            "1",
+        )
         assert len(json.loads((out3 / f"{stem}.json").read_text())) == 7
 
         # Stop: exactly the recorded server, not the other "sglang" process.
-        done = run(repo_root, "bash", "evaluation/kill_sglang_server.sh", str(pid_file), env={**os.environ, "PYTHON": sys.executable})
+        done = run(
+            repo_root,
+            "bash",
+            "evaluation/kill_sglang_server.sh",
+            str(pid_file),
+            env={**os.environ, "PYTHON": sys.executable},
+        )
         assert f"stopped server PID {server_pid}" in done.stdout
         assert not alive(server_pid) and not pid_file.exists()
         assert bystander.poll() is None
-        done = run(repo_root, "bash", "evaluation/kill_sglang_server.sh", str(pid_file), env={**os.environ, "PYTHON": sys.executable})
+        done = run(
+            repo_root,
+            "bash",
+            "evaluation/kill_sglang_server.sh",
+            str(pid_file),
+            env={**os.environ, "PYTHON": sys.executable},
+        )
         assert "nothing stopped" in done.stdout
     finally:
         if pid_file.exists():
-            subprocess.run([sys.executable, "evaluation/serve.py", "--stop", "--pid_file", str(pid_file)], cwd=repo_root)
+            subprocess.run(
+                [sys.executable, "evaluation/serve.py", "--stop", "--pid_file", str(pid_file)], cwd=repo_root
+            )
         bystander.kill()
         bystander.wait()
 
 
 def test_run_eval_one_command(tiny_models, repo_root, tmp_path):
     model = tiny_models["tiny-qwen2"]
-    env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path), "SERVE_ARGS": "--backend transformers --timeout 120"}
-    done = run(repo_root, "bash", "evaluation/run_eval.sh", model, "--eval_file", DEMO_FILE, "--max_new_tokens", "6",
-               "--max_items_per_source", "1", "--output_dir", str(tmp_path / "out"), env=env)
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "TMPDIR": str(tmp_path),
+        "SERVE_ARGS": "--backend transformers --timeout 120",
+    }
+    done = run(
+        repo_root,
+        "bash",
+        "evaluation/run_eval.sh",
+        model,
+        "--eval_file",
+        DEMO_FILE,
+        "--max_new_tokens",
+        "6",
+        "--max_items_per_source",
+        "1",
+        "--output_dir",
+        str(tmp_path / "out"),
+        env=env,
+    )
     server_pid = int(re.search(r"server PID (\d+) ready", done.stdout).group(1))
     assert f"stopped server PID {server_pid}" in done.stdout and not alive(server_pid)
     report = json.loads((tmp_path / "out" / "tiny-qwen2_api_demo_eval_data_report.json").read_text())
     assert report["overall"]["n"] == 7 and "format_rate" in report
     assert all(s["n"] == 1 for s in report["sources"].values())
-    assert not [p for p in os.listdir(tmp_path) if p.startswith("eval_server.") and not p.endswith(".log")]  # PID file removed
+    assert not [
+        p for p in os.listdir(tmp_path) if p.startswith("eval_server.") and not p.endswith(".log")
+    ]  # PID file removed

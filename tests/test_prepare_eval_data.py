@@ -14,28 +14,106 @@ MEDQA_ROW = {
     "answer_idx": "B",
     "metamap_phrases": ["antibody"],
 }
-MEDMCQA_ROW = {"id": "m1", "question": "Scurvy is caused by deficiency of:", "opa": "Vitamin A", "opb": "Vitamin B1",
-               "opc": "Vitamin C", "opd": "Vitamin D", "cop": 2, "choice_type": "single", "exp": "", "subject_name": "Biochemistry", "topic_name": ""}
+MEDMCQA_ROW = {
+    "id": "m1",
+    "question": "Scurvy is caused by deficiency of:",
+    "opa": "Vitamin A",
+    "opb": "Vitamin B1",
+    "opc": "Vitamin C",
+    "opd": "Vitamin D",
+    "cop": 2,
+    "choice_type": "single",
+    "exp": "",
+    "subject_name": "Biochemistry",
+    "topic_name": "",
+}
 PUBMEDQA_ROWS = [
-    {"pubid": 111, "question": "Does walking lower blood pressure?", "context": {"contexts": ["Trial of 400 adults.", "BP fell 6 mmHg."], "labels": ["METHODS", "RESULTS"]},
-     "long_answer": "Yes.", "final_decision": "yes"},
-    {"pubid": 222, "question": "Does the supplement prevent asthma?", "context": {"contexts": ["No difference."], "labels": ["RESULTS"]},
-     "long_answer": "No.", "final_decision": "no"},
+    {
+        "pubid": 111,
+        "question": "Does walking lower blood pressure?",
+        "context": {"contexts": ["Trial of 400 adults.", "BP fell 6 mmHg."], "labels": ["METHODS", "RESULTS"]},
+        "long_answer": "Yes.",
+        "final_decision": "yes",
+    },
+    {
+        "pubid": 222,
+        "question": "Does the supplement prevent asthma?",
+        "context": {"contexts": ["No difference."], "labels": ["RESULTS"]},
+        "long_answer": "No.",
+        "final_decision": "no",
+    },
 ]
 MMLU_PRO_ROWS = [
-    {"question_id": 1, "question": "Which organ makes insulin?", "options": ["Liver", "Spleen", "Gallbladder", "Kidney", "Pancreas", "Stomach", "Adrenal", "Thyroid", "Pituitary", "Colon"],
-     "answer": "E", "answer_index": 4, "cot_content": "", "category": "health", "src": "x"},
-    {"question_id": 2, "question": "Which molecule carries amino acids?", "options": ["mRNA", "tRNA", "rRNA"], "answer": "B", "answer_index": 1,
-     "cot_content": "", "category": "biology", "src": "y"},
-    {"question_id": 3, "question": "What is 2+2?", "options": ["3", "4"], "answer": "B", "answer_index": 1, "cot_content": "", "category": "math", "src": "z"},
+    {
+        "question_id": 1,
+        "question": "Which organ makes insulin?",
+        "options": [
+            "Liver",
+            "Spleen",
+            "Gallbladder",
+            "Kidney",
+            "Pancreas",
+            "Stomach",
+            "Adrenal",
+            "Thyroid",
+            "Pituitary",
+            "Colon",
+        ],
+        "answer": "E",
+        "answer_index": 4,
+        "cot_content": "",
+        "category": "health",
+        "src": "x",
+    },
+    {
+        "question_id": 2,
+        "question": "Which molecule carries amino acids?",
+        "options": ["mRNA", "tRNA", "rRNA"],
+        "answer": "B",
+        "answer_index": 1,
+        "cot_content": "",
+        "category": "biology",
+        "src": "y",
+    },
+    {
+        "question_id": 3,
+        "question": "What is 2+2?",
+        "options": ["3", "4"],
+        "answer": "B",
+        "answer_index": 1,
+        "cot_content": "",
+        "category": "math",
+        "src": "z",
+    },
 ]
 GPQA_ROWS = [
-    {"Question": "Carrier parents: chance of an affected child?", "Correct Answer": "1 in 4", "Incorrect Answer 1": "1 in 2",
-     "Incorrect Answer 2": "3 in 4", "Incorrect Answer 3": "1 in 8", "Subdomain": "Genetics", "High-level domain": "Biology"},
-    {"Question": "Which enzyme joins Okazaki fragments?", "Correct Answer": "DNA ligase", "Incorrect Answer 1": "Primase",
-     "Incorrect Answer 2": "Helicase", "Incorrect Answer 3": "Gyrase", "Subdomain": "Molecular Biology", "High-level domain": "Biology"},
-    {"Question": "Quantum question", "Correct Answer": "x", "Incorrect Answer 1": "y", "Incorrect Answer 2": "z",
-     "Incorrect Answer 3": "w", "Subdomain": "Quantum Mechanics", "High-level domain": "Physics"},
+    {
+        "Question": "Carrier parents: chance of an affected child?",
+        "Correct Answer": "1 in 4",
+        "Incorrect Answer 1": "1 in 2",
+        "Incorrect Answer 2": "3 in 4",
+        "Incorrect Answer 3": "1 in 8",
+        "Subdomain": "Genetics",
+        "High-level domain": "Biology",
+    },
+    {
+        "Question": "Which enzyme joins Okazaki fragments?",
+        "Correct Answer": "DNA ligase",
+        "Incorrect Answer 1": "Primase",
+        "Incorrect Answer 2": "Helicase",
+        "Incorrect Answer 3": "Gyrase",
+        "Subdomain": "Molecular Biology",
+        "High-level domain": "Biology",
+    },
+    {
+        "Question": "Quantum question",
+        "Correct Answer": "x",
+        "Incorrect Answer 1": "y",
+        "Incorrect Answer 2": "z",
+        "Incorrect Answer 3": "w",
+        "Subdomain": "Quantum Mechanics",
+        "High-level domain": "Physics",
+    },
 ]
 
 
@@ -46,7 +124,9 @@ def write(tmp_path, name, rows, jsonl=False):
 
 
 def run_prepare(repo_root, *argv):
-    return subprocess.run([sys.executable, "evaluation/prepare_eval_data.py", *argv], cwd=repo_root, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "evaluation/prepare_eval_data.py", *argv], cwd=repo_root, capture_output=True, text=True
+    )
 
 
 def test_converters_on_local_rows(tmp_path, repo_root):
@@ -54,26 +134,51 @@ def test_converters_on_local_rows(tmp_path, repo_root):
     ids.write_text(json.dumps({"111": "yes"}))
     out = tmp_path / "eval_data.json"
     done = run_prepare(
-        repo_root, "--output", str(out),
-        "--medqa", write(tmp_path, "medqa.jsonl", [MEDQA_ROW], jsonl=True),
-        "--medmcqa", write(tmp_path, "medmcqa.json", [MEDMCQA_ROW]),
-        "--pubmedqa", write(tmp_path, "pubmedqa.json", PUBMEDQA_ROWS), "--pubmedqa_test_ids", str(ids),
-        "--mmlu_pro", write(tmp_path, "mmlu_pro.json", MMLU_PRO_ROWS),
-        "--gpqa", write(tmp_path, "gpqa.json", GPQA_ROWS),
+        repo_root,
+        "--output",
+        str(out),
+        "--medqa",
+        write(tmp_path, "medqa.jsonl", [MEDQA_ROW], jsonl=True),
+        "--medmcqa",
+        write(tmp_path, "medmcqa.json", [MEDMCQA_ROW]),
+        "--pubmedqa",
+        write(tmp_path, "pubmedqa.json", PUBMEDQA_ROWS),
+        "--pubmedqa_test_ids",
+        str(ids),
+        "--mmlu_pro",
+        write(tmp_path, "mmlu_pro.json", MMLU_PRO_ROWS),
+        "--gpqa",
+        write(tmp_path, "gpqa.json", GPQA_ROWS),
     )
     assert done.returncode == 0, done.stderr
     data = json.loads(out.read_text())
-    assert list(data) == ["MedQA_USLME_test", "MedMCQA_validation", "PubMedQA", "MMLU-Pro_Health", "MMLU-Pro_Biology",
-                          "GPQA_Genetics", "GPQA_Molecular_Biology"]
-    assert data["MedQA_USLME_test"] == [{"question": MEDQA_ROW["question"], "options": MEDQA_ROW["options"], "answer_idx": "B",
-                                         "answer": "TSH receptor antibody"}]
+    assert list(data) == [
+        "MedQA_USLME_test",
+        "MedMCQA_validation",
+        "PubMedQA",
+        "MMLU-Pro_Health",
+        "MMLU-Pro_Biology",
+        "GPQA_Genetics",
+        "GPQA_Molecular_Biology",
+    ]
+    assert data["MedQA_USLME_test"] == [
+        {
+            "question": MEDQA_ROW["question"],
+            "options": MEDQA_ROW["options"],
+            "answer_idx": "B",
+            "answer": "TSH receptor antibody",
+        }
+    ]
     medmcqa = data["MedMCQA_validation"][0]
     assert medmcqa["options"] == {"A": "Vitamin A", "B": "Vitamin B1", "C": "Vitamin C", "D": "Vitamin D"}
     assert (medmcqa["answer_idx"], medmcqa["answer"]) == ("C", "Vitamin C")
     assert len(data["PubMedQA"]) == 1  # only the PMID in the test-id file
     pubmed = data["PubMedQA"][0]
     assert pubmed["options"] == {"A": "yes", "B": "no", "C": "maybe"} and pubmed["answer_idx"] == "A"
-    assert pubmed["question"] == "Context: Trial of 400 adults. BP fell 6 mmHg.\nQuestion: Does walking lower blood pressure?"
+    assert (
+        pubmed["question"]
+        == "Context: Trial of 400 adults. BP fell 6 mmHg.\nQuestion: Does walking lower blood pressure?"
+    )
     health = data["MMLU-Pro_Health"]
     assert len(health) == 1 and len(health[0]["options"]) == 10 and health[0]["options"]["J"] == "Colon"
     assert (health[0]["answer_idx"], health[0]["answer"]) == ("E", "Pancreas")
@@ -94,19 +199,39 @@ def test_skip_and_bad_rows(tmp_path, repo_root):
 
 
 def test_offline_hub_id_fails_clearly(tmp_path, repo_root):
-    done = run_prepare(repo_root, "--output", str(tmp_path / "e.json"), "--medqa", "GBaker/MedQA-USMLE-4-options",
-                       "--medmcqa", "skip", "--pubmedqa", "skip", "--mmlu_pro", "skip", "--gpqa", "skip")
+    done = run_prepare(
+        repo_root,
+        "--output",
+        str(tmp_path / "e.json"),
+        "--medqa",
+        "GBaker/MedQA-USMLE-4-options",
+        "--medmcqa",
+        "skip",
+        "--pubmedqa",
+        "skip",
+        "--mmlu_pro",
+        "skip",
+        "--gpqa",
+        "skip",
+    )
     assert done.returncode != 0
     assert "could not load the Hugging Face dataset 'GBaker/MedQA-USMLE-4-options'" in done.stderr
 
 
 @pytest.mark.parametrize("path", ["evaluation/data/demo_eval_data.json"])
 def test_demo_eval_file_is_well_formed(repo_root, path):
-    from evaluation.eval import load_eval_items
+    from huatuo_o1.evaluation.client import load_eval_items
 
     items = load_eval_items(f"{repo_root}/{path}")
     sources = {i["source"] for i in items}
-    assert sources == {"MedQA_USLME_test", "MedMCQA_validation", "PubMedQA", "MMLU-Pro_Health", "MMLU-Pro_Biology",
-                       "GPQA_Genetics", "GPQA_Molecular_Biology"}
+    assert sources == {
+        "MedQA_USLME_test",
+        "MedMCQA_validation",
+        "PubMedQA",
+        "MMLU-Pro_Health",
+        "MMLU-Pro_Biology",
+        "GPQA_Genetics",
+        "GPQA_Molecular_Biology",
+    }
     assert all(i["options"][i["answer_idx"]] == i["answer"] for i in items)
     assert {len(i["options"]) for i in items if i["source"].startswith("MMLU-Pro")} == {10}

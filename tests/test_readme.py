@@ -9,8 +9,15 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ("construct_verifiable_medical_problems.py", "search_for_complex_reasoning_path.py", "SFT_stage1.py",
-           "RL_stage2.py", "train_verifier.py", "evaluation/eval.py", "evaluation/serve.py")
+SCRIPTS = (
+    "construct_verifiable_medical_problems.py",
+    "search_for_complex_reasoning_path.py",
+    "SFT_stage1.py",
+    "RL_stage2.py",
+    "train_verifier.py",
+    "evaluation/eval.py",
+    "evaluation/serve.py",
+)
 VARIABLES = {"$model_name": "models/some-model", "$port": "28035", "$NODE_RANK": "0", "$MASTER_ADDR": "10.0.0.1"}
 
 # Runs the script's own argument parsing, then stops before it loads anything.
@@ -24,7 +31,6 @@ def parse_then_stop(self, *args, **kwargs):
     sys.exit(0)
 HfArgumentParser.parse_args_into_dataclasses = parse_then_stop
 sys.argv = sys.argv[1:]
-sys.path.insert(0, ".")
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
@@ -42,7 +48,7 @@ def readme_commands():
             words = shlex.split(command) if command else []
             scripts = [i for i, w in enumerate(words) if w in SCRIPTS]
             if scripts:
-                commands.append((words[scripts[0]], words[scripts[0] + 1:]))
+                commands.append((words[scripts[0]], words[scripts[0] + 1 :]))
     return commands
 
 
@@ -50,14 +56,22 @@ COMMANDS = readme_commands()
 
 
 def test_the_readme_shows_every_stage():
-    assert {script for script, _ in COMMANDS} >= {"construct_verifiable_medical_problems.py", "search_for_complex_reasoning_path.py",
-                                                  "SFT_stage1.py", "RL_stage2.py", "evaluation/eval.py", "evaluation/serve.py"}
+    assert {script for script, _ in COMMANDS} >= {
+        "construct_verifiable_medical_problems.py",
+        "search_for_complex_reasoning_path.py",
+        "SFT_stage1.py",
+        "RL_stage2.py",
+        "evaluation/eval.py",
+        "evaluation/serve.py",
+    }
     rl = [argv for script, argv in COMMANDS if script == "RL_stage2.py"][0]
-    seed_flags = ("model_name_or_path reward_model_path value_model_path dataset_name response_length temperature "
-                  "local_rollout_forward_batch_size num_ppo_epochs num_mini_batches total_episodes "
-                  "per_device_train_batch_size gradient_accumulation_steps bf16 output_dir save_strategy save_step "
-                  "save_total_limit eval_strategy eval_steps kl_coef learning_rate warmup_ratio gradient_checkpointing "
-                  "dataloader_num_workers run_name num_sample_generations report_to").split()
+    seed_flags = (
+        "model_name_or_path reward_model_path value_model_path dataset_name response_length temperature "
+        "local_rollout_forward_batch_size num_ppo_epochs num_mini_batches total_episodes "
+        "per_device_train_batch_size gradient_accumulation_steps bf16 output_dir save_strategy save_step "
+        "save_total_limit eval_strategy eval_steps kl_coef learning_rate warmup_ratio gradient_checkpointing "
+        "dataloader_num_workers run_name num_sample_generations report_to"
+    ).split()
     assert rl[0::2] == [f"--{flag}" for flag in seed_flags]  # the seed's command, flag for flag
 
 
@@ -67,6 +81,12 @@ def test_readme_command_parses(script, argv):
         # TrainingArguments refuses bf16 without a GPU at parse time; everything else is as typed.
         argv = ["False" if a == "True" and argv[i - 1] == "--bf16" else a for i, a in enumerate(argv)]
     env = dict(os.environ, OPENAI_API_KEY="sk-test", HF_HUB_OFFLINE="1")
-    result = subprocess.run([sys.executable, "-c", PARSE_ONLY, script, *argv], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", PARSE_ONLY, script, *argv],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0 and "PARSED" in result.stdout, result.stdout[-2000:] + result.stderr[-3000:]

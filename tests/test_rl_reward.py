@@ -7,11 +7,11 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from ppo_utils.verifier_reward import (
+from huatuo_o1.answer_format import final_answer
+from huatuo_o1.verifier import (
     NO_ANSWER,
     VerifierReward,
     decode_until_stop,
-    final_answer,
     load_template,
     trl_reward_functions,
     verifier_input,
@@ -114,7 +114,10 @@ def test_batched_real_verifier_matches_one_by_one(tiny_models, verifier_tokenize
     responses = [GOOD, GOOD.replace("Pneumonia.", "A much longer answer about asthma and its treatment."), "bad"]
     references = ["Pneumonia", "Asthma", "Flu"]
     batched = VerifierReward(model, verifier_tokenizer, batch_size=3)(responses, references)
-    single = [VerifierReward(model, verifier_tokenizer, batch_size=1)([r], [g]).p_correct.item() for r, g in zip(responses, references)]
+    single = [
+        VerifierReward(model, verifier_tokenizer, batch_size=1)([r], [g]).p_correct.item()
+        for r, g in zip(responses, references)
+    ]
     assert batched.p_correct.tolist() == pytest.approx(single, abs=1e-5)
     assert batched.rewards[2].item() == 0.0
     assert batched.rewards[0].item() == (1.0 if single[0] > 0.4 else 0.1)
@@ -122,16 +125,20 @@ def test_batched_real_verifier_matches_one_by_one(tiny_models, verifier_tokenize
 
 def test_trl_callables_use_the_same_rule(verifier_tokenizer):
     eos = verifier_tokenizer.eos_token
-    verifier = ControlledVerifier(verifier_tokenizer, {verifier_input("Pneumonia.", "Pneumonia", eos): 0.9}, default_p=0.1)
+    verifier = ControlledVerifier(
+        verifier_tokenizer, {verifier_input("Pneumonia.", "Pneumonia", eos): 0.9}, default_p=0.1
+    )
     reward_fn, format_fn = trl_reward_functions(VerifierReward(verifier, verifier_tokenizer))
     completions = [[{"role": "assistant", "content": GOOD}], [{"role": "assistant", "content": "no format"}]]
-    assert reward_fn(prompts=["q", "q"], completions=completions, reference=["Pneumonia", "Pneumonia"]) == pytest.approx([1.0, 0.0])
+    assert reward_fn(
+        prompts=["q", "q"], completions=completions, reference=["Pneumonia", "Pneumonia"]
+    ) == pytest.approx([1.0, 0.0])
     assert format_fn(prompts=["q", "q"], completions=completions) == [1.0, 0.0]
 
 
 # ---- the verifier as shipped ----------------------------------------------------------------------
 def shipped_verifier(tiny_models, folder, padding_side, pad_is_eos=True):
-    """A copy of the tiny verifier as a checkpoint could ship it: pad token = eos (tokenizer and config), given padding side."""
+    """A copy of the tiny verifier as a checkpoint could ship it: pad = eos (tokenizer and config), this padding."""
     import json
     import shutil
 
@@ -149,12 +156,17 @@ def shipped_verifier(tiny_models, folder, padding_side, pad_is_eos=True):
     return str(folder)
 
 
-TEXTS = [("ACE", "ACE inhibitor"), ("The answer is an ACE inhibitor such as lisinopril, taken daily.", "ACE inhibitor"),
-         ("Croup", "Bladder cancer")]
+TEXTS = [
+    ("ACE", "ACE inhibitor"),
+    ("The answer is an ACE inhibitor such as lisinopril, taken daily.", "ACE inhibitor"),
+    ("Croup", "Bladder cancer"),
+]
 
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
-def test_verifier_padding_with_eos_is_read_before_the_eos_as_the_unmodified_model_reads_it(tiny_models, tmp_path, padding_side):
+def test_verifier_padding_with_eos_is_read_before_the_eos_as_the_unmodified_model_reads_it(
+    tiny_models, tmp_path, padding_side
+):
     folder = shipped_verifier(tiny_models, tmp_path / "verifier", padding_side)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
@@ -166,7 +178,9 @@ def test_verifier_padding_with_eos_is_read_before_the_eos_as_the_unmodified_mode
     with torch.no_grad():
         # the reference: the unmodified model on each input alone, unpadded; and by hand, the token before the eos
         alone = torch.cat([model(input_ids=torch.tensor([ids])).logits for ids in singles])
-        by_hand = torch.stack([model.score(model.model(input_ids=torch.tensor([ids])).last_hidden_state)[0, -2] for ids in singles])
+        by_hand = torch.stack(
+            [model.score(model.model(input_ids=torch.tensor([ids])).last_hidden_state)[0, -2] for ids in singles]
+        )
     torch.testing.assert_close(alone, by_hand, atol=1e-6, rtol=0)
 
     reward = VerifierReward(model, tokenizer, batch_size=3)  # one padded batch of three lengths
@@ -177,13 +191,28 @@ def test_verifier_padding_with_eos_is_read_before_the_eos_as_the_unmodified_mode
 
 
 def test_rl_stage2_loads_the_verifier_as_shipped(tiny_models, tmp_path):
-    import RL_stage2
+    from huatuo_o1.rl.config import parse_args
+    from huatuo_o1.rl.loading import load_models
 
     folder = shipped_verifier(tiny_models, tmp_path / "verifier", "left")
-    _, config, model_args = RL_stage2.parse_args([
-        "--model_name_or_path", tiny_models["tiny-qwen2"], "--reward_model_path", folder, "--value_model_path",
-        tiny_models["tiny-value"], "--output_dir", str(tmp_path / "out"), "--bf16", "False", "--report_to", "none"])
-    tokenizer, *_, verifier, verifier_tokenizer = RL_stage2.load_models(model_args, config)
+    _, config, model_args = parse_args(
+        [
+            "--model_name_or_path",
+            tiny_models["tiny-qwen2"],
+            "--reward_model_path",
+            folder,
+            "--value_model_path",
+            tiny_models["tiny-value"],
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--bf16",
+            "False",
+            "--report_to",
+            "none",
+        ]
+    )
+    models = load_models(model_args, config)
+    tokenizer, verifier, verifier_tokenizer = models.tokenizer, models.verifier, models.verifier_tokenizer
     shipped = AutoTokenizer.from_pretrained(folder)
     assert verifier_tokenizer.pad_token_id == verifier.config.pad_token_id == shipped.eos_token_id
     assert len(verifier_tokenizer) == len(shipped) and verifier_tokenizer.padding_side == "left"
@@ -195,25 +224,33 @@ def test_verifier_without_a_pad_id_is_scored_one_input_at_a_time(tiny_models, ve
     model.config.pad_token_id = None  # HF then reads the last token and refuses batches of more than one
     texts = [verifier_input(r, ref, verifier_tokenizer.eos_token) for r, ref in TEXTS]
     with torch.no_grad():
-        alone = torch.cat([model(**verifier_tokenizer(t, add_special_tokens=False, return_tensors="pt")).logits for t in texts])
+        alone = torch.cat(
+            [model(**verifier_tokenizer(t, add_special_tokens=False, return_tensors="pt")).logits for t in texts]
+        )
     p = VerifierReward(model, verifier_tokenizer, batch_size=3).p_correct(texts)
     torch.testing.assert_close(p, torch.softmax(alone, -1)[:, 1], atol=1e-6, rtol=0)
 
 
 def test_softmax_and_rewards_in_the_verifiers_dtype(tiny_models, verifier_tokenizer):
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_models["tiny-verifier"], dtype=torch.bfloat16).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_models["tiny-verifier"], dtype=torch.bfloat16
+    ).eval()
     reward = VerifierReward(model, verifier_tokenizer, batch_size=1)
     text = verifier_input("Croup", "Croup", verifier_tokenizer.eos_token)
     with torch.no_grad():
         logits = model(**verifier_tokenizer(text, add_special_tokens=False, return_tensors="pt")).logits
     assert logits.dtype == torch.bfloat16
-    assert reward.p_correct([text]).tolist() == torch.softmax(logits, -1)[:, 1].float().tolist()  # bf16 softmax, exactly
+    assert (
+        reward.p_correct([text]).tolist() == torch.softmax(logits, -1)[:, 1].float().tolist()
+    )  # bf16 softmax, exactly
 
 
 def test_threshold_compares_the_probability_as_a_python_float(verifier_tokenizer, monkeypatch):
-    # bf16 0.400390625 is above 0.4 as a float (the original's p.item() > 0.4), although 0.4 itself rounds to it in bf16
+    # bf16 0.400390625 is above 0.4 as a float (the original's p.item() > 0.4), though 0.4 itself rounds to it in bf16
     reward = VerifierReward(torch.nn.Linear(1, 1), verifier_tokenizer)
-    monkeypatch.setattr(reward, "probabilities", lambda texts: torch.tensor([0.400390625, 0.3984375], dtype=torch.bfloat16))
+    monkeypatch.setattr(
+        reward, "probabilities", lambda texts: torch.tensor([0.400390625, 0.3984375], dtype=torch.bfloat16)
+    )
     out = reward([GOOD, GOOD], ["Pneumonia", "Pneumonia"])
     assert out.rewards.dtype == torch.bfloat16
     assert out.rewards.tolist() == [1.0, 0.10009765625]  # 0.1 as bf16 holds it, as the original's reward tensor did

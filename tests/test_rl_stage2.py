@@ -6,39 +6,49 @@ import shlex
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import RL_stage2
-from ppo_utils.ppo_config import check_batch_sizes
-from rl_helpers import teach_answer_layout, write_problems
+from huatuo_o1 import models as model_loading
+from huatuo_o1 import training
+from huatuo_o1.records import InputError
+from huatuo_o1.rl import loading
+from huatuo_o1.rl.config import check_batch_sizes, parse_args
+from huatuo_o1.rl.loading import Problem, load_problems
+from tests.rl_helpers import rl_flags, write_problems
+from tests.scripts import record_calls, reset_accelerate, run_ok
 
 SEED_COMMAND = """
-    --model_name_or_path {policy} --reward_model_path {verifier} --value_model_path {value} --dataset_name {data}
-    --response_length 1300 --temperature 0.5 --local_rollout_forward_batch_size 8 --num_ppo_epochs 3 --num_mini_batches 1
-    --total_episodes 20000 --per_device_train_batch_size 1 --gradient_accumulation_steps 16 --bf16 False
-    --output_dir ./ckpts --save_strategy steps --save_step 20 --save_total_limit 1 --eval_strategy steps --eval_steps 20
-    --kl_coef 0.03 --learning_rate 5e-7 --warmup_ratio 0.05 --gradient_checkpointing True --dataloader_num_workers 4
-    --run_name ppo_medical_o1_8B --num_sample_generations -1 --report_to wandb
+    --model_name_or_path {policy} --reward_model_path {verifier} --value_model_path {value} --dataset_name
+    {data} --response_length 1300 --temperature 0.5 --local_rollout_forward_batch_size 8 --num_ppo_epochs 3
+    --num_mini_batches 1 --total_episodes 20000 --per_device_train_batch_size 1 --gradient_accumulation_steps
+    16 --bf16 False --output_dir ./ckpts --save_strategy steps --save_step 20 --save_total_limit 1
+    --eval_strategy steps --eval_steps 20 --kl_coef 0.03 --learning_rate 5e-7 --warmup_ratio 0.05
+    --gradient_checkpointing True --dataloader_num_workers 4 --run_name ppo_medical_o1_8B
+    --num_sample_generations -1 --report_to wandb
 """
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    # tiny matrices: one thread is several times faster than two on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    from accelerate.state import AcceleratorState, GradientState
+pytestmark = pytest.mark.usefixtures("one_thread_fresh_accelerate")
 
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+
+def run_rl(argv):
+    """RL_stage2.py as a user runs it (in this process); its rl_summary.json."""
+    run_ok("RL_stage2.py", argv)
+    out = argv[argv.index("--output_dir") + 1]
+    with open(os.path.join(out, "rl_summary.json")) as f:
+        return json.load(f)
 
 
 def test_seed_command_parses(tmp_path):
-    argv = shlex.split(SEED_COMMAND.format(policy="models/policy", verifier="models/verifier", value="models/value",
-                                           data=str(tmp_path / "problems.json")))
-    script_args, config, model_args = RL_stage2.parse_args(argv)
+    argv = shlex.split(
+        SEED_COMMAND.format(
+            policy="models/policy",
+            verifier="models/verifier",
+            value="models/value",
+            data=str(tmp_path / "problems.json"),
+        )
+    )
+    script_args, config, model_args = parse_args(argv)
     assert model_args.model_name_or_path == "models/policy"
     assert (config.reward_model_path, config.value_model_path) == ("models/verifier", "models/value")
     assert script_args.dataset_name.endswith("problems.json")
@@ -48,50 +58,59 @@ def test_seed_command_parses(tmp_path):
     assert (config.save_steps, config.save_total_limit, config.eval_steps) == (20, 1, 20)  # --save_step abbreviates
     assert (config.kl_coef, config.learning_rate, config.warmup_ratio, config.warmup_steps) == (0.03, 5e-7, 0.05, 0.05)
     assert config.gradient_checkpointing and config.report_to == ["wandb"] and config.num_sample_generations == -1
-    assert (config.vf_coef, config.gamma, config.lam, config.cliprange, config.rl_algorithm) == (0.1, 1.0, 0.95, 0.2, "ppo")
+    assert (config.vf_coef, config.gamma, config.lam, config.cliprange, config.rl_algorithm) == (
+        0.1,
+        1.0,
+        0.95,
+        0.2,
+        "ppo",
+    )
     sizes = check_batch_sizes(config, world_size=8)
     assert (sizes.local_batch_size, sizes.batch_size, sizes.num_updates) == (16, 128, 157)  # the paper's batch of 128
 
 
 def test_help_lists_the_seed_flags(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        RL_stage2.parse_args(["--help"])
+        parse_args(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--value_model_path", "--warmup_ratio", "--kl_coef", "--response_length", "--rl_algorithm", "--save_steps"):
+    for flag in (
+        "--value_model_path",
+        "--warmup_ratio",
+        "--kl_coef",
+        "--response_length",
+        "--rl_algorithm",
+        "--save_steps",
+    ):
         assert flag in text
     assert "1.0" in text and "0.1" in text  # vf_coef: the paper's value vs the code's
     for option in ("--score_position", "after_stop", "stop_token", "--max_grad_norm", "--kl_estimator"):
         assert option in text
+    # the two seed flags that do nothing on the PPO path say so
+    for flag in ("--num_sample_generations", "--dataloader_num_workers"):
+        entry = text.split(f"{flag} {flag[2:].upper()}")[-1].split("\n  --")[0]  # the flag's own help
+        assert "accepted and ignored" in " ".join(entry.split()).lower()
+    # TrainingArguments' other flags are gone: nothing is accepted silently
+    assert "--dataloader_pin_memory" not in text and "--fp16" not in text and "--dataset_num_proc" not in text
 
 
 def test_batch_sizes_that_cannot_work_are_explained(tmp_path):
-    argv = shlex.split(SEED_COMMAND.format(policy="p", verifier="v", value="v", data="d.json")) + ["--total_episodes", "64"]
-    config = RL_stage2.parse_args(argv)[1]
-    with pytest.raises(ValueError, match=r"total_episodes 64 .* 8 process\(es\) .* gradient_accumulation_steps 16 .* = 128"):
+    argv = shlex.split(SEED_COMMAND.format(policy="p", verifier="v", value="v", data="d.json")) + [
+        "--total_episodes",
+        "64",
+    ]
+    config = parse_args(argv)[1]
+    with pytest.raises(
+        ValueError, match=r"total_episodes 64 .* 8 process\(es\) .* gradient_accumulation_steps 16 .* = 128"
+    ):
         check_batch_sizes(config, world_size=8)
     config.rl_algorithm, config.total_episodes, config.gradient_accumulation_steps = "rloo", 20000, 3
     with pytest.raises(ValueError, match=r"multiple of --num_generations"):
         check_batch_sizes(config, world_size=1)
 
 
-@pytest.fixture(scope="module")
-def taught_policy(tiny_models, tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    folder, _ = teach_answer_layout(tiny_models["tiny-qwen2"], tmp_path_factory.mktemp("taught") / "policy")
-    torch.set_num_threads(threads)
-    return folder
-
-
 def tiny_argv(tiny_models, data, out, *extra):
-    return [
-        "--model_name_or_path", tiny_models["tiny-qwen2"], "--reward_model_path", tiny_models["tiny-verifier"],
-        "--value_model_path", tiny_models["tiny-value"], "--dataset_name", data, "--output_dir", out,
-        "--response_length", "10", "--temperature", "1.0", "--local_rollout_forward_batch_size", "3",
-        "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2", "--bf16", "False",
-        "--learning_rate", "3e-3", "--report_to", "none", "--logging_steps", "1", "--seed", "1", *extra,
-    ]
+    return rl_flags(tiny_models, data, out) + list(extra)
 
 
 def parameters(model):
@@ -100,21 +119,43 @@ def parameters(model):
 
 def test_ppo_end_to_end(tiny_models, tmp_path, monkeypatch):
     loaded = {}
-    real_load_models = RL_stage2.load_models
+    real_load_models = loading.load_models
 
     def keep_models(*args):
         models = real_load_models(*args)
-        loaded.update(zip(["tokenizer", "policy", "ref", "value", "verifier", "verifier_tokenizer"], models))
+        loaded.update(policy=models.policy, ref=models.ref_policy, value=models.value_model, verifier=models.verifier)
         loaded["initial"] = {name: parameters(loaded[name]) for name in ("policy", "ref", "value", "verifier")}
         return models
 
-    monkeypatch.setattr(RL_stage2, "load_models", keep_models)
+    monkeypatch.setattr(loading, "load_models", keep_models)  # the script imports it when it runs
     data, out = write_problems(tmp_path / "problems.json", 11), str(tmp_path / "rl")
-    summary = RL_stage2.main(tiny_argv(
-        tiny_models, data, out, "--total_episodes", "24", "--num_mini_batches", "2", "--num_ppo_epochs", "2",
-        "--save_strategy", "steps", "--save_step", "1", "--save_total_limit", "1", "--eval_strategy", "steps",
-        "--eval_steps", "2", "--gradient_checkpointing", "True", "--missing_eos_penalty", "0.5",
-    ))
+    summary = run_rl(
+        tiny_argv(
+            tiny_models,
+            data,
+            out,
+            "--total_episodes",
+            "24",
+            "--num_mini_batches",
+            "2",
+            "--num_ppo_epochs",
+            "2",
+            "--save_strategy",
+            "steps",
+            "--save_step",
+            "1",
+            "--save_total_limit",
+            "1",
+            "--eval_strategy",
+            "steps",
+            "--eval_steps",
+            "2",
+            "--gradient_checkpointing",
+            "True",
+            "--missing_eos_penalty",
+            "0.5",
+        )
+    )
     # 10 train / 1 held out; 8 episodes per update (2 x 2 x 2 mini-batches) -> 3 updates
     assert (summary["train_problems"], summary["eval_problems"], summary["updates"]) == (10, 1, 3)
     initial = loaded["initial"]
@@ -128,9 +169,21 @@ def test_ppo_end_to_end(tiny_models, tmp_path, monkeypatch):
     assert [r["update"] for r in log] == [1, 2, 3]
     # as the original: the linear schedule steps once per update; the 4 optimizer steps of an update share its rate
     assert [r["lr"] for r in log] == pytest.approx([3e-3, 2e-3, 1e-3])
-    assert all(r["grad_norm"] > 0 for r in log) and summary["max_grad_norm"] == 1.0 and summary["score_position"] == "after_stop"
-    for key in ("objective/score", "objective/format_rate", "objective/kl", "entropy", "pg_clipfrac", "vf_clipfrac",
-                "vf_loss", "episodes_per_second"):
+    assert (
+        all(r["grad_norm"] > 0 for r in log)
+        and summary["max_grad_norm"] == 1.0
+        and summary["score_position"] == "after_stop"
+    )
+    for key in (
+        "objective/score",
+        "objective/format_rate",
+        "objective/kl",
+        "entropy",
+        "pg_clipfrac",
+        "vf_clipfrac",
+        "vf_loss",
+        "episodes_per_second",
+    ):
         assert all(key in r for r in log), key
     # the random tiny policy never writes "## Thinking": score 0, minus the missing-eos penalty where it ran on
     assert all(-0.5 <= r["objective/score"] <= 0.0 and r["objective/format_rate"] == 0.0 for r in log)
@@ -148,7 +201,9 @@ def test_ppo_end_to_end(tiny_models, tmp_path, monkeypatch):
     assert all(torch.equal(v, trained[k]) for k, v in saved.state_dict().items())
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What causes scurvy?"}], add_generation_prompt=True, return_tensors="pt")
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What causes scurvy?"}], add_generation_prompt=True, return_tensors="pt"
+    )
     generated = saved.generate(**prompt, max_new_tokens=5, do_sample=False)
     assert generated.shape[1] > prompt["input_ids"].shape[1]
     assert not os.path.exists(os.path.join(out, "value_model"))  # the policy only
@@ -158,21 +213,39 @@ def test_ppo_end_to_end(tiny_models, tmp_path, monkeypatch):
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
 def test_trl_algorithms_with_the_verifier_reward(tiny_models, taught_policy, tmp_path, monkeypatch, algorithm):
     loaded = {}
-    real_load_models = RL_stage2.load_models
+    real_load_models = loading.load_models
 
     def keep_models(*args):
         models = real_load_models(*args)
-        loaded["initial"] = parameters(models[1])
-        assert models[2] is None and models[3] is None  # no reference copy of ours, no value model
+        loaded["initial"] = parameters(models.policy)
+        assert models.ref_policy is None and models.value_model is None  # no reference copy of ours, no value model
         return models
 
-    monkeypatch.setattr(RL_stage2, "load_models", keep_models)
+    monkeypatch.setattr(loading, "load_models", keep_models)
     data, out = write_problems(tmp_path / "problems.json", 11), str(tmp_path / algorithm)
-    argv = tiny_argv(tiny_models, data, out, "--rl_algorithm", algorithm, "--total_episodes", "12", "--num_ppo_epochs", "1",
-                     "--save_strategy", "no", "--eval_strategy", "no", "--response_length", "32", "--temperature", "0.7",
-                     "--gradient_accumulation_steps", "3")
+    argv = tiny_argv(
+        tiny_models,
+        data,
+        out,
+        "--rl_algorithm",
+        algorithm,
+        "--total_episodes",
+        "12",
+        "--num_ppo_epochs",
+        "1",
+        "--save_strategy",
+        "no",
+        "--eval_strategy",
+        "no",
+        "--response_length",
+        "32",
+        "--temperature",
+        "0.7",
+        "--gradient_accumulation_steps",
+        "3",
+    )
     argv[argv.index("--model_name_or_path") + 1] = taught_policy
-    summary = RL_stage2.main(argv)
+    summary = run_rl(argv)
     # 6 completions per step (3 prompts x num_generations 2) -> 2 optimizer steps for 12 episodes
     assert summary["algorithm"] == algorithm and summary["updates"] == 2
     log = json.load(open(os.path.join(out, "rl_trl_log.json")))
@@ -186,21 +259,36 @@ def test_trl_algorithms_with_the_verifier_reward(tiny_models, taught_policy, tmp
     assert summary["eval_start"]["samples"] == 1 and 0.0 <= summary["eval_end"]["mean_reward"] <= 1.0
 
 
-def test_resume_from_checkpoint_continues_the_same_run(tiny_models, tmp_path):
+def test_resume_from_checkpoint_continues_the_same_run(tiny_models, tmp_path, monkeypatch):
     data = write_problems(tmp_path / "problems.json", 11)
-    common = ["--total_episodes", "12", "--num_ppo_epochs", "1", "--save_strategy", "steps", "--save_step", "1",
-              "--save_total_limit", "2", "--eval_strategy", "no"]
+    common = [
+        "--total_episodes",
+        "12",
+        "--num_ppo_epochs",
+        "1",
+        "--save_strategy",
+        "steps",
+        "--save_step",
+        "1",
+        "--save_total_limit",
+        "2",
+        "--eval_strategy",
+        "no",
+    ]
     whole = str(tmp_path / "whole")
-    RL_stage2.main(tiny_argv(tiny_models, data, whole, *common))
+    run_rl(tiny_argv(tiny_models, data, whole, *common))
     assert sorted(d for d in os.listdir(whole) if d.startswith("checkpoint-")) == ["checkpoint-1", "checkpoint-2"]
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    # the training toolkit's layout: a loadable policy, the trainer's counters, accelerate's state
+    checkpoint = os.path.join(whole, "checkpoint-2")
+    assert {"config.json", "trainer_state.json", "training_state"} <= set(os.listdir(checkpoint))
+    assert json.load(open(os.path.join(checkpoint, "trainer_state.json"))) == {"update": 2, "num_updates": 3}
+    reset_accelerate()
+    loads = record_calls(monkeypatch, training.Checkpoints, "load")
     resumed = str(tmp_path / "resumed")
-    summary = RL_stage2.main(tiny_argv(tiny_models, data, resumed, *common, "--resume_from_checkpoint",
-                                       os.path.join(whole, "checkpoint-2")))
-    assert summary["updates"] == 3
+    summary = run_rl(
+        tiny_argv(tiny_models, data, resumed, *common, "--resume_from_checkpoint", os.path.join(whole, "checkpoint-2"))
+    )
+    assert summary["updates"] == 3 and [call[1] for call in loads] == [checkpoint]  # resumed through the toolkit
     log = [json.loads(line) for line in open(os.path.join(resumed, "rl_log.jsonl"))]
     assert [r["update"] for r in log] == [3]  # only the missing update ran
     whole_log = [json.loads(line) for line in open(os.path.join(whole, "rl_log.jsonl"))]
@@ -212,47 +300,55 @@ def test_resume_from_checkpoint_continues_the_same_run(tiny_models, tmp_path):
 
 
 def test_problems_are_filtered_and_ten_percent_held_out(tmp_path):
-    blank = [{"Open-ended Verifiable Question": " ", "Ground-True Answer": "x"}, {"Open-ended Verifiable Question": "q"}]
+    blank = [
+        {"Open-ended Verifiable Question": " ", "Ground-True Answer": "x"},
+        {"Open-ended Verifiable Question": "q"},
+    ]
     spaced = {"Open-ended Verifiable Question": " Spaced question? ", "Ground-True Answer": " Croup\n"}
-    args = RL_stage2.parse_args(["--dataset_name", write_problems(tmp_path / "a.json", 30, blank + [spaced]),
-                                 "--output_dir", str(tmp_path)])[0]
-    train, held_out, skipped = RL_stage2.load_problems(args, seed=0)
+    args = parse_args(
+        ["--dataset_name", write_problems(tmp_path / "a.json", 30, blank + [spaced]), "--output_dir", str(tmp_path)]
+    )[0]
+    train, held_out, skipped = load_problems(args, seed=0)
     assert (len(train), len(held_out), skipped) == (28, 3, 2)
     # used as stored, like the original (the answer reaches the verifier unstripped)
-    assert {"question": " Spaced question? ", "reference": " Croup\n"} in train + held_out
-    many = [{"Open-ended Verifiable Question": f"question {i}", "Ground-True Answer": f"answer {i}"} for i in range(2500)]
+    assert Problem(" Spaced question? ", " Croup\n") in train + held_out
+    many = [
+        {"Open-ended Verifiable Question": f"question {i}", "Ground-True Answer": f"answer {i}"} for i in range(2500)
+    ]
     (tmp_path / "many.jsonl").write_text("\n".join(json.dumps(r) for r in many))
     args.dataset_name = str(tmp_path / "many.jsonl")
-    train, held_out, _ = RL_stage2.load_problems(args, seed=0)
+    train, held_out, _ = load_problems(args, seed=0)
     assert (len(train), len(held_out)) == (2300, 200)  # 10%, at most 200
-    assert {p["question"] for p in train}.isdisjoint(p["question"] for p in held_out)
+    assert {p.question for p in train}.isdisjoint(p.question for p in held_out)
     args.dataset_name = write_problems(tmp_path / "one.json", 1, blank)
-    with pytest.raises(RL_stage2.InputError, match=r"one\.json: 1 usable row\(s\) of 3"):
-        RL_stage2.load_problems(args, seed=0)
+    with pytest.raises(InputError, match=r"one\.json: 1 usable row\(s\) of 3"):
+        load_problems(args, seed=0)
 
 
 def test_policy_pad_token_follows_the_original_for_llama3(tiny_models):
     llama = AutoTokenizer.from_pretrained(tiny_models["tiny-llama"])
-    llama.pad_token = "<|begin_of_text|>"  # distinct from eos, yet the original always padded Llama-3 with <|end_of_text|>
-    assert RL_stage2.policy_pad_token(llama) is False and llama.pad_token == "<|end_of_text|>"
+    llama.pad_token = (
+        "<|begin_of_text|>"  # distinct from eos, yet the original always padded Llama-3 with <|end_of_text|>
+    )
+    assert model_loading.policy_pad_token(llama) is False and llama.pad_token == "<|end_of_text|>"
     qwen = AutoTokenizer.from_pretrained(tiny_models["tiny-qwen2"])
     qwen.pad_token = qwen.eos_token  # no <|eot_id|>: the distinct-pad rule below
-    assert RL_stage2.policy_pad_token(qwen) is False and qwen.pad_token == "<|endoftext|>"
+    assert model_loading.policy_pad_token(qwen) is False and qwen.pad_token == "<|endoftext|>"
 
 
 def test_pad_token_is_made_distinct_from_eos(tiny_models, monkeypatch):
     tokenizer = AutoTokenizer.from_pretrained(tiny_models["tiny-qwen2"])
     tokenizer.pad_token = tokenizer.eos_token  # as SmolLM2 ships: pad == eos == <|im_end|>
-    assert RL_stage2.distinct_pad_token(tokenizer) is False
+    assert model_loading.distinct_pad_token(tokenizer) is False
     assert tokenizer.pad_token == "<|endoftext|>" and tokenizer.pad_token_id != tokenizer.eos_token_id
     llama = AutoTokenizer.from_pretrained(tiny_models["tiny-llama"])
     llama.pad_token = None
-    RL_stage2.distinct_pad_token(llama)
+    model_loading.distinct_pad_token(llama)
     assert llama.pad_token == "<|end_of_text|>"  # the Llama-3 rule
     # no usable token in the vocabulary: a new one (the caller then grows the embeddings)
     bare = AutoTokenizer.from_pretrained(tiny_models["tiny-qwen2"])
     bare.pad_token = bare.eos_token
     vocab_before = len(bare)
-    monkeypatch.setattr(RL_stage2, "PAD_CANDIDATES", ["<|not-in-vocab|>"])
-    assert RL_stage2.distinct_pad_token(bare) is True
+    monkeypatch.setattr(model_loading, "PAD_CANDIDATES", ["<|not-in-vocab|>"])
+    assert model_loading.distinct_pad_token(bare) is True
     assert bare.pad_token == "<|pad|>" and len(bare) == vocab_before + 1

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rl_helpers import write_problems
+from tests.rl_helpers import rl_flags, write_problems
 
 
 def free_port():
@@ -23,19 +23,15 @@ def free_port():
 def test_ppo_two_processes_zero3(tiny_models, tmp_path, repo_root):
     data, out = write_problems(tmp_path / "problems.json", 11), str(tmp_path / "rl")
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    command = [
-        accelerate, "launch", "--config_file", os.path.join(repo_root, "configs", "deepspeed_zero3_cpu.yaml"),
-        "--num_processes", "2", "--num_machines", "1", "--machine_rank", "0", "--main_process_port", str(free_port()),
-        "--deepspeed_multinode_launcher", "standard", "RL_stage2.py",
-        "--model_name_or_path", tiny_models["tiny-qwen2"], "--reward_model_path", tiny_models["tiny-verifier"],
-        "--value_model_path", tiny_models["tiny-value"], "--dataset_name", data, "--output_dir", out,
-        "--response_length", "10", "--temperature", "1.0", "--local_rollout_forward_batch_size", "3",
-        "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2", "--num_mini_batches", "2",
-        "--num_ppo_epochs", "2", "--total_episodes", "16", "--bf16", "False", "--learning_rate", "3e-3",
-        "--save_strategy", "steps", "--save_step", "1", "--save_total_limit", "1", "--eval_strategy", "steps",
-        "--eval_steps", "1", "--gradient_checkpointing", "True", "--report_to", "none", "--logging_steps", "1", "--seed", "1",
-        "--max_grad_norm", "0.5",  # the config file says gradient_clipping 1.0: the flag must win
-    ]
+    launch = [accelerate, "launch", "--config_file", os.path.join(repo_root, "configs", "deepspeed_zero3_cpu.yaml"),
+              "--num_processes", "2", "--num_machines", "1", "--machine_rank", "0", "--main_process_port",
+              str(free_port()), "--deepspeed_multinode_launcher", "standard", "RL_stage2.py"]  # fmt: skip
+    command = launch + rl_flags(
+        tiny_models, data, out, per_device_train_batch_size=1, num_mini_batches=2, num_ppo_epochs=2,
+        total_episodes=16, save_strategy="steps", save_step=1, save_total_limit=1, eval_strategy="steps",
+        eval_steps=1, gradient_checkpointing=True,
+        max_grad_norm=0.5,  # the config file says gradient_clipping 1.0: the flag must win
+    )  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -65,25 +61,28 @@ def test_ppo_two_processes_zero3(tiny_models, tmp_path, repo_root):
     assert sum(not torch.equal(final[k], initial[k]) for k in initial) > len(initial) // 2
     assert sum(not torch.equal(final[k], after_one[k]) for k in initial) > len(initial) // 2
     tokenizer = AutoTokenizer.from_pretrained(out)
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What causes scurvy?"}], add_generation_prompt=True, return_tensors="pt")
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What causes scurvy?"}], add_generation_prompt=True, return_tensors="pt"
+    )
     assert final_model.generate(**prompt, max_new_tokens=4, do_sample=False).shape[1] > prompt["input_ids"].shape[1]
 
 
 @pytest.mark.slow
 def test_grpo_two_processes_zero3_takes_the_flags_over_the_config_file(tiny_models, tmp_path, repo_root):
-    """The config file says gradient_accumulation_steps 8, gradient_clipping 1.0, bf16: the flags say 1, 0.5, no bf16."""
+    """The config file says gradient_accumulation_steps 8, gradient_clipping 1.0, bf16: the flags say 1, 0.5, fp32."""
     data, out = write_problems(tmp_path / "problems.json", 11), str(tmp_path / "grpo")
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    command = [
-        accelerate, "launch", "--config_file", os.path.join(repo_root, "configs", "deepspeed_zero3_cpu.yaml"),
-        "--num_processes", "2", "--main_process_port", str(free_port()), "RL_stage2.py", "--rl_algorithm", "grpo",
-        "--model_name_or_path", tiny_models["tiny-qwen2"], "--reward_model_path", tiny_models["tiny-verifier"],
-        "--dataset_name", data, "--output_dir", out, "--response_length", "8", "--per_device_train_batch_size", "2",
-        "--gradient_accumulation_steps", "1", "--total_episodes", "8", "--num_ppo_epochs", "1", "--bf16", "False",
-        "--report_to", "none", "--save_strategy", "no", "--eval_strategy", "no", "--max_grad_norm", "0.5", "--seed", "1",
-    ]
-    result = subprocess.run(command, cwd=repo_root, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                            text=True, timeout=600)
+    launch = [accelerate, "launch", "--config_file", os.path.join(repo_root, "configs", "deepspeed_zero3_cpu.yaml"),
+              "--num_processes", "2", "--main_process_port", str(free_port()), "RL_stage2.py"]  # fmt: skip
+    command = launch + rl_flags(
+        tiny_models, data, out, rl_algorithm="grpo", value_model_path=None, response_length=8,
+        per_device_train_batch_size=2, gradient_accumulation_steps=1, total_episodes=8, num_ppo_epochs=1,
+        save_strategy="no", eval_strategy="no", max_grad_norm=0.5, temperature=None,
+        local_rollout_forward_batch_size=None, learning_rate=None, logging_steps=None,
+    )  # fmt: skip
+    result = subprocess.run(
+        command, cwd=repo_root, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.load(open(os.path.join(out, "rl_summary.json")))
     # 2 processes x 2 completions per step = 4 per step, 8 episodes -> 2 steps; DeepSpeed's engine clips at the flag

@@ -10,9 +10,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithFlattening
 
-from pipeline_io import InputError, load_records
-from SFT_stage1 import GROUP_BATCHES, EpochSampler, build_examples, load_chat_tokenizer, next_token_loss, pad_collate, stop_token_ids
-from SFT_stage1 import main as sft_main
+from huatuo_o1 import training
+from huatuo_o1.models import load_chat_tokenizer
+from huatuo_o1.records import InputError, load_records
+from huatuo_o1.sft import GROUP_BATCHES, EpochSampler, build_examples, next_token_loss, pad_collate, stop_token_ids
+from tests.scripts import record_calls, reset_accelerate, run_script
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_ROWS = load_records(os.path.join(REPO_ROOT, "data", "demo_sft.json"))
@@ -26,7 +28,11 @@ def write_rows(folder, rows, name="sft.json"):
 
 
 def run_sft(*flags, launcher=()):
-    command = [*launcher, "SFT_stage1.py", *map(str, flags)] if launcher else [sys.executable, "SFT_stage1.py", *map(str, flags)]
+    command = (
+        [*launcher, "SFT_stage1.py", *map(str, flags)]
+        if launcher
+        else [sys.executable, "SFT_stage1.py", *map(str, flags)]
+    )
     return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
 
 
@@ -37,22 +43,27 @@ def run_ok(*flags, **kwargs):
 
 
 def main_exit_message(flags):
-    """Run SFT_stage1.main in this process, expecting it to stop on bad input; its message."""
-    from accelerate.state import AcceleratorState
-
+    """Run SFT_stage1.py in this process, expecting it to stop on bad input; its one-line message."""
     try:
-        with pytest.raises(SystemExit) as stopped:
-            sft_main([str(f) for f in flags])
+        result = run_script("SFT_stage1.py", flags)
     finally:
-        AcceleratorState._reset_state(reset_partial_state=True)  # leave no accelerate state to other tests
-    return str(stopped.value.code)
+        reset_accelerate()  # leave no accelerate state to other tests
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    return result.stderr.strip().splitlines()[-1]
 
 
 def common_flags(model, data, out, **overrides):
     flags = {
-        "model_path": model, "data_path": data, "output_dir": out, "log_dir": os.path.join(out, "logs"),
-        "n_epochs": 2, "train_bsz_per_gpu": 2, "gradient_accumulation_steps": 1, "learning_rate": 1e-3,
-        "max_seq_len": 2048, "gradient_checkpointing": False,
+        "model_path": model,
+        "data_path": data,
+        "output_dir": out,
+        "log_dir": os.path.join(out, "logs"),
+        "n_epochs": 2,
+        "train_bsz_per_gpu": 2,
+        "gradient_accumulation_steps": 1,
+        "learning_rate": 1e-3,
+        "max_seq_len": 2048,
+        "gradient_checkpointing": False,
     }
     flags.update(overrides)
     return [item for key, value in flags.items() for item in (f"--{key}", value)]
@@ -64,7 +75,10 @@ def read_summary(out, experiment="sft_stage1"):
 
 
 def checkpoint_names(out, experiment="sft_stage1"):
-    return sorted((n for n in os.listdir(os.path.join(out, experiment)) if n.startswith("checkpoint-")), key=lambda n: int(n.split("-")[1]))
+    return sorted(
+        (n for n in os.listdir(os.path.join(out, experiment)) if n.startswith("checkpoint-")),
+        key=lambda n: int(n.split("-")[1]),
+    )
 
 
 def max_weight_change(model_a, model_b):
@@ -77,29 +91,62 @@ def max_weight_change(model_a, model_b):
 # Rows in the released SFT set's style (our own text): a long Complex_CoT with blank lines inside,
 # Responses with trailing spaces and newlines or a leading space, a Question ending in a newline.
 REAL_STYLE_ROWS = [
-    {"Question": "A 45-year-old man has crushing chest pain and ST elevation in leads II, III and aVF. "
-                 "Which coronary artery is most likely occluded?\n",
-     "Complex_CoT": "Okay, so this man has chest pain and ST elevation in II, III and aVF.\n\nHmm, those leads look at "
-                    "the inferior wall of the heart.\nThe inferior wall is usually supplied by the right coronary artery, "
-                    "since most hearts are right dominant.\n\nWait, could it be the left circumflex? It can give inferior "
-                    "changes too, but that is less common.\nAlso, nothing here points to a left-dominant system.\n\n"
-                    "So the right coronary artery is the best fit.",
-     "Response": "The most likely occluded vessel is the **right coronary artery**. ST elevation in II, III and aVF marks "
-                 "an inferior infarction, and the inferior wall is supplied by the right coronary artery in most people.  \n\n"},
-    {"Question": "Which drug is preferred first for high blood pressure in a diabetic patient with protein in the urine?",
-     "Complex_CoT": "\nAlright, protein in the urine of a diabetic patient means the kidneys are already suffering.\n"
-                    "Oh, and drugs that block the renin-angiotensin system lower the pressure inside the glomerulus.\n"
-                    "An ACE inhibitor such as lisinopril does exactly that.\nIf it causes a cough, an angiotensin receptor "
-                    "blocker is the usual swap.\n",
-     "Response": " An ACE inhibitor (for example lisinopril) is preferred: it lowers blood pressure and protects the kidneys.\n"},
-    {"Question": "  A toddler has a barking cough and inspiratory stridor after a cold. What is the most likely cause?  ",
-     "Complex_CoT": "Let me think. A barking cough with stridor after a cold sounds like croup.\n\nCroup is most often "
-                    "caused by parainfluenza virus.\nRSV causes bronchiolitis instead, with wheeze rather than stridor.  ",
-     "Response": "Croup, most often due to **parainfluenza virus**.\n\n- barking cough\n- inspiratory stridor\n\t\n"},
-    {"Question": "What is the first-line treatment for anaphylaxis?",
-     "Complex_CoT": "Anaphylaxis is a life-threatening allergic reaction.\nThe drug that reverses it fastest is adrenaline "
-                    "given into the muscle.\nAntihistamines and steroids only help later.",
-     "Response": "Intramuscular adrenaline (epinephrine) is the first-line treatment."},
+    {
+        "Question": "A 45-year-old man has crushing chest pain and ST elevation in leads II, III and aVF. "
+        "Which coronary artery is most likely occluded?\n",
+        "Complex_CoT": (
+            "Okay, so this man has chest pain and ST elevation in II, III and aVF.\n\nHmm, those leads "
+            "look at "
+            "the inferior wall of the heart.\nThe inferior wall is usually supplied by the right coronary artery, "
+            "since most hearts are right dominant.\n\nWait, could it be the left circumflex? It can give inferior "
+            "changes too, but that is less common.\nAlso, nothing here points to a left-dominant system.\n\n"
+            "So the right coronary artery is the best fit."
+        ),
+        "Response": (
+            "The most likely occluded vessel is the **right coronary artery**. ST elevation in II, III "
+            "and aVF marks "
+            "an inferior infarction, and the inferior wall is supplied by the right coronary artery in most "
+            "people.  \n\n"
+        ),
+    },
+    {
+        "Question": (
+            "Which drug is preferred first for high blood pressure in a diabetic patient with protein in the urine?"
+        ),
+        "Complex_CoT": (
+            "\nAlright, protein in the urine of a diabetic patient means the kidneys are already "
+            "suffering.\n"
+            "Oh, and drugs that block the renin-angiotensin system lower the pressure inside the glomerulus.\n"
+            "An ACE inhibitor such as lisinopril does exactly that.\nIf it causes a cough, an angiotensin receptor "
+            "blocker is the usual swap.\n"
+        ),
+        "Response": (
+            " An ACE inhibitor (for example lisinopril) is preferred: it lowers blood pressure and "
+            "protects the kidneys.\n"
+        ),
+    },
+    {
+        "Question": (
+            "  A toddler has a barking cough and inspiratory stridor after a cold. What is the most likely cause?  "
+        ),
+        "Complex_CoT": (
+            "Let me think. A barking cough with stridor after a cold sounds like croup.\n\nCroup is "
+            "most often "
+            "caused by parainfluenza virus.\nRSV causes bronchiolitis instead, with wheeze rather than stridor.  "
+        ),
+        "Response": (
+            "Croup, most often due to **parainfluenza virus**.\n\n- barking cough\n- inspiratory stridor\n\t\n"
+        ),
+    },
+    {
+        "Question": "What is the first-line treatment for anaphylaxis?",
+        "Complex_CoT": (
+            "Anaphylaxis is a life-threatening allergic reaction.\nThe drug that reverses it fastest "
+            "is adrenaline "
+            "given into the muscle.\nAntihistamines and steroids only help later."
+        ),
+        "Response": "Intramuscular adrenaline (epinephrine) is the first-line treatment.",
+    },
 ]
 
 
@@ -126,12 +173,24 @@ def originals_tokens(tokenizer, row, layout):
     many leading tokens as the prompt with its generation prompt has, and every later token learned.
     Added tokens split the text before BPE runs, so the pieces between them are tokenized alone."""
     special = tokenizer.convert_tokens_to_ids
-    text = lambda piece: tokenizer(piece, add_special_tokens=False)["input_ids"]
+
+    def text(piece):
+        return tokenizer(piece, add_special_tokens=False)["input_ids"]
+
     answer = answer_text(row)
     if layout == "llama3":
         start, end_header, eot = special(["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"])
-        head = [tokenizer.bos_token_id, start, *text("user"), end_header, *text("\n\n" + row["Question"].strip()), eot,
-                start, *text("assistant"), end_header]
+        head = [
+            tokenizer.bos_token_id,
+            start,
+            *text("user"),
+            end_header,
+            *text("\n\n" + row["Question"].strip()),
+            eot,
+            start,
+            *text("assistant"),
+            end_header,
+        ]
         prompt = head + text("\n\n")
         chat = head + text("\n\n" + answer.strip()) + [eot]
     else:  # ChatML, no system turn in this template
@@ -139,7 +198,7 @@ def originals_tokens(tokenizer, row, layout):
         head = [im_start, *text("user\n" + row["Question"]), im_end, *text("\n"), im_start]
         prompt = head + text("assistant\n")
         chat = head + text("assistant\n" + answer) + [im_end] + text("\n")
-    return chat, [-100] * len(prompt) + chat[len(prompt):]
+    return chat, [-100] * len(prompt) + chat[len(prompt) :]
 
 
 @pytest.mark.parametrize("model, layout", [("tiny-llama", "llama3"), ("tiny-qwen2", "chatml")])
@@ -252,14 +311,16 @@ def test_overlong_examples_are_dropped_cut_at_the_answer_end_or_cut_at_the_start
     for whole, part in zip(full, cut):
         assert len(part["input_ids"]) == min(len(whole["input_ids"]), limit)
         assert part["input_ids"] == whole["input_ids"][:limit]
-        n_prompt = whole["labels"].index(next(l for l in whole["labels"] if l != -100))
+        n_prompt = whole["labels"].index(next(label for label in whole["labels"] if label != -100))
         assert part["labels"][:n_prompt] == [-100] * n_prompt  # the whole question is kept, still masked
 
     last, n_overlong = build_examples(rows, tokenizer, limit, "keep_last", "demo", show_progress=False)
     assert n_overlong == n_long and len(last) == len(rows)
     for whole, part in zip(full, last):  # the original's cut: the last max_seq_len tokens and their labels
         assert part["input_ids"] == whole["input_ids"][-limit:] and part["labels"] == whole["labels"][-limit:]
-    assert sum(part["input_ids"][0] != tokenizer.bos_token_id for part in last) == n_long  # the question's start is lost
+    assert (
+        sum(part["input_ids"][0] != tokenizer.bos_token_id for part in last) == n_long
+    )  # the question's start is lost
 
 
 def test_a_row_without_complex_cot_names_the_row(tiny_models, tmp_path):
@@ -271,7 +332,9 @@ def test_a_row_without_complex_cot_names_the_row(tiny_models, tmp_path):
 
     data = write_rows(str(tmp_path), rows, "bad.json")
     message = main_exit_message(common_flags(tiny_models["tiny-llama"], data, str(tmp_path / "out")))
-    assert message.startswith("error: ") and message.endswith("bad.json: row 1 lacks the field 'Complex_CoT' (SFT rows need Question, Complex_CoT, Response)")
+    assert message.startswith("error: ") and message.endswith(
+        "bad.json: row 1 lacks the field 'Complex_CoT' (SFT rows need Question, Complex_CoT, Response)"
+    )
 
 
 # --------------------------------------------------------------------------------------------- batching
@@ -287,7 +350,9 @@ def test_padding_free_batches_give_each_example_its_own_attention(tiny_models):
         # use_cache=False as in training: with a cache transformers does not look for packed sequences
         packed = model(input_ids=flat["input_ids"], position_ids=flat["position_ids"], use_cache=False).logits[0]
         alone = torch.cat([model(input_ids=torch.tensor([e["input_ids"]])).logits[0] for e in examples])
-        leaking = model(input_ids=flat["input_ids"], use_cache=False).logits[0]  # one long causal sequence, for contrast
+        leaking = model(input_ids=flat["input_ids"], use_cache=False).logits[
+            0
+        ]  # one long causal sequence, for contrast
     assert torch.allclose(packed, alone, atol=1e-4)
     assert not torch.allclose(leaking[120:], alone[120:], atol=1e-2)
 
@@ -316,7 +381,7 @@ def test_epoch_sampler_visits_every_example_once_and_groups_lengths():
     assert list(next_epoch) != grouped and sorted(next_epoch) == list(range(640))
 
     def real_share(order):
-        batches = [order[i:i + 8] for i in range(0, len(order), 8)]
+        batches = [order[i : i + 8] for i in range(0, len(order), 8)]
         return sum(lengths[i] for i in order) / sum(8 * max(lengths[i] for i in b) for b in batches)
 
     assert real_share(grouped) >= 0.98 > real_share(random_order)
@@ -330,8 +395,19 @@ def test_training_lowers_the_loss_saves_loadable_models_and_rotates_them(tiny_mo
     data = write_rows(str(tmp_path), DEMO_ROWS[:2] * 4)  # 8 examples, batch 2, 3 epochs: 12 steps
     out = str(tmp_path / "out")
     # saves at steps 3, 4 (epoch end), 6, 8, 9, 12; --max_ckpts 2 keeps 9 and 12
-    proc = run_ok(*common_flags(model_path, data, out, n_epochs=3, learning_rate=1e-2, save_steps=3, max_ckpts=2,
-                                gradient_checkpointing=True, batching="padding_free"))
+    proc = run_ok(
+        *common_flags(
+            model_path,
+            data,
+            out,
+            n_epochs=3,
+            learning_rate=1e-2,
+            save_steps=3,
+            max_ckpts=2,
+            gradient_checkpointing=True,
+            batching="padding_free",
+        )
+    )
     summary = read_summary(out)
     assert summary["optimizer_steps"] == 12 and summary["finished"]
     # A random 2-layer model starts at ln(vocab) ~ 6.2 and reaches ~4.3 in these 12 steps.
@@ -348,7 +424,9 @@ def test_training_lowers_the_loss_saves_loadable_models_and_rotates_them(tiny_mo
     assert max_weight_change(trained, original) > 1e-3
     tokenizer = AutoTokenizer.from_pretrained(summary["final_checkpoint"])
     assert tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": DEMO_ROWS[0]["Question"]}], add_generation_prompt=True, return_tensors="pt")
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": DEMO_ROWS[0]["Question"]}], add_generation_prompt=True, return_tensors="pt"
+    )
     generated = trained.generate(**prompt, max_new_tokens=6, do_sample=False)
     assert generated.shape[1] > prompt["input_ids"].shape[1]
     run_dir = os.path.join(out, "sft_stage1")
@@ -365,15 +443,22 @@ def test_training_lowers_the_loss_saves_loadable_models_and_rotates_them(tiny_mo
         assert [json.loads(line)["step"] for line in f] == list(range(1, 13))
 
 
-def test_resume_continues_at_the_right_step_with_the_same_result(tiny_models, tmp_path):
+def test_resume_continues_at_the_right_step_with_the_same_result(tiny_models, tmp_path, monkeypatch):
     data = write_rows(str(tmp_path), DEMO_ROWS)  # 8 examples, batch 2, accumulation 2: 2 steps per epoch
     flags = dict(n_epochs=2, gradient_accumulation_steps=2, warmup_rates=0.25, max_seq_len=256, overlong="truncate")
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     run_ok(*common_flags(tiny_models["tiny-llama"], data, straight, **flags))
     run_ok(*common_flags(tiny_models["tiny-llama"], data, resumed, max_steps=1, **flags))  # stops mid-epoch
     assert read_summary(resumed)["optimizer_steps"] == 1 and not read_summary(resumed)["finished"]
-    proc = run_ok(*common_flags(tiny_models["tiny-llama"], data, resumed, **flags))
+    # the rerun, in this process: it resumes through the training toolkit's checkpoint layout
+    loads = record_calls(monkeypatch, training.Checkpoints, "load")
+    try:
+        proc = run_script("SFT_stage1.py", common_flags(tiny_models["tiny-llama"], data, resumed, **flags))
+    finally:
+        reset_accelerate()
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert "at optimizer step 1 (epoch 0)" in proc.stdout
+    assert [call[1] for call in loads] == [os.path.join(resumed, "sft_stage1", "checkpoint-1")]
 
     expected, got = read_summary(straight), read_summary(resumed)
     assert got["optimizer_steps"] == expected["optimizer_steps"] == 4 and got["finished"]
@@ -393,8 +478,12 @@ def test_two_process_deepspeed_zero3_run_on_cpu(tiny_models, tmp_path):
     out = str(tmp_path / "out")
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     launcher = (accelerate, "launch", "--config_file", "configs/deepspeed_zero3_cpu.yaml", "--num_processes", "2")
-    run_ok(*common_flags(tiny_models["tiny-llama"], data, out, n_epochs=2, learning_rate=3e-3,
-                         gradient_checkpointing=True), launcher=launcher)
+    run_ok(
+        *common_flags(
+            tiny_models["tiny-llama"], data, out, n_epochs=2, learning_rate=3e-3, gradient_checkpointing=True
+        ),
+        launcher=launcher,
+    )
     summary = read_summary(out)
     assert summary["optimizer_steps"] == 8 and summary["finished"]
     assert summary["last_loss"] < summary["first_loss"]
@@ -408,12 +497,16 @@ def test_two_process_deepspeed_zero3_run_on_cpu(tiny_models, tmp_path):
     original = AutoModelForCausalLM.from_pretrained(tiny_models["tiny-llama"])
     assert max_weight_change(trained.float(), original) > 1e-3
     tokenizer = AutoTokenizer.from_pretrained(summary["final_checkpoint"])
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": DEMO_ROWS[0]["Question"]}], add_generation_prompt=True, return_tensors="pt")
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": DEMO_ROWS[0]["Question"]}], add_generation_prompt=True, return_tensors="pt"
+    )
     generated = trained.float().generate(**prompt, max_new_tokens=6, do_sample=False)
     assert generated.shape[1] > prompt["input_ids"].shape[1]
 
 
 def test_a_hub_dataset_id_offline_fails_with_advice(tiny_models, tmp_path):
-    message = main_exit_message(common_flags(tiny_models["tiny-llama"], "FreedomIntelligence/medical-o1-reasoning-SFT", str(tmp_path)))
+    message = main_exit_message(
+        common_flags(tiny_models["tiny-llama"], "FreedomIntelligence/medical-o1-reasoning-SFT", str(tmp_path))
+    )
     assert "could not load the Hugging Face dataset 'FreedomIntelligence/medical-o1-reasoning-SFT'" in message
     assert "pass the local .json/.jsonl file instead" in message

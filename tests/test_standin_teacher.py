@@ -1,23 +1,28 @@
 """The stand-in teacher, exercised through the real openai client."""
 
 import json
-import os
-import signal
 
 import openai
 import pytest
 from openai import OpenAI
 
-from tools.standin_teacher import WRONG_GUESS_MARK
-from tools.server_process import stop_pid
+from huatuo_o1.serving import stop_pid
+from tests.standin_teacher import WRONG_GUESS_MARK
 
 ITEMS = [
-    {"question": "A 60-year-old smoker has painless hematuria. Most likely diagnosis?",
-     "options": {"A": "Renal stone", "B": "Bladder cancer", "C": "Cystitis", "D": "Prostatitis"},
-     "answer_idx": "B", "answer": "Bladder cancer", "standin_rounds_to_correct": 1},
-    {"question": "Which of the following is NOT a cause of microcytic anemia?",
-     "options": {"A": "Iron deficiency", "B": "Thalassemia", "C": "Folate deficiency", "D": "Sideroblastic anemia"},
-     "answer_idx": "C", "answer": "Folate deficiency"},
+    {
+        "question": "A 60-year-old smoker has painless hematuria. Most likely diagnosis?",
+        "options": {"A": "Renal stone", "B": "Bladder cancer", "C": "Cystitis", "D": "Prostatitis"},
+        "answer_idx": "B",
+        "answer": "Bladder cancer",
+        "standin_rounds_to_correct": 1,
+    },
+    {
+        "question": "Which of the following is NOT a cause of microcytic anemia?",
+        "options": {"A": "Iron deficiency", "B": "Thalassemia", "C": "Folate deficiency", "D": "Sideroblastic anemia"},
+        "answer_idx": "C",
+        "answer": "Folate deficiency",
+    },
 ]
 
 
@@ -37,7 +42,9 @@ def test_replies_follow_the_spec_formats(teacher):
 
     verdict, _ = chat(client, f"Judge: Pass, Too Simple, Ambiguous Answer or Not Reformulatable?\n{q}")
     assert verdict.endswith("Pass")
-    verdict, _ = chat(client, f"Judge: Pass, Too Simple, Ambiguous Answer or Not Reformulatable?\n{ITEMS[1]['question']}")
+    verdict, _ = chat(
+        client, f"Judge: Pass, Too Simple, Ambiguous Answer or Not Reformulatable?\n{ITEMS[1]['question']}"
+    )
     assert verdict.endswith("Ambiguous Answer")
 
     text, reply = chat(client, f"Rewrite with keys Open-ended Verifiable Question and Ground-True Answer.\n{q}")
@@ -49,14 +56,20 @@ def test_replies_follow_the_spec_formats(teacher):
     cot = json.loads(text)["CoT"]
     assert [a["action"] for a in cot[-3:]] == ["Inner Thinking", "Final Conclusion", "Verification"]
     assert cot[-2]["content"] == "The answer is Renal stone." and WRONG_GUESS_MARK in cot[0]["title"]
-    verdict, _ = chat(client, f"Does this match? Answer True or False.\n{cot[-2]['content']}\nReference: Bladder cancer")
+    verdict, _ = chat(
+        client, f"Does this match? Answer True or False.\n{cot[-2]['content']}\nReference: Bladder cancer"
+    )
     assert verdict == "False"
-    verdict, _ = chat(client, f"Does this match? Answer True or False.\nThe answer is renal  stone.\nReference: Folate deficiency")
+    verdict, _ = chat(
+        client, "Does this match? Answer True or False.\nThe answer is renal  stone.\nReference: Folate deficiency"
+    )
     assert verdict == "True"  # only the wrong options of the item whose reference is shown count
     text, _ = chat(client, f"Continue with Inner Thinking, Final Conclusion.\n{q}\n{json.dumps(cot)}")
     fixed = json.loads(text)["CoT"]
     assert fixed[0]["action"] == "Verification" and fixed[-2]["content"] == "The answer is Bladder cancer."
-    verdict, _ = chat(client, f"Does this match? Answer True or False.\n{fixed[-2]['content']}\nReference: Bladder cancer")
+    verdict, _ = chat(
+        client, f"Does this match? Answer True or False.\n{fixed[-2]['content']}\nReference: Bladder cancer"
+    )
     assert verdict == "True"
 
     text, _ = chat(client, f"Rewrite as NaturalReasoning.\n{q}")
@@ -70,7 +83,14 @@ def test_replies_follow_the_spec_formats(teacher):
     assert stats["by_kind"] == {"cot": 2, "filter": 2, "natural": 1, "reformat": 1, "response": 1, "verify": 3}
     assert stats["by_outcome"] == {"ok": 10}
     # Every call that quoted a question is attributed to it; the verification prompts quote none.
-    assert [call["question"] is None for call in stats["calls"]] == [False] * 4 + [True, True, False, True, False, False]
+    assert [call["question"] is None for call in stats["calls"]] == [False] * 4 + [
+        True,
+        True,
+        False,
+        True,
+        False,
+        False,
+    ]
 
 
 def test_label_hint_makes_the_answer_right_at_once(start_teacher):
@@ -84,8 +104,10 @@ def test_label_hint_makes_the_answer_right_at_once(start_teacher):
     assert json.loads(text)["CoT"][-2]["content"] == "The answer is Bladder cancer."
 
 
-@pytest.mark.parametrize("fault, error", [("429", openai.RateLimitError), ("500", openai.InternalServerError),
-                                          ("timeout", openai.APITimeoutError)])
+@pytest.mark.parametrize(
+    "fault, error",
+    [("429", openai.RateLimitError), ("500", openai.InternalServerError), ("timeout", openai.APITimeoutError)],
+)
 def test_injected_http_faults_raise_the_clients_errors(start_teacher, fault, error):
     teacher = start_teacher(answer_key=ITEMS, fault_rate=1.0, faults=[fault], timeout_sleep_s=2)
     client = OpenAI(base_url=teacher.base_url, api_key="k", max_retries=0, timeout=0.5)

@@ -16,7 +16,10 @@ def test_llama_chat_template_and_generate(tiny_models):
     )
     assert tok.pad_token_id != tok.eos_token_id
     assert tok.convert_ids_to_tokens([tok.bos_token_id, tok.eos_token_id, tok.pad_token_id]) == [
-        "<|begin_of_text|>", "<|eot_id|>", "<|end_of_text|>"]
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        "<|end_of_text|>",
+    ]
     enc = tok.apply_chat_template(MESSAGES, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     assert enc["input_ids"][0, 0].item() == tok.bos_token_id
     out = model.generate(**enc, max_new_tokens=6, min_new_tokens=6, do_sample=False)

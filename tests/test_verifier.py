@@ -1,5 +1,6 @@
 """train_verifier.py / score_verifier.py: data reading, learning a synthetic task, pad handling, drop-in for RL."""
 
+import ast
 import json
 import os
 import shutil
@@ -9,81 +10,121 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-import RL_stage2
-import score_verifier
-import train_verifier
-from pipeline_io import InputError
-from ppo_utils.verifier_reward import VerifierReward, load_template, verifier_input
-from rl_helpers import write_problems
-from verifier_helpers import SHORT_TEMPLATE, as_search_records, synthetic_verdicts, write_json
+from huatuo_o1 import models as model_loading
+from huatuo_o1 import training
+from huatuo_o1 import verifier_training as vt
+from huatuo_o1.records import InputError
+from huatuo_o1.rl import loading
+from huatuo_o1.verifier import VerifierReward, verifier_input
+from tests.rl_helpers import write_problems
+from tests.scripts import record_calls, reset_accelerate, run_ok, run_script
+from tests.verifier_helpers import SHORT_TEMPLATE, as_search_records, synthetic_verdicts, write_json
 
 
-@pytest.fixture(autouse=True)
-def one_thread_fresh_state():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: one thread is faster on a shared 2-core machine
-    yield
-    torch.set_num_threads(threads)
-    from accelerate.state import AcceleratorState, GradientState
+def train_verifier(argv):
+    """train_verifier.py as a user runs it (in this process); its verifier_summary.json."""
+    run_ok("train_verifier.py", argv)
+    reset_accelerate()
+    with open(os.path.join(argv[argv.index("--output_dir") + 1], "verifier_summary.json")) as f:
+        return json.load(f)
 
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+
+pytestmark = pytest.mark.usefixtures("one_thread_fresh_accelerate")
 
 
 def data_args(path, **fields):
-    defaults = dict(response_field="response", reference_field="reference_answer", verdict_field="verdict", records_field="verifications")
+    defaults = dict(
+        response_field="response",
+        reference_field="reference_answer",
+        verdict_field="verdict",
+        records_field="verifications",
+    )
     return SimpleNamespace(data_path=str(path), **{**defaults, **fields})
 
 
 # ---- data ---------------------------------------------------------------------------------------
 def test_search_records_are_flattened_and_verdict_spellings_parsed(tmp_path):
     records = [
-        {"Open-ended Verifiable Question": "Q0", "verifications": [
-            {"response": "Croup", "reference_answer": "Croup", "verdict": True},
-            {"response": "Asthma", "reference_answer": "Croup", "verdict": "False"}]},
+        {
+            "Open-ended Verifiable Question": "Q0",
+            "verifications": [
+                {"response": "Croup", "reference_answer": "Croup", "verdict": True},
+                {"response": "Asthma", "reference_answer": "Croup", "verdict": "False"},
+            ],
+        },
         {"Open-ended Verifiable Question": "Q1", "verifications": []},  # nothing verified yet
-        {"Open-ended Verifiable Question": "Q2", "verifications": [
-            {"response": "Gout", "reference_answer": "Gout", "verdict": " true "},
-            {"response": "?", "reference_answer": "Gout", "verdict": None}]},  # verdict missing: skipped
+        {
+            "Open-ended Verifiable Question": "Q2",
+            "verifications": [
+                {"response": "Gout", "reference_answer": "Gout", "verdict": " true "},
+                {"response": "?", "reference_answer": "Gout", "verdict": None},
+            ],
+        },  # verdict missing: skipped
     ]
-    examples, skipped = train_verifier.read_examples(data_args(write_json(tmp_path / "records.json", records)))
-    assert [(e["response"], e["label"], e["group"]) for e in examples] == [("Croup", 1, 0), ("Asthma", 0, 0), ("Gout", 1, 2)]
+    examples, skipped = vt.read_examples(data_args(write_json(tmp_path / "records.json", records)))
+    assert [(e["response"], e["label"], e["group"]) for e in examples] == [
+        ("Croup", 1, 0),
+        ("Asthma", 0, 0),
+        ("Gout", 1, 2),
+    ]
     assert skipped == 1
 
 
 def test_flat_rows_with_other_field_names(tmp_path):
-    rows = [{"answer": "ACE inhibitor", "gold": "ACE inhibitor", "ok": 1}, {"answer": "Beta blocker", "gold": "ACE inhibitor", "ok": 0}]
+    rows = [
+        {"answer": "ACE inhibitor", "gold": "ACE inhibitor", "ok": 1},
+        {"answer": "Beta blocker", "gold": "ACE inhibitor", "ok": 0},
+    ]
     path = tmp_path / "rows.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    examples, _ = train_verifier.read_examples(data_args(path, response_field="answer", reference_field="gold", verdict_field="ok"))
+    examples, _ = vt.read_examples(
+        data_args(path, response_field="answer", reference_field="gold", verdict_field="ok")
+    )
     assert [(e["response"], e["reference"], e["label"], e["group"]) for e in examples] == [
-        ("ACE inhibitor", "ACE inhibitor", 1, 0), ("Beta blocker", "ACE inhibitor", 0, 1)]
+        ("ACE inhibitor", "ACE inhibitor", 1, 0),
+        ("Beta blocker", "ACE inhibitor", 0, 1),
+    ]
 
 
 def test_bad_rows_are_named(tmp_path):
-    records = [{"verifications": [{"response": "a", "reference_answer": "b", "verdict": True}]},
-               {"verifications": [{"response": "a", "reference_answer": "b", "verdict": True}, {"response": "a", "verdict": True}]}]
+    records = [
+        {"verifications": [{"response": "a", "reference_answer": "b", "verdict": True}]},
+        {
+            "verifications": [
+                {"response": "a", "reference_answer": "b", "verdict": True},
+                {"response": "a", "verdict": True},
+            ]
+        },
+    ]
     with pytest.raises(InputError, match=r"row 1, verifications\[1\] lacks the field 'reference_answer'"):
-        train_verifier.read_examples(data_args(write_json(tmp_path / "r.json", records)))
+        vt.read_examples(data_args(write_json(tmp_path / "r.json", records)))
     with pytest.raises(InputError, match=r"row 0: verdict 'maybe' is not true/false"):
-        train_verifier.read_examples(data_args(write_json(tmp_path / "f.json", [{"response": "a", "reference_answer": "b", "verdict": "maybe"}])))
+        vt.read_examples(
+            data_args(
+                write_json(tmp_path / "f.json", [{"response": "a", "reference_answer": "b", "verdict": "maybe"}])
+            )
+        )
 
 
 def test_split_keeps_each_record_on_one_side():
     examples = [{"group": g, "label": 1} for g in range(20) for _ in range(3)]
-    train, held_out = train_verifier.split_by_record(examples, eval_fraction=0.2, max_eval_samples=100, seed=0)
+    train, held_out = vt.split_by_record(examples, eval_fraction=0.2, max_eval_samples=100, seed=0)
     assert len(held_out) == 12 and len(train) == 48
     assert not {e["group"] for e in train} & {e["group"] for e in held_out}
-    train, held_out = train_verifier.split_by_record(examples[:3], eval_fraction=0.5, max_eval_samples=100, seed=0)
+    train, held_out = vt.split_by_record(examples[:3], eval_fraction=0.5, max_eval_samples=100, seed=0)
     assert (len(train), len(held_out)) == (1, 2)  # a single record: its examples are split one by one
 
 
 def test_string_match_baseline():
-    assert train_verifier.string_match("The diagnosis is Community-acquired pneumonia.", "community acquired pneumonia")
-    assert not train_verifier.string_match("Pneumonitis", "pneumonia")
-    assert not train_verifier.string_match("STEMI", "ST")  # whole words only
-    assert not train_verifier.string_match("anything", "  ")
-    assert train_verifier.scores([True, True, False, False], [True, False, False, True]) == {"accuracy": 0.5, "precision": 0.5, "recall": 0.5}
+    assert vt.string_match("The diagnosis is Community-acquired pneumonia.", "community acquired pneumonia")
+    assert not vt.string_match("Pneumonitis", "pneumonia")
+    assert not vt.string_match("STEMI", "ST")  # whole words only
+    assert not vt.string_match("anything", "  ")
+    assert vt.scores([True, True, False, False], [True, False, False, True]) == {
+        "accuracy": 0.5,
+        "precision": 0.5,
+        "recall": 0.5,
+    }
 
 
 # ---- learning -----------------------------------------------------------------------------------
@@ -94,11 +135,32 @@ def test_tiny_verifier_learns_the_synthetic_task(tiny_models, tmp_path):
     template = tmp_path / "short.txt"
     template.write_text(SHORT_TEMPLATE)
     out = str(tmp_path / "verifier")
-    summary = train_verifier.main([
-        "--model_path", tiny_models["tiny-verifier"], "--data_path", data, "--output_dir", out,
-        "--verifier_template", str(template), "--max_steps", "1000", "--learning_rate", "1e-3", "--train_bsz_per_gpu", "16",
-        "--eval_fraction", "0.1", "--max_eval_samples", "200", "--seed", "1", "--logging_steps", "50",
-    ])
+    summary = train_verifier(
+        [
+            "--model_path",
+            tiny_models["tiny-verifier"],
+            "--data_path",
+            data,
+            "--output_dir",
+            out,
+            "--verifier_template",
+            str(template),
+            "--max_steps",
+            "1000",
+            "--learning_rate",
+            "1e-3",
+            "--train_bsz_per_gpu",
+            "16",
+            "--eval_fraction",
+            "0.1",
+            "--max_eval_samples",
+            "200",
+            "--seed",
+            "1",
+            "--logging_steps",
+            "50",
+        ]
+    )
     assert summary["n_train"] + summary["n_held_out"] == 3000 and 195 <= summary["n_held_out"] <= 201
     before, after = summary["heldout_before"], summary["heldout"]
     chance = max(summary["held_out_share_correct"], 1 - summary["held_out_share_correct"])
@@ -106,10 +168,16 @@ def test_tiny_verifier_learns_the_synthetic_task(tiny_models, tmp_path):
     # Bounds from the spread over 6 data/training seeds (1000 steps, lr 1e-3): accuracy 0.83-0.97,
     # precision 0.76-0.94, recall 0.97-1.00, gain over chance 0.26-0.53. The figures move with the
     # machine's floating-point paths, so each bound keeps a margin of at least 0.07 below the worst seed.
-    assert after["accuracy"] >= 0.75 and after["accuracy"] >= chance + 0.15 and after["accuracy"] >= before["accuracy"] + 0.15
+    assert (
+        after["accuracy"] >= 0.75
+        and after["accuracy"] >= chance + 0.15
+        and after["accuracy"] >= before["accuracy"] + 0.15
+    )
     assert after["precision"] >= 0.65 and after["recall"] >= 0.85
     assert summary["baseline"]["accuracy"] == 1.0  # here the reference is in the response iff correct
-    assert summary["verifier_vs_baseline_agreement"] == after["accuracy"]  # so agreeing with it = agreeing with the verdicts
+    assert (
+        summary["verifier_vs_baseline_agreement"] == after["accuracy"]
+    )  # so agreeing with it = agreeing with the verdicts
     assert summary["last_loss"] < summary["first_loss"] - 0.2
 
     # the saved folder, scored through RL's reward code with the same template, gives the held-out predictions
@@ -117,11 +185,16 @@ def test_tiny_verifier_learns_the_synthetic_task(tiny_models, tmp_path):
     model = AutoModelForSequenceClassification.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     reward = VerifierReward(model.eval(), tokenizer, template=str(template), batch_size=7)
-    p = reward.p_correct([verifier_input(r["response"], r["reference_answer"], tokenizer.eos_token, reward.template) for r in predictions])
+    p = reward.p_correct(
+        [
+            verifier_input(r["response"], r["reference_answer"], tokenizer.eos_token, reward.template)
+            for r in predictions
+        ]
+    )
     assert torch.allclose(p, torch.tensor([r["p_correct"] for r in predictions]), atol=1e-3)
     accuracy = sum((x > 0.4) == r["verdict"] for x, r in zip(p.tolist(), predictions)) / len(predictions)
     assert abs(accuracy - after["accuracy"]) < 1e-4  # the summary rounds to 4 places
-    assert not os.path.exists(os.path.join(out, train_verifier.STATE_DIR))  # finished: no resume state left
+    assert not [name for name in os.listdir(out) if name.startswith("checkpoint-")]  # finished: no resume state left
 
 
 # ---- pad token ----------------------------------------------------------------------------------
@@ -145,14 +218,32 @@ def logits_at(model, input_ids, position):
 
 
 @pytest.mark.parametrize("pad_in_vocab", [True, False])
-def test_eos_padding_tokenizer_gets_a_distinct_pad_and_scores_at_the_eos(tiny_models, tmp_path, monkeypatch, pad_in_vocab):
+def test_eos_padding_tokenizer_gets_a_distinct_pad_and_scores_at_the_eos(
+    tiny_models, tmp_path, monkeypatch, pad_in_vocab
+):
     backbone = verifier_padding_with_eos(tiny_models, tmp_path / "backbone")
     if not pad_in_vocab:  # no reusable special token: a new one is added and the embeddings grow
-        monkeypatch.setattr(RL_stage2, "PAD_CANDIDATES", [])
+        monkeypatch.setattr(model_loading, "PAD_CANDIDATES", [])
     data = write_json(tmp_path / "rows.json", synthetic_verdicts(24, seed=3))
     out = str(tmp_path / "verifier")
-    train_verifier.main(["--model_path", backbone, "--data_path", data, "--output_dir", out, "--max_steps", "2",
-                         "--train_bsz_per_gpu", "4", "--eval_fraction", "0.25", "--eval_before_training", "False"])
+    train_verifier(
+        [
+            "--model_path",
+            backbone,
+            "--data_path",
+            data,
+            "--output_dir",
+            out,
+            "--max_steps",
+            "2",
+            "--train_bsz_per_gpu",
+            "4",
+            "--eval_fraction",
+            "0.25",
+            "--eval_before_training",
+            "False",
+        ]
+    )
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
     original = AutoTokenizer.from_pretrained(backbone)
@@ -186,24 +277,37 @@ def quick_verifier(tiny_models, tmp_path_factory):
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("quick_verifier")
     data = write_json(folder / "records.json", as_search_records(synthetic_verdicts(60, seed=5)))
-    summary = train_verifier.main(["--model_path", tiny_models["tiny-verifier"], "--data_path", data,
-                                   "--output_dir", str(folder / "verifier"), "--max_steps", "5", "--train_bsz_per_gpu", "4",
-                                   "--learning_rate", "1e-3", "--max_length", "256", "--eval_before_training", "False"])
+    summary = train_verifier(
+        [
+            "--model_path",
+            tiny_models["tiny-verifier"],
+            "--data_path",
+            data,
+            "--output_dir",
+            str(folder / "verifier"),
+            "--max_steps",
+            "5",
+            "--train_bsz_per_gpu",
+            "4",
+            "--learning_rate",
+            "1e-3",
+            "--max_length",
+            "256",
+            "--eval_before_training",
+            "False",
+        ]
+    )
     torch.set_num_threads(threads)
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
     return summary["output_dir"]
 
 
 def test_trained_verifier_drops_into_rl_stage2(tiny_models, quick_verifier, tmp_path, monkeypatch):
     seen = {}
-    real_load_models = RL_stage2.load_models
+    real_load_models = loading.load_models
 
     def keep_models(*args):
         models = real_load_models(*args)
-        seen["verifier"], seen["verifier_tokenizer"] = models[4], models[5]
+        seen["verifier"], seen["verifier_tokenizer"] = models.verifier, models.verifier_tokenizer
         return models
 
     class KeptReward(VerifierReward):
@@ -211,17 +315,49 @@ def test_trained_verifier_drops_into_rl_stage2(tiny_models, quick_verifier, tmp_
             super().__init__(*args, **kwargs)
             seen["reward"] = self
 
-    monkeypatch.setattr(RL_stage2, "load_models", keep_models)
-    monkeypatch.setattr(RL_stage2, "VerifierReward", KeptReward)
+    # the script imports these when it runs
+    monkeypatch.setattr(loading, "load_models", keep_models)
+    monkeypatch.setattr("huatuo_o1.verifier.VerifierReward", KeptReward)
     out = str(tmp_path / "rl")
-    summary = RL_stage2.main([
-        "--model_name_or_path", tiny_models["tiny-qwen2"], "--reward_model_path", quick_verifier,
-        "--value_model_path", tiny_models["tiny-value"], "--dataset_name", write_problems(tmp_path / "problems.json", 5),
-        "--output_dir", out, "--response_length", "8", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
-        "--total_episodes", "4", "--num_ppo_epochs", "1", "--local_rollout_forward_batch_size", "2", "--bf16", "False",
-        "--report_to", "none", "--save_strategy", "no", "--eval_strategy", "no", "--seed", "1",
-    ])
-    assert summary["updates"] == 2 and os.path.isfile(os.path.join(out, "rl_summary.json"))
+    run_ok(
+        "RL_stage2.py",
+        [
+            "--model_name_or_path",
+            tiny_models["tiny-qwen2"],
+            "--reward_model_path",
+            quick_verifier,
+            "--value_model_path",
+            tiny_models["tiny-value"],
+            "--dataset_name",
+            write_problems(tmp_path / "problems.json", 5),
+            "--output_dir",
+            out,
+            "--response_length",
+            "8",
+            "--per_device_train_batch_size",
+            "2",
+            "--gradient_accumulation_steps",
+            "1",
+            "--total_episodes",
+            "4",
+            "--num_ppo_epochs",
+            "1",
+            "--local_rollout_forward_batch_size",
+            "2",
+            "--bf16",
+            "False",
+            "--report_to",
+            "none",
+            "--save_strategy",
+            "no",
+            "--eval_strategy",
+            "no",
+            "--seed",
+            "1",
+        ],
+    )
+    summary = json.load(open(os.path.join(out, "rl_summary.json")))
+    assert summary["updates"] == 2
 
     # RL loaded our weights and our tokenizer's pad token as they are, and reads the same text we trained on
     saved = AutoModelForSequenceClassification.from_pretrained(quick_verifier)
@@ -230,28 +366,54 @@ def test_trained_verifier_drops_into_rl_stage2(tiny_models, quick_verifier, tmp_
     assert seen["verifier_tokenizer"].pad_token_id == ours.pad_token_id != ours.eos_token_id
     reward = seen["reward"]
     out_rl = reward(["## Thinking\n\nChest pain.\n\n## Final Response\n\nACE", "no layout"], ["ACE", "ACE"])
-    expected = torch.softmax(saved(**ours(verifier_input("ACE", "ACE", ours.eos_token), add_special_tokens=False,
-                                          return_tensors="pt")).logits, -1)[0, 1]
+    expected = torch.softmax(
+        saved(
+            **ours(verifier_input("ACE", "ACE", ours.eos_token), add_special_tokens=False, return_tensors="pt")
+        ).logits,
+        -1,
+    )[0, 1]
     assert torch.allclose(out_rl.p_correct[0], expected, atol=1e-5)
     assert out_rl.rewards[0].item() == (1.0 if expected > 0.4 else 0.1) and out_rl.rewards[1].item() == 0.0
 
 
 def test_score_verifier_matches_training_predictions(quick_verifier, tmp_path, capsys):
     predictions = json.load(open(os.path.join(quick_verifier, "heldout_predictions.json")))
-    pairs = write_json(tmp_path / "pairs.json", [{"response": r["response"], "reference_answer": r["reference_answer"],
-                                                  "verdict": str(r["verdict"])} for r in predictions])
-    summary = score_verifier.main(["--verifier_path", quick_verifier, "--data_path", pairs])
+    pairs = write_json(
+        tmp_path / "pairs.json",
+        [
+            {"response": r["response"], "reference_answer": r["reference_answer"], "verdict": str(r["verdict"])}
+            for r in predictions
+        ],
+    )
+    result = run_ok("score_verifier.py", ["--verifier_path", quick_verifier, "--data_path", pairs])
+    summary = ast.literal_eval(result.stdout.strip().splitlines()[-1])  # the summary it prints (a Python dict)
     scored = json.load(open(tmp_path / "pairs_scored.json"))
     assert [s["p_correct"] for s in scored] == pytest.approx([r["p_correct"] for r in predictions], abs=2e-4)
     assert [s["verdict"] for s in scored] == [r["verdict"] for r in predictions]
     assert summary["n"] == len(predictions) and summary["verifier_vs_verdicts"]["accuracy"] == pytest.approx(
-        sum(s["predicted"] == s["verdict"] for s in scored) / len(scored), abs=1e-4)
+        sum(s["predicted"] == s["verdict"] for s in scored) / len(scored), abs=1e-4
+    )
 
-    whole = write_json(tmp_path / "whole.json", [
-        {"response": "## Thinking\n\nHmm.\n\n## Final Response\n\nACE", "reference_answer": "ACE"},
-        {"response": "ACE", "reference_answer": "ACE"}])
-    score_verifier.main(["--verifier_path", quick_verifier, "--data_path", whole, "--full_responses", "True",
-                         "--output_path", str(tmp_path / "whole_scored.json")])
+    whole = write_json(
+        tmp_path / "whole.json",
+        [
+            {"response": "## Thinking\n\nHmm.\n\n## Final Response\n\nACE", "reference_answer": "ACE"},
+            {"response": "ACE", "reference_answer": "ACE"},
+        ],
+    )
+    run_ok(
+        "score_verifier.py",
+        [
+            "--verifier_path",
+            quick_verifier,
+            "--data_path",
+            whole,
+            "--full_responses",
+            "True",
+            "--output_path",
+            str(tmp_path / "whole_scored.json"),
+        ],
+    )
     scored = json.load(open(tmp_path / "whole_scored.json"))
     assert scored[0]["reward"] in (1.0, 0.1) and scored[1]["reward"] == 0.0 and "verdict" not in scored[0]
 
@@ -259,25 +421,43 @@ def test_score_verifier_matches_training_predictions(quick_verifier, tmp_path, c
 def test_rerun_resumes_after_the_last_finished_epoch(tiny_models, tmp_path, monkeypatch):
     data = write_json(tmp_path / "rows.json", synthetic_verdicts(40, seed=7))
     out = str(tmp_path / "verifier")
-    argv = ["--model_path", tiny_models["tiny-verifier"], "--data_path", data, "--output_dir", out, "--n_epochs", "3",
-            "--train_bsz_per_gpu", "6", "--logging_steps", "1", "--max_length", "200", "--eval_before_training", "False"]
-    real_save = train_verifier.save_training_state
+    argv = [
+        "--model_path",
+        tiny_models["tiny-verifier"],
+        "--data_path",
+        data,
+        "--output_dir",
+        out,
+        "--n_epochs",
+        "3",
+        "--train_bsz_per_gpu",
+        "6",
+        "--logging_steps",
+        "1",
+        "--max_length",
+        "200",
+        "--eval_before_training",
+        "False",
+    ]
+    real_save = training.Checkpoints.save
 
-    def crash_after_first_epoch(accelerator, output_dir, progress):
-        real_save(accelerator, output_dir, progress)
-        raise KeyboardInterrupt("simulated crash")
+    def crash_after_first_epoch(self, *args, **kwargs):
+        path = real_save(self, *args, **kwargs)
+        raise KeyboardInterrupt(f"simulated crash after saving {path}")
 
-    monkeypatch.setattr(train_verifier, "save_training_state", crash_after_first_epoch)
+    monkeypatch.setattr(training.Checkpoints, "save", crash_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
-        train_verifier.main(argv)
-    state = json.load(open(os.path.join(out, train_verifier.STATE_DIR, train_verifier.STATE_FILE)))
+        run_script("train_verifier.py", argv)
+    # the toolkit's layout: checkpoint-<step>/ with the model, trainer_state.json and training_state/
+    state = json.load(open(os.path.join(out, "checkpoint-6", training.TRAINER_STATE)))
     assert state["epoch"] == 1 and state["step"] == 6  # 36 train rows / 6 per step
-    monkeypatch.setattr(train_verifier, "save_training_state", real_save)
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    summary = train_verifier.main(argv)
+    assert os.path.isdir(os.path.join(out, "checkpoint-6", training.TRAINING_STATE))
+    assert os.path.isfile(os.path.join(out, "checkpoint-6", "config.json"))
+    monkeypatch.setattr(training.Checkpoints, "save", real_save)
+    reset_accelerate()
+    loads = record_calls(monkeypatch, training.Checkpoints, "load")
+    summary = train_verifier(argv)
+    assert [call[1] for call in loads] == [os.path.join(out, "checkpoint-6")]  # resumed through the toolkit
     log = json.load(open(os.path.join(out, "train_log.json")))
     assert summary["steps"] == 18 and [entry["step"] for entry in log] == list(range(1, 19))
     assert [entry["epoch"] for entry in log] == [0] * 6 + [1] * 6 + [2] * 6
@@ -316,18 +496,50 @@ def test_zero3_two_processes(tiny_models, tmp_path, repo_root):
     out = tmp_path / "verifier"
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     result = subprocess.run(
-        [accelerate, "launch", "--config_file", str(config), "--num_processes", "2", "train_verifier.py",
-         "--model_path", backbone, "--data_path", data, "--output_dir", str(out), "--train_bsz_per_gpu", "4",
-         "--gradient_accumulation_steps", "2", "--n_epochs", "2", "--max_length", "256", "--logging_steps", "1",
-         "--warmup_rates", "0.25", "--learning_rate", "1e-4"],
-        cwd=repo_root, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        [
+            accelerate,
+            "launch",
+            "--config_file",
+            str(config),
+            "--num_processes",
+            "2",
+            "train_verifier.py",
+            "--model_path",
+            backbone,
+            "--data_path",
+            data,
+            "--output_dir",
+            str(out),
+            "--train_bsz_per_gpu",
+            "4",
+            "--gradient_accumulation_steps",
+            "2",
+            "--n_epochs",
+            "2",
+            "--max_length",
+            "256",
+            "--logging_steps",
+            "1",
+            "--warmup_rates",
+            "0.25",
+            "--learning_rate",
+            "1e-4",
+        ],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.load(open(out / "verifier_summary.json"))
-    # 60 rows in 20 records -> 54 train / 6 held out; 54 / (4 per process x 2 processes x 2 accumulated) -> 4 steps per epoch
+    # 60 rows in 20 records -> 54 train / 6 held out; 54 / (4 per process x 2 processes x 2 accumulated)
+    # -> 4 steps per epoch
     assert (summary["n_train"], summary["n_held_out"], summary["steps"]) == (54, 6, 8)
     lrs = [entry["lr"] for entry in json.load(open(out / "train_log.json"))]
-    assert lrs[1] == pytest.approx(1e-4) and lrs[-1] == pytest.approx(0.0) and lrs[0] < lrs[1]  # 2 warmup steps, cosine to 0
+    assert (
+        lrs[1] == pytest.approx(1e-4) and lrs[-1] == pytest.approx(0.0) and lrs[0] < lrs[1]
+    )  # 2 warmup steps, cosine to 0
     trained = AutoModelForSequenceClassification.from_pretrained(str(out))
     initial = AutoModelForSequenceClassification.from_pretrained(backbone)
     changed = [k for k, v in trained.state_dict().items() if not torch.equal(v, initial.state_dict()[k])]
@@ -340,7 +552,7 @@ def test_zero3_two_processes(tiny_models, tmp_path, repo_root):
 def test_parameter_groups_head_rate_and_no_decay(tiny_models):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_models["tiny-verifier"])
     args = SimpleNamespace(weight_decay=0.1, learning_rate=1e-5, head_learning_rate=1e-3)
-    groups = train_verifier.parameter_groups(model, args)
+    groups = vt.parameter_groups(model, args.weight_decay, args.learning_rate, args.head_learning_rate)
     names = {id(p): n for n, p in model.named_parameters()}
     assert sum(len(g["params"]) for g in groups) == len(names)
     for group in groups:
@@ -348,4 +560,6 @@ def test_parameter_groups_head_rate_and_no_decay(tiny_models):
             assert (group["lr"] == 1e-3) == names[id(p)].startswith("score.")
             assert (group["weight_decay"] == 0.1) == (p.ndim >= 2)
     args.head_learning_rate = None
-    assert {g["lr"] for g in train_verifier.parameter_groups(model, args)} == {1e-5}
+    assert {
+        g["lr"] for g in vt.parameter_groups(model, args.weight_decay, args.learning_rate, args.head_learning_rate)
+    } == {1e-5}

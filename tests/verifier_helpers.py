@@ -13,7 +13,16 @@ SHORT_TEMPLATE = "Response: {response}\nReference: {reference}\n{eos_token}"
 
 # short answers the tiny byte-level tokenizer splits into few pieces, so a 2-layer model can compare them
 ANSWERS = ["ACE", "ST", "ECG", "troponin", "aspirin", "insulin", "asthma", "gout"]
-OPENINGS = ["The answer is", "Most likely", "I think it is", "This points to", "Diagnosis:", "Probably", "It is", "Answer:"]
+OPENINGS = [
+    "The answer is",
+    "Most likely",
+    "I think it is",
+    "This points to",
+    "Diagnosis:",
+    "Probably",
+    "It is",
+    "Answer:",
+]
 CLOSINGS = ["", ".", " in this patient.", ", given the history.", "!", " here."]
 
 
@@ -25,18 +34,49 @@ def synthetic_verdicts(n, seed=0, share_correct=0.5):
         reference = rng.choice(ANSWERS)
         correct = rng.random() < share_correct
         named = reference if correct else rng.choice([a for a in ANSWERS if a != reference])
-        rows.append({"response": f"{rng.choice(OPENINGS)} {named}{rng.choice(CLOSINGS)}", "reference_answer": reference,
-                     "verdict": correct})
+        rows.append(
+            {
+                "response": f"{rng.choice(OPENINGS)} {named}{rng.choice(CLOSINGS)}",
+                "reference_answer": reference,
+                "verdict": correct,
+            }
+        )
     return rows
 
 
 def as_search_records(rows, per_record=3):
     """The same verdicts in the search stage's layout: items holding a list of verifications."""
-    return [{"Open-ended Verifiable Question": f"Question {i}?", "verifications": rows[i:i + per_record]}
-            for i in range(0, len(rows), per_record)]
+    return [
+        {"Open-ended Verifiable Question": f"Question {i}?", "verifications": rows[i : i + per_record]}
+        for i in range(0, len(rows), per_record)
+    ]
 
 
 def write_json(path, obj):
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f)
     return str(path)
+
+
+def main():
+    """Write the synthetic verdict set (as search records) and the short template, for the benches."""
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--rows", type=int, default=1500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output_dir", required=True)
+    args = parser.parse_args()
+    os.makedirs(args.output_dir, exist_ok=True)
+    print(
+        write_json(
+            os.path.join(args.output_dir, "records.json"), as_search_records(synthetic_verdicts(args.rows, args.seed))
+        )
+    )
+    with open(os.path.join(args.output_dir, "short_template.txt"), "w", encoding="utf-8") as f:
+        f.write(SHORT_TEMPLATE)
+
+
+if __name__ == "__main__":
+    main()

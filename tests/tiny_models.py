@@ -9,7 +9,7 @@ downloaded here. Each model is a real Hugging Face folder that the Auto* classes
     tiny-value        Qwen2ForSequenceClassification, 1 label (a PPO value model)
 
 Usage:
-    python tools/tiny_models.py --output_dir /tmp/tiny
+    python tests/tiny_models.py --output_dir /tmp/tiny
 """
 
 import argparse
@@ -30,11 +30,12 @@ from transformers import (
 
 VOCAB_SIZE = 512
 
-# Llama-3 instruct layout (the same text SPEC.md names for tokenizers without a template).
+# Llama-3 instruct layout (the layout SFT gives tokenizers without a template).
 LLAMA3_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
-    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + "
+    "'<|eot_id|>' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
 )
@@ -82,7 +83,7 @@ def llama_tokenizer():
         tokenizer_object=train_tokenizer(specials),
         bos_token="<|begin_of_text|>",
         eos_token="<|eot_id|>",
-        pad_token="<|end_of_text|>",  # as SPEC.md asks for Llama-3: pad differs from eos
+        pad_token="<|end_of_text|>",  # as RL pads Llama-3 policies: pad differs from eos
         additional_special_tokens=["<|start_header_id|>", "<|end_header_id|>"],
     )
     tok.chat_template = LLAMA3_TEMPLATE

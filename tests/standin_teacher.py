@@ -2,8 +2,9 @@
 
 The data stages talk to "any OpenAI-compatible endpoint" (GPT-4o in the paper). Tests and the CPU
 demo cannot reach one, so this server answers /v1/chat/completions with deterministic, scripted
-replies in the formats SPEC.md fixes, looking the right answer up in an answer key (a JSON list of
-multiple-choice items with `question`, `options`, `answer`). It can inject faults and counts calls.
+replies in the formats the data stages parse (docs/data.md), looking the right answer up in an
+answer key (a JSON list of multiple-choice items with `question`, `options`, `answer`). It can
+inject faults and counts calls.
 
 What a request asks for is recognised from the fixed words the prompts must contain:
     filter     "Not Reformulatable"           -> one of Pass / Too Simple / Ambiguous Answer / Not Reformulatable
@@ -31,7 +32,7 @@ Endpoints: GET /health, GET /v1/models, POST /v1/chat/completions,
 GET /admin/stats (counts and a log of every call), POST /admin/config (change knobs), POST /admin/reset.
 
 Usage:
-    python tools/standin_teacher.py --port 8011 --answer_key data/demo_data.json --latency_ms 100
+    python tests/standin_teacher.py --port 8011 --answer_key data/demo_data.json --latency_ms 100
 """
 
 import argparse
@@ -147,7 +148,8 @@ class Teacher:
             # Short on purpose: a small model fine-tuned on it should answer in a few dozen tokens.
             thinking = (
                 f"Let me work through this. The question is: {self._last_sentence(stem)}\n\n"
-                f"I go over the key findings and the usual causes one at a time and rule out those that do not fit.\n\n"
+                "I go over the key findings and the usual causes one at a time and rule out those that do not "
+                "fit.\n\n"
                 f"That leaves {answer} as the best fit."
             )
             return {"NaturalReasoning": thinking}, True
@@ -160,12 +162,21 @@ class Teacher:
             first_title = "Key findings" if correct else f"Key findings {WRONG_GUESS_MARK}"
             actions = []
             if wrong_so_far:
-                actions.append({"action": "Verification", "content": "The previous conclusion does not hold up; I revisit it."})
+                actions.append(
+                    {"action": "Verification", "content": "The previous conclusion does not hold up; I revisit it."}
+                )
             actions += [
                 {"action": "Inner Thinking", "title": first_title, "content": f"Restating the problem: {stem}"},
-                {"action": "Inner Thinking", "title": "Weighing options", "content": "I compare the likely causes against the findings."},
+                {
+                    "action": "Inner Thinking",
+                    "title": "Weighing options",
+                    "content": "I compare the likely causes against the findings.",
+                },
                 {"action": "Final Conclusion", "content": conclusion},
-                {"action": "Verification", "content": "Checking the conclusion against the findings, it is consistent."},
+                {
+                    "action": "Verification",
+                    "content": "Checking the conclusion against the findings, it is consistent.",
+                },
             ]
             return {"CoT": actions}, True
         if kind == "verify":
@@ -194,12 +205,14 @@ class Teacher:
             fault = None
             if config["fault_rate"] > 0 and self.rng.random() < config["fault_rate"]:
                 fault = self.rng.choice(config["faults"])
-            self.calls.append({
-                "kind": kind,
-                "outcome": fault or "ok",
-                "question": item["question"] if item else None,
-                "time": round(time.time() - self.started, 4),
-            })
+            self.calls.append(
+                {
+                    "kind": kind,
+                    "outcome": fault or "ok",
+                    "question": item["question"] if item else None,
+                    "time": round(time.time() - self.started, 4),
+                }
+            )
         if config["latency_ms"]:
             time.sleep(config["latency_ms"] / 1000)
         if fault == "timeout":
@@ -226,7 +239,10 @@ class Teacher:
     def stats(self):
         with self.lock:
             calls = list(self.calls)
-        count = lambda field: {v: sum(1 for c in calls if c[field] == v) for v in sorted({c[field] for c in calls}, key=str)}
+
+        def count(field):
+            return {v: sum(1 for c in calls if c[field] == v) for v in sorted({c[field] for c in calls}, key=str)}
+
         return {"total": len(calls), "by_kind": count("kind"), "by_outcome": count("outcome"), "calls": calls}
 
 
@@ -325,7 +341,11 @@ def main():
     ThreadingHTTPServer.request_queue_size = 128
     server = ThreadingHTTPServer((args.host, args.port), make_handler(teacher))
     server.daemon_threads = True
-    print(f"stand-in teacher (scripted, not a model) on http://{args.host}:{args.port}/v1 with {len(items)} answer-key items", flush=True)
+    print(
+        f"stand-in teacher (scripted, not a model) on http://{args.host}:{args.port}/v1 with {len(items)} "
+        "answer-key items",
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""Records and models in and out, shared by every stage.
+"""Records in and out, shared by every stage, and the field names of each data file (defined once).
 
 Each stage reads a list of JSON objects (a local .json/.jsonl file or a Hugging Face dataset id)
 and writes JSON that the next stage reads. Hub ids fail with a clear message when offline.
@@ -7,6 +7,23 @@ and writes JSON that the next stage reads. Hub ids fail with a clear message whe
 import json
 import os
 import tempfile
+from typing import Any
+
+# Multiple-choice exam items (construct's input, the evaluation's items).
+QUESTION, OPTIONS, ANSWER_IDX, ANSWER = "question", "options", "answer_idx", "answer"
+# Verifiable problems: construct writes them, search and RL read them (the public dataset's keys).
+OPEN_QUESTION, GROUND_TRUTH = "Open-ended Verifiable Question", "Ground-True Answer"
+# SFT data: search writes it, SFT reads it (the public dataset's keys).
+SFT_QUESTION, SFT_COT, SFT_RESPONSE = "Question", "Complex_CoT", "Response"
+SFT_FIELDS = (SFT_QUESTION, SFT_COT, SFT_RESPONSE)
+# Search records keep every verdict as {VERIFIED_RESPONSE, REFERENCE_ANSWER, VERDICT} in VERIFICATIONS:
+# the verifier's training data.
+VERIFICATIONS, VERIFIED_RESPONSE, REFERENCE_ANSWER, VERDICT = (
+    "verifications",
+    "response",
+    "reference_answer",
+    "verdict",
+)
 
 # Dataset ids with several configurations on the hub, and the one the paper's commands mean.
 DEFAULT_HUB_CONFIGS = {
@@ -18,8 +35,10 @@ class InputError(ValueError):
     """Bad input a user must fix: the message says which file and which row."""
 
 
-def looks_like_hub_id(path_or_id):
-    return not os.path.exists(path_or_id) and path_or_id.count("/") == 1 and not path_or_id.endswith((".json", ".jsonl"))
+def looks_like_hub_id(path_or_id: str) -> bool:
+    return (
+        not os.path.exists(path_or_id) and path_or_id.count("/") == 1 and not path_or_id.endswith((".json", ".jsonl"))
+    )
 
 
 def _read_local(path):
@@ -50,14 +69,18 @@ def _read_hub(dataset_id, split):
         dataset = load_dataset(name, config, split=split)
     except Exception as e:  # datasets raises several types for "offline" / "not found"
         raise InputError(
-            f"could not load the Hugging Face dataset '{dataset_id}' ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+            f"could not load the Hugging Face dataset '{dataset_id}' ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]}). "
             "If this machine is offline, download it where you have network "
-            f"(`huggingface-cli download --repo-type dataset {name} --local-dir data/...`) and pass the local .json/.jsonl file instead."
+            f"(`huggingface-cli download --repo-type dataset {name} --local-dir data/...`) and pass the local "
+            ".json/.jsonl file instead."
         ) from None
     return [dict(row) for row in dataset]
 
 
-def load_records(path_or_id, required_fields=(), split="train", allow_empty=False):
+def load_records(
+    path_or_id: str, required_fields: tuple = (), split: str = "train", allow_empty: bool = False
+) -> list[dict]:
     """Return a list of dicts from a local JSON list / JSONL file or a hub dataset id.
 
     Raises InputError naming the file and the first bad row when the top level is not a list,
@@ -70,7 +93,9 @@ def load_records(path_or_id, required_fields=(), split="train", allow_empty=Fals
     else:
         rows = _read_local(path_or_id)
     if not isinstance(rows, list):
-        raise InputError(f"{path_or_id}: expected a JSON list of objects at the top level, found {type(rows).__name__}")
+        raise InputError(
+            f"{path_or_id}: expected a JSON list of objects at the top level, found {type(rows).__name__}"
+        )
     if not rows and not allow_empty:
         raise InputError(f"{path_or_id}: the list is empty, nothing to do")
     for index, row in enumerate(rows):
@@ -82,7 +107,7 @@ def load_records(path_or_id, required_fields=(), split="train", allow_empty=Fals
     return rows
 
 
-def write_json_atomic(path, obj):
+def write_json_atomic(path: str, obj: Any) -> None:
     """Write JSON so that a crash leaves either the old file or the new one, never half of one."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -100,45 +125,3 @@ def write_json_atomic(path, obj):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-
-
-def from_pretrained_or_explain(auto_cls, name_or_path, **kwargs):
-    """auto_cls.from_pretrained, with a message that says what to do when a hub id cannot be fetched."""
-    try:
-        return auto_cls.from_pretrained(name_or_path, **kwargs)
-    except OSError as e:
-        if os.path.isdir(name_or_path):
-            raise
-        raise OSError(
-            f"could not load '{name_or_path}' with {auto_cls.__name__}: it is not a local folder and the "
-            "Hugging Face hub could not provide it (offline, gated, or misspelt). Download it where you have "
-            f"network (`huggingface-cli download {name_or_path} --local-dir models/...`) and pass the folder."
-        ) from e
-
-
-LLAMA3_CHAT_TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates", "sft", "llama3_chat_template.jinja")
-
-
-def load_chat_tokenizer(name_or_path, **kwargs):
-    """The tokenizer with a chat template: a base model without one gets the Llama-3 instruct layout.
-
-    SFT trains in that layout, so RL and inference must prompt a fine-tuned base model the same way.
-    """
-    from transformers import AutoTokenizer
-
-    tokenizer = from_pretrained_or_explain(AutoTokenizer, name_or_path, **kwargs)
-    if not tokenizer.chat_template:
-        with open(LLAMA3_CHAT_TEMPLATE, encoding="utf-8") as f:
-            tokenizer.chat_template = f.read()
-    return tokenizer
-
-
-def attn_implementation():
-    """flash_attention_2 where it is installed and a GPU is present (the original forced it), else sdpa."""
-    import importlib.util
-
-    import torch
-
-    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"

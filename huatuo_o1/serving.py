@@ -13,14 +13,14 @@ import urllib.error
 import urllib.request
 
 
-def free_port():
+def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def wait_until_healthy(url, timeout_s=60.0, process=None):
+def wait_until_healthy(url: str, timeout_s: float = 60.0, process: subprocess.Popen | None = None) -> None:
     """Poll url until it answers 200; raise if the process exits first or time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -36,15 +36,21 @@ def wait_until_healthy(url, timeout_s=60.0, process=None):
     raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
 
 
-def start_server(command, health_url, log_path=None, pid_file=None, timeout_s=60.0, env=None, cwd=None):
+def start_server(
+    command: list[str],
+    health_url: str,
+    log_path: str | None = None,
+    pid_file: str | None = None,
+    timeout_s: float = 60.0,
+    env: dict | None = None,
+    cwd: str | None = None,
+) -> subprocess.Popen:
     """Launch command (a list), wait for health_url, record the PID; return the Popen.
 
     The server gets its own process group so that stopping it also stops any workers it spawned.
     """
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    process = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
-    )
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
     if pid_file:
         # The start time lets a later stop tell our server from an unrelated process that
         # got the same PID after ours exited (PIDs are recycled).
@@ -61,7 +67,7 @@ def start_server(command, health_url, log_path=None, pid_file=None, timeout_s=60
     return process
 
 
-def process_start_time(pid):
+def process_start_time(pid: int) -> str | None:
     """The kernel's start time of pid (clock ticks since boot, from /proc), or None where unknown."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -88,7 +94,7 @@ def _alive(pid):
         return True
 
 
-def stop_pid(pid, grace_s=10.0):
+def stop_pid(pid: int, grace_s: float = 10.0) -> bool:
     """SIGTERM the process group led by pid, then SIGKILL after grace_s. Returns True if it was running."""
     if not _alive(pid):
         return False
@@ -113,14 +119,14 @@ def stop_pid(pid, grace_s=10.0):
     return True
 
 
-def read_pid_file(pid_file):
+def read_pid_file(pid_file: str) -> tuple[int, str | None]:
     """(pid, start time or None) as start_server recorded them."""
     with open(pid_file) as f:
         fields = f.read().split()
     return int(fields[0]), (fields[1] if len(fields) > 1 else None)
 
 
-def stop_from_pid_file(pid_file):
+def stop_from_pid_file(pid_file: str) -> bool:
     """Stop the server whose PID start_server recorded; remove the file. Returns True if one was running.
 
     If the recorded PID now belongs to a process that started at another time, the server is

@@ -23,14 +23,15 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
-from typing import Optional
+from typing import Any
 
 import openai
 from tqdm import tqdm
 
-from pipeline_io import InputError, looks_like_hub_id, write_json_atomic
+from huatuo_o1.records import InputError, looks_like_hub_id, write_json_atomic
 
 PROMPTS_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompts")
 
@@ -42,48 +43,75 @@ class ApiArguments:
         default="https://api.openai.com/v1",
         metadata={"help": "Any OpenAI-compatible endpoint: a base URL (.../v1) or a full .../chat/completions URL."},
     )
-    api_key: Optional[str] = field(
+    api_key: str | None = field(
         default=None,
         metadata={"help": "API key. Prefer the OPENAI_API_KEY environment variable (a flag is visible in `ps`)."},
     )
     max_retries: int = field(
-        default=6, metadata={"help": "HTTP retries per call on 429/5xx/timeouts/connection errors (the client's exponential backoff, honouring retry-after)."}
+        default=6,
+        metadata={
+            "help": (
+                "HTTP retries per call on 429/5xx/timeouts/connection errors (the client's exponential "
+                "backoff, honouring retry-after)."
+            )
+        },
     )
-    timeout: float = field(default=120.0, metadata={"help": "Seconds before one HTTP call times out (then it is retried)."})
+    timeout: float = field(
+        default=120.0, metadata={"help": "Seconds before one HTTP call times out (then it is retried)."}
+    )
     parse_attempts: int = field(
-        default=3, metadata={"help": "How many times a prompt is sent when the reply cannot be parsed (the original: 2)."}
+        default=3,
+        metadata={"help": "How many times a prompt is sent when the reply cannot be parsed (the original: 2)."},
     )
-    temperature: Optional[float] = field(default=None, metadata={"help": "Sampling temperature; unset = the endpoint's default."})
+    temperature: float | None = field(
+        default=None, metadata={"help": "Sampling temperature; unset = the endpoint's default."}
+    )
     max_tokens: int = field(
-        default=8192, metadata={"help": "max_tokens sent with every request, as the original did; 0 sends none (the endpoint's default)."}
+        default=8192,
+        metadata={
+            "help": "max_tokens sent with every request, as the original did; 0 sends none (the endpoint's default)."
+        },
     )
     reply_parsing: str = field(
         default="strict",
-        metadata={"help": "'strict': a verdict must be named as a word, JSON is read as written; 'original': the original's "
-                  "reading ('pass' / 'true' anywhere in the reply passes, raw newlines deleted before JSON parsing, "
-                  "any final response accepted).", "choices": ["strict", "original"]},
+        metadata={
+            "help": "'strict': a verdict must be named as a word, JSON is read as written; 'original': the original's "
+            "reading ('pass' / 'true' anywhere in the reply passes, raw newlines deleted before JSON parsing, "
+            "any final response accepted).",
+            "choices": ["strict", "original"],
+        },
     )
 
 
 @dataclass
 class JobArguments:
-    data_path: str = field(default=None, metadata={"help": "Local .json/.jsonl list of items, or a Hugging Face dataset id."})
-    output_path: Optional[str] = field(
-        default=None, metadata={"help": "Where to write the merged output (default: the original's name, in the current folder)."}
+    data_path: str = field(
+        default=None, metadata={"help": "Local .json/.jsonl list of items, or a Hugging Face dataset id."}
     )
-    output_dir: str = field(default="output_data", metadata={"help": "Folder for per-item progress files (one sub-folder per task)."})
-    limit_num: Optional[int] = field(default=None, metadata={"help": "Only process the first N items."})
-    language: str = field(default="en", metadata={"help": "Language of the generated text.", "choices": ["en", "zh"]})
-    prompt_dir: Optional[str] = field(
+    output_path: str | None = field(
         default=None,
-        metadata={"help": "Folder with your own prompt templates (same file names as prompts/en/); missing files fall back to the built-in ones."},
+        metadata={"help": "Where to write the merged output (default: the original's name, in the current folder)."},
+    )
+    output_dir: str = field(
+        default="output_data", metadata={"help": "Folder for per-item progress files (one sub-folder per task)."}
+    )
+    limit_num: int | None = field(default=None, metadata={"help": "Only process the first N items."})
+    language: str = field(default="en", metadata={"help": "Language of the generated text.", "choices": ["en", "zh"]})
+    prompt_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Folder with your own prompt templates (same file names as huatuo_o1/prompts/en/); missing files fall "
+                "back to the built-in ones."
+            )
+        },
     )
 
 
 # ---- prompts --------------------------------------------------------------------------------
 
 
-def load_prompts(required, language="en", prompt_dir=None):
+def load_prompts(required: dict, language: str = "en", prompt_dir: str | None = None) -> dict[str, str]:
     """required: {template name: [placeholders it must contain]} -> {name: template text}."""
     prompts = {}
     for name, placeholders in required.items():
@@ -92,17 +120,21 @@ def load_prompts(required, language="en", prompt_dir=None):
         ]
         path = next((p for p in candidates if os.path.isfile(p)), None)
         if path is None:
-            raise InputError(f"prompt template '{name}.txt' not found in {' or '.join(os.path.dirname(p) for p in candidates)}")
+            raise InputError(
+                f"prompt template '{name}.txt' not found in {' or '.join(os.path.dirname(p) for p in candidates)}"
+            )
         with open(path, encoding="utf-8") as f:
             text = f.read()
         missing = [p for p in placeholders if "{" + p + "}" not in text]
         if missing:
-            raise InputError(f"{path}: the template lacks the placeholder(s) {', '.join('{' + p + '}' for p in missing)}")
+            raise InputError(
+                f"{path}: the template lacks the placeholder(s) {', '.join('{' + p + '}' for p in missing)}"
+            )
         prompts[name] = text
     return prompts
 
 
-def render(template, **values):
+def render(template: str, **values) -> str:
     """Fill {name} placeholders in one pass (text filled in is never scanned again); other braces stay."""
     return re.sub(r"\{(\w+)\}", lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), template)
 
@@ -110,13 +142,13 @@ def render(template, **values):
 # ---- replies --------------------------------------------------------------------------------
 
 
-def parse_json_object(text):
+def parse_json_object(text: str) -> dict:
     """The JSON object in a reply: plain, inside a ```json fence, or between prose. Raises ValueError."""
     text = (text or "").strip()
     candidates = [text]
     candidates += re.findall(r"```(?:json|JSON)?\s*(.*?)```", text, flags=re.DOTALL)
     if "{" in text and "}" in text:
-        candidates.append(text[text.index("{"): text.rindex("}") + 1])
+        candidates.append(text[text.index("{") : text.rindex("}") + 1])
     for candidate in candidates:
         try:
             value = json.loads(candidate, strict=False)  # strict=False: raw newlines inside strings
@@ -127,7 +159,7 @@ def parse_json_object(text):
     raise ValueError(f"no JSON object found in the reply ({text[:80]!r}...)")
 
 
-def parse_json_object_as_original(text):
+def parse_json_object_as_original(text: str) -> dict:
     """The original's reading of a JSON reply: unless the reply starts with '{', the text from its first
     '{' to its last '}'; every raw newline deleted (line breaks inside strings are lost, text on two
     lines is joined); then strict JSON. Raises ValueError."""
@@ -150,7 +182,7 @@ class ItemFailed(Exception):
     """An item that cannot be finished; the message is the reason recorded with it."""
 
 
-def api_base_url(api_url):
+def api_base_url(api_url: str) -> str:
     """Accept a base URL or a full chat-completions URL (the original took the latter)."""
     url = api_url.rstrip("/")
     return url[: -len("/chat/completions")] if url.endswith("/chat/completions") else url
@@ -165,7 +197,7 @@ class ItemTrace:
 
 
 class Teacher:
-    """One openai client shared by all worker threads: at most `concurrency` requests at once; counts calls and tokens."""
+    """One openai client shared by all worker threads: at most `concurrency` requests at once; counts calls, tokens."""
 
     def __init__(self, args: ApiArguments, concurrency=1):
         self.api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
@@ -174,13 +206,16 @@ class Teacher:
         self.args = args
         self.concurrency = max(1, concurrency)  # requests in flight at once (--num_process)
         self.client = openai.OpenAI(
-            base_url=api_base_url(args.api_url), api_key=self.api_key, max_retries=args.max_retries, timeout=args.timeout
+            base_url=api_base_url(args.api_url),
+            api_key=self.api_key,
+            max_retries=args.max_retries,
+            timeout=args.timeout,
         )
         self.lock = threading.Lock()
         self.slots = threading.BoundedSemaphore(self.concurrency)
         self.calls = self.prompt_tokens = self.completion_tokens = 0
 
-    def redact(self, text):
+    def redact(self, text: object) -> str:
         return str(text).replace(self.api_key, "***") if self.api_key else str(text)
 
     def _count(self, trace, calls, prompt_tokens=0, completion_tokens=0):
@@ -195,11 +230,12 @@ class Teacher:
     def _http_calls_spent(self, error):
         """The client retried this error max_retries times before giving up, or not at all."""
         retryable = isinstance(error, openai.APIConnectionError) or (
-            isinstance(error, openai.APIStatusError) and (error.status_code in (408, 409, 429) or error.status_code >= 500)
+            isinstance(error, openai.APIStatusError)
+            and (error.status_code in (408, 409, 429) or error.status_code >= 500)
         )
         return self.args.max_retries + 1 if retryable else 1
 
-    def complete(self, prompt, trace):
+    def complete(self, prompt: str, trace: ItemTrace) -> str:
         """One chat completion (with the client's retries); returns the reply text."""
         extra = {} if self.args.temperature is None else {"temperature": self.args.temperature}
         if self.args.max_tokens:
@@ -215,12 +251,14 @@ class Teacher:
             raise
         usage = completion.usage
         self._count(
-            trace, 1 + raw.retries_taken,
-            (usage.prompt_tokens or 0) if usage else 0, (usage.completion_tokens or 0) if usage else 0,
+            trace,
+            1 + raw.retries_taken,
+            (usage.prompt_tokens or 0) if usage else 0,
+            (usage.completion_tokens or 0) if usage else 0,
         )
         return completion.choices[0].message.content or "" if completion.choices else ""
 
-    def ask(self, step, prompt, parse, trace):
+    def ask(self, step: str, prompt: str, parse: Callable[[str], Any], trace: ItemTrace) -> Any:
         """Send prompt until parse(reply) succeeds (at most parse_attempts times); log every exchange.
 
         parse raises ValueError for an unusable reply. Raises ItemFailed with the reason otherwise.
@@ -231,7 +269,9 @@ class Teacher:
                 reply = self.complete(prompt, trace)
             except openai.OpenAIError as error:
                 spent = self._http_calls_spent(error)
-                raise ItemFailed(self.redact(f"{step}: {type(error).__name__} after {spent} HTTP call(s): {error}")) from None
+                raise ItemFailed(
+                    self.redact(f"{step}: {type(error).__name__} after {spent} HTTP call(s): {error}")
+                ) from None
             try:
                 value = parse(reply)
             except ValueError as error:
@@ -240,13 +280,15 @@ class Teacher:
                 continue
             trace.log.append({"step": step, "query": prompt, "reply": reply, "parsed": True})
             return value
-        raise ItemFailed(self.redact(f"{step}: no usable reply after {self.args.parse_attempts} attempt(s) ({problem})"))
+        raise ItemFailed(
+            self.redact(f"{step}: no usable reply after {self.args.parse_attempts} attempt(s) ({problem})")
+        )
 
 
 # ---- per-item progress ----------------------------------------------------------------------
 
 
-def task_name_of(data_path):
+def task_name_of(data_path: str) -> str:
     """The original's task name: the input file name without extension (hub ids: org_name)."""
     if looks_like_hub_id(data_path):
         return data_path.replace("/", "_").replace(":", "_")
@@ -258,7 +300,7 @@ def _digest(obj):
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
-def item_keys(items):
+def item_keys(items: list[dict]) -> list[str]:
     """A key per item from its content (so inserting or reordering rows keeps finished work findable);
     repeated identical items get -1, -2, ... appended."""
     keys, seen = [], Counter()
@@ -269,13 +311,19 @@ def item_keys(items):
     return keys
 
 
-def fingerprint(item, settings):
+def fingerprint(item: dict, settings: dict) -> str:
     """Identifies the work an item file holds: the item itself and the settings that change the result."""
     return _digest([item, settings])
 
 
+def task_store(job: "JobArguments", suffix: str = "") -> tuple[str, "ItemStore"]:
+    """(task name, per-item store) of a run: <input name><suffix>[_zh], under <output_dir>/ (the original's naming)."""
+    task = task_name_of(job.data_path) + suffix + ("_zh" if job.language == "zh" else "")
+    return task, ItemStore(f"{job.output_dir}/{task}")
+
+
 class ItemStore:
-    """One JSON file per input item in `folder` (named by its key), written atomically (old file or new, never half)."""
+    """One JSON file per input item in `folder` (named by its key), written atomically (old or new, never half)."""
 
     def __init__(self, folder):
         self.folder = folder
@@ -284,10 +332,10 @@ class ItemStore:
             if name.startswith(".tmp-"):
                 os.remove(os.path.join(folder, name))
 
-    def path(self, key):
+    def path(self, key: str) -> str:
         return os.path.join(self.folder, f"{key}.json")
 
-    def load(self, key):
+    def load(self, key: str) -> dict | None:
         try:
             with open(self.path(key), encoding="utf-8") as f:
                 return json.load(f)
@@ -296,11 +344,18 @@ class ItemStore:
         except json.JSONDecodeError:  # only possible if someone edited it by hand
             return None
 
-    def save(self, key, entry):
+    def save(self, key: str, entry: dict) -> None:
         write_json_atomic(self.path(key), entry)
 
 
-def run_items(work, items, store, settings, teacher, desc):
+def run_items(
+    work: Callable[[dict, ItemTrace, str], str],
+    items: list[dict],
+    store: "ItemStore",
+    settings: dict,
+    teacher: Teacher,
+    desc: str,
+) -> tuple[list[dict], dict]:
     """Run work(record, trace, key) -> outcome for every item not finished yet.
 
     record starts as a copy of the item; work adds its results to it (kept even when the item fails).
@@ -319,8 +374,11 @@ def run_items(work, items, store, settings, teacher, desc):
             pending.append((key, item))
     resumed = len(entries)
     if resumed or stale:
-        print(f"{desc}: {resumed} item(s) already finished in {store.folder} (skipped), {len(pending)} to do"
-              + (f", {stale} redone because the input or settings changed" if stale else ""), flush=True)
+        print(
+            f"{desc}: {resumed} item(s) already finished in {store.folder} (skipped), {len(pending)} to do"
+            + (f", {stale} redone because the input or settings changed" if stale else ""),
+            flush=True,
+        )
 
     def one(key, item):
         trace, record = ItemTrace(), copy.deepcopy(item)
@@ -337,9 +395,15 @@ def run_items(work, items, store, settings, teacher, desc):
             record["failure_reason"] = reason
         record["llm_log"] = trace.log
         entry = {
-            "key": key, "fingerprint": fingerprint(item, settings), "status": status, "outcome": outcome,
-            "reason": reason, "calls": trace.calls, "prompt_tokens": trace.prompt_tokens,
-            "completion_tokens": trace.completion_tokens, "record": record,
+            "key": key,
+            "fingerprint": fingerprint(item, settings),
+            "status": status,
+            "outcome": outcome,
+            "reason": reason,
+            "calls": trace.calls,
+            "prompt_tokens": trace.prompt_tokens,
+            "completion_tokens": trace.completion_tokens,
+            "record": record,
         }
         store.save(key, entry)
         return entry
@@ -347,7 +411,10 @@ def run_items(work, items, store, settings, teacher, desc):
     started = time.time()
     done = failed = 0
     # A few more threads than request slots keep every slot busy while a thread parses or writes a file.
-    with ThreadPoolExecutor(max_workers=teacher.concurrency + 4) as pool, tqdm(total=len(pending), desc=desc, unit="item") as bar:
+    with (
+        ThreadPoolExecutor(max_workers=teacher.concurrency + 4) as pool,
+        tqdm(total=len(pending), desc=desc, unit="item") as bar,
+    ):
         futures = [pool.submit(one, key, item) for key, item in pending]
         try:
             for future in as_completed(futures):
@@ -356,17 +423,27 @@ def run_items(work, items, store, settings, teacher, desc):
                 done += entry["status"] == "done"
                 failed += entry["status"] == "failed"
                 bar.update(1)
-                bar.set_postfix(done=done, failed=failed, calls=teacher.calls,
-                                tokens=teacher.prompt_tokens + teacher.completion_tokens, refresh=False)
+                bar.set_postfix(
+                    done=done,
+                    failed=failed,
+                    calls=teacher.calls,
+                    tokens=teacher.prompt_tokens + teacher.completion_tokens,
+                    refresh=False,
+                )
         except KeyboardInterrupt:
             for future in futures:
                 future.cancel()
             raise
     elapsed = time.time() - started
     this_run = {
-        "items_resumed": resumed, "items_processed": len(pending), "items_redone_stale": stale,
-        "calls": teacher.calls, "prompt_tokens": teacher.prompt_tokens, "completion_tokens": teacher.completion_tokens,
-        "elapsed_s": round(elapsed, 3), "items_per_s": round(len(pending) / elapsed, 3) if elapsed > 0 and pending else None,
+        "items_resumed": resumed,
+        "items_processed": len(pending),
+        "items_redone_stale": stale,
+        "calls": teacher.calls,
+        "prompt_tokens": teacher.prompt_tokens,
+        "completion_tokens": teacher.completion_tokens,
+        "elapsed_s": round(elapsed, 3),
+        "items_per_s": round(len(pending) / elapsed, 3) if elapsed > 0 and pending else None,
     }
     return [entries[key] for key in item_keys(items)], this_run
 
@@ -374,7 +451,9 @@ def run_items(work, items, store, settings, teacher, desc):
 # ---- outputs --------------------------------------------------------------------------------
 
 
-def summarise(stage, entries, this_run, outputs, settings, skipped=0):
+def summarise(
+    stage: str, entries: list[dict], this_run: dict, outputs: dict, settings: dict, skipped: int = 0
+) -> dict:
     outcomes = Counter(entry["outcome"] for entry in entries)
     reasons = Counter(entry["reason"].split(":")[0] for entry in entries if entry["status"] == "failed")
     return {
@@ -392,7 +471,7 @@ def summarise(stage, entries, this_run, outputs, settings, skipped=0):
     }
 
 
-def public_settings(*argument_groups):
+def public_settings(*argument_groups) -> dict:
     """All flags, for the summary: never the API key."""
     settings = {}
     for group in argument_groups:
@@ -401,7 +480,7 @@ def public_settings(*argument_groups):
     return settings
 
 
-def write_outputs(output_path, main_rows, entries, summary):
+def write_outputs(output_path: str, main_rows: list[dict], entries: list[dict], summary: dict) -> dict:
     """Write the main output, all records (incl. filtered/failed, with their reasons) and the summary."""
     stem = output_path[:-5] if output_path.endswith(".json") else output_path
     records_path, summary_path = f"{stem}_records.json", f"{stem}_summary.json"
@@ -410,10 +489,16 @@ def write_outputs(output_path, main_rows, entries, summary):
     write_json_atomic(output_path, main_rows)
     write_json_atomic(summary_path, summary)
     failed = summary["by_outcome"].get("failed", 0)
-    print(f"items by outcome: {summary['by_outcome']}; API calls {summary['calls']}, "
-          f"tokens {summary['prompt_tokens']} prompt + {summary['completion_tokens']} completion", flush=True)
+    print(
+        f"items by outcome: {summary['by_outcome']}; API calls {summary['calls']}, "
+        f"tokens {summary['prompt_tokens']} prompt + {summary['completion_tokens']} completion",
+        flush=True,
+    )
     if failed:
-        print(f"{failed} item(s) failed (reasons in the records file); rerun the same command to retry only those.", flush=True)
+        print(
+            f"{failed} item(s) failed (reasons in the records file); rerun the same command to retry only those.",
+            flush=True,
+        )
     print(f"wrote {len(main_rows)} rows to {output_path}", flush=True)
     print(f"records: {records_path}", flush=True)
     print(f"summary: {summary_path}", flush=True)

@@ -6,16 +6,19 @@ minus one), log-probs and the policy loss count at positions <= s, values and th
 positions <= s + 1, where the verifier's score is added (see docs/rl.md, "Where the score lands").
 """
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 
-def masked_mean(values, mask):
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     mask = mask.to(values.dtype)
     return (values * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def masked_var(values, mask):
+def masked_var(values: Tensor, mask: Tensor) -> Tensor:
     """Unbiased variance over the masked entries (as the PPO reference implementations use)."""
     mean = masked_mean(values, mask)
     squared = masked_mean((values - mean) ** 2, mask)
@@ -23,7 +26,7 @@ def masked_var(values, mask):
     return squared * count / (count - 1).clamp(min=1)
 
 
-def masked_whiten(values, mask, shift_mean=True):
+def masked_whiten(values: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
     """Normalise to unit variance (and zero mean) using the masked entries only."""
     mean, var = masked_mean(values, mask), masked_var(values, mask)
     whitened = (values - mean) * torch.rsqrt(var + 1e-8)
@@ -32,13 +35,13 @@ def masked_whiten(values, mask, shift_mean=True):
     return whitened
 
 
-def logprobs_of(logits, tokens, temperature):
+def logprobs_of(logits: Tensor, tokens: Tensor, temperature: float) -> Tensor:
     """log p(token) under logits / temperature (generation sampled at that temperature)."""
     logprobs = F.log_softmax(logits.float() / temperature, dim=-1)
     return torch.gather(logprobs, 2, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def entropy_of(logits, temperature):
+def entropy_of(logits: Tensor, temperature: float) -> Tensor:
     logits = logits.float() / temperature
     probs = F.softmax(logits, dim=-1)
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
@@ -47,21 +50,21 @@ def entropy_of(logits, temperature):
 SCORE_POSITIONS = ("after_stop", "stop_token")
 
 
-def first_true_index(bools):
+def first_true_index(bools: Tensor) -> Tensor:
     """Index of the first True in each row; the row length when there is none."""
     length = bools.shape[-1]
     positions = torch.arange(length, device=bools.device).expand_as(bools)
     return torch.where(bools, positions, torch.full_like(positions, length)).min(-1).values
 
 
-def truncate_after_stop(responses, stop_token_id, pad_token_id):
+def truncate_after_stop(responses: Tensor, stop_token_id: int, pad_token_id: int) -> Tensor:
     """Every token after the first stop token becomes pad; the stop token itself stays."""
     positions = torch.arange(responses.shape[1], device=responses.device).unsqueeze(0)
     first_stop = first_true_index(responses == stop_token_id).unsqueeze(1)
     return responses.masked_fill(positions > first_stop, pad_token_id)
 
 
-def sequence_ends(truncated, pad_token_id):
+def sequence_ends(truncated: Tensor, pad_token_id: int) -> Tensor:
     """s, the index of each response's last token: the first pad minus one, the last index when there is no pad.
 
     A pad token the policy sampled itself ends the response too (s = -1 when it came first).
@@ -69,7 +72,7 @@ def sequence_ends(truncated, pad_token_id):
     return first_true_index(truncated == pad_token_id) - 1
 
 
-def position_masks(ends, length, score_position="after_stop"):
+def position_masks(ends: Tensor, length: int, score_position: str = "after_stop") -> tuple[Tensor, Tensor]:
     """(policy_mask, value_mask): which positions count for log-probs and the policy loss, which for values.
 
     after_stop (the original's): values count one position past the stop token, where the score lands.
@@ -82,21 +85,21 @@ def position_masks(ends, length, score_position="after_stop"):
     return policy_mask, positions <= (ends + 1).unsqueeze(1)
 
 
-def score_indices(ends, length, score_position="after_stop"):
-    """Where each response's score is added: s + 1 when that is inside the tensor, else s (after_stop); s (stop_token)."""
+def score_indices(ends: Tensor, length: int, score_position: str = "after_stop") -> Tensor:
+    """Where each response's score is added: s + 1 when inside the tensor, else s (after_stop); s (stop_token)."""
     if score_position == "stop_token":
         return ends.clamp(min=0)
     return torch.where(ends + 1 < length, ends + 1, ends)
 
 
-def token_rewards(scores, kl_penalty, policy_mask, score_at, kl_coef):
+def token_rewards(scores: Tensor, kl_penalty: Tensor, policy_mask: Tensor, score_at: Tensor, kl_coef: float) -> Tensor:
     """Per-token reward: -kl_coef * kl_penalty on the policy's positions, 0 elsewhere, plus the score at score_at."""
     rewards = -kl_coef * kl_penalty.masked_fill(~policy_mask, 0.0)
     rewards[torch.arange(rewards.shape[0], device=rewards.device), score_at] += scores.to(rewards.dtype)
     return rewards
 
 
-def gae_advantages(rewards, values, gamma, lam):
+def gae_advantages(rewards: Tensor, values: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
     """Generalised advantage estimation over the whole (padded) length; the value after the last position is 0.
 
     The caller zeroes values and rewards where they do not count. Returns (advantages, returns = advantages + values).
@@ -113,7 +116,7 @@ def gae_advantages(rewards, values, gamma, lam):
     return advantages, advantages + values
 
 
-def kl_terms(logprobs, ref_logprobs, estimator="k1"):
+def kl_terms(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") -> tuple[Tensor, Tensor]:
     """(penalty, kl): the per-token term the reward pays for, and log pi - log pi_ref for the logs.
 
     k1 = log pi - log pi_ref (the original's); k3 = (r - 1) - log r with r = pi_ref / pi (unbiased, non-negative).
@@ -125,17 +128,46 @@ def kl_terms(logprobs, ref_logprobs, estimator="k1"):
     return (log_ratio.exp() - 1) - log_ratio, kl
 
 
-def rollout_targets(responses, scores, logprobs, ref_logprobs, values, *, stop_token_id, pad_token_id, eos_token_id,
-                    kl_coef, gamma, lam, whiten_rewards=False, missing_eos_penalty=None, score_position="after_stop",
-                    kl_estimator="k1"):
+@dataclass
+class Targets:
+    """Everything PPO trains on from one rollout; (batch, response length) unless said otherwise."""
+
+    responses: torch.Tensor  # cut after the first stop token
+    ends: torch.Tensor  # (batch,) s, the index of each response's last token
+    policy_mask: torch.Tensor  # positions that count for log-probs and the policy loss
+    value_mask: torch.Tensor  # positions that count for values and the value loss
+    scores: torch.Tensor  # (batch,) float32, after the missing-eos penalty
+    has_eos: torch.Tensor  # (batch,)
+    kl: torch.Tensor  # log pi - log pi_ref, zero past the policy's positions
+    rewards: torch.Tensor  # per token
+    values: torch.Tensor  # zero where they do not count
+    advantages: torch.Tensor  # whitened over the policy's positions, zero elsewhere
+    returns: torch.Tensor
+
+
+def rollout_targets(
+    responses: Tensor,
+    scores: Tensor,
+    logprobs: Tensor,
+    ref_logprobs: Tensor,
+    values: Tensor,
+    *,
+    stop_token_id: int,
+    pad_token_id: int,
+    eos_token_id: int,
+    kl_coef: float,
+    gamma: float,
+    lam: float,
+    whiten_rewards: bool = False,
+    missing_eos_penalty: float | None = None,
+    score_position: str = "after_stop",
+    kl_estimator: str = "k1",
+) -> Targets:
     """Everything PPO trains on, from one rollout.
 
     responses: sampled token ids (batch, length), before truncation; scores: one verifier score per
     response, in the verifier's dtype (the missing-eos penalty is subtracted in that dtype, as the
     original did); logprobs / ref_logprobs / values: per response position (float32).
-    Returns a dict: responses (truncated), ends, policy_mask, value_mask, scores (float32, after the
-    penalty), has_eos, kl, rewards, values (zero where they do not count), advantages (whitened over
-    the policy's positions, zero elsewhere) and returns.
     """
     length = responses.shape[1]
     responses = truncate_after_stop(responses, stop_token_id, pad_token_id)
@@ -155,12 +187,24 @@ def rollout_targets(responses, scores, logprobs, ref_logprobs, values, *, stop_t
     values = values.masked_fill(~value_mask, 0.0)
     advantages, returns = gae_advantages(rewards, values, gamma, lam)
     advantages = masked_whiten(advantages, policy_mask).masked_fill(~policy_mask, 0.0)
-    return dict(responses=responses, ends=ends, policy_mask=policy_mask, value_mask=value_mask, scores=scores,
-                has_eos=has_eos, kl=kl.masked_fill(~policy_mask, 0.0), rewards=rewards, values=values,
-                advantages=advantages, returns=returns)
+    return Targets(
+        responses=responses,
+        ends=ends,
+        policy_mask=policy_mask,
+        value_mask=value_mask,
+        scores=scores,
+        has_eos=has_eos,
+        kl=kl.masked_fill(~policy_mask, 0.0),
+        rewards=rewards,
+        values=values,
+        advantages=advantages,
+        returns=returns,
+    )
 
 
-def policy_loss(new_logprobs, old_logprobs, advantages, mask, cliprange):
+def policy_loss(
+    new_logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, cliprange: float
+) -> tuple[Tensor, Tensor, Tensor]:
     """Clipped surrogate loss; returns (loss, clip fraction, approximate KL old->new)."""
     log_ratio = new_logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
@@ -172,7 +216,9 @@ def policy_loss(new_logprobs, old_logprobs, advantages, mask, cliprange):
     return loss, clip_fraction, approx_kl
 
 
-def value_loss(new_values, old_values, returns, mask, cliprange_value):
+def value_loss(
+    new_values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, cliprange_value: float
+) -> tuple[Tensor, Tensor]:
     """Clipped value loss (0.5 * max of squared errors); returns (loss, clip fraction)."""
     clipped_values = old_values + torch.clamp(new_values - old_values, -cliprange_value, cliprange_value)
     unclipped_error = (new_values - returns) ** 2

@@ -6,22 +6,27 @@ import stat
 
 import pytest
 
-from pipeline_io import InputError, load_records, write_json_atomic
+from huatuo_o1.records import InputError, load_records, write_json_atomic
 
 
 def test_load_json_and_jsonl(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps([{"question": "q1"}, {"question": "q2"}]))
     (tmp_path / "b.jsonl").write_text('{"question": "q1"}\n\n{"question": "q2"}\n')
-    assert load_records(str(tmp_path / "a.json"), ["question"]) == load_records(str(tmp_path / "b.jsonl"), ["question"])
+    assert load_records(str(tmp_path / "a.json"), ["question"]) == load_records(
+        str(tmp_path / "b.jsonl"), ["question"]
+    )
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{not json", "not valid JSON"),
-    ('{"question": "q"}', "expected a JSON list"),
-    ("[]", "the list is empty"),
-    ('[{"question": "q"}, 3]', "row 1 is a int"),
-    ('[{"question": "q"}, {"answer": "a"}]', "row 1 lacks the field(s) 'question'"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"question": "q"}', "expected a JSON list"),
+        ("[]", "the list is empty"),
+        ('[{"question": "q"}, 3]', "row 1 is a int"),
+        ('[{"question": "q"}, {"answer": "a"}]', "row 1 lacks the field(s) 'question'"),
+    ],
+)
 def test_bad_input_names_the_file_and_row(tmp_path, content, message):
     path = tmp_path / "bad.json"
     path.write_text(content)
@@ -50,8 +55,8 @@ def test_atomic_write_replaces_whole_file_readable_by_others(tmp_path):
 def test_base_model_tokenizer_gets_the_llama3_layout_in_sft_and_rl(tiny_models, tmp_path):
     from transformers import AutoTokenizer
 
-    from pipeline_io import load_chat_tokenizer
-    from RL_stage2 import prompt_ids
+    from huatuo_o1.models import load_chat_tokenizer
+    from huatuo_o1.rl.loading import prompt_ids
 
     base = AutoTokenizer.from_pretrained(tiny_models["tiny-llama"])
     base.chat_template = None
@@ -61,4 +66,5 @@ def test_base_model_tokenizer_gets_the_llama3_layout_in_sft_and_rl(tiny_models, 
     # RL prompts a fine-tuned base model exactly as SFT trained it (question trimmed by the template).
     assert tokenizer.decode(prompt_ids(tokenizer, "  What causes fever? ")) == (
         "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nWhat causes fever?<|eot_id|>"
-        "<|start_header_id|>assistant<|end_header_id|>\n\n")
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )

@@ -3,10 +3,10 @@
 Two views of every reply, both reported:
 
 paper view  -- the original evaluation's scorer, rule for rule, quirks included (rules P1-P5 below,
-               numbered as in the project notes' "Paper-view answer extraction"), so that our figures
-               compare with the paper's Table 1. An empty reply is dropped: it is neither right nor
-               wrong and not in the denominator. Each reply gives a first and a last letter; the
-               reported accuracy is the better of first-match and last-match accuracy.
+               docs/eval.md explains them), so that our figures compare with the paper's Table 1. An
+               empty reply is dropped: it is neither right nor wrong and not in the denominator. Each
+               reply gives a first and a last letter; the reported accuracy is the better of
+               first-match and last-match accuracy.
 honest view -- what the reply says (rules H1-H5). A bare letter is an answer only where people write
                answers ("The answer is B", "Answer: (B)", "option B", "**B**", a line "B. Measles");
                letters that belong to words and names ("B cell", "Hepatitis B", "L-myc", "vitamin A")
@@ -20,7 +20,8 @@ Replies are cleaned once, as the original did, before either view reads them (cl
 import difflib
 import re
 from dataclasses import asdict, dataclass
-from typing import Optional
+
+from huatuo_o1.answer_format import FINAL_MARK, FINAL_RESPONSE, THINKING, is_well_formed
 
 CJK = "\u4e00-\u9fff"  # the ideograph range the original's letter rule names
 
@@ -35,26 +36,21 @@ class Extraction:
           that never reached its final response), or "blank".
     """
 
-    first: Optional[str]
-    last: Optional[str]
+    first: str | None
+    last: str | None
     rule: str
 
 
-def clean_reply(raw):
+def clean_reply(raw: str | None) -> str:
     """The reply as the original scored it: every "</s>" removed, then one leading space."""
     reply = (raw or "").replace("</s>", "")
     return reply[1:] if reply.startswith(" ") else reply
 
 
-def thinking_format_ok(reply):
-    """True when the reply has exactly one "## Thinking" and exactly one "## Final Response"."""
-    return reply.count("## Thinking") == 1 and reply.count("## Final Response") == 1
-
-
 # ---------------------------------------------------------------------------------------------
 # Paper view: the original scorer (Python `re` semantics throughout).
 
-PAPER_FINAL_MARK = "## Final Response\n\n"
+PAPER_FINAL_MARK = FINAL_MARK  # P1 reads after the heading and its blank line, as the original scorer did
 PAPER_ALL_LETTERS = "ABCDEFGHIJKLMN"
 PAPER_ANSWER_IS = re.compile(r"answer is\s*?([A-N])")  # P2: A-N whatever the option count; case-sensitive
 # P3, left context: alternatives in the original's order (the order decides what a match consumes).
@@ -62,17 +58,17 @@ PAPER_LEFT_CONTEXT = "|".join([f"[{CJK}]", "is ", "是", "项", r"\*", r"\W", " 
 PAPER_RIGHT_CONTEXT = rf"\W|[{CJK}]|$"
 
 
-def paper_final_part(reply):
+def paper_final_part(reply: str) -> str:
     """P1: the text after the last "## Final Response\\n\\n", or the whole reply."""
     return reply.split(PAPER_FINAL_MARK)[-1]
 
 
-def paper_answer_is(text):
+def paper_answer_is(text: str) -> list[str]:
     """P2: letters of every "answer is" + whitespace + capital A-N ("answer is Lumbar" gives L)."""
     return [match.group(1) for match in PAPER_ANSWER_IS.finditer(text)]
 
 
-def paper_standalone_letters(text, option_count):
+def paper_standalone_letters(text: str, option_count: int) -> list[str]:
     """P3: letters among the first option_count of A-N, between a left and a right context.
 
     Each match consumes both contexts, so in "B/C" or "B C" only B is found; an "A " is the article.
@@ -82,7 +78,7 @@ def paper_standalone_letters(text, option_count):
     return [match.group(1) for match in re.finditer(pattern, text)]
 
 
-def paper_option_text(text, options):
+def paper_option_text(text: str, options: dict) -> tuple[str, str] | None:
     """P4: (first, last) from option texts found anywhere in the lower-cased text, or None.
 
     last = the option whose last occurrence starts furthest right; first = the option whose FIRST
@@ -101,7 +97,7 @@ def paper_option_text(text, options):
     return rightmost(first_spots), rightmost(last_spots)
 
 
-def paper_most_similar(text, options):
+def paper_most_similar(text: str, options: dict) -> str | None:
     """P5: the option whose text is most similar to the reply (option first, reply second); ties: the later option."""
     lowered = text.lower()
     best_letter, best_ratio = None, -1.0
@@ -112,7 +108,7 @@ def paper_most_similar(text, options):
     return best_letter
 
 
-def paper_extract(reply, options):
+def paper_extract(reply: str, options: dict) -> Extraction:
     """The original scorer's reading of a cleaned reply (P1-P5); an empty reply is dropped."""
     if reply == "":
         return Extraction(None, None, "dropped")
@@ -133,8 +129,15 @@ def paper_extract(reply, options):
 # ---------------------------------------------------------------------------------------------
 # Honest view: what the reply says.
 
-FINAL_HEADING = re.compile(r"^[ \t]*#{1,6}[ \t]*Final Response[ \t]*:?[ \t]*$", re.M | re.I)
-THINKING_HEADING = re.compile(r"^[ \t]*#{1,6}[ \t]*Thinking[ \t]*:?[ \t]*$", re.M | re.I)
+
+def _heading_line(heading):
+    """A line holding the heading however it is typeset: any level of '#', a colon, any case."""
+    words = re.escape(heading.lstrip("#").strip())
+    return re.compile(rf"^[ \t]*#{{1,6}}[ \t]*{words}[ \t]*:?[ \t]*$", re.M | re.I)
+
+
+FINAL_HEADING = _heading_line(FINAL_RESPONSE)
+THINKING_HEADING = _heading_line(THINKING)
 
 # Lower-case words that may follow a letter that is an answer ("B because ...", "B is correct");
 # any other lower-case word makes the letter part of a name ("B cell", "A patient", "E coli").
@@ -156,7 +159,7 @@ OPTION_WORD = r"(?:(?i:\b(?:options?|choices?))\s*|选项\s*)"
 YES_NO_MAYBE = frozenset({"yes", "no", "maybe"})  # PubMedQA's options: words people also use in passing
 
 
-def honest_answer_part(reply):
+def honest_answer_part(reply: str) -> str | None:
     """H1: the text after the last "## Final Response" heading; None when the reply stopped in its thinking."""
     headings = list(FINAL_HEADING.finditer(reply))
     if headings:
@@ -180,7 +183,7 @@ def _option_needle(option):
     return _normalise(str(option)).strip(" .")
 
 
-def letter_stands_alone(text, end, options, after_option_word=False):
+def letter_stands_alone(text: str, end: int, options: dict, after_option_word: bool = False) -> bool:
     """H-follow: whether the letter ending at `end` is a letter and not the start of a word or name.
 
     After "option"/"choice" a letter is a letter whatever word follows ("option B looks right"),
@@ -225,32 +228,38 @@ def _letters_after(pattern, text, options, after_option_word=False):
     return found
 
 
-def honest_answer_statements(text, options):
+def honest_answer_statements(text: str, options: dict) -> list[tuple[int, str]]:
     """H2: letters the reply states as its answer: "The answer is B", "Answer: (B)", "B is correct", "答案是B"."""
     return sorted(
         _letters_after(ANSWER_PHRASE + DECORATION + OPTION_WORD + "?" + r"[(（]?{letter}", text, options)
-        + _letters_after(r"(?:^|[.!?。;,]\s*|[*(（]|(?i:\b(?:while|whereas|and|but|so|thus|hence|therefore)\s+))\s*{letter}[)）]?"
-                         r"\s+is\s+(?:the\s+)?(?:correct|right|best|answer)\b", text, options)
+        + _letters_after(
+            r"(?:^|[.!?。;,]\s*|[*(（]|(?i:\b(?:while|whereas|and|but|so|thus|hence|therefore)\s+))\s*{letter}[)）]?"
+            r"\s+is\s+(?:the\s+)?(?:correct|right|best|answer)\b",
+            text,
+            options,
+        )
     )
 
 
-def honest_label_lines(text, options):
+def honest_label_lines(text: str, options: dict) -> list[tuple[int, str]]:
     """Lines that start with a letter as a label: "B. Measles", "(B) Measles", "- **B)** ...", "B"."""
     return _letters_after(r"^[ \t]*(?:[-*>•][ \t]*)*(?:\*\*)?[(（]?{letter}(?=[)）.]|\*\*|[ \t]*$)", text, options)
 
 
-def honest_letter_mentions(text, options):
+def honest_letter_mentions(text: str, options: dict) -> list[tuple[int, str]]:
     """H4: letters named as options anywhere: label lines, "option B", "B项", "**B**", "(B)", "... is B."."""
     found = honest_label_lines(text, options)
     found += _letters_after(OPTION_WORD + r"[(（]?{letter}", text, options, after_option_word=True)
     found += _letters_after(r"{letter}\s*(?:项|选项)", text, options)
     found += _letters_after(r"\*\*\s*[(（]?{letter}(?=[)）.:：]?\s*\*\*|[)）.:：]\s)", text, options)
     found += _letters_after(r"[(（]{letter}[)）]", text, options)
-    found += _letters_after(r"(?i:\b(?:is|be|was)\b)\s+[(（]?{letter}(?=[)）]?(?:[ \t]*$|[.,;!?。](?:\s|$)|\s+[-–—(]))", text, options)
+    found += _letters_after(
+        r"(?i:\b(?:is|be|was)\b)\s+[(（]?{letter}(?=[)）]?(?:[ \t]*$|[.,;!?。](?:\s|$)|\s+[-–—(]))", text, options
+    )
     return sorted(set(found))
 
 
-def honest_option_mentions(text, options):
+def honest_option_mentions(text: str, options: dict) -> list[tuple[int, str]]:
     """H5: (position, letter) of each place an option's text is named, as a whole word or phrase.
 
     A mention inside a longer option's mention does not count ("Vitamin A" inside "Vitamin A
@@ -278,7 +287,10 @@ def _word_endings_free(needle):
     if needle in YES_NO_MAYBE:
         return re.escape(needle)
     parts = re.split(r"([a-z]{3,})", needle)  # odd places: the words
-    return "".join(re.escape(part.removesuffix("s")) + "(?:s|es|d|ed)?" if i % 2 else re.escape(part) for i, part in enumerate(parts))
+    return "".join(
+        re.escape(part.removesuffix("s")) + "(?:s|es|d|ed)?" if i % 2 else re.escape(part)
+        for i, part in enumerate(parts)
+    )
 
 
 def _stated_as_answer(normal, start, end):
@@ -291,7 +303,7 @@ def _stated_as_answer(normal, start, end):
     return opens and re.match(r"\s*(?:[,.!;:—-]|\*\*|$)", after) is not None  # "No, ...", "Maybe.", "..., yes:"
 
 
-def honest_extract(reply, options):
+def honest_extract(reply: str, options: dict) -> Extraction:
     """What a cleaned reply says (H1-H5); the first and last option it names."""
     if not reply.strip():
         return Extraction(None, None, "blank")
@@ -316,10 +328,10 @@ def honest_extract(reply, options):
 # Verdicts and figures.
 
 
-def score_item(item, reply):
+def score_item(item: dict, reply: str | None) -> dict:
     """Both views' verdicts on one cleaned reply; item has 'options' (dict) and 'answer_idx' (letter)."""
     gold = str(item["answer_idx"]).lower()
-    verdict = {"format_ok": thinking_format_ok(reply or "")}
+    verdict = {"format_ok": is_well_formed(reply or "")}
     for view, extract in (("paper", paper_extract), ("honest", honest_extract)):
         found = extract(reply or "", item["options"])
         verdict[view] = {
@@ -334,7 +346,7 @@ def _percent(count, total):
     return round(100.0 * count / total, 2) if total else None
 
 
-def summarize(verdicts):
+def summarize(verdicts: list[dict]) -> dict:
     """Accuracy figures (percent) for one list of per-item verdicts (e.g. one source)."""
     n = len(verdicts)
     scored = [v["paper"] for v in verdicts if v["paper"]["rule"] != "dropped"]

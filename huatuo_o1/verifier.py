@@ -1,11 +1,11 @@
 """The medical verifier as a reward: format gate, verifier input, probability -> reward.
 
 This is the one place that knows the verifier's input layout (templates/verifier_input.txt,
-the published verifier's format) and the reward rule; a script that trains a verifier builds
-its inputs with `verifier_input` so both sides agree.
+the published verifier's format) and the reward rule; train_verifier.py builds its inputs with
+`verifier_input` too, so both sides agree.
 
-Rule (SPEC.md): a response is well-formed when it has exactly one "## Thinking" and exactly one
-"## Final Response\\n\\n"; the final answer is the text after the latter, stripped.
+Rule: a response is well-formed as huatuo_o1.answer_format says (exactly one "## Thinking" and
+exactly one "## Final Response\\n\\n"); the final answer is the text after the latter, stripped.
 Malformed -> 0.0 (the verifier is still run, on "I do not know the answer.", so every process
 makes the same number of verifier calls under ZeRO-3). Well-formed -> p = softmax(logits)[1];
 1.0 if p > 0.4 else 0.1.
@@ -19,38 +19,40 @@ rewards keep it (in bf16 the 0.1 reward is 0.10009765625).
 """
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-TEMPLATE_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "templates", "verifier_input.txt")
-THINKING_MARK = "## Thinking"
-FINAL_MARK = "## Final Response\n\n"
+from huatuo_o1.answer_format import final_answer
+from huatuo_o1.models import from_pretrained_or_explain
+from huatuo_o1.training import pad_batch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+TEMPLATE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates", "verifier_input.txt")
 NO_ANSWER = "I do not know the answer."
 MAX_VERIFIER_TOKENS = 4000
 
 
-def load_template(path=None):
+def load_template(path: str | None = None) -> str:
     """The verifier input template; a single trailing newline (added by editors) is dropped."""
     with open(path or TEMPLATE_PATH, encoding="utf-8") as f:
         text = f.read()
     return text[:-1] if text.endswith("\n") else text
 
 
-def verifier_input(final_answer, reference, eos_token, template=None):
+def verifier_input(answer: str, reference: str, eos_token: str | None, template: str | None = None) -> str:
     """The exact text the verifier reads for one answer and its reference."""
     template = load_template() if template is None else template
-    return template.format(response=final_answer, reference=reference, eos_token=eos_token or "")
+    return template.format(response=answer, reference=reference, eos_token=eos_token or "")
 
 
-def final_answer(response):
-    """The stripped text after "## Final Response\\n\\n", or None when the response is malformed."""
-    if response.count(THINKING_MARK) != 1 or response.count(FINAL_MARK) != 1:
-        return None
-    return response.split(FINAL_MARK, 1)[1].strip()
-
-
-def decode_until_stop(tokenizer, token_ids, stop_token_id):
+def decode_until_stop(
+    tokenizer: "PreTrainedTokenizerBase", token_ids: Sequence[int], stop_token_id: int | None
+) -> str:
     """Decode a generated response up to (not including) its first stop token."""
     token_ids = list(token_ids)
     if stop_token_id in token_ids:
@@ -58,7 +60,7 @@ def decode_until_stop(tokenizer, token_ids, stop_token_id):
     return tokenizer.decode(token_ids, skip_special_tokens=True)
 
 
-def verifier_pad_id(model):
+def verifier_pad_id(model: torch.nn.Module) -> int | None:
     """The pad token id of the verifier's own config (None when it has none)."""
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "get_text_config"):
@@ -66,12 +68,17 @@ def verifier_pad_id(model):
     return getattr(config, "pad_token_id", None)
 
 
-def right_pad(sequences, pad_id):
-    """(input_ids, attention_mask), padded on the right with pad_id."""
-    width = max(len(s) for s in sequences)
-    input_ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in sequences], dtype=torch.long)
-    attention_mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], dtype=torch.long)
-    return input_ids, attention_mask
+def load_verifier(
+    path: str, dtype: torch.dtype = torch.float32, **kwargs
+) -> tuple[torch.nn.Module, "PreTrainedTokenizerBase"]:
+    """(model, tokenizer) of a 2-label verifier exactly as shipped: tokenizer and config untouched."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = from_pretrained_or_explain(
+        AutoTokenizer, path, trust_remote_code=kwargs.get("trust_remote_code", False)
+    )
+    model = from_pretrained_or_explain(AutoModelForSequenceClassification, path, num_labels=2, dtype=dtype, **kwargs)
+    return model.eval(), tokenizer
 
 
 @dataclass
@@ -84,16 +91,30 @@ class RewardOutput:
 class VerifierReward:
     """Scores (response, reference) pairs with a 2-label sequence-classification verifier."""
 
-    def __init__(self, model, tokenizer, template=None, batch_size=8, threshold=0.4,
-                 correct_reward=1.0, incorrect_reward=0.1, malformed_reward=0.0, max_length=MAX_VERIFIER_TOKENS):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        template=None,
+        batch_size=8,
+        threshold=0.4,
+        correct_reward=1.0,
+        incorrect_reward=0.1,
+        malformed_reward=0.0,
+        max_length=MAX_VERIFIER_TOKENS,
+    ):
         self.model, self.tokenizer = model, tokenizer
         # read now: under DeepSpeed `model` is later replaced by an engine whose .config is DeepSpeed's
         self.pad_id = verifier_pad_id(model)
         self.template = load_template(template) if template is None or os.path.isfile(template) else template
         self.batch_size, self.threshold, self.max_length = batch_size, threshold, max_length
-        self.correct_reward, self.incorrect_reward, self.malformed_reward = correct_reward, incorrect_reward, malformed_reward
+        self.correct_reward, self.incorrect_reward, self.malformed_reward = (
+            correct_reward,
+            incorrect_reward,
+            malformed_reward,
+        )
 
-    def inputs(self, responses, references):
+    def inputs(self, responses: list[str], references: list[str]) -> tuple[list[str], torch.Tensor]:
         answers = [final_answer(r) for r in responses]
         texts = [
             verifier_input(NO_ANSWER if a is None else a, ref, self.tokenizer.eos_token, self.template)
@@ -102,7 +123,7 @@ class VerifierReward:
         return texts, torch.tensor([a is not None for a in answers], dtype=torch.bool)
 
     @torch.no_grad()
-    def probabilities(self, texts):
+    def probabilities(self, texts: list[str]) -> torch.Tensor:
         """p(label 1) for each text, in the verifier's dtype."""
         device = next(self.model.parameters()).device
         # without a pad id in its config the classifier reads the last token and refuses batches: one at a time
@@ -113,20 +134,22 @@ class VerifierReward:
                 self.tokenizer(t, add_special_tokens=False, truncation=True, max_length=self.max_length)["input_ids"]
                 for t in texts[start : start + batch_size]
             ]
-            input_ids, attention_mask = right_pad(encoded, self.pad_id)
+            input_ids, attention_mask = pad_batch(encoded, self.pad_id, side="right")
             logits = self.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
             probabilities.append(torch.softmax(logits, dim=-1)[:, 1].cpu())
         return torch.cat(probabilities) if probabilities else torch.zeros(0)
 
-    def p_correct(self, texts):
+    def p_correct(self, texts: list[str]) -> torch.Tensor:
         return self.probabilities(texts).float()
 
     def __call__(self, responses, references):
         texts, well_formed = self.inputs(responses, references)
         p = self.probabilities(texts)
         # the threshold compares the probability as a Python float, like the original's p.item() > 0.4
-        as_p = lambda value: torch.tensor(value, dtype=p.dtype)
-        rewards = torch.where(p.double() > self.threshold, as_p(self.correct_reward), as_p(self.incorrect_reward))
+        correct, incorrect = (
+            torch.tensor(value, dtype=p.dtype) for value in (self.correct_reward, self.incorrect_reward)
+        )
+        rewards = torch.where(p.double() > self.threshold, correct, incorrect)
         rewards = torch.where(well_formed, rewards, torch.full_like(rewards, self.malformed_reward))
         return RewardOutput(rewards=rewards, well_formed=well_formed, p_correct=p.float())
 
@@ -136,7 +159,7 @@ def _completion_text(completion):
     return completion[0]["content"] if isinstance(completion, list) else completion
 
 
-def trl_reward_functions(verifier_reward):
+def trl_reward_functions(verifier_reward: "VerifierReward | None") -> list[Callable]:
     """Callables for trl's GRPOTrainer / RLOOTrainer: the verifier reward and (weight 0, for the logs) the format rate.
 
     The dataset's `reference` column arrives by name.

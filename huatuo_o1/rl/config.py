@@ -1,0 +1,337 @@
+"""Command-line arguments of RL_stage2.py, and the batch arithmetic they imply.
+
+Field names follow trl's ScriptArguments / PPOConfig / ModelConfig (trl <= 1.12) so the seed's
+command parses unchanged, `--save_step` included (an abbreviation of `--save_steps`). PPOConfig is
+our own dataclass, not transformers' TrainingArguments: it holds the seed's flags and ours, each of
+which does something, plus two the seed passes that are accepted and ignored (their help says why).
+Defaults of the flags TrainingArguments used to provide are its own.
+"""
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from huatuo_o1.records import InputError
+
+SCHEDULES = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
+STRATEGIES = ["no", "steps", "epoch"]
+
+
+@dataclass
+class ScriptArguments:
+    dataset_name: str = field(
+        default=None,
+        metadata={
+            "help": "Hub dataset id (e.g. FreedomIntelligence/medical-o1-verifiable-problem) or a local JSON/JSONL "
+            "file of objects with 'Open-ended Verifiable Question' and 'Ground-True Answer'."
+        },
+    )
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to read from a hub dataset."})
+    eval_fraction: float = field(default=0.1, metadata={"help": "Share of the problems held out for evaluation."})
+    max_eval_samples: int = field(default=200, metadata={"help": "At most this many held-out problems."})
+    verifier_template: str = field(
+        default=None,
+        metadata={"help": "Verifier input template file (default huatuo_o1/templates/verifier_input.txt)."},
+    )
+
+
+@dataclass
+class ModelConfig:
+    model_name_or_path: str = field(default=None, metadata={"help": "Policy (and frozen reference) model."})
+    model_revision: str = field(default="main")
+    dtype: str = field(
+        default="auto", metadata={"help": "auto (bf16 with --bf16 True, else float32), bfloat16, float32."}
+    )
+    trust_remote_code: bool = field(default=False)
+    attn_implementation: str = field(
+        default=None, metadata={"help": "Default: flash_attention_2 with a GPU and flash-attn, else sdpa."}
+    )
+
+
+@dataclass
+class PPOConfig:
+    # output and logging
+    output_dir: str = field(
+        default="trainer_output",
+        metadata={
+            "help": "The trained policy (a Hugging Face folder), its checkpoints, rl_log.jsonl and rl_summary.json."
+        },
+    )
+    run_name: str | None = field(default=None, metadata={"help": "Run name for wandb / tensorboard."})
+    report_to: list[str] = field(
+        default_factory=lambda: ["none"],
+        metadata={"help": "wandb and/or tensorboard (skipped with a warning when not installed), or none."},
+    )
+    logging_steps: float = field(
+        default=500, metadata={"help": "Write a line to rl_log.jsonl every N updates (and after the last)."}
+    )
+    seed: int = field(
+        default=42, metadata={"help": "Data order, held-out split and sampling (process i uses seed + i)."}
+    )
+    # models
+    reward_model_path: str = field(
+        default=None, metadata={"help": "The 2-label medical verifier (its own tokenizer)."}
+    )
+    value_model_path: str = field(
+        default=None, metadata={"help": "Value model backbone (1 label); default: the policy."}
+    )
+    rl_algorithm: str = field(
+        default="ppo",
+        metadata={"help": "ppo (ours), rloo or grpo (trl's trainers).", "choices": ["ppo", "rloo", "grpo"]},
+    )
+    num_generations: int = field(
+        default=2, metadata={"help": "rloo/grpo: completions per prompt (the paper's RLOO ablation: k=2)."}
+    )
+    bf16: bool = field(
+        default=False,
+        metadata={
+            "help": "Load every model in bfloat16 (needs a GPU); DeepSpeed's precision "
+            "comes from the accelerate config file."
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute activations of the policy and value model."}
+    )
+    # rollout
+    response_length: int = field(default=53, metadata={"help": "Maximum new tokens per response."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature for rollouts."})
+    stop_token: str = field(
+        default="eos",
+        metadata={"help": "Responses end at this token ('eos': the policy's eos).", "choices": ["eos", "none"]},
+    )
+    stop_token_id: int = field(default=None, metadata={"help": "Explicit stop token id (overrides --stop_token)."})
+    missing_eos_penalty: float = field(
+        default=None, metadata={"help": "Subtracted from the score of responses without the eos token."}
+    )
+    local_rollout_forward_batch_size: int = field(
+        default=64,
+        metadata={"help": "Sequences per forward pass (generation, reference, value, verifier) during rollouts."},
+    )
+    ds3_gather_for_generation: bool = field(
+        default=True, metadata={"help": "ZeRO-3: gather the full policy for fast generation."}
+    )
+    # batch sizes
+    per_device_train_batch_size: int = field(
+        default=8, metadata={"help": "Responses per micro-batch on each process."}
+    )
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    total_episodes: int = field(
+        default=None, metadata={"help": "Responses to train on in total (default: num_train_epochs x train set)."}
+    )
+    num_train_epochs: float = field(
+        default=3.0, metadata={"help": "Passes over the train set when --total_episodes is not given."}
+    )
+    # PPO
+    num_ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
+    num_mini_batches: int = field(default=1, metadata={"help": "Optimizer steps per PPO epoch."})
+    kl_coef: float = field(default=0.05, metadata={"help": "Per-token KL penalty against the reference."})
+    kl_estimator: str = field(
+        default="k1",
+        metadata={
+            "choices": ["k1", "k3"],
+            "help": "k1: log p - log p_ref (the original's); k3: unbiased, non-negative.",
+        },
+    )
+    score_position: str = field(
+        default="after_stop",
+        metadata={
+            "choices": ["after_stop", "stop_token"],
+            "help": (
+                "Where the verifier's score is added. after_stop (the original's): one position past the stop token, "
+                "where the value model is trained and bootstrapped too (at the last position when the response has no "
+                "room after it). stop_token: on the stop token itself, values up to it (see docs/rl.md)."
+            ),
+        },
+    )
+    whiten_rewards: bool = field(
+        default=False, metadata={"help": "Whiten the per-token rewards over the value model's positions."}
+    )
+    cliprange: float = field(default=0.2)
+    cliprange_value: float = field(default=0.2)
+    vf_coef: float = field(
+        default=0.1,
+        metadata={
+            "help": (
+                "Value loss weight. The paper's text says 1.0; the original code (and the seed's command) used 0.1."
+            )
+        },
+    )
+    gamma: float = field(default=1.0)
+    lam: float = field(default=0.95)
+    # optimizer and schedule
+    learning_rate: float = field(default=5e-5)
+    lr_scheduler_type: str = field(
+        default="linear", metadata={"choices": SCHEDULES, "help": "Stepped once per update, as the original's."}
+    )
+    warmup_ratio: float = field(
+        default=None, metadata={"help": "Share of the updates for linear warmup (same as a warmup_steps < 1)."}
+    )
+    warmup_steps: float = field(
+        default=0, metadata={"help": "Updates of linear warmup; a value below 1 is a share of the updates."}
+    )
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay, on all parameters."})
+    adam_beta1: float = field(default=0.9)
+    adam_beta2: float = field(default=0.999)
+    adam_epsilon: float = field(default=1e-8)
+    max_grad_norm: float = field(
+        default=1.0,
+        metadata={
+            "help": (
+                "Clip the gradient norm of policy + value at each optimizer step, with or without DeepSpeed (whose "
+                "gradient_clipping is set from this flag, whatever the accelerate config file says); 0 turns "
+                "clipping off. "
+                "1.0 is what the original's DeepSpeed runs clipped at."
+            )
+        },
+    )
+    # saving and evaluation
+    save_strategy: str = field(
+        default="steps",
+        metadata={
+            "choices": STRATEGIES,
+            "help": "When to save a checkpoint: every "
+            "--save_steps updates, every pass over the train set, or never (the final policy is always saved).",
+        },
+    )
+    save_steps: float = field(
+        default=500,
+        metadata={
+            "help": "Updates between checkpoints (below 1: a share of the updates). --save_step is accepted too."
+        },
+    )
+    save_total_limit: int = field(
+        default=None, metadata={"help": "Keep at most this many checkpoints (oldest deleted first)."}
+    )
+    resume_from_checkpoint: str = field(
+        default=None, metadata={"help": "A checkpoint-<update> folder to continue from."}
+    )
+    eval_strategy: str = field(
+        default="no",
+        metadata={
+            "choices": STRATEGIES,
+            "help": "When to evaluate on the held-out "
+            "problems besides the start and the end: every --eval_steps updates, every pass, or never.",
+        },
+    )
+    eval_steps: float = field(
+        default=None, metadata={"help": "Updates between evaluations (default: --logging_steps)."}
+    )
+    # accepted for the seed's command line
+    dataloader_num_workers: int = field(
+        default=0,
+        metadata={
+            "help": (
+                "rloo/grpo: worker processes of trl's DataLoader. PPO: accepted and ignored (the seed's command "
+                "passes 4; "
+                "its prompts are already token ids in memory, there is no DataLoader to feed)."
+            )
+        },
+    )
+    num_sample_generations: int = field(
+        default=10,
+        metadata={
+            "help": (
+                "Accepted and ignored (the seed's command passes -1, which turned sample generations off): the "
+                "held-out "
+                "evaluation runs at --eval_strategy / --eval_steps instead."
+            )
+        },
+    )
+
+    def __post_init__(self):
+        if self.warmup_ratio is not None:
+            self.warmup_steps = self.warmup_ratio
+        self.learning_rate = float(self.learning_rate)
+        self.report_to = [name for name in self.report_to if name != "none"]
+        if self.eval_strategy == "steps" and self.eval_steps is None:
+            self.eval_steps = self.logging_steps
+        if self.bf16 and not torch.cuda.is_available():
+            raise InputError(
+                "Your setup doesn't support bf16/gpu: --bf16 True needs a GPU; pass --bf16 False on a CPU machine"
+            )
+
+    def get_warmup_steps(self, num_training_steps: int) -> int:
+        """Warmup length in updates: warmup_steps itself, or that share of the updates when below 1 (rounded up)."""
+        return int(self.warmup_steps) if self.warmup_steps >= 1 else math.ceil(num_training_steps * self.warmup_steps)
+
+    @property
+    def ddp_backend(self) -> str | None:
+        """gloo without CUDA (accelerate leaves the backend unset there and DeepSpeed miscounts the processes)."""
+        return "gloo" if not torch.cuda.is_available() and world_size_from_env() > 1 else None
+
+
+def parse_args(argv: list | None = None) -> tuple[ScriptArguments, PPOConfig, "ModelConfig"]:
+    """RL_stage2.py's command line: (ScriptArguments, PPOConfig, ModelConfig), as trl grouped them."""
+    from transformers import HfArgumentParser
+
+    return tuple(HfArgumentParser((ScriptArguments, PPOConfig, ModelConfig)).parse_args_into_dataclasses(args=argv))
+
+
+@dataclass
+class BatchSizes:
+    world_size: int
+    local_batch_size: int  # prompts (= responses) per process per update
+    batch_size: int  # episodes per update, all processes
+    local_mini_batch_size: int  # responses per optimizer step, per process
+    num_updates: int
+    description: str
+
+
+def check_batch_sizes(config: PPOConfig, world_size: int) -> "BatchSizes":
+    """Derive the PPO batch sizes and stop early, saying why, when the flags cannot work together.
+
+    One update = every process generates per_device_train_batch_size x gradient_accumulation_steps x
+    num_mini_batches responses; each PPO epoch then takes num_mini_batches optimizer steps, each
+    accumulating gradient_accumulation_steps micro-batches of per_device_train_batch_size.
+    Rollout forward passes run in chunks of local_rollout_forward_batch_size; every process holds
+    the same number of prompts, so ZeRO-3's collective calls stay matched whatever the chunk size
+    (the seed's notes asking num_processes == local_rollout_forward_batch_size and
+    num_mini_batches == per_device_train_batch_size are not needed here).
+    """
+    positive = [
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "num_mini_batches",
+        "local_rollout_forward_batch_size",
+        "num_ppo_epochs",
+        "response_length",
+    ]
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise ValueError(f"--{name} must be at least 1 (got {getattr(config, name)})")
+    local_mini = config.per_device_train_batch_size * config.gradient_accumulation_steps
+    local_batch = local_mini * config.num_mini_batches
+    batch = local_batch * world_size
+    if config.total_episodes is not None and config.total_episodes < batch:
+        raise ValueError(
+            f"--total_episodes {config.total_episodes} is smaller than one update: {world_size} process(es) x "
+            f"per_device_train_batch_size {config.per_device_train_batch_size} x gradient_accumulation_steps "
+            f"{config.gradient_accumulation_steps} x num_mini_batches {config.num_mini_batches} = {batch} responses. "
+            "Raise --total_episodes or lower one of those."
+        )
+    if config.rl_algorithm in ("rloo", "grpo"):
+        generation_batch = config.per_device_train_batch_size * world_size * config.gradient_accumulation_steps
+        if config.num_generations < 2 or generation_batch % config.num_generations:
+            raise ValueError(
+                f"{config.rl_algorithm}: the responses generated per step ({world_size} process(es) x "
+                f"per_device_train_batch_size {config.per_device_train_batch_size} x gradient_accumulation_steps "
+                f"{config.gradient_accumulation_steps} = {generation_batch}) must be a multiple of --num_generations "
+                f"({config.num_generations}, at least 2), because each prompt's completions are compared with "
+                "each other."
+            )
+    num_updates = math.ceil(config.total_episodes / batch) if config.total_episodes else None
+    description = (
+        f"each update: {world_size} process(es) x {local_batch} prompts (per_device_train_batch_size "
+        f"{config.per_device_train_batch_size} x gradient_accumulation_steps {config.gradient_accumulation_steps} x "
+        f"num_mini_batches {config.num_mini_batches}) = {batch} episodes; {config.num_ppo_epochs} PPO epoch(s) x "
+        f"{config.num_mini_batches} optimizer step(s) of {local_mini * world_size} episodes; rollout forward "
+        "passes in "
+        f"chunks of {min(config.local_rollout_forward_batch_size, local_batch)}"
+    )
+    return BatchSizes(world_size, local_batch, batch, local_mini, num_updates, description)
+
+
+def world_size_from_env() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))

@@ -1,0 +1,119 @@
+"""What RL_stage2.py loads: the verifiable problems (train / held out) and the four models.
+
+The policy prompts a question through its chat template (the Llama-3 layout for a base model, as
+SFT trained it); the verifier is used exactly as shipped.
+"""
+
+import random
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedTokenizerBase
+
+from huatuo_o1.models import attn_implementation, from_pretrained_or_explain, load_chat_tokenizer, policy_pad_token
+from huatuo_o1.records import GROUND_TRUTH, OPEN_QUESTION, InputError, load_records
+from huatuo_o1.rl.config import ModelConfig, PPOConfig, ScriptArguments
+from huatuo_o1.verifier import load_verifier
+
+
+@dataclass
+class Problem:
+    """One verifiable problem as RL uses it: the question, its reference answer, and the prompt's token ids."""
+
+    question: str
+    reference: str
+    prompt_ids: list[int] | None = None
+
+
+@dataclass
+class Models:
+    tokenizer: object  # the policy's, padding on the left with a pad token other than eos
+    policy: torch.nn.Module
+    ref_policy: torch.nn.Module | None  # PPO only (trl keeps its own reference)
+    value_model: torch.nn.Module | None  # PPO only
+    verifier: torch.nn.Module
+    verifier_tokenizer: object
+
+
+def load_problems(script_args: ScriptArguments, seed: int) -> tuple[list[Problem], list[Problem], int]:
+    """Problems with a non-empty question and answer, shuffled; 10% (at most 200) held out.
+
+    Question and answer are used as stored (the answer goes into the verifier's input unstripped, as the original's).
+    Returns (train, held out, number of rows skipped).
+    """
+    rows = load_records(script_args.dataset_name, split=script_args.dataset_train_split)
+    problems = [
+        Problem(str(r[OPEN_QUESTION]), str(r[GROUND_TRUTH]))
+        for r in rows
+        if str(r.get(OPEN_QUESTION) or "").strip() and str(r.get(GROUND_TRUTH) or "").strip()
+    ]
+    if len(problems) < 2:
+        raise InputError(
+            f"{script_args.dataset_name}: {len(problems)} usable row(s) of {len(rows)}; RL needs at least 2 rows with "
+            f"non-empty '{OPEN_QUESTION}' and '{GROUND_TRUTH}' (one to train on, one to evaluate)."
+        )
+    random.Random(seed).shuffle(problems)
+    n_eval = min(script_args.max_eval_samples, max(1, round(script_args.eval_fraction * len(problems))))
+    return problems[n_eval:], problems[:n_eval], len(rows) - len(problems)
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, question: str) -> list[int]:
+    """The question through the policy's chat template (Llama-3 layout for a base model, as in SFT)."""
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+    )
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def load_models(model_args: ModelConfig, config: PPOConfig) -> Models:
+    dtype = {
+        "auto": torch.bfloat16 if config.bf16 else torch.float32,
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+        "float32": torch.float32,
+    }[model_args.dtype]
+    common = dict(
+        dtype=dtype,
+        trust_remote_code=model_args.trust_remote_code,
+        attn_implementation=model_args.attn_implementation or attn_implementation(),
+    )
+    tokenizer = load_chat_tokenizer(
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        padding_side="left",
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    grew = policy_pad_token(tokenizer)
+    policy = from_pretrained_or_explain(
+        AutoModelForCausalLM, model_args.model_name_or_path, revision=model_args.model_revision, **common
+    )
+    ref_policy = value_model = None
+    if config.rl_algorithm == "ppo":
+        ref_policy = from_pretrained_or_explain(
+            AutoModelForCausalLM, model_args.model_name_or_path, revision=model_args.model_revision, **common
+        )
+        value_model = from_pretrained_or_explain(
+            AutoModelForSequenceClassification,
+            config.value_model_path or model_args.model_name_or_path,
+            num_labels=1,
+            **common,
+        )
+    for model in (policy, ref_policy, value_model):
+        if model is None:
+            continue
+        if grew:
+            model.resize_token_embeddings(len(tokenizer))
+        model.config.pad_token_id = tokenizer.pad_token_id
+    # The verifier exactly as shipped (tokenizer and config untouched): it reads its score where its own
+    # config says, as it did when it was published (huatuo_o1/verifier.py pads accordingly).
+    verifier, verifier_tokenizer = load_verifier(config.reward_model_path, **common)
+    for frozen in (ref_policy, verifier):
+        if frozen is not None:
+            frozen.requires_grad_(False).eval()
+    return Models(tokenizer, policy, ref_policy, value_model, verifier, verifier_tokenizer)
+
+
+def stop_token_id_for(config: PPOConfig, tokenizer: PreTrainedTokenizerBase) -> int | None:
+    if config.stop_token_id is not None:
+        return config.stop_token_id
+    return tokenizer.eos_token_id if config.stop_token == "eos" else None

@@ -1,0 +1,171 @@
+"""RLOO and GRPO through trl's trainers, with the same verifier reward as PPO (RL_stage2.py --rl_algorithm).
+
+trl takes the reward as Python callables (huatuo_o1.verifier.trl_reward_functions); our flags are
+copied into trl's config, and under DeepSpeed they override the accelerate config file as for PPO.
+"""
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+
+import torch
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers.integrations import is_deepspeed_zero3_enabled
+from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
+
+from huatuo_o1.records import write_json_atomic
+from huatuo_o1.rl.config import BatchSizes, PPOConfig
+from huatuo_o1.rl.loading import Problem, stop_token_id_for
+from huatuo_o1.rl.ppo_trainer import eval_figures, greedy_answers
+from huatuo_o1.verifier import VerifierReward, trl_reward_functions
+
+
+@torch.no_grad()
+def evaluate_plain(
+    policy: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    items: list[Problem],
+    reward: VerifierReward,
+    config: PPOConfig,
+) -> dict:
+    """Greedy answers on the held-out problems, scored by the verifier (trl path: every process, all items)."""
+    stop_id = stop_token_id_for(config, tokenizer)
+    generation = GenerationConfig(max_new_tokens=config.response_length, do_sample=False, eos_token_id=stop_id,
+                                  pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    was_training = policy.training
+    policy.eval()
+    answers = greedy_answers(policy, tokenizer, items, reward, generation, config.local_rollout_forward_batch_size,
+                             stop_id)  # fmt: skip
+    policy.train(was_training)
+    return eval_figures(*answers)
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """Environment variables set to `values` inside the block, restored after."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def deepspeed_gathered(model: torch.nn.Module) -> contextlib.AbstractContextManager:
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()))
+
+
+def run_trl(
+    config: PPOConfig,
+    sizes: BatchSizes,
+    tokenizer: PreTrainedTokenizerBase,
+    policy: torch.nn.Module,
+    reward: VerifierReward,
+    train: list[Problem],
+    evaluation: list[Problem],
+) -> tuple[dict, dict, int, float, dict]:
+    """Train with trl's RLOO or GRPO; returns (held-out figures before, after, optimizer steps, seconds, settings)."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+    config_cls, trainer_cls = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}[
+        config.rl_algorithm
+    ]
+    generation_batch = config.per_device_train_batch_size * sizes.world_size * config.gradient_accumulation_steps
+    num_generations_steps = -(-config.total_episodes // generation_batch) if config.total_episodes else None
+    copied = [
+        "output_dir",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "learning_rate",
+        "lr_scheduler_type",
+        "warmup_steps",
+        "weight_decay",
+        "adam_beta1",
+        "adam_beta2",
+        "adam_epsilon",
+        "max_grad_norm",
+        "seed",
+        "bf16",
+        "gradient_checkpointing",
+        "save_strategy",
+        "save_steps",
+        "save_total_limit",
+        "logging_steps",
+        "report_to",
+        "run_name",
+        "dataloader_num_workers",
+        "eval_strategy",
+        "eval_steps",
+        "num_train_epochs",
+        "ddp_backend",
+    ]  # ddp_backend: gloo without CUDA (see PPOConfig)
+
+    def to_dataset(rows):
+        return Dataset.from_list(
+            [{"prompt": [{"role": "user", "content": r.question}], "reference": r.reference} for r in rows]
+        )
+
+    # Under DeepSpeed, accelerate launch exports the config file's accumulation count, clipping and precision, which
+    # would override (or contradict, in DeepSpeed's and transformers' checks) our flags: the DeepSpeed plugin the trl
+    # config creates reads these variables, so they carry the flags while the trainer is built.
+    flags_for_deepspeed = (
+        {
+            "ACCELERATE_GRADIENT_ACCUMULATION_STEPS": str(config.gradient_accumulation_steps),
+            "ACCELERATE_GRADIENT_CLIPPING": str(config.max_grad_norm),
+            "ACCELERATE_MIXED_PRECISION": "bf16" if config.bf16 else "no",
+        }
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"
+        else {}
+    )
+    with environment(flags_for_deepspeed):
+        trl_args = config_cls(
+            **{name: getattr(config, name) for name in copied},
+            max_steps=num_generations_steps * config.num_ppo_epochs if num_generations_steps else -1,
+            num_generations=config.num_generations,
+            max_completion_length=config.response_length,
+            temperature=config.temperature,
+            beta=config.kl_coef,
+            epsilon=config.cliprange,
+            num_iterations=config.num_ppo_epochs,
+            reward_weights=[1.0, 0.0],
+            per_device_eval_batch_size=config.num_generations,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+            disable_dropout=True,
+        )
+        trainer = trainer_cls(
+            model=policy,
+            reward_funcs=trl_reward_functions(reward),
+            args=trl_args,
+            train_dataset=to_dataset(train),
+            eval_dataset=to_dataset(evaluation) if trl_args.eval_strategy != "no" else None,
+            processing_class=tokenizer,
+        )
+    if trainer.accelerator.state.deepspeed_plugin is not None:  # the verifier was loaded partitioned under ZeRO-3
+        reward.model = prepare_deepspeed(reward.model, trainer.accelerator)
+    else:
+        reward.model = reward.model.to(trainer.accelerator.device)
+    gathered = deepspeed_gathered(policy) if is_deepspeed_zero3_enabled() else contextlib.nullcontext()
+    with gathered:
+        eval_start = evaluate_plain(policy, tokenizer, evaluation, reward, config)
+    start = time.time()
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    seconds = time.time() - start
+    trainer.save_model(config.output_dir)
+    if trainer.is_world_process_zero():
+        write_json_atomic(
+            os.path.join(config.output_dir, "rl_trl_log.json"),
+            [entry for entry in trainer.state.log_history if "rewards/verifier/mean" in entry],
+        )
+    with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as trained:
+        eval_end = evaluate_plain(trained, tokenizer, evaluation, reward, config)
+    engine = trainer.model_wrapped if trainer.is_deepspeed_enabled else None
+    clipping = engine.gradient_clipping() if engine is not None else trainer.args.max_grad_norm
+    return eval_start, eval_end, trainer.state.global_step, seconds, {"max_grad_norm": clipping}

@@ -1,0 +1,271 @@
+"""The training toolkit SFT, the verifier and PPO share: one owner of the distributed machinery.
+
+- make_accelerator: accelerate + DeepSpeed set up from the stage's own flags (batch shape, clipping),
+  with the gloo backend where there is no CUDA.
+- make_schedule: the learning-rate schedule, saved with the checkpoints, stepped when the stage says.
+- optimizer_step: clip (the same max_grad_norm DeepSpeed clips at inside its own step), step, zero.
+- save_model_folder: a Hugging Face folder of full weights (gathered under ZeRO-3) and the tokenizer.
+- Checkpoints: <run_dir>/checkpoint-<step>/ = that folder + trainer_state.json + training_state/
+  (accelerate's optimizer, scheduler and random states), written whole or not at all, rotated, resumed.
+- pad / pad_batch: sequences to a rectangle, on the right or the left.
+- trackers: the --report_to loggers that are installed.
+
+Each stage keeps its own arithmetic (when its schedule steps, how many warmup steps, what its state
+holds); the toolkit only does the mechanics, the same way for all three.
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs
+from transformers import get_scheduler
+
+from huatuo_o1.records import write_json_atomic
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+TRAINER_STATE = "trainer_state.json"
+TRAINING_STATE = "training_state"
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+def make_accelerator(
+    *,
+    micro_batch_size: int,
+    gradient_accumulation_steps: int,
+    max_grad_norm: float,
+    log_with: list | None = None,
+    project_dir: str | None = None,
+) -> Accelerator:
+    """An Accelerator whose batch shape and clipping come from the flags, not from the accelerate config file.
+
+    Without CUDA, accelerate leaves the process-group backend unset and DeepSpeed then counts another
+    world size; naming gloo makes a CPU run take the same path as a GPU run.
+    """
+    # accelerate launch exports the config file's accumulation count, which would override the flag
+    os.environ["ACCELERATE_GRADIENT_ACCUMULATION_STEPS"] = str(gradient_accumulation_steps)
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if launched and not torch.cuda.is_available() else []
+    accelerator = Accelerator(
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        log_with=log_with or None,
+        project_dir=project_dir,
+        kwargs_handlers=handlers,
+    )
+    accelerator.gradient_accumulation_steps = gradient_accumulation_steps
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None:
+        # DeepSpeed clips inside its own step: at the flag's value, whatever the config file says (0: off).
+        plugin.deepspeed_config.update(
+            {
+                "train_micro_batch_size_per_gpu": micro_batch_size,
+                "gradient_accumulation_steps": gradient_accumulation_steps,
+                "train_batch_size": micro_batch_size * gradient_accumulation_steps * accelerator.num_processes,
+                "gradient_clipping": max(max_grad_norm or 0.0, 0.0),
+            }
+        )
+    return accelerator
+
+
+def make_schedule(
+    accelerator: Accelerator, name: str, optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """transformers' schedule `name` over total_steps, for an optimizer accelerate prepared.
+
+    The stage calls its step() itself, once per the stage's own unit (SFT and the verifier: each
+    optimizer step; PPO: each update, as the original), so it is not handed to accelerate's prepare,
+    which would step it once per process; it is saved and restored with the checkpoints all the same.
+    """
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+    accelerator.register_for_checkpointing(scheduler)
+    return scheduler
+
+
+def applied_max_grad_norm(accelerator: Accelerator, model: torch.nn.Module, max_grad_norm: float) -> float:
+    """The clipping really applied: DeepSpeed's engine reports its own; otherwise the flag (0: off)."""
+    engine_clipping = getattr(model, "gradient_clipping", None)
+    return engine_clipping() if callable(engine_clipping) else max(max_grad_norm or 0.0, 0.0)
+
+
+def optimizer_step(
+    accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float
+) -> torch.Tensor | None:
+    """Inside `accelerator.accumulate(model)`, after backward: clip at the end of an accumulation, step, zero.
+
+    Returns the gradient norm before clipping where we clip (None under DeepSpeed, whose engine clips
+    at the same value, or with clipping off). The optimizer only really steps at the accumulation's end.
+    """
+    norm = None
+    if (
+        accelerator.sync_gradients
+        and max_grad_norm
+        and max_grad_norm > 0
+        and accelerator.state.deepspeed_plugin is None
+    ):
+        norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad()
+    return norm
+
+
+def save_model_folder(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    tokenizer: "PreTrainedTokenizerBase",
+    folder: str,
+    submodule: str | None = None,
+) -> None:
+    """Full weights (gathered from the shards under ZeRO-3) and the tokenizer, as a Hugging Face folder.
+
+    submodule: save only that part of a wrapper module (PPO's policy inside policy + value model).
+    Every process must call this: they all take part in the gather.
+    """
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        if submodule:
+            prefix = submodule + "."
+            state_dict = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            unwrapped = getattr(unwrapped, submodule)
+        unwrapped.config.dtype = next(iter(state_dict.values())).dtype  # what is stored, for a loader's dtype="auto"
+        unwrapped.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+    accelerator.wait_for_everyone()
+
+
+class Checkpoints:
+    """<run_dir>/checkpoint-<step>/: a Hugging Face folder, trainer_state.json (the stage's own counters)
+    and training_state/ (what accelerate needs to resume).
+
+    keep: how many checkpoints stay (None: all). resume_all: whether older checkpoints keep their
+    training_state too (large: optimizer states), or only the newest does.
+    """
+
+    def __init__(self, run_dir: str, keep: int | None = None, resume_all: bool = False):
+        self.run_dir, self.keep, self.resume_all = run_dir, keep, resume_all
+
+    def list(self) -> list[str]:
+        """Complete checkpoints (those with trainer_state.json), oldest first."""
+        if not os.path.isdir(self.run_dir):
+            return []
+        found = []
+        for name in os.listdir(self.run_dir):
+            path = os.path.join(self.run_dir, name)
+            step = name[len(CHECKPOINT_PREFIX) :]
+            if (
+                name.startswith(CHECKPOINT_PREFIX)
+                and step.isdigit()
+                and os.path.isfile(os.path.join(path, TRAINER_STATE))
+            ):
+                found.append((int(step), path))
+        return [path for _, path in sorted(found)]
+
+    def latest_resumable(self) -> str | None:
+        resumable = [c for c in self.list() if os.path.isdir(os.path.join(c, TRAINING_STATE))]
+        return resumable[-1] if resumable else None
+
+    def save(
+        self,
+        accelerator: Accelerator,
+        model: torch.nn.Module,
+        tokenizer: "PreTrainedTokenizerBase",
+        step: int,
+        trainer_state: dict,
+        with_training_state: bool = True,
+        submodule: str | None = None,
+    ) -> str:
+        """Write checkpoint-<step> beside as .tmp, then rename it: it appears complete or not at all. Rotate."""
+        final_path = os.path.join(self.run_dir, f"{CHECKPOINT_PREFIX}{step}")
+        tmp_path = final_path + ".tmp"
+        if accelerator.is_main_process and os.path.isdir(tmp_path):
+            shutil.rmtree(tmp_path)
+        accelerator.wait_for_everyone()
+        save_model_folder(accelerator, model, tokenizer, tmp_path, submodule)
+        if with_training_state:
+            accelerator.save_state(os.path.join(tmp_path, TRAINING_STATE))
+            accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            write_json_atomic(os.path.join(tmp_path, TRAINER_STATE), trainer_state)
+            if os.path.isdir(final_path):
+                shutil.rmtree(final_path)
+            os.replace(tmp_path, final_path)
+            self.rotate()
+        accelerator.wait_for_everyone()
+        return final_path
+
+    def rotate(self) -> None:
+        checkpoints = self.list()
+        if not self.resume_all:
+            for old in checkpoints[:-1]:  # only the newest one is needed to resume; its optimizer state is large
+                shutil.rmtree(os.path.join(old, TRAINING_STATE), ignore_errors=True)
+        if self.keep:
+            for old in checkpoints[: -self.keep]:
+                shutil.rmtree(old)
+
+    @staticmethod
+    def load(accelerator: Accelerator, checkpoint: str) -> dict:
+        """Restore accelerate's state from a checkpoint; returns the stage's trainer_state."""
+        with open(os.path.join(checkpoint, TRAINER_STATE), encoding="utf-8") as f:
+            trainer_state = json.load(f)
+        accelerator.load_state(os.path.join(checkpoint, TRAINING_STATE))
+        return trainer_state
+
+    def remove_all(self, accelerator: Accelerator) -> None:
+        if accelerator.is_main_process:
+            for path in self.list():
+                shutil.rmtree(path)
+        accelerator.wait_for_everyone()
+
+
+def pad(sequences: Sequence[Sequence[int]], value: int | None, side: str = "right") -> torch.Tensor:
+    """A (len(sequences), longest) long tensor: each sequence filled up with value on `side`."""
+    width = max(len(s) for s in sequences)
+    if value is None and any(len(s) != width for s in sequences):
+        raise ValueError("sequences of different lengths need a pad value")
+    out = torch.full((len(sequences), width), 0 if value is None else value, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if len(seq):
+            if side == "left":
+                out[row, width - len(seq) :] = torch.as_tensor(list(seq), dtype=torch.long)
+            else:
+                out[row, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+    return out
+
+
+def pad_batch(
+    sequences: Sequence[Sequence[int]], pad_id: int | None, side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) padded with pad_id on `side`; the mask is 0 on padding."""
+    return pad(sequences, pad_id, side), pad([[1] * len(s) for s in sequences], 0, side)
+
+
+def trackers(report_to: Sequence[str], stage: str, missing: str = "error") -> list[str]:
+    """The loggers of --report_to (wandb, tensorboard) that are installed.
+
+    missing="error": stop before anything loads (the message says what to install); "warn": go on
+    without it (metrics still go to the stage's own log file).
+    """
+    wanted = [name for name in report_to if name not in ("none", "")]
+    available = {"wandb": ("wandb",), "tensorboard": ("tensorboard", "tensorboardX")}
+    usable = [name for name in wanted if any(importlib.util.find_spec(p) for p in available.get(name, ()))]
+    unusable = [name for name in wanted if name not in usable]
+    if unusable and missing == "error":
+        sys.exit(
+            f"error: --report_to {' '.join(unusable)} needs the '{unusable[0]}' package (pip install {unusable[0]}), "
+            "or pass --report_to none"
+        )
+    if unusable:
+        print(
+            f"{stage}: not reporting to {sorted(unusable)} (not installed or not supported here); metrics still "
+            "go to its log file",
+            file=sys.stderr,
+        )
+    return usable

@@ -1,0 +1,123 @@
+"""The training toolkit SFT, the verifier and PPO share (huatuo_o1/training.py): padding, the checkpoint
+layout, rotation and resume, clipping. Each trainer's own resume test (test_sft.py, test_verifier.py,
+test_rl_stage2.py) runs its resume through Checkpoints.load."""
+
+import json
+import os
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from huatuo_o1 import training
+from tests.scripts import reset_accelerate
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    yield
+    reset_accelerate()
+
+
+def test_pad_on_either_side():
+    ids, mask = training.pad_batch([[5, 6, 7], [8]], pad_id=0, side="right")
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    ids, mask = training.pad_batch([[5, 6, 7], [8]], pad_id=9, side="left")
+    assert ids.tolist() == [[5, 6, 7], [9, 9, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert training.pad([[1, 2], [3]], -100).tolist() == [[1, 2], [3, -100]]
+    assert training.pad([[1, 2], [3, 4]], None).tolist() == [[1, 2], [3, 4]]  # no pad id needed: same lengths
+    with pytest.raises(ValueError):
+        training.pad([[1, 2], [3]], None)
+
+
+def small_run(model_dir, max_grad_norm=1.0):
+    accelerator = training.make_accelerator(
+        micro_batch_size=1, gradient_accumulation_steps=1, max_grad_norm=max_grad_norm
+    )
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    scheduler = training.make_schedule(accelerator, "linear", optimizer, warmup_steps=0, total_steps=10)
+    return accelerator, model, optimizer, scheduler
+
+
+def one_step(accelerator, model, optimizer, scheduler, max_grad_norm=1.0):
+    batch = torch.tensor([[1, 2, 3, 4, 5]])
+    with accelerator.accumulate(model):
+        loss = model(input_ids=batch, labels=batch).loss
+        accelerator.backward(loss)
+        norm = training.optimizer_step(accelerator, model, optimizer, max_grad_norm)
+    scheduler.step()
+    return norm
+
+
+def test_checkpoints_layout_rotation_and_resume(tiny_models, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["tiny-llama"])
+    accelerator, model, optimizer, scheduler = small_run(tiny_models["tiny-llama"])
+    newest_only = training.Checkpoints(str(tmp_path / "newest"), keep=2)
+    every = training.Checkpoints(str(tmp_path / "every"), keep=None, resume_all=True)
+    for step in (1, 2, 3):
+        one_step(accelerator, model, optimizer, scheduler)
+        for checkpoints in (newest_only, every):
+            path = checkpoints.save(accelerator, model, tokenizer, step, {"step": step})
+            # a Hugging Face folder, the stage's counters, accelerate's state
+            assert {
+                "config.json",
+                "model.safetensors",
+                "tokenizer.json",
+                "trainer_state.json",
+                "training_state",
+            } <= set(os.listdir(path))
+    assert [os.path.basename(p) for p in newest_only.list()] == ["checkpoint-2", "checkpoint-3"]
+    assert not os.path.exists(os.path.join(newest_only.list()[0], training.TRAINING_STATE))  # only the newest resumes
+    assert [os.path.basename(p) for p in every.list()] == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    assert all(os.path.isdir(os.path.join(p, training.TRAINING_STATE)) for p in every.list())
+    assert newest_only.latest_resumable() == newest_only.list()[-1]
+    assert not [n for n in os.listdir(newest_only.run_dir) if n.endswith(".tmp")]  # written whole, then renamed
+
+    # a checkpoint holds the weights of its step and reloads on its own
+    saved = AutoModelForCausalLM.from_pretrained(newest_only.list()[-1])
+    live = accelerator.unwrap_model(model).state_dict()
+    assert all(torch.equal(v, live[k]) for k, v in saved.state_dict().items())
+
+    # resume: a fresh run restores weights, optimizer and schedule, and steps on exactly as the first would
+    expected_lr = scheduler.get_last_lr()[0]
+    one_step(accelerator, model, optimizer, scheduler)
+    after_four = {k: v.clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+    reset_accelerate()
+    accelerator, model, optimizer, scheduler = small_run(tiny_models["tiny-llama"])
+    assert training.Checkpoints.load(accelerator, newest_only.latest_resumable()) == {"step": 3}
+    assert scheduler.get_last_lr()[0] == pytest.approx(expected_lr)
+    one_step(accelerator, model, optimizer, scheduler)
+    for k, v in accelerator.unwrap_model(model).state_dict().items():
+        torch.testing.assert_close(v, after_four[k])
+
+    every.remove_all(accelerator)
+    assert every.list() == []
+
+
+def test_optimizer_step_clips_at_max_grad_norm(tiny_models):
+    accelerator, model, optimizer, scheduler = small_run(tiny_models["tiny-llama"], max_grad_norm=1e-3)
+    before = {k: v.clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+    norm = one_step(accelerator, model, optimizer, scheduler, max_grad_norm=1e-3)
+    assert norm is not None and norm.item() > 1e-3  # the norm before clipping
+    # Adam's first step moves each weight by about lr whatever the gradient's size: clipping shows in the
+    # returned norm only; the gradients are cleared after the step
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+    after = accelerator.unwrap_model(model).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    reset_accelerate()
+    accelerator, model, optimizer, scheduler = small_run(tiny_models["tiny-llama"], max_grad_norm=0)
+    assert one_step(accelerator, model, optimizer, scheduler, max_grad_norm=0) is None  # 0: no clipping
+    assert training.applied_max_grad_norm(accelerator, model, 0) == 0.0
+
+
+def test_trainer_state_is_plain_json(tiny_models, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["tiny-llama"])
+    accelerator, model, _, _ = small_run(tiny_models["tiny-llama"])
+    path = training.Checkpoints(str(tmp_path)).save(
+        accelerator, model, tokenizer, 7, {"epoch": 1, "log": [0.5]}, with_training_state=False
+    )
+    with open(os.path.join(path, training.TRAINER_STATE)) as f:
+        assert json.load(f) == {"epoch": 1, "log": [0.5]}
+    assert not os.path.exists(os.path.join(path, training.TRAINING_STATE))
