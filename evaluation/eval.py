@@ -40,18 +40,22 @@ from huatuo_o1.evaluation.client import (
     EvalArguments,
     PromptBuilder,
     ask,
+    check_arguments,
     load_eval_items,
     make_client,
+    open_partial,
     output_stem,
     read_partial,
+    read_results,
+    redact,
     settings_of,
 )
-from huatuo_o1.records import InputError, write_json_atomic
+from huatuo_o1.outputs import check_outputs
+from huatuo_o1.records import write_json_atomic
 
 
 def main(args):
-    if args.request_mode not in ("completions", "chat"):
-        raise InputError(f"--request_mode must be 'completions' or 'chat', not {args.request_mode!r}")
+    check_arguments(args)
     items = load_eval_items(args.eval_file, args.max_items_per_source)
     build_prompt = PromptBuilder(args)
     for item in items:
@@ -65,25 +69,27 @@ def main(args):
                 file=sys.stderr,
             )
 
-    os.makedirs(args.output_dir, exist_ok=True)
-    stem = os.path.join(args.output_dir, output_stem(args))
-    partial_path = stem + ".partial.jsonl"
+    # Where the answers go, checked before anything is asked; answers of an earlier run with the same
+    # settings (a finished one's results, an interrupted one's partial file) are kept and not asked again.
     settings = settings_of(args)
-    done = read_partial(partial_path, settings)
+    stem = os.path.join(args.output_dir, output_stem(args, settings))
+    partial_path = stem + ".partial.jsonl"
+    inputs = {"--eval_file": args.eval_file, "--model_name": args.model_name}
+    check_outputs(inputs, folders={"--output_dir": args.output_dir})
+    os.makedirs(args.output_dir, exist_ok=True)
+    ids = {item["id"] for item in items}
+    finished = read_results(stem + ".json", ids)
+    done = {**finished, **read_partial(partial_path, settings)}
     pending = [item for item in items if item["id"] not in done]
     print(f"{len(items)} items, {len(done)} already answered (resumed), {len(pending)} to ask")
 
     failures = []
     if pending:
         client = make_client(args)
-        new_file = not os.path.exists(partial_path)
         with (
-            open(partial_path, "a", encoding="utf-8") as partial,
+            open_partial(partial_path, settings) as partial,
             ThreadPoolExecutor(min(args.batch_size, MAX_THREADS, len(pending))) as pool,
         ):
-            if new_file:
-                partial.write(json.dumps({"settings": settings}) + "\n")
-                partial.flush()
             futures = {pool.submit(ask, client, args, item["prompt"]): item for item in pending}
             try:
                 for future in tqdm(as_completed(futures), total=len(futures), desc="questions"):
@@ -91,7 +97,7 @@ def main(args):
                     try:
                         answer = future.result()
                     except Exception as e:  # after the client's own retries: leave it for a rerun
-                        failures.append(f"{item['id']}: {type(e).__name__}: {e}")
+                        failures.append(redact(f"{item['id']}: {type(e).__name__}: {e}", args))
                         continue
                     done[item["id"]] = {"id": item["id"], **answer}
                     partial.write(json.dumps(done[item["id"]], ensure_ascii=False) + "\n")

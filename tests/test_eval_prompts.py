@@ -12,7 +12,7 @@ from transformers import AutoTokenizer, HfArgumentParser
 
 from huatuo_o1.evaluation.client import EvalArguments, PromptBuilder, load_eval_items, read_partial
 from huatuo_o1.records import InputError
-from huatuo_o1.serving import process_start_time, stop_from_pid_file
+from huatuo_o1.serving import process_command, process_start_time, stop_from_pid_file
 from tests.scripts import run_script
 
 ITEM = {
@@ -209,8 +209,9 @@ def test_stale_pid_file_never_signals_a_recycled_pid(tmp_path):
     try:
         pid_file = tmp_path / "server.pid"
         started = process_start_time(bystander.pid)
-        pid_file.write_text(f"{bystander.pid} {int(started) - 1}\n")  # our server was another process
-        assert stop_from_pid_file(str(pid_file)) is False
+        record = {"pid": bystander.pid, "start_time": str(int(started) - 1), "command": process_command(bystander.pid)}
+        pid_file.write_text(json.dumps(record))  # our server was another process, started a tick earlier
+        assert stop_from_pid_file(str(pid_file)) == "gone"
         time.sleep(0.2)
         assert bystander.poll() is None and not os.path.exists(pid_file)
     finally:
