@@ -120,6 +120,8 @@ def wait_until_healthy(url: str, timeout_s: float = 60.0, process: subprocess.Po
     foreign = None
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
+            holders = listening_pids(port)
+            foreign = ", ".join(map(str, sorted(holders))) if holders else foreign
             held = f"; port {port} is held by another process (PID {foreign})" if foreign else ""
             raise RuntimeError(f"server exited with code {process.returncode} before {url} answered{held}")
         try:
