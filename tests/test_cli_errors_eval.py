@@ -16,7 +16,7 @@ import pytest
 from transformers import HfArgumentParser
 
 from huatuo_o1.evaluation.client import EvalArguments, output_stem, settings_of
-from huatuo_o1.serving import free_port, process_command, process_start_time, start_server, stop_pid
+from huatuo_o1.serving import free_port, process_start_time, start_server, stop_pid
 from tests.scripts import REPO_ROOT, run_script
 
 ITEM = {"question": "Which vitamin deficiency causes scurvy?", "options": {"A": "C", "B": "D"}, "answer_idx": "A"}
@@ -181,7 +181,7 @@ CASES = [
     ("evaluation/serve.py", SERVE + " --port 70000 --pid_file {out}/s.pid", "--port"),
     ("evaluation/serve.py", SERVE + " --backend tgi --pid_file {out}/s.pid", "--backend"),
     ("evaluation/serve.py", "--model_path {work}/model --timeout 0 --pid_file {out}/s.pid", "--timeout"),
-    ("evaluation/serve.py", SERVE.replace("{work}/model", "{work}/no_model") + " --pid_file {out}/s.pid", "--model_path"),
+    ("evaluation/serve.py", "--model_path {work}/no_model --timeout 20 --pid_file {out}/s.pid", "--model_path"),
     ("evaluation/serve.py", SERVE + " --pid_file {work}/garbage.pid", "garbage.pid"),
     ("evaluation/serve.py", STOP + "garbage.pid", "garbage.pid"),
     ("evaluation/serve.py", STOP + "minus_one.pid", "minus_one.pid"),
@@ -324,7 +324,7 @@ FORGED = {
         {"pid": p.pid, "start_time": process_start_time(p.pid), "command": ["python", "-m", "sglang.launch_server"]}
     ),
     "another start time": lambda p: json.dumps(
-        {"pid": p.pid, "start_time": str(int(process_start_time(p.pid)) - 1), "command": process_command(p.pid)}
+        {"pid": p.pid, "start_time": str(int(process_start_time(p.pid)) - 1), "command": ["sleep", "300"]}
     ),
 }
 

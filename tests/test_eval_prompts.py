@@ -12,7 +12,7 @@ from transformers import AutoTokenizer, HfArgumentParser
 
 from huatuo_o1.evaluation.client import EvalArguments, PromptBuilder, load_eval_items, read_partial
 from huatuo_o1.records import InputError
-from huatuo_o1.serving import process_command, process_start_time, stop_from_pid_file
+from huatuo_o1.serving import process_start_time, stop_from_pid_file
 from tests.scripts import run_script
 
 ITEM = {
@@ -205,11 +205,12 @@ def test_partial_file_resume_rules(tmp_path):
 
 
 def test_stale_pid_file_never_signals_a_recycled_pid(tmp_path):
-    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    command = [sys.executable, "-c", "import time; time.sleep(60)"]
+    bystander = subprocess.Popen(command)
     try:
         pid_file = tmp_path / "server.pid"
         started = process_start_time(bystander.pid)
-        record = {"pid": bystander.pid, "start_time": str(int(started) - 1), "command": process_command(bystander.pid)}
+        record = {"pid": bystander.pid, "start_time": str(int(started) - 1), "command": command}
         pid_file.write_text(json.dumps(record))  # our server was another process, started a tick earlier
         assert stop_from_pid_file(str(pid_file)) == "gone"
         time.sleep(0.2)
