@@ -22,7 +22,12 @@ BOS token, not two; --max_tokens; one prompt per request) docs/fidelity.md says 
 
 Writes to --output_dir: <name>.json (every item with its prompt, reply and verdicts),
 <name>_report.json (accuracy per source, both scoring views, format_rate), <name>_report.md
-(beside the paper's Table 1) and <name>_report.png (bar chart).
+(beside the paper's Table 1) and <name>_report.png (bar chart). <name> is
+<model folder>_<task>_<eval file>[_strict]_<key>, the key a short hash of the resolved model and the
+settings, so two models or settings never share a file (docs/eval.md).
+
+No API key is sent unless --api_key or EVAL_API_KEY gives one (OPENAI_API_KEY is never read); the key
+is redacted from every message and file.
 """
 
 import json
