@@ -284,12 +284,13 @@ def test_a_server_is_ready_only_when_the_process_we_started_answers(tiny_server,
     pid_file = tmp_path / "ours.pid"
     # Ours cannot bind (the other holds the port) and dies; the other keeps answering /health.
     with pytest.raises(RuntimeError, match=f"port {port} is held by another process \\(PID {other.pid}\\)"):
-        start_server(
+        process = start_server(
             [sys.executable, str(script), str(port), "reply", str(tmp_path / "log")],
             f"http://127.0.0.1:{port}/health",
             pid_file=str(pid_file),
             timeout_s=30,
         )
+        stop_pid(process.pid)  # reached only when start_server wrongly called it ready: leave nothing running
     assert not pid_file.exists() and other.poll() is None
 
 
