@@ -15,6 +15,7 @@ from transformers import HfArgumentParser
 
 from huatuo_o1 import cli
 from huatuo_o1.chat import answer, load
+from huatuo_o1.records import InputError
 
 
 @dataclass
@@ -28,8 +29,19 @@ class InferenceArguments:
     top_p: float = field(default=0.9)
 
 
+def check_arguments(args):
+    """Values generation would reject inside its thread (where the stream would wait for ever), refused now."""
+    if args.max_new_tokens <= 0:
+        raise InputError(f"--max_new_tokens must be a positive number of tokens, not {args.max_new_tokens}")
+    if args.temperature < 0:
+        raise InputError(f"--temperature must be 0 (greedy) or more, not {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise InputError(f"--top_p must be in (0, 1], not {args.top_p}")
+
+
 def main(argv=None):
     (args,) = HfArgumentParser(InferenceArguments).parse_args_into_dataclasses(args=argv)
+    check_arguments(args)
     tokenizer, model = load(args.model_path)
     ask = lambda question: answer(tokenizer, model, question, args.max_new_tokens, args.temperature, args.top_p)  # noqa: E731
     if args.question:

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from huatuo_o1 import cli
-from huatuo_o1.records import write_json_atomic
+from huatuo_o1.outputs import check_outputs
+from huatuo_o1.records import InputError, write_json_atomic
 from huatuo_o1.verifier import VerifierReward, load_verifier, verifier_input
 from huatuo_o1.verifier_training import VerdictData, read_examples, scores, string_match
 
@@ -40,9 +41,19 @@ class ScoreArguments:
 
 def main(argv=None):
     args, data = HfArgumentParser((ScoreArguments, VerdictData)).parse_args_into_dataclasses(args=argv)
+    if args.batch_size <= 0:
+        raise InputError(f"--batch_size must be a positive number of pairs, not {args.batch_size}")
+    if not 0 <= args.threshold <= 1:
+        raise InputError(f"--threshold is a probability, 0 to 1, not {args.threshold}")
+    output_path = args.output_path or os.path.splitext(data.data_path)[0] + "_scored.json"
+    check_outputs(
+        {"--data_path": data.data_path, "--verifier_path": args.verifier_path}, files={"--output_path": output_path}
+    )
 
     # Load: the pairs, and the verifier as shipped, as RL_stage2.py uses it (tokenizer and config untouched).
     examples, _ = read_examples(data, need_verdict=False)
+    if not examples:
+        raise InputError(f"--data_path {data.data_path}: no (response, reference) pairs to score; nothing written")
     model, tokenizer = load_verifier(args.verifier_path)
     reward = VerifierReward(
         model, tokenizer, template=args.verifier_template, batch_size=args.batch_size, threshold=args.threshold
@@ -74,7 +85,6 @@ def main(argv=None):
         rows.append(row)
 
     # Save.
-    output_path = args.output_path or os.path.splitext(data.data_path)[0] + "_scored.json"
     write_json_atomic(output_path, rows)
     judged = [r for r in rows if "verdict" in r]
     summary = {"n": len(rows), "n_predicted_correct": sum(r["predicted"] for r in rows), "output_path": output_path}

@@ -22,7 +22,12 @@ BOS token, not two; --max_tokens; one prompt per request) docs/fidelity.md says 
 
 Writes to --output_dir: <name>.json (every item with its prompt, reply and verdicts),
 <name>_report.json (accuracy per source, both scoring views, format_rate), <name>_report.md
-(beside the paper's Table 1) and <name>_report.png (bar chart).
+(beside the paper's Table 1) and <name>_report.png (bar chart). <name> is
+<model folder>_<task>_<eval file>[_strict]_<key>, the key a short hash of the resolved model and the
+settings, so two models or settings never share a file (docs/eval.md).
+
+No API key is sent unless --api_key or EVAL_API_KEY gives one (OPENAI_API_KEY is never read); the key
+is redacted from every message and file.
 """
 
 import json
@@ -40,18 +45,22 @@ from huatuo_o1.evaluation.client import (
     EvalArguments,
     PromptBuilder,
     ask,
+    check_arguments,
     load_eval_items,
     make_client,
+    open_partial,
     output_stem,
     read_partial,
+    read_results,
+    redact,
     settings_of,
 )
-from huatuo_o1.records import InputError, write_json_atomic
+from huatuo_o1.outputs import check_outputs
+from huatuo_o1.records import write_json_atomic
 
 
 def main(args):
-    if args.request_mode not in ("completions", "chat"):
-        raise InputError(f"--request_mode must be 'completions' or 'chat', not {args.request_mode!r}")
+    check_arguments(args)
     items = load_eval_items(args.eval_file, args.max_items_per_source)
     build_prompt = PromptBuilder(args)
     for item in items:
@@ -65,25 +74,27 @@ def main(args):
                 file=sys.stderr,
             )
 
-    os.makedirs(args.output_dir, exist_ok=True)
-    stem = os.path.join(args.output_dir, output_stem(args))
-    partial_path = stem + ".partial.jsonl"
+    # Where the answers go, checked before anything is asked; answers of an earlier run with the same
+    # settings (a finished one's results, an interrupted one's partial file) are kept and not asked again.
     settings = settings_of(args)
-    done = read_partial(partial_path, settings)
+    stem = os.path.join(args.output_dir, output_stem(args, settings))
+    partial_path = stem + ".partial.jsonl"
+    inputs = {"--eval_file": args.eval_file, "--model_name": args.model_name}
+    check_outputs(inputs, folders={"--output_dir": args.output_dir})
+    os.makedirs(args.output_dir, exist_ok=True)
+    ids = {item["id"] for item in items}
+    finished = read_results(stem + ".json", ids)
+    done = {**finished, **read_partial(partial_path, settings)}
     pending = [item for item in items if item["id"] not in done]
     print(f"{len(items)} items, {len(done)} already answered (resumed), {len(pending)} to ask")
 
     failures = []
     if pending:
         client = make_client(args)
-        new_file = not os.path.exists(partial_path)
         with (
-            open(partial_path, "a", encoding="utf-8") as partial,
+            open_partial(partial_path, settings) as partial,
             ThreadPoolExecutor(min(args.batch_size, MAX_THREADS, len(pending))) as pool,
         ):
-            if new_file:
-                partial.write(json.dumps({"settings": settings}) + "\n")
-                partial.flush()
             futures = {pool.submit(ask, client, args, item["prompt"]): item for item in pending}
             try:
                 for future in tqdm(as_completed(futures), total=len(futures), desc="questions"):
@@ -91,7 +102,7 @@ def main(args):
                     try:
                         answer = future.result()
                     except Exception as e:  # after the client's own retries: leave it for a rerun
-                        failures.append(f"{item['id']}: {type(e).__name__}: {e}")
+                        failures.append(redact(f"{item['id']}: {type(e).__name__}: {e}", args))
                         continue
                     done[item["id"]] = {"id": item["id"], **answer}
                     partial.write(json.dumps(done[item["id"]], ensure_ascii=False) + "\n")

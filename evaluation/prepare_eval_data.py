@@ -20,15 +20,18 @@ Usage:
 """
 
 import json
+import os
 import random
 from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
 
 from huatuo_o1 import cli
+from huatuo_o1.outputs import check_outputs, keep_larger_result
 from huatuo_o1.records import InputError, load_records, write_json_atomic
 
 LETTERS = "ABCDEFGHIJKLMNOP"
+SOURCE_FLAGS = ("medqa", "medmcqa", "pubmedqa", "mmlu_pro", "gpqa")
 
 
 @dataclass
@@ -124,8 +127,14 @@ def build_eval_data(args):
     if args.pubmedqa != "skip":
         rows = load_records(args.pubmedqa, split=args.pubmedqa_split)
         if args.pubmedqa_test_ids:
-            with open(args.pubmedqa_test_ids, encoding="utf-8") as f:
-                test_ids = {str(pmid) for pmid in json.load(f)}
+            try:
+                with open(args.pubmedqa_test_ids, encoding="utf-8") as f:
+                    test_ids = {str(pmid) for pmid in json.load(f)}
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as e:
+                raise InputError(
+                    f"--pubmedqa_test_ids {args.pubmedqa_test_ids}: not a readable JSON list or dict of PMIDs "
+                    f"({type(e).__name__})"
+                ) from None
             rows = [row for row in rows if str(row["pubid"]) in test_ids]
         data["PubMedQA"] = _convert_all(args.pubmedqa, rows, convert_pubmedqa)
     if args.mmlu_pro != "skip":
@@ -145,7 +154,16 @@ def build_eval_data(args):
 
 def main():
     (args,) = HfArgumentParser(PrepareArguments).parse_args_into_dataclasses()
+    sources = {f"--{name}": getattr(args, name) for name in SOURCE_FLAGS if getattr(args, name) != "skip"}
+    if not sources:
+        kept = f"; {args.output} is kept as it is" if os.path.exists(args.output) else ""
+        raise InputError(f"every benchmark is 'skip': nothing to build, nothing written{kept}")
+    check_outputs({**sources, "--pubmedqa_test_ids": args.pubmedqa_test_ids}, files={"--output": args.output})
     data = build_eval_data(args)
+    if not any(data.values()):
+        kept = f"; {args.output} is kept as it is" if os.path.exists(args.output) else ""
+        raise InputError(f"the benchmarks gave no items ({', '.join(sources)}): nothing written{kept}")
+    keep_larger_result(args.output, sum(len(items) for items in data.values()), "--output")
     write_json_atomic(args.output, data)
     for source, items in data.items():
         print(f"{source}: {len(items)} items")

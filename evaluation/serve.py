@@ -2,9 +2,10 @@
 
 Backends: SGLang with the paper's settings (--mem_fraction_static 0.8 --dp 1 --tp 1), vLLM, or,
 where neither is installed or there is no GPU, `transformers serve` (CPU, needs fastapi and
-uvicorn). `--backend auto` picks in that order. The PID (and the process start time, so a
-recycled PID is never signalled) goes to --pid_file; `--stop` / evaluation/kill_sglang_server.sh
-stop exactly that process group and nothing else.
+uvicorn). `--backend auto` picks in that order. A server starts only on a port nobody holds, and is
+ready only when the process we started answers (not whatever else listens there). Its PID, start
+time and command line go to --pid_file; `--stop` / evaluation/kill_sglang_server.sh stop that
+process group only when all three still match, and nothing else.
 
 Usage:
     python evaluation/serve.py --model_path FreedomIntelligence/HuatuoGPT-o1-8B --port 30000
@@ -22,8 +23,16 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from huatuo_o1 import cli
-from huatuo_o1.serving import process_start_time, read_pid_file, start_server, stop_from_pid_file
+from huatuo_o1.records import InputError, looks_like_hub_id
+from huatuo_o1.serving import (
+    check_port_free,
+    read_pid_file,
+    recorded_server_running,
+    start_server,
+    stop_from_pid_file,
+)
 
+BACKENDS = ("auto", "sglang", "vllm", "transformers")
 DEFAULT_PID_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "server.pid")
 
 
@@ -135,40 +144,76 @@ def server_command(args, backend, extra):
         if args.continuous_batching:
             command.append("--continuous-batching")
         return command + list(extra)
-    sys.exit(f"error: unknown --backend {backend!r}: use auto, sglang, vllm or transformers")
+    raise AssertionError(backend)  # check_arguments refused other names
+
+
+def check_arguments(args):
+    """Values the server would reject late, or take silently, refused now (one line each)."""
+    if args.backend not in BACKENDS:
+        raise InputError(f"--backend {args.backend!r} is not one of {', '.join(BACKENDS)}")
+    if not 1 <= args.port <= 65535:
+        raise InputError(f"--port {args.port} is not a TCP port: use 1 to 65535")
+    for flag in ("timeout", "dp", "tp"):
+        if getattr(args, flag) <= 0:
+            raise InputError(f"--{flag} must be positive, not {getattr(args, flag)}")
+    if not 0 < args.mem_fraction_static <= 1:
+        raise InputError(f"--mem_fraction_static is a share of GPU memory: (0, 1], not {args.mem_fraction_static}")
+    if not args.model_path:
+        raise InputError("--model_path is required to start a server")
+    if not os.path.exists(args.model_path) and not looks_like_hub_id(args.model_path):
+        raise InputError(f"--model_path {args.model_path}: no such folder (and not a hub id of the form org/name)")
+    if os.path.isdir(args.model_path) and not os.path.isfile(os.path.join(args.model_path, "config.json")):
+        raise InputError(f"--model_path {args.model_path} is not a model folder (it has no config.json)")
+
+
+def stop(pid_file):
+    if not os.path.exists(pid_file):
+        print(
+            f"No server recorded in {pid_file}: nothing stopped. (A server started by hand is "
+            "stopped with `kill PID`; start it with evaluation/serve.py to have it recorded.)"
+        )
+        return 0
+    pid = read_pid_file(pid_file).pid  # refuses a file without the proof
+    if stop_from_pid_file(pid_file) == "stopped":
+        print(f"stopped server PID {pid}")
+    else:
+        print(f"server PID {pid} had already exited (nothing signalled); removed {pid_file}")
+    return 0
 
 
 def main():
     parser = HfArgumentParser(ServeArguments)
     args, extra = parser.parse_args_into_dataclasses(return_remaining_strings=True)
-
     if args.stop:
-        if not os.path.exists(args.pid_file):
-            print(
-                f"No server recorded in {args.pid_file}: nothing stopped. (A server started by hand is "
-                "stopped with `kill PID`; start it with evaluation/serve.py to have it recorded.)"
-            )
-            return
-        pid, _ = read_pid_file(args.pid_file)
-        stopped = stop_from_pid_file(args.pid_file)
-        print(
-            f"stopped server PID {pid}" if stopped else f"server PID {pid} had already exited; removed {args.pid_file}"
-        )
-        return
+        return stop(args.pid_file)
 
-    if not args.model_path:
-        sys.exit("error: --model_path is required to start a server")
+    # Check: the arguments, the PID file (never overwrite a record of a running server, or one we cannot
+    # read), the port (a server that cannot bind dies, and the one already there would answer for it).
+    check_arguments(args)
     if os.path.exists(args.pid_file):
-        pid, started = read_pid_file(args.pid_file)
-        current = process_start_time(pid)
-        if current is not None and started in (None, current):
-            sys.exit(
-                f"error: {args.pid_file} records a running server (PID {pid}); stop it first "
+        try:
+            running = recorded_server_running(args.pid_file)
+        except InputError:
+            raise InputError(
+                f"{args.pid_file} exists but does not record a server as evaluation/serve.py does (PID, start "
+                "time, command line): not overwritten. Check it and delete it, or pass another --pid_file"
+            ) from None
+        if running:
+            raise InputError(
+                f"{args.pid_file} records a running server (PID {running.pid}); stop it first "
                 "(bash evaluation/kill_sglang_server.sh) or pass another --pid_file"
             )
+    check_port_free(args.host, args.port)
     backend = choose_backend(args.backend)
     command = server_command(args, backend, extra)
     log_file = args.log_file or os.path.splitext(args.pid_file)[0] + ".log"
+    for path in (args.pid_file, log_file):
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        except OSError as e:
+            raise InputError(f"cannot create the folder of {path}: {e.strerror}") from None
+
+    # Start, and wait until the process we started answers.
     env = {**os.environ, "HF_HUB_DISABLE_UPDATE_CHECK": "1"}
     print(f"starting {backend}: {' '.join(command)}\n(log: {log_file})", flush=True)
     try:
@@ -180,15 +225,18 @@ def main():
             timeout_s=args.timeout,
             env=env,
         )
-    except (RuntimeError, TimeoutError) as e:
+    except BaseException as e:
         if os.path.exists(args.pid_file):
-            os.remove(args.pid_file)
+            os.remove(args.pid_file)  # start_server stopped the process it names
+        if not isinstance(e, (RuntimeError, TimeoutError)):
+            raise
         with open(log_file, errors="replace") as f:
             tail = "".join(f.readlines()[-15:])
         sys.exit(f"error: the {backend} server did not come up: {e}\nlast lines of {log_file}:\n{tail}")
     print(
         f"{backend} server PID {process.pid} ready on http://{args.host}:{args.port}/v1 (recorded in {args.pid_file})"
     )
+    return 0
 
 
 if __name__ == "__main__":

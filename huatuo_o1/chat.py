@@ -83,8 +83,18 @@ def answer(
     sampling = (
         {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
     )
+    failure = []
+
+    def generate(**kwargs):
+        # An error inside generate would leave the stream waiting for ever: end it, and raise it below.
+        try:
+            model.generate(**kwargs)
+        except BaseException as error:
+            failure.append(error)
+            streamer.end()
+
     generation = threading.Thread(
-        target=model.generate,
+        target=generate,
         kwargs=dict(
             **inputs,
             streamer=streamer,
@@ -98,4 +108,6 @@ def answer(
     for chunk in streamer:
         printer.feed(chunk)
     generation.join()
+    if failure:
+        raise failure[0]
     return printer.close()

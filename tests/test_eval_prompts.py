@@ -205,12 +205,14 @@ def test_partial_file_resume_rules(tmp_path):
 
 
 def test_stale_pid_file_never_signals_a_recycled_pid(tmp_path):
-    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    command = [sys.executable, "-c", "import time; time.sleep(60)"]
+    bystander = subprocess.Popen(command)
     try:
         pid_file = tmp_path / "server.pid"
         started = process_start_time(bystander.pid)
-        pid_file.write_text(f"{bystander.pid} {int(started) - 1}\n")  # our server was another process
-        assert stop_from_pid_file(str(pid_file)) is False
+        record = {"pid": bystander.pid, "start_time": str(int(started) - 1), "command": command}
+        pid_file.write_text(json.dumps(record))  # our server was another process, started a tick earlier
+        assert stop_from_pid_file(str(pid_file)) == "gone"
         time.sleep(0.2)
         assert bystander.poll() is None and not os.path.exists(pid_file)
     finally:

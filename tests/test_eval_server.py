@@ -9,8 +9,10 @@ import subprocess
 import sys
 
 import pytest
+from transformers import HfArgumentParser
 
 from huatuo_o1.evaluation import scoring
+from huatuo_o1.evaluation.client import EvalArguments, output_stem, settings_of
 from huatuo_o1.serving import free_port, read_pid_file
 
 pytestmark = pytest.mark.slow
@@ -56,13 +58,12 @@ def test_serve_eval_and_stop_only_our_server(tiny_models, repo_root, tmp_path):
             "--timeout",
             "120",
         )
-        server_pid, _ = read_pid_file(pid_file)
+        server_pid = read_pid_file(pid_file).pid
         assert alive(server_pid)
 
         # Run 1: the original's mode (client-side chat template, /v1/completions), resuming a partial run.
         out1 = tmp_path / "run1"
         out1.mkdir()
-        stem = "tiny-llama_api_demo_eval_data"
         common = [
             "--model_name",
             model,
@@ -79,20 +80,16 @@ def test_serve_eval_and_stop_only_our_server(tiny_models, repo_root, tmp_path):
             "--seed",
             "7",
         ]
-        settings = {
-            "model_name": model,
-            "eval_file": DEMO_FILE,
-            "max_new_tokens": 8,
-            "max_tokens": -1,
-            "use_chat_template": True,
-            "keep_template_bos": False,
-            "strict_prompt": False,
-            "request_mode": "completions",
-            "served_model_name": None,
-            "temperature": 0.5,
-            "top_p": 0.9,
-            "seed": 7,
-        }
+
+        def stem_and_settings(*argv):
+            """The results' name and the settings line eval.py derives from these flags (run from repo_root)."""
+            (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(list(argv))
+            args.eval_file = os.path.join(repo_root, args.eval_file)
+            settings = settings_of(args)
+            return output_stem(args, settings), settings
+
+        stem, settings = stem_and_settings(*common)
+        assert stem.startswith("tiny-llama_api_demo_eval_data_")
         (out1 / f"{stem}.partial.jsonl").write_text(
             json.dumps({"settings": settings})
             + "\n"
@@ -151,7 +148,9 @@ def test_serve_eval_and_stop_only_our_server(tiny_models, repo_root, tmp_path):
             "--max_tokens",
             "250",
         )
-        results = json.loads((out2 / f"{stem}_strict.json").read_text())
+        stem2, _ = stem_and_settings(*common, "--use_chat_template", "False", "--strict_prompt", "--max_tokens", "250")
+        assert stem2.startswith("tiny-llama_api_demo_eval_data_strict_") and stem2 != stem
+        results = json.loads((out2 / f"{stem2}.json").read_text())
         assert len(results) == 14
         from transformers import AutoTokenizer
 
@@ -182,7 +181,8 @@ def test_serve_eval_and_stop_only_our_server(tiny_models, repo_root, tmp_path):
             "--max_items_per_source",
             "1",
         )
-        assert len(json.loads((out3 / f"{stem}.json").read_text())) == 7
+        (results3,) = [name for name in os.listdir(out3) if not name.endswith(("_report.json", ".md", ".png"))]
+        assert len(json.loads((out3 / results3).read_text())) == 7
 
         # Stop: exactly the recorded server, not the other "sglang" process.
         done = run(
@@ -237,7 +237,9 @@ def test_run_eval_one_command(tiny_models, repo_root, tmp_path):
     )
     server_pid = int(re.search(r"server PID (\d+) ready", done.stdout).group(1))
     assert f"stopped server PID {server_pid}" in done.stdout and not alive(server_pid)
-    report = json.loads((tmp_path / "out" / "tiny-qwen2_api_demo_eval_data_report.json").read_text())
+    (report_file,) = [name for name in os.listdir(tmp_path / "out") if name.endswith("_report.json")]
+    assert report_file.startswith("tiny-qwen2_api_demo_eval_data_")
+    report = json.loads((tmp_path / "out" / report_file).read_text())
     assert report["overall"]["n"] == 7 and "format_rate" in report
     assert all(s["n"] == 1 for s in report["sources"].values())
     assert not [

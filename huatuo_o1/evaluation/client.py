@@ -1,9 +1,11 @@
-"""The evaluation client's parts: the eval file, the text sent for each item, one request, resuming.
+"""The evaluation client's parts: the flags and their checks, the eval file, the text sent for each item,
+one request, the run's key and resuming.
 
 evaluation/eval.py runs them in order; huatuo_o1.evaluation.scoring reads the replies and
 huatuo_o1.evaluation.report builds the figures.
 """
 
+import hashlib
 import json
 import os
 import sys
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from huatuo_o1.evaluation import scoring
+from huatuo_o1.evaluation import report, scoring
 from huatuo_o1.models import from_pretrained_or_explain
 from huatuo_o1.records import ANSWER_IDX, OPTIONS, QUESTION, InputError
 
@@ -22,6 +24,9 @@ if TYPE_CHECKING:
 
 TEMPLATE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 MAX_THREADS = 256  # requests in flight; more only queue on the server anyway
+API_KEY_VARIABLE = "EVAL_API_KEY"  # eval.py's own: OPENAI_API_KEY (the data stages' teacher key) is never sent
+NO_KEY = "EMPTY"  # what the original client sent; local servers ignore it
+ANSWER_KEYS = ("output", "raw_output", "completion_tokens", "finish_reason")
 
 
 @dataclass
@@ -74,11 +79,44 @@ class EvalArguments:
     paper_row: str = field(
         default="HuatuoGPT-o1-8B", metadata={"help": "Row of the paper's Table 1 to show beside ours."}
     )
-    api_key: str = field(default_factory=lambda: os.environ.get("OPENAI_API_KEY", "EMPTY"))
+    api_key: str | None = field(
+        default_factory=lambda: os.environ.get(API_KEY_VARIABLE) or None,
+        metadata={
+            "help": f"Key of the inference server, if it wants one (default: ${API_KEY_VARIABLE}; else none, "
+            f"'{NO_KEY}' is sent). OPENAI_API_KEY is never sent. The key is redacted from every message and file."
+        },
+    )
     request_timeout: float = field(
         default=3600.0, metadata={"help": "Seconds per request, queueing on the server included."}
     )
     max_retries: int = field(default=3)
+
+
+def check_arguments(args: EvalArguments) -> None:
+    """Values that make no sense, refused before anything is asked: one line naming the flag, the value and
+    what is valid."""
+    if args.request_mode not in ("completions", "chat"):
+        raise InputError(f"--request_mode must be 'completions' or 'chat', not {args.request_mode!r}")
+    positive = ("batch_size", "max_new_tokens", "request_timeout")
+    for flag in positive:
+        if getattr(args, flag) <= 0:
+            raise InputError(f"--{flag} must be positive, not {getattr(args, flag)}")
+    for flag in ("max_tokens", "max_items_per_source"):
+        if getattr(args, flag) == 0 or getattr(args, flag) < -1:
+            raise InputError(f"--{flag} is -1 (no limit) or a positive number, not {getattr(args, flag)}")
+    if args.max_retries < 0:
+        raise InputError(f"--max_retries must be 0 or more, not {args.max_retries}")
+    if args.temperature < 0:
+        raise InputError(f"--temperature must be 0 (greedy) or more, not {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise InputError(f"--top_p must be in (0, 1], not {args.top_p}")
+    if args.base_url is None and not 1 <= args.port <= 65535:
+        raise InputError(f"--port {args.port} is not a TCP port: use 1 to 65535")
+    if not args.task or os.sep in args.task:
+        raise InputError(f"--task {args.task!r} is a label in file names: a non-empty name without '{os.sep}'")
+    rows = report.paper_table()["rows"]
+    if args.paper_row not in rows:
+        raise InputError(f"--paper_row {args.paper_row!r} is not a row of the paper's Table 1: one of {list(rows)}")
 
 
 def load_eval_items(path: str, max_items_per_source: int = -1) -> list[dict]:
@@ -88,11 +126,13 @@ def load_eval_items(path: str, max_items_per_source: int = -1) -> list[dict]:
             f"{path}: no such file (build the benchmark file with evaluation/prepare_eval_data.py, "
             "or try evaluation/data/demo_eval_data.json)"
         )
-    with open(path, encoding="utf-8") as f:
-        try:
+    try:
+        with open(path, encoding="utf-8") as f:
             data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
     if isinstance(data, list):
         groups = {}
         for row in data:
@@ -201,7 +241,15 @@ def make_client(args: EvalArguments) -> "OpenAI":
 
     base_url = args.base_url or f"http://127.0.0.1:{args.port}/v1"
     check_server_listens(base_url)
-    return OpenAI(base_url=base_url, api_key=args.api_key, max_retries=args.max_retries, timeout=args.request_timeout)
+    # The key is always passed: given None, the openai client would read OPENAI_API_KEY and send it here.
+    return OpenAI(
+        base_url=base_url, api_key=args.api_key or NO_KEY, max_retries=args.max_retries, timeout=args.request_timeout
+    )
+
+
+def redact(text: str, args: EvalArguments) -> str:
+    """text with the key replaced, whatever a server echoed (error bodies, even replies)."""
+    return text.replace(args.api_key, "[redacted]") if args.api_key else text
 
 
 def check_server_listens(base_url: str) -> None:
@@ -239,6 +287,7 @@ def ask(client: "OpenAI", args: EvalArguments, prompt: str) -> dict:
         reply = client.completions.create(prompt=prompt, **common)
         output = reply.choices[0].text
     tokens = reply.usage.completion_tokens if reply.usage else None
+    output = redact(output, args) if output else output
     return {
         "output": scoring.clean_reply(output),
         "raw_output": output or "",
@@ -247,17 +296,34 @@ def ask(client: "OpenAI", args: EvalArguments, prompt: str) -> dict:
     }
 
 
-def output_stem(args: EvalArguments) -> str:
-    model = os.path.basename(os.path.normpath(args.model_name))
-    data = os.path.splitext(os.path.basename(args.eval_file))[0]
-    return f"{model}_{args.task}_{data}" + ("_strict" if args.strict_prompt else "")
+def model_identity(model_name: str) -> dict:
+    """Which model answers: a folder by its resolved path and its files (name, size, time), so two folders
+    that share a name, or a folder retrained in place, are different models; a hub id as written."""
+    if not os.path.isdir(model_name):
+        return {"model": model_name, "model_files": None}
+    folder = os.path.realpath(model_name)
+    files = sorted(
+        (entry.name, entry.stat().st_size, entry.stat().st_mtime_ns) for entry in os.scandir(folder) if entry.is_file()
+    )
+    return {"model": folder, "model_files": hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]}
+
+
+def file_digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+# Settings as typed: shown in reports, not part of the run's identity (./m and m are one model).
+AS_TYPED = ("model_name", "eval_file")
 
 
 def settings_of(args: EvalArguments) -> dict:
-    """What must be equal for a partial run to be resumed."""
+    """What decides the answers (plus the model and eval file as typed): equal settings resume each other,
+    different ones never share a file."""
     keys = (
         "model_name",
         "eval_file",
+        "max_items_per_source",
         "max_new_tokens",
         "max_tokens",
         "use_chat_template",
@@ -269,22 +335,102 @@ def settings_of(args: EvalArguments) -> dict:
         "top_p",
         "seed",
     )
-    return {key: getattr(args, key) for key in keys}
+    return {
+        **{key: getattr(args, key) for key in keys},
+        **model_identity(args.model_name),
+        "eval_file_sha256": file_digest(args.eval_file),
+    }
+
+
+def identity(settings: dict) -> dict:
+    return {key: value for key, value in settings.items() if key not in AS_TYPED}
+
+
+def output_stem(args: EvalArguments, settings: dict) -> str:
+    """<model folder>_<task>_<eval file>[_strict]_<key>: readable, and keyed by the run's settings (a short
+    hash of the resolved model and everything that decides the answers), so results never collide."""
+    model = os.path.basename(os.path.normpath(args.model_name))
+    data = os.path.splitext(os.path.basename(args.eval_file))[0]
+    key = hashlib.sha256(json.dumps(identity(settings), sort_keys=True).encode()).hexdigest()[:8]
+    return f"{model}_{args.task}_{data}" + ("_strict" if args.strict_prompt else "") + f"_{key}"
+
+
+def read_results(path: str, ids: set) -> dict:
+    """{item id: answer} from a finished run's results file (same name: same settings), so a rerun keeps them."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            records = json.load(f)
+        done = {r["id"]: {"id": r["id"], **{k: r.get(k) for k in ANSWER_KEYS}} for r in records if r["id"] in ids}
+        if not all(isinstance(answer["output"], str) for answer in done.values()):
+            raise TypeError("an output is not text")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise InputError(
+            f"{path}: a finished run's results, but unreadable ({type(e).__name__}: {e}); it is kept as it is: "
+            "move it away to ask every question again"
+        ) from None
+    return done
 
 
 def read_partial(path: str, settings: dict) -> dict:
     """{item id: record} from an interrupted run with the same settings."""
-    if not os.path.exists(path):
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
         return {}
-    done = {}
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    if lines and json.loads(lines[0]).get("settings") != settings:
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text (byte {e.start}); move it away to start afresh") from None
+    try:
+        header = json.loads(lines[0])["settings"]
+        if not isinstance(header, dict):
+            raise TypeError
+    except (json.JSONDecodeError, KeyError, TypeError, IndexError):
+        if len([line for line in lines if line.strip()]) <= 1:
+            return {}  # a settings line cut by a crash, and no answers: nothing to keep (the file is rewritten)
+        raise InputError(
+            f"{path}: line 1 is not the settings line eval.py writes, so its answers cannot be checked; "
+            "move the file away to ask every question again"
+        ) from None
+    if identity(header) != identity(settings):
         raise InputError(f"{path} holds an interrupted run with other settings; delete it to start afresh")
+    done, unreadable = {}, 0
     for line in lines[1:]:
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash: that item is asked again
-        done[record["id"]] = record
+            if not isinstance(record["output"], str):
+                raise TypeError
+            done[record["id"]] = record
+        except (json.JSONDecodeError, KeyError, TypeError):
+            unreadable += 1  # a line cut by a crash: that item is asked again
+    if unreadable:
+        print(f"warning: {path}: {unreadable} unreadable line(s) skipped, their items asked again", file=sys.stderr)
     return done
+
+
+def open_partial(path: str, settings: dict):
+    """The partial file, open for appending answers: a settings line first when it has none, and a line
+    cut by a crash ended, so the next answer starts a line of its own."""
+    has_header = os.path.exists(path) and os.path.getsize(path) > 0 and _header_ok(path)
+    partial = open(path, "a" if has_header else "w", encoding="utf-8")
+    if not has_header:
+        partial.write(json.dumps({"settings": settings}) + "\n")
+    elif not _ends_with_newline(path):
+        partial.write("\n")
+    partial.flush()
+    return partial
+
+
+def _header_ok(path):
+    with open(path, encoding="utf-8") as f:
+        try:
+            return isinstance(json.loads(f.readline())["settings"], dict)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return False
+
+
+def _ends_with_newline(path):
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
