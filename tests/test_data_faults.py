@@ -1,4 +1,5 @@
-"""The data stages under faults (30% of calls failing in mixed ways) and after a SIGKILL, counted at the server."""
+"""The data stages under faults (30% of calls failing in mixed ways), after a SIGKILL, a Ctrl-C, and with two runs
+on one progress folder, counted at the server."""
 
 import os
 import signal
@@ -67,7 +68,7 @@ def test_thirty_percent_mixed_faults_on_200_items_lose_and_duplicate_nothing(sta
     problems = read_json(problems_path)
     assert len(problems) == summary["by_outcome"]["verifiable"] > 150
     assert len({p["question"] for p in problems}) == len(problems)
-    assert len(os.listdir(tmp_path / "p" / "mcq")) == 200
+    assert len([name for name in os.listdir(tmp_path / "p" / "mcq") if not name.startswith(".")]) == 200
     failed_first = {r["question"] for r in records if r["outcome"] == "failed"}
 
     teacher.reset()
@@ -139,7 +140,7 @@ def test_a_run_killed_midway_resumes_without_repeating_finished_items(start_teac
     )
 
     def finished_files():
-        return [name for name in os.listdir(store) if not name.startswith(".tmp-")] if store.is_dir() else []
+        return [name for name in os.listdir(store) if not name.startswith(".")] if store.is_dir() else []
 
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(finished_files()) < 10:
@@ -165,3 +166,101 @@ def test_a_run_killed_midway_resumes_without_repeating_finished_items(start_teac
     assert summary["this_run"]["calls"] == teacher.stats()["total"] and calls_before > 0
     rows = read_json(sft_path)
     assert len(rows) == 40 and len({row["Question"] for row in rows}) == 40
+
+
+def start_stage(script, args, teacher):
+    """A stage script as the user starts it: its own process, its own process group (so a signal reaches only it)."""
+    return subprocess.Popen(
+        [sys.executable, script, "--api_url", teacher.base_url, *map(str, args)],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, OPENAI_API_KEY=SECRET_KEY),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def item_files(store):
+    return sorted(name for name in os.listdir(store) if not name.startswith(".")) if store.is_dir() else []
+
+
+def wait_for(condition, seconds=120):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_ctrl_c_stops_at_once_sends_nothing_more_keeps_finished_items_and_the_rerun_does_the_rest(
+    start_teacher, tmp_path
+):
+    # Each item takes two calls (filter, reformat) of 1.5 s each, four in flight: when Ctrl-C comes, four
+    # requests are on the wire and items wait; before the fix the run finished the items it had started
+    # (several seconds, new requests) and printed a traceback.
+    items = make_items(30)
+    teacher = start_teacher(answer_key=items, latency_ms=1500)
+    main, _, _ = outputs_of(tmp_path, "problems")
+    args = ["--data_path", write_json(tmp_path / "mcq.json", items), "--filter_data", "--output_path", main]
+    args += ["--output_dir", tmp_path / "p"] + FAST[:-2] + ["--num_process", "4"]
+    store = tmp_path / "p" / "mcq"
+    process = start_stage(CONSTRUCT, args, teacher)
+    wait_for(lambda: len(item_files(store)) >= 4)
+
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    interrupted = time.monotonic()
+    calls_at_interrupt = teacher.stats()["total"]
+    _, stderr = process.communicate(timeout=60)
+    seconds = time.monotonic() - interrupted
+    time.sleep(1.0)  # anything still on its way would reach the server now
+    calls_after = teacher.stats()["total"]
+
+    assert process.returncode == 130 and seconds < 3.0, (process.returncode, seconds, stderr[-2000:])
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
+    messages = [line for line in lines if not line.startswith("construct:")]  # the rest is the progress bar
+    assert len(messages) == 1 and messages[0].startswith("interrupted: construct: "), messages
+    finished = item_files(store)
+    assert 4 <= len(finished) < 30 and f"{len(finished)} item(s) finished and kept in {store}" in messages[0]
+    # No request left after Ctrl-C (two may have been on their way in the instant the signal came).
+    assert calls_after <= calls_at_interrupt + 2, (calls_at_interrupt, calls_after)
+    assert not os.path.exists(main)
+
+    done = {read_json(store / name)["record"]["question"] for name in finished}
+    teacher.configure(latency_ms=0)
+    teacher.reset()
+    run(CONSTRUCT, args, teacher)
+    asked = {c["question"] for c in teacher.stats()["calls"]}
+    assert asked == {item["question"] for item in items} - done  # only the missing ones, each once per step
+    assert teacher.stats()["total"] == 2 * len(asked)
+    assert [p["question"] for p in read_json(main)] == [item["question"] for item in items]
+
+
+def test_a_second_run_on_the_same_progress_folder_refuses_to_start_and_touches_nothing(start_teacher, tmp_path):
+    items = make_items(12)
+    teacher = start_teacher(answer_key=items, latency_ms=300)
+    main, _, _ = outputs_of(tmp_path, "problems")
+    args = ["--data_path", write_json(tmp_path / "mcq.json", items), "--filter_data", "--output_path", main]
+    args += ["--output_dir", tmp_path / "p"] + FAST[:-2] + ["--num_process", "2"]
+    store = tmp_path / "p" / "mcq"
+    first = start_stage(CONSTRUCT, args, teacher)
+    wait_for(lambda: len(item_files(store)) >= 1)
+    # a temporary file of the first run's (it writes each item through one): the second must leave it alone
+    theirs = store / ".tmp-being-written.json"
+    theirs.write_text("{}")
+
+    second = run(CONSTRUCT, args, teacher, check=False)
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    error = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and f"{store} is in use by another run (PID {first.pid} since " in error[0]
+    assert "--output_dir" in error[0]
+    assert theirs.exists()
+
+    _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stderr[-2000:]
+    assert teacher.stats()["total"] == 2 * 12  # every item paid for once
+    assert len(read_json(main)) == 12
+    # the lock went with the first run: a rerun starts, finds everything finished, and clears the leftover
+    teacher.reset()
+    run(CONSTRUCT, args, teacher)
+    assert teacher.stats()["total"] == 0 and not theirs.exists()
