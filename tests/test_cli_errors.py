@@ -5,6 +5,11 @@ the script whole in this process (tests/scripts.py), from a folder of valid inpu
 (2 for a flag argparse cannot read, 1 for any other bad input), exactly one line on stderr, starting with
 "error:" and naming the culprit (and the fix or the close match where there is one), no traceback, and every
 file of the folder byte for byte as it was, nothing created (the checks come before any work).
+
+Then one test per silent failure of the data stages, against the stand-in teacher (tests/standin_teacher.py):
+a rerun that would write fewer rows, or in which every item failed, keeps the old file; Ctrl-C (SIGINT to a real
+process) stops within 3 s with one line and no request after it; a second run on one progress folder refuses to
+start and leaves the first run's temporary files alone.
 """
 
 # ruff: noqa: E501 (the table keeps one case per line)
@@ -14,11 +19,15 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from huatuo_o1 import cli, records
-from tests.data_helpers import make_items
+from tests.data_helpers import FAST, REPO_ROOT, SECRET_KEY, make_items, outputs_of, read_json, run, write_json
 from tests.rl_helpers import rl_flags, write_problems
 from tests.scripts import run_script
 from tests.verifier_helpers import synthetic_verdicts
@@ -280,3 +289,140 @@ def test_parse_names_the_closest_flag_and_help_names_the_debug_flag(capsys):
     with pytest.raises(SystemExit):
         cli.parse((Flags,), ["--help"])
     assert "--debug (or HUATUO_DEBUG=1)" in capsys.readouterr().out
+
+
+# ---- the data stages' silent failures, one test each ----------------------------------------------------------
+
+
+def test_a_rerun_never_replaces_an_output_with_fewer_rows(start_teacher, tmp_path):
+    items = make_items(3)
+    items[1]["standin_filter"] = "Too Simple"
+    teacher = start_teacher(answer_key=items)
+    main, records, summary = outputs_of(tmp_path, "problems")
+    data = write_json(tmp_path / "mcq.json", items)
+    run(CONSTRUCT, ["--data_path", data, "--output_path", main, "--output_dir", tmp_path / "p"] + FAST, teacher)
+    assert len(read_json(main)) == 3
+    files = {path: open(path, "rb").read() for path in (main, records, summary)}
+
+    def kept(result, message):
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(error) == 1 and message in error[0] and f"kept {main}" in error[0], result.stderr
+        assert {path: open(path, "rb").read() for path in files} == files
+
+    # a dead endpoint and a fresh progress folder (another working folder, say): every item fails
+    dead = ["--data_path", data, "--output_path", main, "--output_dir", tmp_path / "p2", "--api_url"]
+    result = run(CONSTRUCT, dead + ["http://127.0.0.1:9/v1", "--max_retries", "0"], check=False)
+    kept(result, "every item failed (3)")
+    assert "APIConnectionError" in result.stderr
+    # items that now get filtered out: 2 rows would replace 3
+    filtered = ["--data_path", data, "--output_path", main, "--output_dir", tmp_path / "p", "--filter_data"]
+    result = run(CONSTRUCT, filtered + FAST, teacher, check=False)
+    kept(result, f"this run has 2 row(s), fewer than the 3 in {main}")
+    assert "remove" in result.stderr and "--output_path" in result.stderr
+    # where fewer rows are what the user wants: another --output_path (the finished items are not paid again)
+    teacher.reset()
+    other, _, _ = outputs_of(tmp_path, "filtered")
+    run(CONSTRUCT, filtered[:3] + [other] + filtered[4:] + FAST, teacher)
+    assert len(read_json(other)) == 2 and teacher.stats()["total"] == 0
+
+
+def start_stage(script, args, teacher):
+    """A stage script as the user starts it: its own process, its own process group (so a signal reaches only it)."""
+    return subprocess.Popen(
+        [sys.executable, script, "--api_url", teacher.base_url, *map(str, args)],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, OPENAI_API_KEY=SECRET_KEY),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def item_files(store):
+    return sorted(name for name in os.listdir(store) if not name.startswith(".")) if store.is_dir() else []
+
+
+def wait_for(condition, seconds=120):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_ctrl_c_stops_at_once_sends_nothing_more_keeps_finished_items_and_the_rerun_does_the_rest(
+    start_teacher, tmp_path
+):
+    # Each item takes two calls (filter, reformat) of 1.5 s each, four in flight: when Ctrl-C comes, four
+    # requests are on the wire and items wait; before the fix the run finished the items it had started
+    # (several seconds, new requests) and printed a traceback.
+    items = make_items(30)
+    teacher = start_teacher(answer_key=items, latency_ms=1500)
+    main, _, _ = outputs_of(tmp_path, "problems")
+    args = ["--data_path", write_json(tmp_path / "mcq.json", items), "--filter_data", "--output_path", main]
+    args += ["--output_dir", tmp_path / "p"] + FAST[:-2] + ["--num_process", "4"]
+    store = tmp_path / "p" / "mcq"
+    process = start_stage(CONSTRUCT, args, teacher)
+    wait_for(lambda: len(item_files(store)) >= 4)
+
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    interrupted = time.monotonic()
+    calls_at_interrupt = teacher.stats()["total"]
+    _, stderr = process.communicate(timeout=60)
+    seconds = time.monotonic() - interrupted
+    time.sleep(1.0)  # anything still on its way would reach the server now
+    calls_after = teacher.stats()["total"]
+
+    assert process.returncode == 130 and seconds < 3.0, (process.returncode, seconds, stderr[-2000:])
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
+    messages = [line for line in lines if not line.startswith("construct:")]  # the rest is the progress bar
+    assert len(messages) == 1 and messages[0].startswith("interrupted: construct: "), messages
+    finished = item_files(store)
+    assert 4 <= len(finished) < 30 and f"{len(finished)} item(s) finished and kept in {store}" in messages[0]
+    # No request left after Ctrl-C. The server counts a request when it arrives, and our count is read after the
+    # signal: requests already on their way then, and any sent in the instant before the run saw the signal, arrive
+    # later. They hold request slots, and the server keeps each slot 1.5 s: at most --num_process (4) of them.
+    # (Measured on a loaded machine: 0 and 2. Before the fix the run finished every item it had begun.)
+    assert calls_after <= calls_at_interrupt + 4, (calls_at_interrupt, calls_after)
+    assert not os.path.exists(main)
+
+    done = {read_json(store / name)["record"]["question"] for name in finished}
+    teacher.configure(latency_ms=0)
+    teacher.reset()
+    run(CONSTRUCT, args, teacher)
+    asked = {c["question"] for c in teacher.stats()["calls"]}
+    assert asked == {item["question"] for item in items} - done  # only the missing ones, each once per step
+    assert teacher.stats()["total"] == 2 * len(asked)
+    assert [p["question"] for p in read_json(main)] == [item["question"] for item in items]
+
+
+def test_a_second_run_on_the_same_progress_folder_refuses_to_start_and_touches_nothing(start_teacher, tmp_path):
+    items = make_items(12)
+    teacher = start_teacher(answer_key=items, latency_ms=300)
+    main, _, _ = outputs_of(tmp_path, "problems")
+    args = ["--data_path", write_json(tmp_path / "mcq.json", items), "--filter_data", "--output_path", main]
+    args += ["--output_dir", tmp_path / "p"] + FAST[:-2] + ["--num_process", "2"]
+    store = tmp_path / "p" / "mcq"
+    first = start_stage(CONSTRUCT, args, teacher)
+    wait_for(lambda: len(item_files(store)) >= 1)
+    # a temporary file of the first run's (it writes each item through one): the second must leave it alone
+    theirs = store / ".tmp-being-written.json"
+    theirs.write_text("{}")
+
+    second = run(CONSTRUCT, args, teacher, check=False)
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    error = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and f"{store} is in use by another run (PID {first.pid} since " in error[0]
+    assert "--output_dir" in error[0]
+    assert theirs.exists()
+
+    _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stderr[-2000:]
+    assert teacher.stats()["total"] == 2 * 12  # every item paid for once
+    assert len(read_json(main)) == 12
+    # the lock went with the first run: a rerun starts, finds everything finished, and clears the leftover
+    teacher.reset()
+    run(CONSTRUCT, args, teacher)
+    assert teacher.stats()["total"] == 0 and not theirs.exists()

@@ -263,39 +263,6 @@ def test_unparsable_reformat_is_retried_then_recorded_and_a_rerun_retries_only_f
     assert teacher.stats()["total"] == 0 and len(read_json(main)) == 3
 
 
-def test_a_rerun_never_replaces_an_output_with_fewer_rows(start_teacher, tmp_path):
-    items = make_items(3)
-    items[1]["standin_filter"] = "Too Simple"
-    teacher = start_teacher(answer_key=items)
-    main, records, summary = outputs_of(tmp_path, "problems")
-    data = write_json(tmp_path / "mcq.json", items)
-    run(CONSTRUCT, ["--data_path", data, "--output_path", main, "--output_dir", tmp_path / "p"] + FAST, teacher)
-    assert len(read_json(main)) == 3
-    files = {path: open(path, "rb").read() for path in (main, records, summary)}
-
-    def kept(result, message):
-        assert result.returncode == 1 and "Traceback" not in result.stderr
-        error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-        assert len(error) == 1 and message in error[0] and f"kept {main}" in error[0], result.stderr
-        assert {path: open(path, "rb").read() for path in files} == files
-
-    # a dead endpoint and a fresh progress folder (another working folder, say): every item fails
-    dead = ["--data_path", data, "--output_path", main, "--output_dir", tmp_path / "p2", "--api_url"]
-    result = run(CONSTRUCT, dead + ["http://127.0.0.1:9/v1", "--max_retries", "0"], check=False)
-    kept(result, "every item failed (3)")
-    assert "APIConnectionError" in result.stderr
-    # items that now get filtered out: 2 rows would replace 3
-    filtered = ["--data_path", data, "--output_path", main, "--output_dir", tmp_path / "p", "--filter_data"]
-    result = run(CONSTRUCT, filtered + FAST, teacher, check=False)
-    kept(result, f"this run has 2 row(s), fewer than the 3 in {main}")
-    assert "remove" in result.stderr and "--output_path" in result.stderr
-    # where fewer rows are what the user wants: another --output_path (the finished items are not paid again)
-    teacher.reset()
-    other, _, _ = outputs_of(tmp_path, "filtered")
-    run(CONSTRUCT, filtered[:3] + [other] + filtered[4:] + FAST, teacher)
-    assert len(read_json(other)) == 2 and teacher.stats()["total"] == 0
-
-
 def test_a_progress_file_that_cannot_be_written_stops_the_run_with_one_line(start_teacher, tmp_path, monkeypatch):
     # Before: the worker thread died with the error and the run waited for its item forever.
     items = make_items(6)
