@@ -351,6 +351,17 @@ def wait_for(condition, seconds=120):
         time.sleep(0.02)
 
 
+def settled_count(teacher, quiet_seconds=1.0, at_most=20.0):
+    """The server's request count once it has not changed for quiet_seconds."""
+    count, since, deadline = teacher.stats()["total"], time.monotonic(), time.monotonic() + at_most
+    while time.monotonic() - since < quiet_seconds and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = teacher.stats()["total"]
+        if now != count:
+            count, since = now, time.monotonic()
+    return count
+
+
 def test_ctrl_c_stops_at_once_sends_nothing_more_keeps_finished_items_and_the_rerun_does_the_rest(
     start_teacher, tmp_path
 ):
@@ -371,20 +382,23 @@ def test_ctrl_c_stops_at_once_sends_nothing_more_keeps_finished_items_and_the_re
     calls_at_interrupt = teacher.stats()["total"]
     _, stderr = process.communicate(timeout=60)
     seconds = time.monotonic() - interrupted
-    time.sleep(1.0)  # anything still on its way would reach the server now
-    calls_after = teacher.stats()["total"]
+    calls_after = settled_count(teacher)  # requests still on their way (a loaded machine delays them) have arrived
 
     assert process.returncode == 130 and seconds < 3.0, (process.returncode, seconds, stderr[-2000:])
-    assert "Traceback" not in stderr
+    assert "Traceback" not in stderr, stderr[-3000:]
     lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
     messages = [line for line in lines if not line.startswith("construct:")]  # the rest is the progress bar
     assert len(messages) == 1 and messages[0].startswith("interrupted: construct: "), messages
     finished = item_files(store)
-    assert 4 <= len(finished) < 30 and f"{len(finished)} item(s) finished and kept in {store}" in messages[0]
+    assert 4 <= len(finished) < 30 and f"{len(finished)} item(s) finished and kept in {store}" in messages[0], (
+        len(finished),
+        messages,
+    )
     # No request left after Ctrl-C. The server counts a request when it arrives, and our count is read after the
     # signal: requests already on their way then, and any sent in the instant before the run saw the signal, arrive
     # later. They hold request slots, and the server keeps each slot 1.5 s: at most --num_process (4) of them.
-    # (Measured on a loaded machine: 0 and 2. Before the fix the run finished every item it had begun.)
+    # (Measured over 9 runs at load 6 to 10 on 2 cores: 0 to 3, and 0.4 to 1.5 s from the signal to the exit.
+    # Before the fix the run finished every item it had begun.)
     assert calls_after <= calls_at_interrupt + 4, (calls_at_interrupt, calls_after)
     assert not os.path.exists(main)
 
@@ -392,9 +406,11 @@ def test_ctrl_c_stops_at_once_sends_nothing_more_keeps_finished_items_and_the_re
     teacher.configure(latency_ms=0)
     teacher.reset()
     run(CONSTRUCT, args, teacher)
-    asked = {c["question"] for c in teacher.stats()["calls"]}
-    assert asked == {item["question"] for item in items} - done  # only the missing ones, each once per step
-    assert teacher.stats()["total"] == 2 * len(asked)
+    calls = teacher.stats()["calls"]
+    asked = {c["question"] for c in calls}
+    missing = {item["question"] for item in items} - done
+    assert asked == missing, (sorted(asked - missing), sorted(missing - asked))  # only the missing ones
+    assert len(calls) == 2 * len(asked)  # each once per step
     assert [p["question"] for p in read_json(main)] == [item["question"] for item in items]
 
 
