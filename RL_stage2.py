@@ -32,8 +32,9 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import set_seed
 
-from huatuo_o1 import cli
-from huatuo_o1.records import InputError, write_json_atomic
+from huatuo_o1 import cli, training
+from huatuo_o1.models import check_model_source, check_verifier_config
+from huatuo_o1.records import InputError, check_outputs, write_json_atomic
 from huatuo_o1.rl.config import check_batch_sizes, parse_args, world_size_from_env
 from huatuo_o1.rl.loading import load_models, load_problems, prompt_ids
 from huatuo_o1.rl.ppo_trainer import PPOTrainer
@@ -53,6 +54,29 @@ def main(argv=None):
     ):
         if not value:
             raise InputError(f"{name} is required")
+    # Before anything loads: the models exist, the verifier is a 2-label classifier, the output folder can be
+    # written and is none of the inputs.
+    check_model_source(model_args.model_name_or_path, "--model_name_or_path")
+    if config.rl_algorithm == "ppo" and config.value_model_path:
+        check_model_source(config.value_model_path, "--value_model_path")
+    check_verifier_config(config.reward_model_path, "--reward_model_path")
+    if config.resume_from_checkpoint and not os.path.isfile(
+        os.path.join(config.resume_from_checkpoint, training.TRAINER_STATE)
+    ):
+        raise InputError(
+            f"--resume_from_checkpoint {config.resume_from_checkpoint}: not a checkpoint of this script (no "
+            f"{training.TRAINER_STATE})"
+        )
+    check_outputs(
+        [("--output_dir", config.output_dir, True)],
+        {
+            "--model_name_or_path": model_args.model_name_or_path,
+            "--value_model_path": config.value_model_path,
+            "--reward_model_path": config.reward_model_path,
+            "--dataset_name": script_args.dataset_name,
+        },
+        replaced_inside=training.CHECKPOINT_PREFIX,
+    )
     try:
         sizes = check_batch_sizes(config, world_size_from_env())
     except ValueError as e:

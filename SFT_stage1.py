@@ -23,7 +23,8 @@ Usage (one CPU process, a quick try):
         --n_epochs 3 --train_bsz_per_gpu 4 --gradient_accumulation_steps 1 --learning_rate 5e-5
 
 Checkpoints go to <output_dir>/<experiment_name>/checkpoint-<step>/ (a Hugging Face model folder);
-rerunning the same command resumes from the newest one. training_summary.json beside them names
+rerunning the same command resumes from the newest one (a finished run is left as it is; a run made
+with other data or settings is refused: --resume False starts afresh). training_summary.json beside them names
 the final checkpoint and the first and last loss.
 """
 
@@ -35,12 +36,26 @@ from dataclasses import asdict, dataclass, field
 import torch
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, HfArgumentParser
+from transformers import AutoModelForCausalLM
 
 from huatuo_o1 import cli, training
-from huatuo_o1.models import attn_implementation, from_pretrained_or_explain, load_chat_tokenizer
-from huatuo_o1.records import InputError, load_records, write_json_atomic
+from huatuo_o1.models import attn_implementation, check_model_source, from_pretrained_or_explain, load_chat_tokenizer
+from huatuo_o1.records import InputError, check_outputs, digest, load_records, write_json_atomic
 from huatuo_o1.sft import build_examples, make_loader, next_token_loss, stop_token_ids, weight_decay_groups
+
+# The settings a resumed run must share with the run it continues (with the data, the model and the process count).
+TRAINING_SETTINGS = (
+    "max_seq_len",
+    "overlong",
+    "n_epochs",
+    "train_bsz_per_gpu",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "warmup_rates",
+    "weight_decay",
+    "seed",
+    "batching",
+)
 
 
 @dataclass
@@ -105,7 +120,12 @@ class SFTArguments:
         },
     )
     resume: bool = field(
-        default=True, metadata={"help": "Continue from the newest checkpoint of this experiment if there is one."}
+        default=True,
+        metadata={
+            "help": "Continue from the newest checkpoint of this experiment if there is one (a run made with other "
+            "data or settings is refused, a finished one left as it is); False starts afresh and first removes the "
+            "experiment's checkpoints."
+        },
     )
     report_to: str = field(
         default="none",
@@ -115,9 +135,26 @@ class SFTArguments:
         },
     )
 
+    def __post_init__(self):
+        cli.check_ranges(
+            self,
+            at_least_1=("train_bsz_per_gpu", "gradient_accumulation_steps", "n_epochs", "max_seq_len", "max_ckpts"),
+            at_least_0=("save_steps", "max_steps", "max_grad_norm", "weight_decay"),
+            above_0=("learning_rate",),
+            shares=("warmup_rates",),
+        )
+
 
 def main(argv=None):
-    (args,) = HfArgumentParser(SFTArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = cli.parse((SFTArguments,), argv)
+    run_dir = os.path.join(args.output_dir, args.experiment_name)
+    # Before anything loads: the model exists, and the checkpoints and logs can be written without touching it.
+    check_model_source(args.model_path, "--model_path")
+    check_outputs(
+        [("--output_dir", run_dir, True), ("--log_dir", args.log_dir, True)],
+        {"--model_path": args.model_path, "--data_path": args.data_path},
+        replaced_inside=training.CHECKPOINT_PREFIX,
+    )
     trackers = training.trackers([args.report_to], "SFT_stage1.py")
     accelerator = training.make_accelerator(
         micro_batch_size=args.train_bsz_per_gpu,
@@ -127,14 +164,43 @@ def main(argv=None):
         project_dir=args.log_dir,
     )
     set_seed(args.seed)
-    checkpoints = training.Checkpoints(
-        os.path.join(args.output_dir, args.experiment_name), keep=max(args.max_ckpts, 1)
-    )
+    checkpoints = training.Checkpoints(run_dir, keep=args.max_ckpts)
     say = accelerator.print
 
     # Load.
-    tokenizer = load_chat_tokenizer(args.model_path)
     rows = load_records(args.data_path, required_fields=())
+
+    # An earlier run in this folder: resumed when its inputs were these, refused when they were not.
+    run_inputs = {
+        "data": digest(rows),
+        "model_path": args.model_path,
+        "processes": accelerator.num_processes,
+        **{name: getattr(args, name) for name in TRAINING_SETTINGS},
+    }
+    earlier = checkpoints.list()
+    if earlier and args.resume:
+        saved = training.Checkpoints.read_state(earlier[-1])
+        changed = training.changed_inputs(saved.get("inputs"), run_inputs)
+        if changed:
+            raise InputError(
+                f"{run_dir} holds a run made with other inputs ({'; '.join(changed)}): pass --resume False to start "
+                "afresh (its checkpoints are removed) or another --output_dir / --experiment_name"
+            )
+        if saved["epoch"] >= args.n_epochs:
+            say(
+                f"{run_dir} holds a finished run of these inputs ({earlier[-1]}): nothing to do "
+                "(--resume False trains again from the start)"
+            )
+            accelerator.end_training()
+            return 0
+        if checkpoints.latest_resumable() != earlier[-1]:
+            raise InputError(
+                f"{earlier[-1]} cannot be resumed (saved without training state, --save_training_state False): pass "
+                "--resume False to start afresh (the checkpoints are removed) or another --output_dir / "
+                "--experiment_name"
+            )
+
+    tokenizer = load_chat_tokenizer(args.model_path)
     examples, n_overlong = build_examples(
         rows,
         tokenizer,
@@ -187,13 +253,15 @@ def main(argv=None):
         accelerator, "cosine", optimizer, int(args.warmup_rates * total_steps), total_steps
     )
 
-    state = {"global_step": 0, "epoch": 0, "batches_done_in_epoch": 0, "history": []}
+    if earlier and not args.resume:
+        say(f"--resume False: removing the {len(earlier)} checkpoint(s) of the earlier run in {run_dir}")
+        checkpoints.remove_all(accelerator)
+    state = {"global_step": 0, "epoch": 0, "batches_done_in_epoch": 0, "history": [], "inputs": run_inputs}
     resumable = checkpoints.latest_resumable()
     if args.resume and resumable:
         state = training.Checkpoints.load(accelerator, resumable)
+        state["inputs"] = run_inputs
         say(f"resuming from {resumable} at optimizer step {state['global_step']} (epoch {state['epoch']})")
-        if state["epoch"] >= args.n_epochs:
-            say("that run had finished all epochs: nothing to do (pass --resume False to train again)")
     accelerator.init_trackers(args.experiment_name, config=asdict(args))
     say(
         f"batching: {batching}, attention: {attention}, {accelerator.num_processes} process(es), "

@@ -17,8 +17,6 @@ Usage (the key from OPENAI_API_KEY, or --api_key):
 
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
-
 from huatuo_o1 import cli, llm_jobs
 from huatuo_o1.construct import PROMPTS, check_items, construct_item
 from huatuo_o1.records import ANSWER, OPTIONS, QUESTION, load_records
@@ -31,12 +29,13 @@ class ConstructArguments:
     )
     num_process: int = field(default=10, metadata={"help": "Requests in flight at once."})
 
+    def __post_init__(self):
+        cli.check_ranges(self, at_least_1=("num_process",))
+
 
 def main():
-    parser = HfArgumentParser((ConstructArguments, llm_jobs.JobArguments, llm_jobs.ApiArguments))
-    args, job, api = parser.parse_args_into_dataclasses()
-    if not job.data_path:
-        parser.error("--data_path is required")
+    args, job, api = cli.parse((ConstructArguments, llm_jobs.JobArguments, llm_jobs.ApiArguments))
+    llm_jobs.check_output_paths(job)  # before any request: the outputs can be written and none is the input
 
     # Load.
     rows = load_records(job.data_path, required_fields=(QUESTION, OPTIONS, ANSWER))
@@ -50,28 +49,29 @@ def main():
     def construct(record, trace, key):
         return construct_item(record, trace, teacher, prompts, args.filter_data, api.reply_parsing)
 
-    task, store = llm_jobs.task_store(job)
     work_settings = {
         "filter_data": args.filter_data,
         "language": job.language,
         "reply_parsing": api.reply_parsing,
         "max_tokens": api.max_tokens,
     }
-    entries, this_run = llm_jobs.run_items(construct, items, store, work_settings, teacher, "construct")
+    task, store = llm_jobs.task_store(job)  # holds the progress folder's lock: a second run on it refuses to start
+    with store:
+        entries, this_run = llm_jobs.run_items(construct, items, store, work_settings, teacher, "construct")
 
-    # Save: the verifiable problems, every record, a summary.
-    audit_keys = ("outcome", "failure_reason", "llm_log", "filter_verdict")
-    verifiable = [
-        {k: v for k, v in entry["record"].items() if k not in audit_keys}
-        for entry in entries
-        if entry["outcome"] == "verifiable"
-    ]
-    output_path = job.output_path or f"{task}_final_{len(verifiable)}.json"
-    settings = llm_jobs.public_settings(args, job, api)
-    summary = llm_jobs.summarise(
-        "construct_verifiable_medical_problems", entries, this_run, {"progress_dir": store.folder}, settings
-    )
-    llm_jobs.write_outputs(output_path, verifiable, entries, summary)
+        # Save: the verifiable problems, every record, a summary.
+        audit_keys = ("outcome", "failure_reason", "llm_log", "filter_verdict")
+        verifiable = [
+            {k: v for k, v in entry["record"].items() if k not in audit_keys}
+            for entry in entries
+            if entry["outcome"] == "verifiable"
+        ]
+        output_path = job.output_path or f"{task}_final_{len(verifiable)}.json"
+        settings = llm_jobs.public_settings(args, job, api)
+        summary = llm_jobs.summarise(
+            "construct_verifiable_medical_problems", entries, this_run, {"progress_dir": store.folder}, settings
+        )
+        llm_jobs.write_outputs(output_path, verifiable, entries, summary)
 
 
 if __name__ == "__main__":

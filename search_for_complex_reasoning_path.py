@@ -23,8 +23,6 @@ Usage (the key from OPENAI_API_KEY, or --api_key):
 
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
-
 from huatuo_o1 import cli, llm_jobs
 from huatuo_o1.records import GROUND_TRUTH, OPEN_QUESTION, SFT_FIELDS, InputError, load_records
 from huatuo_o1.search import PROMPTS, has_problem, search_item
@@ -43,12 +41,13 @@ class SearchArguments:
         default=42, metadata={"help": "Strategy choices are drawn from Random(seed, item), so reruns repeat them."}
     )
 
+    def __post_init__(self):
+        cli.check_ranges(self, at_least_1=("num_process",), at_least_0=("max_search_attempts", "max_search_depth"))
+
 
 def main():
-    parser = HfArgumentParser((SearchArguments, llm_jobs.JobArguments, llm_jobs.ApiArguments))
-    args, job, api = parser.parse_args_into_dataclasses()
-    if not job.data_path:
-        parser.error("--data_path is required")
+    args, job, api = cli.parse((SearchArguments, llm_jobs.JobArguments, llm_jobs.ApiArguments))
+    llm_jobs.check_output_paths(job)  # before any request: the outputs can be written and none is the input
 
     # Load.
     rows = load_records(job.data_path)
@@ -82,7 +81,6 @@ def main():
             efficient_search=args.efficient_search,
         )
 
-    task, store = llm_jobs.task_store(job, "_CoT_search")
     work_settings = {
         "efficient_search": args.efficient_search,
         "max_search_attempts": args.max_search_attempts,
@@ -92,24 +90,27 @@ def main():
         "reply_parsing": api.reply_parsing,
         "max_tokens": api.max_tokens,
     }
-    entries, this_run = llm_jobs.run_items(search, items, store, work_settings, teacher, "search")
+    # holds the progress folder's lock: a second run on it refuses to start
+    task, store = llm_jobs.task_store(job, "_CoT_search")
+    with store:
+        entries, this_run = llm_jobs.run_items(search, items, store, work_settings, teacher, "search")
 
-    # Save: the SFT data (exactly its three fields), every record, a summary.
-    sft_rows = [
-        {key: entry["record"][key] for key in SFT_FIELDS}
-        for entry in entries
-        if entry["outcome"].startswith("verified")
-    ]
-    output_path = job.output_path or f"{task}_{len(sft_rows)}.json"
-    summary = llm_jobs.summarise(
-        "search_for_complex_reasoning_path",
-        entries,
-        this_run,
-        {"progress_dir": store.folder},
-        llm_jobs.public_settings(args, job, api),
-        skipped=len(rows) - len(usable),
-    )
-    llm_jobs.write_outputs(output_path, sft_rows, entries, summary)
+        # Save: the SFT data (exactly its three fields), every record, a summary.
+        sft_rows = [
+            {key: entry["record"][key] for key in SFT_FIELDS}
+            for entry in entries
+            if entry["outcome"].startswith("verified")
+        ]
+        output_path = job.output_path or f"{task}_{len(sft_rows)}.json"
+        summary = llm_jobs.summarise(
+            "search_for_complex_reasoning_path",
+            entries,
+            this_run,
+            {"progress_dir": store.folder},
+            llm_jobs.public_settings(args, job, api),
+            skipped=len(rows) - len(usable),
+        )
+        llm_jobs.write_outputs(output_path, sft_rows, entries, summary)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ Usage (one CPU process):
     python train_verifier.py --model_path models/SmolLM2-135M-Instruct --data_path records.json \\
         --output_dir out/verifier --max_length 512 --learning_rate 5e-5 --n_epochs 3
 
-A rerun of the same command continues after the last finished epoch (state in <output_dir>/checkpoint-<step>).
+A rerun of the same command continues after the last finished epoch (state in <output_dir>/checkpoint-<step>),
+or does nothing when the verifier is already trained; one with other data or settings is refused
+(--resume False trains afresh).
 """
 
 import json
@@ -36,10 +38,10 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser
 
 from huatuo_o1 import cli, training
-from huatuo_o1.records import InputError, write_json_atomic
+from huatuo_o1.models import check_model_source
+from huatuo_o1.records import InputError, check_outputs, digest, read_text, write_json_atomic
 from huatuo_o1.verifier import MAX_VERIFIER_TOKENS, load_template
 from huatuo_o1.verifier_training import (
     VerdictData,
@@ -136,7 +138,11 @@ class VerifierArguments:
         },
     )
     resume: bool = field(
-        default=True, metadata={"help": "Continue after the last finished epoch saved in output_dir."}
+        default=True,
+        metadata={
+            "help": "Continue after the last finished epoch saved in output_dir, or do nothing when the verifier "
+            "there is trained (a run made with other data or settings is refused); False trains afresh."
+        },
     )
     report_to: str = field(
         default="none",
@@ -146,9 +152,53 @@ class VerifierArguments:
         },
     )
 
+    def __post_init__(self):
+        cli.check_ranges(
+            self,
+            at_least_1=(
+                "train_bsz_per_gpu",
+                "eval_bsz_per_gpu",
+                "gradient_accumulation_steps",
+                "n_epochs",
+                "max_length",
+                "max_eval_samples",
+                "logging_steps",
+            ),
+            at_least_0=("max_steps", "max_grad_norm", "weight_decay"),
+            above_0=("learning_rate", "head_learning_rate"),
+            shares=("warmup_rates", "threshold"),
+            fractions=("eval_fraction",),
+        )
+
+
+# The settings a resumed or skipped run must share with the earlier one (with the data, the backbone, the template).
+TRAINING_SETTINGS = (
+    "max_length",
+    "eval_fraction",
+    "max_eval_samples",
+    "class_balance",
+    "train_bsz_per_gpu",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "head_learning_rate",
+    "weight_decay",
+    "warmup_rates",
+    "n_epochs",
+    "max_steps",
+    "seed",
+)
+SUMMARY = "verifier_summary.json"
+
 
 def main(argv=None):
-    args, data = HfArgumentParser((VerifierArguments, VerdictData)).parse_args_into_dataclasses(args=argv)
+    args, data = cli.parse((VerifierArguments, VerdictData), argv)
+    # Before anything loads: the backbone exists, and the verifier can be written without touching an input.
+    check_model_source(args.model_path, "--model_path")
+    check_outputs(
+        [("--output_dir", args.output_dir, True)],
+        {"--model_path": args.model_path, "--data_path": data.data_path},
+        replaced_inside=training.CHECKPOINT_PREFIX,
+    )
     trackers = training.trackers([args.report_to], "train_verifier.py")
     accelerator = training.make_accelerator(
         micro_batch_size=args.train_bsz_per_gpu,
@@ -168,8 +218,33 @@ def main(argv=None):
             f"{data.data_path}: {len(examples)} example(s) with a verdict; need at least 2 (train and held out)"
         )
     train, held_out = split_by_record(examples, args.eval_fraction, args.max_eval_samples, args.seed)
-    model, tokenizer = load_backbone(args.model_path, args.gradient_checkpointing)
     template = load_template(args.verifier_template)
+
+    # An earlier run in output_dir: resumed (or, finished, left as it is) when its inputs were these, refused if not.
+    run_inputs = {
+        "data": digest([[e["response"], e["reference"], e["label"], e["group"]] for e in examples]),
+        "model_path": args.model_path,
+        "template": digest(template),
+        "processes": accelerator.num_processes,
+        **{name: getattr(args, name) for name in TRAINING_SETTINGS},
+    }
+    earlier, summary_path = checkpoints.list(), os.path.join(args.output_dir, SUMMARY)
+    saved = None
+    if earlier and args.resume:
+        saved = training.Checkpoints.read_state(earlier[-1]).get("inputs")
+    elif args.resume and os.path.isfile(summary_path):
+        saved = json.loads(read_text(summary_path)).get("inputs")
+    changed = training.changed_inputs(saved, run_inputs)
+    if changed:
+        raise InputError(
+            f"{args.output_dir} holds a verifier run made with other inputs ({'; '.join(changed)}): pass --resume "
+            "False to train afresh (it is replaced) or another --output_dir"
+        )
+    if args.resume and not earlier and saved is not None:
+        say(f"{args.output_dir} holds a verifier trained on these inputs: nothing to do (--resume False trains again)")
+        accelerator.end_training()
+        return 0
+    model, tokenizer = load_backbone(args.model_path, args.gradient_checkpointing)
     encode(train, tokenizer, template, args.max_length)
     encode(held_out, tokenizer, template, args.max_length)
     n_correct = sum(e["label"] for e in train)
@@ -214,10 +289,14 @@ def main(argv=None):
         )
     class_weights = class_weights.to(accelerator.device)
 
-    progress = {"epoch": 0, "step": 0, "log": []}
+    if earlier and not args.resume:
+        say(f"--resume False: removing the checkpoint of the earlier run in {args.output_dir}")
+        checkpoints.remove_all(accelerator)
+    progress = {"epoch": 0, "step": 0, "log": [], "inputs": run_inputs}
     resumable = checkpoints.latest_resumable() if args.resume else None
     if resumable:
         progress = training.Checkpoints.load(accelerator, resumable)
+        progress["inputs"] = run_inputs
         say(f"resumed after epoch {progress['epoch']} (step {progress['step']})")
     before = progress.get("heldout_before")
     if before is None and args.eval_before_training:
@@ -287,6 +366,7 @@ def main(argv=None):
         "baseline": baseline,
         "verifier_vs_baseline_agreement": agreement,
         "arguments": {**asdict(args), **asdict(data)},
+        "inputs": run_inputs,
     }
     if accelerator.is_main_process:
         write_json_atomic(
@@ -304,7 +384,7 @@ def main(argv=None):
             ],
         )
         write_json_atomic(os.path.join(args.output_dir, "train_log.json"), progress["log"])
-        write_json_atomic(os.path.join(args.output_dir, "verifier_summary.json"), summary)
+        write_json_atomic(summary_path, summary)
         print(
             f"held-out ({len(held_out)} examples, threshold {args.threshold}): verifier accuracy {after['accuracy']}, "
             f"precision {after['precision']}, recall {after['recall']} | string match accuracy "

@@ -11,27 +11,39 @@ and crashes. This module holds that machinery so each script only says what to a
 - parse_json_object: JSON out of a reply that may wrap it in a ```json fence or prose
   (parse_json_object_as_original: the original's looser reading, for --reply_parsing original).
 - ItemStore / run_items: each finished item is written atomically to its own file, so a rerun skips
-  finished items, retries failed ones, and a kill -9 loses only the items in flight.
-- write_outputs: the merged output files plus a run summary, printed for the user.
+  finished items, retries failed ones, and a kill -9 loses only the items in flight. A run holds its
+  progress folder's lock (a second run on it refuses to start); Ctrl-C stops within a second or two:
+  no new request, the items in flight abandoned (the next run does them), one line saying what was kept.
+- check_output_paths / write_outputs: before the work, the outputs can be written and none is the input;
+  after it, the merged output files plus a run summary, never replacing a file with fewer rows and
+  never written when every item failed.
 """
 
 import copy
-import hashlib
+import fcntl
 import json
 import os
+import queue
 import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import openai
 from tqdm import tqdm
 
-from huatuo_o1.records import InputError, looks_like_hub_id, write_json_atomic
+from huatuo_o1.cli import check_ranges
+from huatuo_o1.records import (
+    InputError,
+    check_outputs,
+    digest,
+    looks_like_hub_id,
+    read_text,
+    write_json_atomic,
+)
 
 PROMPTS_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompts")
 
@@ -82,12 +94,18 @@ class ApiArguments:
         },
     )
 
+    def __post_init__(self):
+        check_ranges(
+            self,
+            at_least_1=("parse_attempts",),
+            at_least_0=("max_retries", "max_tokens", "temperature"),
+            above_0=("timeout",),
+        )
+
 
 @dataclass
 class JobArguments:
-    data_path: str = field(
-        default=None, metadata={"help": "Local .json/.jsonl list of items, or a Hugging Face dataset id."}
-    )
+    data_path: str = field(metadata={"help": "Local .json/.jsonl list of items, or a Hugging Face dataset id."})
     output_path: str | None = field(
         default=None,
         metadata={"help": "Where to write the merged output (default: the original's name, in the current folder)."},
@@ -107,6 +125,9 @@ class JobArguments:
         },
     )
 
+    def __post_init__(self):
+        check_ranges(self, at_least_1=("limit_num",))
+
 
 # ---- prompts --------------------------------------------------------------------------------
 
@@ -123,8 +144,7 @@ def load_prompts(required: dict, language: str = "en", prompt_dir: str | None = 
             raise InputError(
                 f"prompt template '{name}.txt' not found in {' or '.join(os.path.dirname(p) for p in candidates)}"
             )
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = read_text(path, "prompt template")
         missing = [p for p in placeholders if "{" + p + "}" not in text]
         if missing:
             raise InputError(
@@ -182,6 +202,24 @@ class ItemFailed(Exception):
     """An item that cannot be finished; the message is the reason recorded with it."""
 
 
+class Abandoned(BaseException):
+    """The run is stopping (Ctrl-C): this item's work ends here, unrecorded, and the next run does it again.
+
+    A BaseException, so that no `except Exception` in an item's work records it as a failure.
+    """
+
+
+class StoppableClient(openai.OpenAI):
+    """The openai client, refusing to send any request (its own retries included) once `stop` is set."""
+
+    stop: threading.Event
+
+    def _prepare_request(self, request):  # the client's hook before every HTTP attempt
+        if self.stop.is_set():
+            raise Abandoned()
+        return super()._prepare_request(request)
+
+
 def api_base_url(api_url: str) -> str:
     """Accept a base URL or a full chat-completions URL (the original took the latter)."""
     url = api_url.rstrip("/")
@@ -204,13 +242,15 @@ class Teacher:
         if not self.api_key:
             raise InputError("no API key: set the OPENAI_API_KEY environment variable (or pass --api_key)")
         self.args = args
-        self.concurrency = max(1, concurrency)  # requests in flight at once (--num_process)
-        self.client = openai.OpenAI(
+        self.concurrency = concurrency  # requests in flight at once (--num_process)
+        self.stop = threading.Event()  # set on Ctrl-C: no request leaves after it
+        self.client = StoppableClient(
             base_url=api_base_url(args.api_url),
             api_key=self.api_key,
             max_retries=args.max_retries,
             timeout=args.timeout,
         )
+        self.client.stop = self.stop
         self.lock = threading.Lock()
         self.slots = threading.BoundedSemaphore(self.concurrency)
         self.calls = self.prompt_tokens = self.completion_tokens = 0
@@ -242,6 +282,8 @@ class Teacher:
             extra["max_tokens"] = self.args.max_tokens
         try:
             with self.slots:
+                if self.stop.is_set():
+                    raise Abandoned()
                 raw = self.client.chat.completions.with_raw_response.create(
                     model=self.args.model_name, messages=[{"role": "user", "content": prompt}], **extra
                 )
@@ -295,42 +337,72 @@ def task_name_of(data_path: str) -> str:
     return re.sub(r"\.(jsonl|json)$", "", os.path.basename(data_path))
 
 
-def _digest(obj):
-    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
-
-
 def item_keys(items: list[dict]) -> list[str]:
     """A key per item from its content (so inserting or reordering rows keeps finished work findable);
     repeated identical items get -1, -2, ... appended."""
     keys, seen = [], Counter()
     for item in items:
-        digest = _digest(item)
-        keys.append(digest if not seen[digest] else f"{digest}-{seen[digest]}")
-        seen[digest] += 1
+        key = digest(item)
+        keys.append(key if not seen[key] else f"{key}-{seen[key]}")
+        seen[key] += 1
     return keys
 
 
 def fingerprint(item: dict, settings: dict) -> str:
     """Identifies the work an item file holds: the item itself and the settings that change the result."""
-    return _digest([item, settings])
+    return digest([item, settings])
 
 
 def task_store(job: "JobArguments", suffix: str = "") -> tuple[str, "ItemStore"]:
-    """(task name, per-item store) of a run: <input name><suffix>[_zh], under <output_dir>/ (the original's naming)."""
+    """(task name, per-item store) of a run: <input name><suffix>[_zh], under <output_dir>/ (the original's naming).
+
+    The store holds its folder's lock from here on: a second run on the same folder stops with one line.
+    """
     task = task_name_of(job.data_path) + suffix + ("_zh" if job.language == "zh" else "")
     return task, ItemStore(f"{job.output_dir}/{task}")
 
 
 class ItemStore:
-    """One JSON file per input item in `folder` (named by its key), written atomically (old or new, never half)."""
+    """One JSON file per input item in `folder` (named by its key), written atomically (old or new, never half).
+
+    One run at a time: the store takes an exclusive lock on <folder>/.lock (the system releases it when the
+    process ends, however it ends) and releases it on close() or at the end of a `with` block. Only the
+    holder removes temporary files, so they are all leftovers of runs that died mid-write.
+    """
+
+    LOCK_NAME = ".lock"
 
     def __init__(self, folder):
         self.folder = folder
         os.makedirs(folder, exist_ok=True)
-        for name in os.listdir(folder):  # temp files of writes a crash interrupted
+        self._lock = open(os.path.join(folder, self.LOCK_NAME), "a+", encoding="utf-8")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.seek(0)
+            holder = self._lock.read().strip() or "unknown"
+            self._lock.close()
+            raise InputError(
+                f"{folder} is in use by another run ({holder}); two runs would pay for every item twice: wait "
+                "for it to end, or give this run another --output_dir"
+            ) from None
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(f"PID {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        self._lock.flush()
+        for name in os.listdir(folder):  # temp files of writes a crash interrupted (no other run is here)
             if name.startswith(".tmp-"):
                 os.remove(os.path.join(folder, name))
+
+    def close(self) -> None:
+        if not self._lock.closed:
+            self._lock.close()  # closing the file releases the lock
+
+    def __enter__(self) -> "ItemStore":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def path(self, key: str) -> str:
         return os.path.join(self.folder, f"{key}.json")
@@ -341,7 +413,7 @@ class ItemStore:
                 return json.load(f)
         except FileNotFoundError:
             return None
-        except json.JSONDecodeError:  # only possible if someone edited it by hand
+        except (json.JSONDecodeError, UnicodeDecodeError):  # only possible if someone edited it by hand
             return None
 
     def save(self, key: str, entry: dict) -> None:
@@ -385,6 +457,8 @@ def run_items(
         try:
             outcome = work(record, trace, key)
             status, reason = "done", None
+        except Abandoned:
+            return None  # stopping: not recorded, the next run does it
         except ItemFailed as error:
             outcome, status, reason = "failed", "failed", str(error)
         except Exception as error:  # a bug or an unexpected reply shape: record it, never drop the item
@@ -405,35 +479,79 @@ def run_items(
             "completion_tokens": trace.completion_tokens,
             "record": record,
         }
-        store.save(key, entry)
+        with saving:  # once Ctrl-C is handled nothing more is saved, so its message counts exactly what was
+            if teacher.stop.is_set():
+                return None
+            store.save(key, entry)
+            finished.put(entry)
         return entry
 
+    # Daemon threads, never joined: on Ctrl-C the main thread returns at once while a request in flight
+    # finishes (or not) on its own, unsaved; teacher.stop keeps every thread from sending another one.
+    todo, finished, saving = queue.SimpleQueue(), queue.SimpleQueue(), threading.Lock()
+    for key_and_item in pending:
+        todo.put(key_and_item)
+
+    def worker():
+        while not teacher.stop.is_set():
+            try:
+                key, item = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                one(key, item)
+            except Exception as error:  # the store could not be written (disk full, say): stop the run, loudly
+                teacher.stop.set()
+                finished.put(error)
+                return
+
+    def count(entry):
+        nonlocal done, failed, received
+        entries[entry["key"]] = entry
+        received += 1
+        done += entry["status"] == "done"
+        failed += entry["status"] == "failed"
+
     started = time.time()
-    done = failed = 0
+    done = failed = received = 0
     # A few more threads than request slots keep every slot busy while a thread parses or writes a file.
-    with (
-        ThreadPoolExecutor(max_workers=teacher.concurrency + 4) as pool,
-        tqdm(total=len(pending), desc=desc, unit="item") as bar,
-    ):
-        futures = [pool.submit(one, key, item) for key, item in pending]
-        try:
-            for future in as_completed(futures):
-                entry = future.result()
-                entries[entry["key"]] = entry
-                done += entry["status"] == "done"
-                failed += entry["status"] == "failed"
-                bar.update(1)
-                bar.set_postfix(
-                    done=done,
-                    failed=failed,
-                    calls=teacher.calls,
-                    tokens=teacher.prompt_tokens + teacher.completion_tokens,
-                    refresh=False,
-                )
-        except KeyboardInterrupt:
-            for future in futures:
-                future.cancel()
-            raise
+    workers = [threading.Thread(target=worker, daemon=True) for _ in range(min(len(pending), teacher.concurrency + 4))]
+    bar = tqdm(total=len(pending), desc=desc, unit="item")
+    try:
+        for thread in workers:
+            thread.start()
+        while received < len(pending):
+            try:
+                entry = finished.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if isinstance(entry, Exception):
+                bar.close()  # the error line starts on a line of its own
+                raise entry
+            count(entry)
+            bar.update(1)
+            bar.set_postfix(
+                done=done,
+                failed=failed,
+                calls=teacher.calls,
+                tokens=teacher.prompt_tokens + teacher.completion_tokens,
+                refresh=False,
+            )
+    except KeyboardInterrupt:
+        with saving:
+            teacher.stop.set()
+        while not finished.empty():
+            entry = finished.get()
+            if not isinstance(entry, Exception):
+                count(entry)
+        bar.close()
+        not_started = todo.qsize()
+        raise KeyboardInterrupt(
+            f"{desc}: {resumed + done} item(s) finished and kept in {store.folder} ({done} in this run); "
+            f"{failed} failed, {len(pending) - received - not_started} in flight abandoned, {not_started} not "
+            "started: rerun the same command to do them (no output file written)"
+        ) from None
+    bar.close()
     elapsed = time.time() - started
     this_run = {
         "items_resumed": resumed,
@@ -480,23 +598,85 @@ def public_settings(*argument_groups) -> dict:
     return settings
 
 
-def write_outputs(output_path: str, main_rows: list[dict], entries: list[dict], summary: dict) -> dict:
-    """Write the main output, all records (incl. filtered/failed, with their reasons) and the summary."""
+def output_names(output_path: str) -> tuple[str, str, str]:
+    """(main, records, summary) file names of a run."""
     stem = output_path[:-5] if output_path.endswith(".json") else output_path
-    records_path, summary_path = f"{stem}_records.json", f"{stem}_summary.json"
+    return output_path, f"{stem}_records.json", f"{stem}_summary.json"
+
+
+def rows_in(path: str) -> int | None:
+    """How many rows an earlier output file holds (None: there is none); not a JSON list: InputError."""
+    if not os.path.exists(path):
+        return None
+    try:
+        rows = json.loads(read_text(path, "JSON file"))
+    except json.JSONDecodeError:
+        rows = None
+    if not isinstance(rows, list):
+        raise InputError(f"--output_path {path} exists and is not a JSON list of rows: pass another --output_path")
+    return len(rows)
+
+
+def check_output_paths(job: "JobArguments") -> None:
+    """Before the work: the output files and the progress folder can be written, and none of them is the input.
+
+    Without --output_path the name holds the row count and lands in the current folder: only that folder is checked.
+    """
+    outputs = [("--output_dir", job.output_dir, True)]
+    if job.output_path:
+        main, records, summary = output_names(job.output_path)
+        outputs += [("--output_path", main, False), ("--output_path (records)", records, False)]
+        outputs += [("--output_path (summary)", summary, False)]
+    else:
+        outputs.append(("the output file's folder", os.getcwd(), True))
+    check_outputs(outputs, {"--data_path": job.data_path})
+    if job.output_path:
+        rows_in(job.output_path)
+
+
+def write_outputs(output_path: str, main_rows: list[dict], entries: list[dict], summary: dict) -> dict:
+    """Write the main output, all records (incl. filtered/failed, with their reasons) and the summary.
+
+    A run in which every item failed, or that would replace the main output with fewer rows, writes no
+    main output and leaves earlier files as they were (where there were none, it still writes the records
+    and the summary, which hold the reasons); it stops with one line (InputError).
+    """
+    output_path, records_path, summary_path = output_names(output_path)
     summary["outputs"].update({"main": output_path, "records": records_path, "summary": summary_path})
-    write_json_atomic(records_path, [entry["record"] for entry in entries])
-    write_json_atomic(output_path, main_rows)
-    write_json_atomic(summary_path, summary)
-    failed = summary["by_outcome"].get("failed", 0)
+    failed = [entry for entry in entries if entry["status"] == "failed"]
     print(
         f"items by outcome: {summary['by_outcome']}; API calls {summary['calls']}, "
         f"tokens {summary['prompt_tokens']} prompt + {summary['completion_tokens']} completion",
         flush=True,
     )
+    before = rows_in(output_path)
+    problem = None
+    if entries and len(failed) == len(entries):
+        problem = f"every item failed ({len(failed)})"
+    elif before is not None and len(main_rows) < before:
+        problem = f"this run has {len(main_rows)} row(s), fewer than the {before} in {output_path}"
+    if problem:
+        if before is None:
+            write_json_atomic(records_path, [entry["record"] for entry in entries])
+            write_json_atomic(summary_path, summary)
+            kept = f"wrote no {output_path}, only {records_path} and {summary_path}"
+        else:
+            kept = f"kept {output_path} and its records and summary as they were"
+        why = ""
+        if failed:
+            reason = " ".join(failed[0]["reason"].split())
+            why = f"; failed items by step {summary['failed_by_step']}, the first: {reason[:160]}"
+        raise InputError(
+            f"{problem}: {kept}. Fix the cause and rerun the same command (finished items are kept in "
+            f"{summary['outputs'].get('progress_dir')}), or, if fewer rows are right, remove {output_path} or pass "
+            f"another --output_path{why}"
+        )
+    write_json_atomic(records_path, [entry["record"] for entry in entries])
+    write_json_atomic(output_path, main_rows)
+    write_json_atomic(summary_path, summary)
     if failed:
         print(
-            f"{failed} item(s) failed (reasons in the records file); rerun the same command to retry only those.",
+            f"{len(failed)} item(s) failed (reasons in the records file); rerun the same command to retry only those.",
             flush=True,
         )
     print(f"wrote {len(main_rows)} rows to {output_path}", flush=True)

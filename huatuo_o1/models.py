@@ -1,6 +1,9 @@
 """Loading models and tokenizers: clear errors, the attention kernel, the chat layout, pad tokens.
 
-- from_pretrained_or_explain: any Auto* class; a hub id that cannot be fetched says what to download.
+- check_model_source / check_verifier_config: before anything loads, a local path that is no model folder
+  ("no such folder"), and a verifier that is not a 2-label sequence classifier, stop with one line.
+- from_pretrained_or_explain: any Auto* class; a model that cannot be loaded is one line (InputError),
+  and a hub id that cannot be fetched says what to download.
 - load_chat_tokenizer: a tokenizer without a chat template gets the Llama-3 instruct layout
   (templates/llama3_chat_template.jinja), so SFT, RL and inference prompt a base model alike.
 - attn_implementation: flash_attention_2 where it is installed and a GPU is present, else sdpa.
@@ -14,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from huatuo_o1.records import InputError
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
@@ -24,18 +29,67 @@ LLAMA3_CHAT_TEMPLATE = os.path.join(
 PAD_CANDIDATES = ["<|end_of_text|>", "<|finetune_right_pad_id|>", "<|endoftext|>", "<pad>", "<|pad|>"]
 
 
+def looks_local(name_or_path: str) -> bool:
+    """A path rather than a hub id ('org/name', or a bare legacy name such as 'gpt2').
+
+    'models/X' where a folder ./models exists is taken as a path: that is where the README downloads to.
+    """
+    return (
+        os.path.isabs(name_or_path)
+        or name_or_path.startswith((".", "~"))
+        or name_or_path.count("/") > 1
+        or name_or_path.endswith("/")
+        or (name_or_path.count("/") == 1 and os.path.isdir(name_or_path.split("/")[0]))
+    )
+
+
+def check_model_source(name_or_path: str, flag: str) -> None:
+    """Before anything loads: a local path must be a model folder (config.json); hub ids are tried at load time."""
+    if os.path.isdir(name_or_path):
+        if not os.path.isfile(os.path.join(name_or_path, "config.json")):
+            raise InputError(f"{flag} {name_or_path}: not a model folder (it has no config.json)")
+    elif os.path.exists(name_or_path):
+        raise InputError(f"{flag} {name_or_path}: is a file, expected a model folder or a hub id")
+    elif looks_local(name_or_path):
+        raise InputError(f"{flag} {name_or_path}: no such folder")
+
+
 def from_pretrained_or_explain(auto_cls: type, name_or_path: str, **kwargs) -> Any:
-    """auto_cls.from_pretrained, with a message that says what to do when a hub id cannot be fetched."""
+    """auto_cls.from_pretrained; a model that cannot be loaded is one line (InputError) saying what to do."""
     try:
         return auto_cls.from_pretrained(name_or_path, **kwargs)
     except OSError as e:
+        reason = " ".join(str(e).split())[:300]
         if os.path.isdir(name_or_path):
-            raise
-        raise OSError(
+            raise InputError(f"{name_or_path}: {auto_cls.__name__} could not load this folder ({reason})") from None
+        if looks_local(name_or_path):
+            raise InputError(f"{name_or_path}: no such folder") from None
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        why = "the hub is off (HF_HUB_OFFLINE is set)" if offline else "offline, gated, or misspelt"
+        raise InputError(
             f"could not load '{name_or_path}' with {auto_cls.__name__}: it is not a local folder and the "
-            "Hugging Face hub could not provide it (offline, gated, or misspelt). Download it where you have "
-            f"network (`huggingface-cli download {name_or_path} --local-dir models/...`) and pass the folder."
-        ) from e
+            f"Hugging Face hub could not provide it ({why}). Download it where you have network "
+            f"(`hf download {name_or_path} --local-dir models/...`) and pass the folder."
+        ) from None
+
+
+def check_verifier_config(path: str, flag: str = "--reward_model_path") -> None:
+    """Before loading: the verifier must be a sequence classifier with 2 labels (label 1 = correct).
+
+    A causal LM would load as a classifier with a new, random head and give random rewards without a word.
+    """
+    from transformers import AutoConfig
+
+    check_model_source(path, flag)
+    config = from_pretrained_or_explain(AutoConfig, path)
+    architectures = list(getattr(config, "architectures", None) or [])
+    if not any(name.endswith("ForSequenceClassification") for name in architectures) or config.num_labels != 2:
+        found = ", ".join(architectures) or f"a '{config.model_type}' model of unknown architecture"
+        raise InputError(
+            f"{flag} {path}: {found} with {config.num_labels} label(s); the verifier must be a sequence "
+            "classifier with 2 labels (*ForSequenceClassification, label 1 = correct), e.g. train_verifier.py's "
+            "output or FreedomIntelligence/medical_o1_verifier_3B"
+        )
 
 
 def load_chat_tokenizer(name_or_path: str, **kwargs) -> "PreTrainedTokenizerBase":

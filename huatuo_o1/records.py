@@ -4,6 +4,7 @@ Each stage reads a list of JSON objects (a local .json/.jsonl file or a Hugging 
 and writes JSON that the next stage reads. Hub ids fail with a clear message when offline.
 """
 
+import hashlib
 import json
 import os
 import tempfile
@@ -41,9 +42,35 @@ def looks_like_hub_id(path_or_id: str) -> bool:
     )
 
 
+def read_text(path: str, what: str = "file") -> str:
+    """A text file's content (UTF-8, a leading byte-order mark dropped), or one line saying what is wrong."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder, expected a {what}") from None
+    except PermissionError:
+        raise InputError(f"{path}: not readable (permission denied)") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise InputError(
+            f"{path}: not UTF-8 text (byte {e.start}, line {line}: {data[e.start : e.start + 1]!r}); save it as UTF-8"
+        ) from None
+    return text.removeprefix("\ufeff")
+
+
+def digest(obj: Any) -> str:
+    """A short fingerprint of JSON-able data (the same data, in any key order, gives the same one)."""
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
 def _read_local(path):
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = read_text(path, "JSON or JSONL file")
     if path.endswith(".jsonl"):
         rows = []
         for line_no, line in enumerate(text.splitlines(), start=1):
@@ -125,3 +152,59 @@ def write_json_atomic(path: str, obj: Any) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+# ---- output paths, checked before the work --------------------------------------------------------
+
+
+def same_path(a: str, b: str) -> bool:
+    """The same file or folder: one path resolved (links, '..'), or one file under two names."""
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_writable(path: str, flag: str, folder: bool = False) -> None:
+    """Stop now when `path` (a file, or a folder with folder=True) could not be written later.
+
+    Creates nothing: a temporary file is made and removed in the nearest folder that exists.
+    """
+    kind = "folder" if folder else "file"
+    if os.path.exists(path) and os.path.isdir(path) != folder:
+        other = "folder" if os.path.isdir(path) else "file"
+        raise InputError(f"{flag} {path}: is a {other}, expected a {kind} to write")
+    existing = os.path.abspath(path if folder else os.path.dirname(os.path.abspath(path)))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise InputError(f"{flag} {path}: cannot be created, {existing} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise InputError(f"{flag} {path}: cannot write in {existing} ({e.strerror or e})") from None
+
+
+def check_outputs(outputs: list[tuple[str, str, bool]], inputs: dict[str, str], replaced_inside: str = "") -> None:
+    """Before the work: every output (flag, path, is_folder) can be written and none is an input.
+
+    inputs: {flag: path}; hub ids and other paths that do not exist here are skipped. With
+    replaced_inside (e.g. "checkpoint-"), an input inside an output folder's entries of that name is
+    refused too: the run replaces or rotates them away.
+    """
+    for flag, path, folder in outputs:
+        check_writable(path, flag, folder)
+        for input_flag, input_path in inputs.items():
+            if not input_path or not os.path.exists(input_path):
+                continue
+            clobbered = same_path(input_path, path)
+            if folder and replaced_inside and not clobbered:
+                parent = os.path.dirname(os.path.realpath(input_path.rstrip("/")))
+                clobbered = same_path(parent, path) and os.path.basename(
+                    os.path.realpath(input_path.rstrip("/"))
+                ).startswith(replaced_inside)
+            if clobbered:
+                raise InputError(
+                    f"{flag} {path} would overwrite {input_flag} {input_path} (the same "
+                    f"{'folder' if os.path.isdir(input_path) else 'file'}): pass another {flag}"
+                )

@@ -7,6 +7,7 @@
 - save_model_folder: a Hugging Face folder of full weights (gathered under ZeRO-3) and the tokenizer.
 - Checkpoints: <run_dir>/checkpoint-<step>/ = that folder + trainer_state.json + training_state/
   (accelerate's optimizer, scheduler and random states), written whole or not at all, rotated, resumed.
+- changed_inputs: a rerun into a folder whose run had other data or settings is refused, not mixed.
 - pad / pad_batch: sequences to a rectangle, on the right or the left.
 - trackers: the --report_to loggers that are installed.
 
@@ -168,6 +169,12 @@ class Checkpoints:
                 found.append((int(step), path))
         return [path for _, path in sorted(found)]
 
+    @staticmethod
+    def read_state(checkpoint: str) -> dict:
+        """A checkpoint's trainer_state.json (the stage's counters), without loading anything else."""
+        with open(os.path.join(checkpoint, TRAINER_STATE), encoding="utf-8") as f:
+            return json.load(f)
+
     def latest_resumable(self) -> str | None:
         resumable = [c for c in self.list() if os.path.isdir(os.path.join(c, TRAINING_STATE))]
         return resumable[-1] if resumable else None
@@ -213,8 +220,7 @@ class Checkpoints:
     @staticmethod
     def load(accelerator: Accelerator, checkpoint: str) -> dict:
         """Restore accelerate's state from a checkpoint; returns the stage's trainer_state."""
-        with open(os.path.join(checkpoint, TRAINER_STATE), encoding="utf-8") as f:
-            trainer_state = json.load(f)
+        trainer_state = Checkpoints.read_state(checkpoint)
         accelerator.load_state(os.path.join(checkpoint, TRAINING_STATE))
         return trainer_state
 
@@ -223,6 +229,21 @@ class Checkpoints:
             for path in self.list():
                 shutil.rmtree(path)
         accelerator.wait_for_everyone()
+
+
+def changed_inputs(saved: dict | None, current: dict) -> list[str]:
+    """What differs between the inputs a run was saved with and this run's: data, model, settings.
+
+    A rerun that resumes (or skips) a run made with other inputs would mix them silently. A run saved
+    before inputs were recorded (saved is None) is taken as it is.
+    """
+    if saved is None:
+        return []
+    return [
+        "the data" if name == "data" else f"{name} {saved.get(name)!r} -> {value!r}"
+        for name, value in current.items()
+        if saved.get(name) != value
+    ]
 
 
 def pad(sequences: Sequence[Sequence[int]], value: int | None, side: str = "right") -> torch.Tensor:

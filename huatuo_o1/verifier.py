@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from huatuo_o1.answer_format import final_answer
-from huatuo_o1.models import from_pretrained_or_explain
+from huatuo_o1.models import check_verifier_config, from_pretrained_or_explain
+from huatuo_o1.records import read_text
 from huatuo_o1.training import pad_batch
 
 if TYPE_CHECKING:
@@ -39,8 +40,7 @@ MAX_VERIFIER_TOKENS = 4000
 
 def load_template(path: str | None = None) -> str:
     """The verifier input template; a single trailing newline (added by editors) is dropped."""
-    with open(path or TEMPLATE_PATH, encoding="utf-8") as f:
-        text = f.read()
+    text = read_text(path or TEMPLATE_PATH, "verifier input template")
     return text[:-1] if text.endswith("\n") else text
 
 
@@ -69,11 +69,15 @@ def verifier_pad_id(model: torch.nn.Module) -> int | None:
 
 
 def load_verifier(
-    path: str, dtype: torch.dtype = torch.float32, **kwargs
+    path: str, dtype: torch.dtype = torch.float32, flag: str = "verifier", **kwargs
 ) -> tuple[torch.nn.Module, "PreTrainedTokenizerBase"]:
-    """(model, tokenizer) of a 2-label verifier exactly as shipped: tokenizer and config untouched."""
+    """(model, tokenizer) of a 2-label verifier exactly as shipped: tokenizer and config untouched.
+
+    Anything but a 2-label sequence classifier stops before loading (flag names the path in the message).
+    """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    check_verifier_config(path, flag)
     tokenizer = from_pretrained_or_explain(
         AutoTokenizer, path, trust_remote_code=kwargs.get("trust_remote_code", False)
     )

@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from huatuo_o1 import construct, search
+from huatuo_o1 import construct, llm_jobs, search
 from huatuo_o1.construct import parse_verdict
 from huatuo_o1.llm_jobs import (
     ApiArguments,
@@ -240,8 +240,12 @@ def test_unparsable_reformat_is_retried_then_recorded_and_a_rerun_retries_only_f
         "--parse_attempts",
         "3",
     ] + FAST
-    run(CONSTRUCT, args, teacher)
-    assert read_json(main) == []
+    # every item failed: one line, exit 1, no main file (there was none); the records hold the reasons
+    result = run(CONSTRUCT, args, teacher, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "every item failed (3)" in error[0] and f"wrote no {main}" in error[0]
+    assert not os.path.exists(main)
     failed = read_json(records)
     assert [r["outcome"] for r in failed] == ["failed"] * 3
     assert all(r["failure_reason"].startswith("reformat: no usable reply after 3 attempt(s)") for r in failed)
@@ -257,6 +261,28 @@ def test_unparsable_reformat_is_retried_then_recorded_and_a_rerun_retries_only_f
     teacher.reset()
     run(CONSTRUCT, args, teacher)  # all finished: nothing is sent again
     assert teacher.stats()["total"] == 0 and len(read_json(main)) == 3
+
+
+def test_a_progress_file_that_cannot_be_written_stops_the_run_with_one_line(start_teacher, tmp_path, monkeypatch):
+    # Before: the worker thread died with the error and the run waited for its item forever.
+    items = make_items(6)
+    teacher = start_teacher(answer_key=items)
+    main, _, _ = outputs_of(tmp_path, "problems")
+
+    def disk_full(store, key, entry):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(llm_jobs.ItemStore, "save", disk_full)
+    args = ["--data_path", write_json(tmp_path / "mcq.json", items), "--output_path", main]
+    result = run(
+        CONSTRUCT, args + ["--output_dir", tmp_path / "p", "--num_process", "2"] + FAST[:-2], teacher, check=False
+    )
+    lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.startswith("error:")]
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert lines == [
+        "error: OSError: [Errno 28] No space left on device (--debug or HUATUO_DEBUG=1 shows the traceback)"
+    ]
+    assert not os.path.exists(main) and teacher.stats()["total"] <= 2 * 6
 
 
 # ---- stage B ----------------------------------------------------------------------------------
@@ -462,12 +488,23 @@ def test_the_key_comes_from_the_environment_or_the_flag_and_never_shows(start_te
     for env_key, flag in [(SECRET_KEY, []), (None, ["--api_key", SECRET_KEY])]:
         result = run(CONSTRUCT, base + flag, teacher, env_key=env_key)
         outputs += [result.stdout, result.stderr]
-    # an endpoint that refuses connections: the failure reasons are recorded, still without the key
+    # an endpoint that refuses connections: every item fails, the earlier output is kept, the failure
+    # reasons are in the progress files and the one-line error, still without the key
+    kept = open(main, encoding="utf-8").read()
     result = run(
-        CONSTRUCT, base + ["--api_url", "http://127.0.0.1:9/v1", "--output_dir", tmp_path / "p2"], env_key=SECRET_KEY
+        CONSTRUCT,
+        base + ["--api_url", "http://127.0.0.1:9/v1", "--output_dir", tmp_path / "p2"],
+        env_key=SECRET_KEY,
+        check=False,
     )
     outputs += [result.stdout, result.stderr]
-    assert all(r["failure_reason"].startswith("filter: APIConnectionError") for r in read_json(records))
+    assert result.returncode == 1 and "every item failed (3)" in result.stderr
+    assert "APIConnectionError" in result.stderr
+    assert open(main, encoding="utf-8").read() == kept
+    folder = tmp_path / "p2" / "mcq"
+    progress = [read_json(folder / name) for name in os.listdir(folder) if not name.startswith(".")]
+    assert len(progress) == 3
+    assert all(entry["record"]["failure_reason"].startswith("filter: APIConnectionError") for entry in progress)
     for folder, _, files in os.walk(tmp_path):
         outputs += [open(os.path.join(folder, f), encoding="utf-8").read() for f in files]
     assert len(outputs) > 8 and not any(SECRET_KEY in text for text in outputs)
@@ -497,7 +534,7 @@ def test_bad_input_stops_with_one_clear_error_and_overwrites_nothing(tmp_path, c
     path = tmp_path / ("input.jsonl" if case.startswith("jsonl") else "input.json")
     path.write_text(text)
     output = tmp_path / "out.json"
-    output.write_text("EXISTING")
+    output.write_text('[{"an earlier": "row"}]')
     # one case as a real process (exit status, stderr), the others in-process (same main, faster)
     result = run(
         CONSTRUCT,
@@ -509,7 +546,7 @@ def test_bad_input_stops_with_one_clear_error_and_overwrites_nothing(tmp_path, c
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and str(path) in error_lines[0] and expected in error_lines[0]
     assert "Traceback" not in result.stderr
-    assert output.read_text() == "EXISTING" and not (tmp_path / "p").exists()
+    assert output.read_text() == '[{"an earlier": "row"}]' and not (tmp_path / "p").exists()
 
 
 def test_search_rejects_input_without_problems_and_offline_hub_ids(tmp_path):

@@ -33,7 +33,10 @@ def run_sft(*flags, launcher=()):
         if launcher
         else [sys.executable, "SFT_stage1.py", *map(str, flags)]
     )
-    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    # One thread per process, whatever the caller's environment: the learned figures the tests bound do not
+    # then move with the thread count (a thread count changes the order of floating-point sums).
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
 def run_ok(*flags, **kwargs):
@@ -410,11 +413,13 @@ def test_training_lowers_the_loss_saves_loadable_models_and_rotates_them(tiny_mo
     )
     summary = read_summary(out)
     assert summary["optimizer_steps"] == 12 and summary["finished"]
-    # A random 2-layer model starts at ln(vocab) ~ 6.2 and reaches ~4.3 in these 12 steps.
-    assert summary["last_loss"] < 0.75 * summary["first_loss"], summary["history"]
+    # A random 2-layer model starts at ln(vocab) ~ 6.2 and reaches ~4.3 in these 12 steps. Last/first loss over
+    # seeds 1, 2, 3, 42: 0.699, 0.707, 0.703, 0.687 (the same with 1 and 2 threads): the bound keeps 0.09 above the
+    # worst. The token accuracy is no such signal here: its last-minus-first step ranged from 0.002 to 0.09 over
+    # those seeds, so it is only checked to be a share.
+    assert summary["last_loss"] < 0.8 * summary["first_loss"], summary["history"]
     assert [h["step"] for h in summary["history"]] == list(range(1, 13))
     assert all(0.0 <= h["token_accuracy"] <= 1.0 for h in summary["history"])
-    assert summary["history"][-1]["token_accuracy"] > summary["history"][0]["token_accuracy"]
     assert summary["real_tokens_this_run"] == summary["processed_tokens_this_run"]  # padding-free
     assert summary["final_checkpoint"] == os.path.join(out, "sft_stage1", "checkpoint-12")
     assert f"final checkpoint: {summary['final_checkpoint']}" in proc.stdout
@@ -470,6 +475,52 @@ def test_resume_continues_at_the_right_step_with_the_same_result(tiny_models, tm
     assert max_weight_change(final_a, final_b) < 1e-5
     original = AutoModelForCausalLM.from_pretrained(tiny_models["tiny-llama"])
     assert max_weight_change(final_a, original) > 1e-3
+
+
+def folder_bytes(folder):
+    found = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                found[os.path.join(root, name)] = f.read()
+    return found
+
+
+def test_a_rerun_with_other_data_is_refused_the_same_one_skipped_and_resume_false_starts_afresh(
+    tiny_models, tmp_path, one_thread_fresh_accelerate
+):
+    first = write_rows(str(tmp_path), DEMO_ROWS[:2], "a.json")
+    other = write_rows(str(tmp_path), DEMO_ROWS[2:4], "b.json")
+    out, model = str(tmp_path / "out"), tiny_models["tiny-qwen2"]
+
+    def sft(data, **overrides):
+        try:
+            return run_script("SFT_stage1.py", common_flags(model, data, out, n_epochs=1, **overrides))
+        finally:
+            reset_accelerate()
+
+    assert sft(first).returncode == 0 and checkpoint_names(out) == ["checkpoint-1"]
+    finished = folder_bytes(out)
+    # new data into the finished folder: before, it trained nothing and exited 0
+    result = sft(other)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and "Traceback" not in result.stderr
+    run_dir = os.path.join(out, "sft_stage1")
+    assert lines[0].startswith(f"error: {run_dir} holds a run made with other inputs (the data)")
+    assert "--resume False to start afresh" in lines[0] and "another --output_dir" in lines[0]
+    result = sft(first, learning_rate=2e-3)
+    assert result.returncode == 1 and "(learning_rate 0.001 -> 0.002)" in result.stderr
+    assert folder_bytes(out) == finished
+    # the same inputs again: nothing to do, nothing touched
+    result = sft(first)
+    assert result.returncode == 0 and "holds a finished run of these inputs" in result.stdout
+    assert folder_bytes(out) == finished
+    # starting afresh on the new data, as the message says
+    result = sft(other, resume=False)
+    assert result.returncode == 0 and "removing the 1 checkpoint(s) of the earlier run" in result.stdout
+    assert checkpoint_names(out) == ["checkpoint-1"] and read_summary(out)["finished"]
+    trained = os.path.join(out, "sft_stage1", "checkpoint-1", "model.safetensors")
+    assert folder_bytes(out)[trained] != finished[trained]
 
 
 @pytest.mark.slow

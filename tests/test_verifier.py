@@ -446,8 +446,8 @@ def test_rerun_resumes_after_the_last_finished_epoch(tiny_models, tmp_path, monk
         raise KeyboardInterrupt(f"simulated crash after saving {path}")
 
     monkeypatch.setattr(training.Checkpoints, "save", crash_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        run_script("train_verifier.py", argv)
+    stopped = run_script("train_verifier.py", argv)
+    assert stopped.returncode == 130 and "interrupted: simulated crash after saving" in stopped.stderr
     # the toolkit's layout: checkpoint-<step>/ with the model, trainer_state.json and training_state/
     state = json.load(open(os.path.join(out, "checkpoint-6", training.TRAINER_STATE)))
     assert state["epoch"] == 1 and state["step"] == 6  # 36 train rows / 6 per step
@@ -461,6 +461,33 @@ def test_rerun_resumes_after_the_last_finished_epoch(tiny_models, tmp_path, monk
     log = json.load(open(os.path.join(out, "train_log.json")))
     assert summary["steps"] == 18 and [entry["step"] for entry in log] == list(range(1, 19))
     assert [entry["epoch"] for entry in log] == [0] * 6 + [1] * 6 + [2] * 6
+
+
+def test_a_finished_verifier_is_kept_and_a_rerun_with_other_data_refused(tiny_models, tmp_path):
+    first = write_json(tmp_path / "a.json", synthetic_verdicts(24, seed=1))
+    other = write_json(tmp_path / "b.json", synthetic_verdicts(24, seed=2))
+    out = str(tmp_path / "verifier")
+
+    def train(data, *extra):
+        argv = ["--model_path", tiny_models["tiny-verifier"], "--data_path", data, "--output_dir", out]
+        argv += ["--n_epochs", "1", "--max_length", "64", "--eval_before_training", "False", *extra]
+        try:
+            return run_script("train_verifier.py", argv)
+        finally:
+            reset_accelerate()
+
+    assert train(first).returncode == 0
+    weights = open(os.path.join(out, "model.safetensors"), "rb").read()
+    result = train(other)  # before: trained afresh over the finished verifier, exit 0
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and "Traceback" not in result.stderr
+    assert lines[0].startswith(f"error: {out} holds a verifier run made with other inputs (the data)")
+    assert "--resume False" in lines[0] and "another --output_dir" in lines[0]
+    result = train(first)
+    assert result.returncode == 0 and "holds a verifier trained on these inputs: nothing to do" in result.stdout
+    assert open(os.path.join(out, "model.safetensors"), "rb").read() == weights
+    assert train(other, "--resume", "False").returncode == 0
+    assert json.load(open(os.path.join(out, "verifier_summary.json")))["data_path"] == other
 
 
 ZERO3_CPU_CONFIG = """

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from huatuo_o1 import cli
 from huatuo_o1.records import InputError
 
 SCHEDULES = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
@@ -35,6 +36,9 @@ class ScriptArguments:
         default=None,
         metadata={"help": "Verifier input template file (default huatuo_o1/templates/verifier_input.txt)."},
     )
+
+    def __post_init__(self):
+        cli.check_ranges(self, at_least_1=("max_eval_samples",), fractions=("eval_fraction",))
 
 
 @dataclass
@@ -241,6 +245,23 @@ class PPOConfig:
     )
 
     def __post_init__(self):
+        cli.check_ranges(
+            self,
+            at_least_1=(
+                "per_device_train_batch_size",
+                "gradient_accumulation_steps",
+                "num_mini_batches",
+                "local_rollout_forward_batch_size",
+                "num_ppo_epochs",
+                "response_length",
+                "total_episodes",
+                "num_generations",
+                "save_total_limit",
+            ),
+            at_least_0=("max_grad_norm", "weight_decay", "warmup_steps", "dataloader_num_workers"),
+            above_0=("num_train_epochs", "learning_rate", "temperature", "logging_steps", "save_steps", "eval_steps"),
+            shares=("warmup_ratio",),
+        )
         if self.warmup_ratio is not None:
             self.warmup_steps = self.warmup_ratio
         self.learning_rate = float(self.learning_rate)
@@ -264,9 +285,7 @@ class PPOConfig:
 
 def parse_args(argv: list | None = None) -> tuple[ScriptArguments, PPOConfig, "ModelConfig"]:
     """RL_stage2.py's command line: (ScriptArguments, PPOConfig, ModelConfig), as trl grouped them."""
-    from transformers import HfArgumentParser
-
-    return tuple(HfArgumentParser((ScriptArguments, PPOConfig, ModelConfig)).parse_args_into_dataclasses(args=argv))
+    return cli.parse((ScriptArguments, PPOConfig, ModelConfig), argv)
 
 
 @dataclass
