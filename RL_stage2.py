@@ -34,7 +34,8 @@ from accelerate.utils import set_seed
 
 from huatuo_o1 import cli, training
 from huatuo_o1.models import check_model_source, check_verifier_config
-from huatuo_o1.records import InputError, check_outputs, write_json_atomic
+from huatuo_o1.outputs import check_outputs
+from huatuo_o1.records import InputError, write_json_atomic
 from huatuo_o1.rl.config import check_batch_sizes, parse_args, world_size_from_env
 from huatuo_o1.rl.loading import load_models, load_problems, prompt_ids
 from huatuo_o1.rl.ppo_trainer import PPOTrainer

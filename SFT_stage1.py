@@ -40,7 +40,8 @@ from transformers import AutoModelForCausalLM
 
 from huatuo_o1 import cli, training
 from huatuo_o1.models import attn_implementation, check_model_source, from_pretrained_or_explain, load_chat_tokenizer
-from huatuo_o1.records import InputError, check_outputs, digest, load_records, write_json_atomic
+from huatuo_o1.outputs import check_outputs
+from huatuo_o1.records import InputError, digest, load_records, write_json_atomic
 from huatuo_o1.sft import build_examples, make_loader, next_token_loss, stop_token_ids, weight_decay_groups
 
 # The settings a resumed run must share with the run it continues (with the data, the model and the process count).

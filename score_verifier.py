@@ -47,7 +47,7 @@ def main(argv=None):
         raise InputError(f"--threshold is a probability, 0 to 1, not {args.threshold}")
     output_path = args.output_path or os.path.splitext(data.data_path)[0] + "_scored.json"
     check_outputs(
-        {"--data_path": data.data_path, "--verifier_path": args.verifier_path}, files={"--output_path": output_path}
+        [("--output_path", output_path, False)], {"--data_path": data.data_path, "--verifier_path": args.verifier_path}
     )
 
     # Load: the pairs, and the verifier as shipped, as RL_stage2.py uses it (tokenizer and config untouched).

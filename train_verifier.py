@@ -41,7 +41,8 @@ from tqdm.auto import tqdm
 
 from huatuo_o1 import cli, training
 from huatuo_o1.models import check_model_source
-from huatuo_o1.records import InputError, check_outputs, digest, read_text, write_json_atomic
+from huatuo_o1.outputs import check_outputs
+from huatuo_o1.records import InputError, digest, read_text, write_json_atomic
 from huatuo_o1.verifier import MAX_VERIFIER_TOKENS, load_template
 from huatuo_o1.verifier_training import (
     VerdictData,

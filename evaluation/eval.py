@@ -80,7 +80,7 @@ def main(args):
     stem = os.path.join(args.output_dir, output_stem(args, settings))
     partial_path = stem + ".partial.jsonl"
     inputs = {"--eval_file": args.eval_file, "--model_name": args.model_name}
-    check_outputs(inputs, folders={"--output_dir": args.output_dir})
+    check_outputs([("--output_dir", args.output_dir, True)], inputs)
     os.makedirs(args.output_dir, exist_ok=True)
     ids = {item["id"] for item in items}
     finished = read_results(stem + ".json", ids)

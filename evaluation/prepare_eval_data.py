@@ -158,7 +158,7 @@ def main():
     if not sources:
         kept = f"; {args.output} is kept as it is" if os.path.exists(args.output) else ""
         raise InputError(f"every benchmark is 'skip': nothing to build, nothing written{kept}")
-    check_outputs({**sources, "--pubmedqa_test_ids": args.pubmedqa_test_ids}, files={"--output": args.output})
+    check_outputs([("--output", args.output, False)], {**sources, "--pubmedqa_test_ids": args.pubmedqa_test_ids})
     data = build_eval_data(args)
     if not any(data.values()):
         kept = f"; {args.output} is kept as it is" if os.path.exists(args.output) else ""

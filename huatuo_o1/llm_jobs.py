@@ -36,9 +36,9 @@ import openai
 from tqdm import tqdm
 
 from huatuo_o1.cli import check_ranges
+from huatuo_o1.outputs import check_outputs
 from huatuo_o1.records import (
     InputError,
-    check_outputs,
     digest,
     looks_like_hub_id,
     read_text,

@@ -1,53 +1,74 @@
 """Where results go: checked before the work, so that nothing is lost or overwritten by surprise.
 
-- check_outputs: no output is an input (the same file or folder, resolved, or a file inside an input
-  folder), and every output can be written.
+- check_outputs: no output is an input (the same file or folder, resolved; a file inside an input folder;
+  a checkpoint the run would rotate away), and every output can be written.
 - keep_larger_result: a run never replaces a result file with one of fewer rows.
 """
 
 import json
 import os
+import tempfile
 
 from huatuo_o1.records import InputError
 
 
-def _writable_folder(folder: str) -> bool:
-    """True when folder exists and can be written to, or can be created (its nearest existing parent can)."""
-    while not os.path.exists(folder):
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            return False
-        folder = parent
-    return os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)
+def same_path(a: str, b: str) -> bool:
+    """The same file or folder: one path resolved (links, '..'), or one file under two names."""
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_writable(path: str, flag: str, folder: bool = False) -> None:
+    """Stop now when `path` (a file, or a folder with folder=True) could not be written later.
+
+    Creates nothing: a temporary file is made and removed in the nearest folder that exists (os.access
+    would answer yes to root on a read-only folder).
+    """
+    kind = "folder" if folder else "file"
+    if os.path.exists(path) and os.path.isdir(path) != folder:
+        other = "folder" if os.path.isdir(path) else "file"
+        raise InputError(f"{flag} {path}: is a {other}, expected a {kind} to write")
+    existing = os.path.abspath(path if folder else os.path.dirname(os.path.abspath(path)))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise InputError(f"{flag} {path}: cannot be created, {existing} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise InputError(f"{flag} {path}: cannot write in {existing} ({e.strerror or e})") from None
 
 
 def check_outputs(
-    inputs: dict[str, str | None], files: dict[str, str] | None = None, folders: dict[str, str] | None = None
+    outputs: list[tuple[str, str, bool]], inputs: dict[str, str | None], replaced_inside: str = ""
 ) -> None:
-    """InputError when an output file or folder is one of the inputs, an output file would replace a file
-    inside an input folder, or an output cannot be written. Each dict maps the flag that names a path to
-    the path (None: not given; inputs that are no local path, e.g. hub ids, are skipped)."""
-    files, folders = files or {}, folders or {}
-    local_inputs = {flag: os.path.realpath(path) for flag, path in inputs.items() if path and os.path.exists(path)}
-    for flag, path in {**files, **folders}.items():
-        real = os.path.realpath(path)
-        for input_flag, input_real in local_inputs.items():
-            named = f"{input_flag} {inputs[input_flag]}"
-            if real == input_real:
-                raise InputError(f"{flag} {path} is {named}: the output would replace its input; use another {flag}")
-            inside = os.path.isdir(input_real) and real.startswith(input_real + os.sep)
-            if inside and flag in files and os.path.exists(real):
-                raise InputError(f"{flag} {path} would replace a file inside {named}; choose another {flag}")
-    for flag, path in files.items():
-        if os.path.isdir(path):
-            raise InputError(f"{flag} {path} is a folder; give the path of a file to write")
-        if not _writable_folder(os.path.dirname(os.path.abspath(path))):
-            raise InputError(f"{flag} {path}: its folder cannot be created or written to")
-    for flag, path in folders.items():
-        if os.path.exists(path) and not os.path.isdir(path):
-            raise InputError(f"{flag} {path} is a file; give a folder")
-        if not _writable_folder(os.path.abspath(path)):
-            raise InputError(f"{flag} {path} cannot be created or written to")
+    """Before the work: every output (flag, path, is_folder) can be written and none is an input.
+
+    inputs: {flag: path}; None, hub ids and other paths that do not exist here are skipped. An output
+    file that would replace an existing file inside an input folder is refused. With replaced_inside
+    (e.g. "checkpoint-"), an input inside an output folder's entries of that name is refused too: the
+    run replaces or rotates them away.
+    """
+    local_inputs = {flag: path for flag, path in inputs.items() if path and os.path.exists(path)}
+    for flag, path, folder in outputs:
+        check_writable(path, flag, folder)
+        for input_flag, input_path in local_inputs.items():
+            named = f"{input_flag} {input_path}"
+            real_input = os.path.realpath(input_path.rstrip("/"))
+            if same_path(input_path, path):
+                kind = "folder" if os.path.isdir(input_path) else "file"
+                raise InputError(f"{flag} {path} would overwrite {named} (the same {kind}): pass another {flag}")
+            if folder and replaced_inside:
+                parent, name = os.path.split(real_input)
+                if same_path(parent, path) and name.startswith(replaced_inside):
+                    raise InputError(
+                        f"{flag} {path} would rotate away {named}, which lies inside it: pass another {flag}"
+                    )
+            inside = os.path.isdir(real_input) and os.path.realpath(path).startswith(real_input + os.sep)
+            if not folder and inside and os.path.exists(path):
+                raise InputError(f"{flag} {path} would replace a file inside {named}: pass another {flag}")
 
 
 def count_rows(data: object) -> int | None:

@@ -123,7 +123,7 @@ CASES = [
     (DATA, "output is a folder", {"--output_path": "{workspace}"}, 1, ["--output_path {workspace}: is a folder, expected a file to write"]),
     (DATA, "output exists and is no list of rows", {"--output_path": "{not_rows}"}, 1, ["--output_path {not_rows} exists and is not a JSON list of rows"]),
     ((SFT,), "output folder is the model", {"--model_path": "{causal_copy}/sft_stage1", "--output_dir": "{causal_copy}"}, 1, ["--output_dir {causal_copy}/sft_stage1 would overwrite --model_path {causal_copy}/sft_stage1"]),
-    ((SFT,), "model is a checkpoint the run would rotate away", {"--model_path": "{causal_copy}/sft_stage1/checkpoint-3", "--output_dir": "{causal_copy}"}, 1, ["would overwrite --model_path {causal_copy}/sft_stage1/checkpoint-3"]),
+    ((SFT,), "model is a checkpoint the run would rotate away", {"--model_path": "{causal_copy}/sft_stage1/checkpoint-3", "--output_dir": "{causal_copy}"}, 1, ["would rotate away --model_path {causal_copy}/sft_stage1/checkpoint-3"]),
     ((RL,), "output folder is the policy", {"--model_name_or_path": "{causal_copy}", "--output_dir": "{causal_copy}"}, 1, ["--output_dir {causal_copy} would overwrite --model_name_or_path {causal_copy}"]),
     ((RL,), "output folder is the verifier", {"--reward_model_path": "{verifier_copy}", "--output_dir": "{verifier_copy}"}, 1, ["--output_dir {verifier_copy} would overwrite --reward_model_path {verifier_copy}"]),
     ((VERIFIER,), "output folder is the backbone", {"--model_path": "{verifier_copy}", "--output_dir": "{verifier_copy}"}, 1, ["--output_dir {verifier_copy} would overwrite --model_path {verifier_copy}"]),

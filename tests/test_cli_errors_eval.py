@@ -210,7 +210,7 @@ CASES = [
     (
         "evaluation/prepare_eval_data.py",
         f"--output {{work}}/medqa.json --medqa {{work}}/medqa.json {SKIP_BUT_MEDQA}",
-        "--output {work}/medqa.json is --medqa",
+        "--output {work}/medqa.json would overwrite --medqa",
     ),
     (
         "evaluation/prepare_eval_data.py",
