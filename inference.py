@@ -11,8 +11,6 @@ Usage:
 import sys
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
-
 from huatuo_o1 import cli
 from huatuo_o1.chat import answer, load
 from huatuo_o1.records import InputError
@@ -40,7 +38,7 @@ def check_arguments(args):
 
 
 def main(argv=None):
-    (args,) = HfArgumentParser(InferenceArguments).parse_args_into_dataclasses(args=argv)
+    (args,) = cli.parse((InferenceArguments,), argv)
     check_arguments(args)
     tokenizer, model = load(args.model_path)
     ask = lambda question: answer(tokenizer, model, question, args.max_new_tokens, args.temperature, args.top_p)  # noqa: E731

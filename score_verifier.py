@@ -14,8 +14,6 @@ the verifier and the baseline agree with them.
 import os
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
-
 from huatuo_o1 import cli
 from huatuo_o1.outputs import check_outputs
 from huatuo_o1.records import InputError, write_json_atomic
@@ -40,7 +38,7 @@ class ScoreArguments:
 
 
 def main(argv=None):
-    args, data = HfArgumentParser((ScoreArguments, VerdictData)).parse_args_into_dataclasses(args=argv)
+    args, data = cli.parse((ScoreArguments, VerdictData), argv)
     if args.batch_size <= 0:
         raise InputError(f"--batch_size must be a positive number of pairs, not {args.batch_size}")
     if not 0 <= args.threshold <= 1:

@@ -36,7 +36,6 @@ import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from tqdm import tqdm
-from transformers import HfArgumentParser
 
 from huatuo_o1 import cli
 from huatuo_o1.evaluation import report, scoring
@@ -135,4 +134,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    cli.run(lambda: main(HfArgumentParser(EvalArguments).parse_args_into_dataclasses()[0]))
+    cli.run(lambda: main(cli.parse((EvalArguments,))[0]))

@@ -24,8 +24,6 @@ import os
 import random
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
-
 from huatuo_o1 import cli
 from huatuo_o1.outputs import check_outputs, keep_larger_result
 from huatuo_o1.records import InputError, load_records, write_json_atomic
@@ -153,7 +151,7 @@ def build_eval_data(args):
 
 
 def main():
-    (args,) = HfArgumentParser(PrepareArguments).parse_args_into_dataclasses()
+    (args,) = cli.parse((PrepareArguments,))
     sources = {f"--{name}": getattr(args, name) for name in SOURCE_FLAGS if getattr(args, name) != "skip"}
     if not sources:
         kept = f"; {args.output} is kept as it is" if os.path.exists(args.output) else ""

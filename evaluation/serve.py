@@ -182,7 +182,7 @@ def stop(pid_file):
 
 
 def main():
-    parser = HfArgumentParser(ServeArguments)
+    parser = cli.one_line_errors(HfArgumentParser(ServeArguments))  # extra flags pass through to the server
     args, extra = parser.parse_args_into_dataclasses(return_remaining_strings=True)
     if args.stop:
         return stop(args.pid_file)

@@ -165,6 +165,7 @@ PREPARE = "--output {work}/old_eval_data.json"
 
 CASES = [
     # (script, arguments, what the one line must name)
+    ("evaluation/eval.py", EVAL_OUT + " --max_new_tokns 5", "--max_new_tokns (did you mean --max_new_tokens?)"),
     ("evaluation/eval.py", EVAL_OUT + " --max_new_tokens 0", "--max_new_tokens"),
     ("evaluation/eval.py", EVAL_OUT + " --batch_size 0", "--batch_size"),
     ("evaluation/eval.py", EVAL_OUT + " --temperature -1", "--temperature"),
@@ -205,6 +206,7 @@ CASES = [
     ("score_verifier.py", SCORE + " --output_path {work}/pairs.json", "--output_path"),
     ("score_verifier.py", SCORE + " --output_path {work}/model", "--output_path"),
     ("score_verifier.py", SCORE + " --threshold 2", "--threshold"),
+    ("score_verifier.py", SCORE + " --batch_sise 2", "--batch_sise (did you mean --batch_size?)"),
     ("evaluation/prepare_eval_data.py", f"{PREPARE} {SKIP_ALL}", "every benchmark is 'skip'"),
     ("evaluation/prepare_eval_data.py", f"{PREPARE} --medqa {{work}}/medqa.json {SKIP_BUT_MEDQA}", "holds 3 rows"),
     (
