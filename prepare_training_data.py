@@ -36,10 +36,9 @@ import os
 import random
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
-
 from huatuo_o1 import cli, recipe
 from huatuo_o1.decontamination import WINDOW, EvalIndex, eval_texts
+from huatuo_o1.outputs import check_outputs
 from huatuo_o1.records import GROUND_TRUTH, OPEN_QUESTION, InputError, write_json_atomic
 
 CONTAMINATION_FOUND = 3  # --check_only's exit status when something is shared (1 is bad input, as in every script)
@@ -140,7 +139,7 @@ class RecipeArguments:
 
 
 def main():
-    (args,) = HfArgumentParser(RecipeArguments).parse_args_into_dataclasses()
+    (args,) = cli.parse((RecipeArguments,))
     if not args.data_path:
         raise InputError("--data_path is required (stage 1's verifiable problems, or with --check_only any data set)")
     skip_eval = [path.lower() for path in args.eval_file] == ["none"]
@@ -149,6 +148,15 @@ def main():
     sizes = {name: recipe.parse_size(getattr(args, f"{name}_size"), f"--{name}_size") for name in recipe.SIZES}
     report_path = args.report_path or os.path.join(args.output_dir, "contamination_report.json")
     inputs = {"data_path": args.data_path, "general_data_path": args.general_data_path, "eval_file": args.eval_file}
+    input_paths = {
+        f"--{name}" + (f" (file {i + 1})" if len(paths) > 1 else ""): path
+        for name, paths in inputs.items()
+        for i, path in enumerate(paths)
+    }
+    outputs = [("--report_path", report_path, False)]
+    if not args.check_only:
+        outputs.append(("--output_dir", args.output_dir, True))
+    check_outputs(outputs, input_paths)  # before the work: no output replaces an input, all can be written
 
     # Load: the items (every row must carry the two keys, except for a check), the evaluation texts.
     required = () if args.check_only else (OPEN_QUESTION, GROUND_TRUTH)

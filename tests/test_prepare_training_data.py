@@ -399,6 +399,8 @@ def test_check_only_exit_codes(planted, three_sources, tmp_path):
         ("bad_size", "--search_size 'half': expected a count"),
         ("too_many", "ask for 120 items, but 100 medical items are left"),
         ("closed_set", "asks for 60 closed-set items, but only 50 items of the search part"),
+        ("report_over_input", "(the same file): pass another --report_path"),
+        ("unknown_flag", "unknown flag --serch_size (did you mean --search_size?)"),
     ],
 )
 def test_bad_input_gets_one_line(three_sources, case, message):
@@ -410,6 +412,8 @@ def test_bad_input_gets_one_line(three_sources, case, message):
         "bad_size": ["--search_size", "half"],
         "too_many": ["--search_size", "60", "--rl_size", "60"],
         "closed_set": ["--closed_set_size", "60"],
+        "report_over_input": ["--report_path", three_sources["train"]],
+        "unknown_flag": ["--serch_size", "0.5"],
     }[case]
     base = [
         "--data_path",
@@ -419,10 +423,12 @@ def test_bad_input_gets_one_line(three_sources, case, message):
         "--output_dir",
         str(tmp / "bad"),
     ]
+    before = open(three_sources["train"]).read()
     code, _, err = run(base + argv)
-    assert code == 1
+    assert code == (2 if case == "unknown_flag" else 1)  # 2: argparse's status for a flag, as in every script
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not (tmp / "bad" / "search_part.json").exists()
+    assert open(three_sources["train"]).read() == before  # the input untouched
 
 
 # ---- the next stages read the parts ---------------------------------------------------------------
