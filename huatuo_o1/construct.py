@@ -16,8 +16,12 @@ PROMPTS = {
 }
 
 
+def option_line(letter: str, text: str) -> str:
+    return f"{letter}. {text}"
+
+
 def question_with_options(item: dict) -> str:
-    return item[QUESTION] + "\n" + "\n".join(f"{letter}. {text}" for letter, text in item[OPTIONS].items())
+    return item[QUESTION] + "\n" + "\n".join(option_line(letter, text) for letter, text in item[OPTIONS].items())
 
 
 def parse_verdict(reply: str) -> str:

@@ -17,6 +17,10 @@ OPEN_QUESTION, GROUND_TRUTH = "Open-ended Verifiable Question", "Ground-True Ans
 # SFT data: search writes it, SFT reads it (the public dataset's keys).
 SFT_QUESTION, SFT_COT, SFT_RESPONSE = "Question", "Complex_CoT", "Response"
 SFT_FIELDS = (SFT_QUESTION, SFT_COT, SFT_RESPONSE)
+# The data recipe's parts (prepare_training_data.py): each row as read, plus its source (benchmark or
+# input file), its data type (RECIPE_DATA_TYPES) and its origin ("<input name>#<row>").
+SOURCE, DATA_TYPE, ORIGIN = "source", "data_type", "origin"
+RECIPE_DATA_TYPES = ("medical", "medical_closed_set", "general")
 # Search records keep every verdict as {VERIFIED_RESPONSE, REFERENCE_ANSWER, VERDICT} in VERIFICATIONS:
 # the verifier's training data.
 VERIFICATIONS, VERIFIED_RESPONSE, REFERENCE_ANSWER, VERDICT = (

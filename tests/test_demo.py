@@ -27,10 +27,27 @@ def test_quick_demo_runs_every_stage_and_learns_the_layout(tmp_path, smollm2):
     assert "HuatuoGPT-o1 demo: what ran" in result.stdout
     summary = json.loads((out / "demo_summary.json").read_text())
 
-    # Data stages: 24 exam items in, verifiable problems and SFT rows out, exactly the SFT keys.
+    # Data stages: 24 exam items in, verifiable problems out, split by the recipe into disjoint halves
+    # (the search half with closed-set copies of some of its items), SFT rows out, exactly the SFT keys.
     problems = json.loads((out / "data" / "verifiable_problems.json").read_text())
+    search_part, rl_part = (
+        json.loads((out / "data" / "recipe" / f"{p}_part.json").read_text()) for p in ("search", "rl")
+    )
     sft_rows = json.loads((out / "data" / "sft_data.json").read_text())
-    assert 15 <= len(problems) <= 24 and len(sft_rows) == len(problems)  # efficient search verifies every problem
+    assert 15 <= len(problems) <= 24
+    open_search = {row["origin"] for row in search_part if row["data_type"] == "medical"}
+    closed = [row for row in search_part if row["data_type"] == "medical_closed_set"]
+    assert not open_search & {row["origin"] for row in rl_part}
+    assert {row["data_type"] for row in rl_part} == {"medical"}
+    assert len(open_search) + len(rl_part) == len(problems) and abs(len(open_search) - len(rl_part)) <= 1
+    assert len(closed) == round(0.1 * len(problems)) and {row["origin"] for row in closed} <= open_search
+    assert summary["recipe"]["accounting"] == {
+        "input_items": len(problems), "in_search": len(open_search), "in_rl": len(rl_part), "dropped": 0
+    }  # fmt: skip
+    assert (
+        summary["recipe"]["decontamination"]["contaminated_items"] == 0
+    )  # our items share nothing with the eval file
+    assert len(sft_rows) == len(search_part)  # efficient search verifies every problem
     assert all(set(row) == {"Question", "Complex_CoT", "Response"} and all(row.values()) for row in sft_rows)
 
     # SFT: finite losses that fall, a loadable checkpoint.
@@ -62,6 +79,7 @@ def test_quick_demo_runs_every_stage_and_learns_the_layout(tmp_path, smollm2):
     assert [s["stage"] for s in summary["stages"]] == [
         "model",
         "construct",
+        "prepare",
         "search",
         "sft",
         "verifier",

@@ -235,3 +235,106 @@ def test_demo_eval_file_is_well_formed(repo_root, path):
     }
     assert all(i["options"][i["answer_idx"]] == i["answer"] for i in items)
     assert {len(i["options"]) for i in items if i["source"].startswith("MMLU-Pro")} == {10}
+
+
+MMLU_PRO_TRAINING_SIDE = MMLU_PRO_ROWS + [
+    {
+        "question_id": 4,
+        "question": "Which sort is stable?",
+        "options": ["Heap sort", "Merge sort", "Quick sort"],
+        "answer": "B",
+        "answer_index": 1,
+        "cot_content": "",
+        "category": "computer science",
+        "src": "stemez-ComputerScience",
+    },
+    {
+        "question_id": 5,
+        "question": "Who described classical conditioning?",
+        "options": ["Pavlov", "Skinner"],
+        "answer": "A",
+        "answer_index": 0,
+        "cot_content": "",
+        "category": "psychology",
+        "src": "ori_mmlu-high_school_psychology",
+    },
+    {
+        "question_id": 6,
+        "question": "Which bone is the longest?",
+        "options": ["Femur", "Tibia"],
+        "answer": "A",
+        "answer_index": 0,
+        "cot_content": "",
+        "category": "health",
+        "src": "ori_mmlu-anatomy",
+    },
+]
+
+
+def test_general_output_is_mmlu_pro_outside_the_medical_tracks(tmp_path, repo_root):
+    general, narrower = tmp_path / "general.json", tmp_path / "general_narrower.json"
+    done = run_prepare(
+        repo_root,
+        "--output",
+        "skip",
+        "--general_output",
+        str(general),
+        "--mmlu_pro",
+        write(tmp_path, "mmlu_pro.jsonl", MMLU_PRO_TRAINING_SIDE, jsonl=True),
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(general.read_text())
+    assert [r["question_id"] for r in rows] == [3, 4, 5]  # never health or biology, the evaluated tracks
+    assert rows[1] == {
+        "question": "Which sort is stable?",
+        "options": {"A": "Heap sort", "B": "Merge sort", "C": "Quick sort"},
+        "answer_idx": "B",
+        "answer": "Merge sort",
+        "question_id": 4,
+        "source": "MMLU-Pro_computer_science",
+        "category": "computer science",
+        "src": "stemez-ComputerScience",
+    }
+    assert done.stdout.count("wrote ") == 1 and f"wrote {general}" in done.stdout  # --output skip: no evaluation file
+    assert "MMLU-Pro_math: 1 items" in done.stdout
+    done = run_prepare(
+        repo_root,
+        "--output",
+        "skip",
+        "--general_output",
+        str(narrower),
+        "--general_exclude",
+        "psychology",
+        "--mmlu_pro",
+        write(tmp_path, "mmlu_pro.json", MMLU_PRO_TRAINING_SIDE),
+    )
+    assert done.returncode == 0, done.stderr
+    assert [r["category"] for r in json.loads(narrower.read_text())] == ["math", "computer science"]
+    done = run_prepare(repo_root, "--output", "skip", "--general_output", str(narrower), "--mmlu_pro", "skip")
+    assert done.returncode != 0 and "--general_output needs --mmlu_pro" in done.stderr
+    done = run_prepare(repo_root, "--output", "skip")
+    assert done.returncode == 1 and done.stderr == (
+        "error: --output skip and no --exam_output or --general_output: nothing to write\n"
+    )
+
+
+def test_exam_output_is_construct_input(tmp_path, repo_root):
+    exams = tmp_path / "exams.json"
+    done = run_prepare(
+        repo_root,
+        "--output",
+        "skip",
+        "--exam_output",
+        str(exams),
+        "--medqa",
+        write(tmp_path, "medqa_train.jsonl", [MEDQA_ROW], jsonl=True),
+        "--medmcqa",
+        write(tmp_path, "medmcqa_train.json", [MEDMCQA_ROW]),
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(exams.read_text())
+    assert [(r["source"], r["answer_idx"], r["answer"]) for r in rows] == [
+        ("MedQA_USMLE_train", "B", "TSH receptor antibody"),
+        ("MedMCQA_train", "C", "Vitamin C"),
+    ]
+    assert rows[1]["options"] == {"A": "Vitamin A", "B": "Vitamin B1", "C": "Vitamin C", "D": "Vitamin D"}

@@ -11,12 +11,14 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = (
     "construct_verifiable_medical_problems.py",
+    "prepare_training_data.py",
     "search_for_complex_reasoning_path.py",
     "SFT_stage1.py",
     "RL_stage2.py",
     "train_verifier.py",
     "evaluation/eval.py",
     "evaluation/serve.py",
+    "evaluation/prepare_eval_data.py",
 )
 VARIABLES = {"$model_name": "models/some-model", "$port": "28035", "$NODE_RANK": "0", "$MASTER_ADDR": "10.0.0.1"}
 
@@ -58,13 +60,18 @@ COMMANDS = readme_commands()
 def test_the_readme_shows_every_stage():
     assert {script for script, _ in COMMANDS} >= {
         "construct_verifiable_medical_problems.py",
+        "prepare_training_data.py",
         "search_for_complex_reasoning_path.py",
         "SFT_stage1.py",
         "RL_stage2.py",
         "evaluation/eval.py",
         "evaluation/serve.py",
     }
-    rl = [argv for script, argv in COMMANDS if script == "RL_stage2.py"][0]
+    order = [script for script, _ in COMMANDS]
+    # the recipe sits between construct and search, as the data flows
+    assert order.index("construct_verifiable_medical_problems.py") < order.index("prepare_training_data.py")
+    assert order.index("prepare_training_data.py") < order.index("search_for_complex_reasoning_path.py")
+    rl, rl_small = [argv for script, argv in COMMANDS if script == "RL_stage2.py"]
     seed_flags = (
         "model_name_or_path reward_model_path value_model_path dataset_name response_length temperature "
         "local_rollout_forward_batch_size num_ppo_epochs num_mini_batches total_episodes "
@@ -73,6 +80,14 @@ def test_the_readme_shows_every_stage():
         "dataloader_num_workers run_name num_sample_generations report_to"
     ).split()
     assert rl[0::2] == [f"--{flag}" for flag in seed_flags]  # the seed's command, flag for flag
+    # the seed's Qwen2.5-1.5B command: the same flags; Qwen as policy and value model, 4 prompts per forward pass
+    assert rl_small[0::2] == rl[0::2]
+    small, large = dict(zip(rl_small[0::2], rl_small[1::2])), dict(zip(rl[0::2], rl[1::2]))
+    assert {flag: value for flag, value in small.items() if large[flag] != value} == {
+        "--model_name_or_path": "Qwen/Qwen2.5-1.5B-Instruct",
+        "--value_model_path": "Qwen/Qwen2.5-1.5B-Instruct",
+        "--local_rollout_forward_batch_size": "4",
+    }
 
 
 @pytest.mark.parametrize("script, argv", COMMANDS, ids=[f"{s}:{i}" for i, (s, _) in enumerate(COMMANDS)])
