@@ -337,6 +337,9 @@ def start_stage(script, args, teacher):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # As from a terminal: a shell running a job in the background (as CI may run `make test`) starts it
+        # with SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
