@@ -59,7 +59,10 @@ class ServeArguments:
         default="auto", metadata={"help": "vLLM: weights' dtype (auto: the model's on GPU, float32 on CPU)."}
     )
     kv_cache_gib: int = field(
-        default=4, metadata={"help": "vLLM on CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)."}
+        default=1,
+        metadata={
+            "help": "vLLM on CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE; 1 GiB: ~23,000 SmolLM2 tokens)."
+        },
     )
     pid_file: str = field(default=DEFAULT_PID_FILE)
     log_file: str | None = field(default=None, metadata={"help": "Server output (default: the PID file with .log)."})
