@@ -258,6 +258,17 @@ def process_group(pgid):
     return members
 
 
+def results_stem(argv):
+    """The name eval.py gives its results for these flags (keyed by model and settings)."""
+    from transformers import HfArgumentParser
+
+    from huatuo_o1.evaluation.client import EvalArguments, output_stem, settings_of
+
+    (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(argv)
+    args.eval_file = os.path.join(REPO, args.eval_file)
+    return output_stem(args, settings_of(args))
+
+
 def test_serve_eval_and_stop_through_vllm(vllm_policy, tmp_path):
     port, pid_file = free_port(), tmp_path / "server.pid"
     try:
@@ -276,7 +287,7 @@ def test_serve_eval_and_stop_through_vllm(vllm_policy, tmp_path):
             "600",
         )  # --backend auto: vLLM is installed
         assert "starting vllm:" in done.stdout and "--dtype float32" in done.stdout
-        server_pid, _ = read_pid_file(pid_file)
+        server_pid = read_pid_file(pid_file).pid
         assert server_pid in process_group(server_pid) and len(process_group(server_pid)) >= 1
         common = [
             "--model_name",
@@ -294,8 +305,11 @@ def test_serve_eval_and_stop_through_vllm(vllm_policy, tmp_path):
         ]
         for mode in ("completions", "chat"):
             out = tmp_path / mode
-            run(sys.executable, "evaluation/eval.py", *common, "--request_mode", mode, "--output_dir", str(out))
-            results = json.loads((out / "taught_api_demo_eval_data.json").read_text())
+            argv = [*common, "--request_mode", mode, "--output_dir", str(out)]
+            run(sys.executable, "evaluation/eval.py", *argv)
+            stem = results_stem(argv)
+            assert stem.startswith("taught_api_demo_eval_data_")
+            results = json.loads((out / f"{stem}.json").read_text())
             assert len(results) == 14 and len({r["id"] for r in results}) == 14
             # every item has a reply of 1..8 tokens, cleaned as the scorer cleans replies
             assert all(r["raw_output"] and 1 <= r["completion_tokens"] <= 8 for r in results), mode
@@ -303,7 +317,7 @@ def test_serve_eval_and_stop_through_vllm(vllm_policy, tmp_path):
                 r["finish_reason"] in ("length", "stop") and r["output"] == scoring.clean_reply(r["raw_output"])
                 for r in results
             )
-            report = json.loads((out / "taught_api_demo_eval_data_report.json").read_text())
+            report = json.loads((out / f"{stem}_report.json").read_text())
             assert report["overall"]["n"] == 14 and len(report["sources"]) == 7
             for source, figures in report["sources"].items():
                 verdicts = [r["verdict"] for r in results if r["source"] == source]
