@@ -5,11 +5,12 @@
 1. prepare (cached under --cache_dir, keyed by its inputs; a second run reuses it):
    SmolLM2-135M-Instruct after a short SFT (SFT_stage1.py) on the 44 demo exam items that carry a
    verifiable question, each answered in one short line ("The answer is X."), so that sampling it
-   answers some problems right and not all; a verifier (train_verifier.py) on pairs built from the
-   items' options (the right option and wrong ones, as the SFT policy phrases them and bare), its
-   backbone the base's first --verifier_layers blocks; PPO's value model, the base's first
-   --value_layers blocks. The SFT and the verifier train side by side, one thread each. RL trains on the
-   problems where the SFT policy's sampling probability of the right option among the item's options
+   answers some problems right and not all; a verifier (train_verifier.py, from the base) on pairs
+   built from the items' options (the right option and wrong ones, as the SFT policy phrases them
+   and bare); PPO's value model, the base's first --value_layers blocks. (A verifier on the base's
+   first 8 blocks, lr 1e-4, 1 epoch, learned nothing: held-out accuracy 0.33.) The SFT and the
+   verifier train side by side, one thread each. RL trains on the problems where the SFT policy's
+   sampling probability of the right option among the item's options
    lies in [--min_p, --max_p]: the others give every response of a group the same reward.
 2. RL: for each algorithm and seed, RL_stage2.py in its own process (its own peak RSS), --parallel of
    them side by side with --threads threads each; every algorithm samples --batch responses per update
@@ -59,8 +60,8 @@ def load_note():
 
 
 # ---- prepare --------------------------------------------------------------------------------------
-PREPARE_SETTINGS = ("sft_epochs", "sft_learning_rate", "verifier_layers", "verifier_epochs", "verifier_learning_rate",
-                    "value_layers", "temperature", "min_p", "max_p")  # fmt: skip
+PREPARE_SETTINGS = ("sft_epochs", "sft_learning_rate", "verifier_epochs", "verifier_learning_rate", "value_layers",
+                    "temperature", "min_p", "max_p")  # fmt: skip
 
 
 def demo_items():
@@ -91,31 +92,32 @@ def verifier_pairs(items, seed=0):
     return rows
 
 
-def truncated_model(base, layers, out, head):
-    """The base's embeddings and first `layers` blocks as a folder: a causal LM ("lm") or a 1-label value model."""
+def truncated_value_model(base, layers, out):
+    """A 1-label value model from the base's embeddings and first `layers` blocks (new head): PPO's cheaper critic."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     config = AutoConfig.from_pretrained(base)
-    config.num_hidden_layers = layers
+    config.num_hidden_layers, config.num_labels = layers, 1
     if getattr(config, "layer_types", None):
         config.layer_types = config.layer_types[:layers]
     full = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     torch.manual_seed(0)
-    if head == "lm":
-        model = AutoModelForCausalLM.from_config(config)
-        missing, _ = model.load_state_dict(full.state_dict(), strict=False)
-    else:
-        config.num_labels = 1
-        model = AutoModelForSequenceClassification.from_config(config)
-        missing, _ = model.model.load_state_dict(full.model.state_dict(), strict=False)
-    assert not [m for m in missing if not m.startswith("score")], missing  # every kept weight comes from the base
+    model = AutoModelForSequenceClassification.from_config(config)
+    missing, _ = model.model.load_state_dict(full.model.state_dict(), strict=False)
+    assert not missing, missing  # every kept block and the final norm come from the base
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(base).save_pretrained(out)
 
 
 def run_logged(command, log_path, threads):
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(threads),
+        TOKENIZERS_PARALLELISM="false",
+        WANDB_MODE="disabled",
+        TQDM_DISABLE="1",
+    )
     log = open(log_path, "w")
     return subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env), log
 
@@ -179,7 +181,7 @@ def prepare(args):
     )
     items = demo_items()
     key_source = json.dumps(
-        {"settings": {k: getattr(args, k) for k in PREPARE_SETTINGS}, "items": items, "version": 1,
+        {"settings": {k: getattr(args, k) for k in PREPARE_SETTINGS}, "items": items, "version": 2,
          "base": load_json(os.path.join(base, "config.json"))}, sort_keys=True,
     )  # fmt: skip
     folder = os.path.join(args.cache_dir, hashlib.sha256(key_source.encode()).hexdigest()[:16])
@@ -197,9 +199,8 @@ def prepare(args):
                 for it in items]  # fmt: skip
     write_json(paths["sft_data"], sft_rows)
     write_json(paths["verifier_pairs"], verifier_pairs(items))
-    verifier_base, value_dir = os.path.join(folder, "verifier_base"), os.path.join(folder, "value")
-    truncated_model(base, args.verifier_layers, verifier_base, "lm")
-    truncated_model(base, args.value_layers, value_dir, "value")
+    value_dir = os.path.join(folder, "value")
+    truncated_value_model(base, args.value_layers, value_dir)
 
     # The SFT and the verifier train side by side, one thread each.
     sft = run_logged([py, "SFT_stage1.py", "--model_path", base, "--data_path", paths["sft_data"],
@@ -210,7 +211,7 @@ def prepare(args):
                       "--gradient_checkpointing", "False", "--save_training_state", "False", "--seed", "0"],
                      os.path.join(folder, "sft.log"), 1)  # fmt: skip
     verifier_dir = os.path.join(folder, "verifier")
-    verifier = run_logged([py, "train_verifier.py", "--model_path", verifier_base,
+    verifier = run_logged([py, "train_verifier.py", "--model_path", base, "--eval_before_training", "False",
                            "--data_path", paths["verifier_pairs"], "--output_dir", verifier_dir, "--max_length", "256",
                            "--learning_rate", args.verifier_learning_rate,
                            "--head_learning_rate", "1e-3", "--n_epochs", str(args.verifier_epochs),
@@ -322,8 +323,9 @@ def collect(out, algorithm):
     return {"records": records, "summary": summary, "examples": [c["example"] for c in calls[-3:-1]]}
 
 
-def run_all(args, prepared):
-    """Every (algorithm, seed) as a child process, --parallel at a time; returns {run name: collected}."""
+def run_all(args, prepared, on_finish):
+    """Every (algorithm, seed) as a child process, --parallel at a time; returns {run name: collected}.
+    on_finish(results so far) after each run."""
     jobs = [(a, s) for a in args.algorithms for s in args.seeds]
     results, running = {}, []
 
@@ -338,6 +340,7 @@ def run_all(args, prepared):
                               load_at_end=load_note())  # fmt: skip
         results[f"{algorithm}_seed{seed}"] = run
         report_run(algorithm, seed, run)
+        on_finish(results)
 
     for algorithm, seed in jobs:
         if len(running) == args.parallel:
@@ -430,13 +433,13 @@ def main():
     parser.add_argument("--output_dir", default=os.path.join(REPO_ROOT, "bench_out", "rl_learning"))
     parser.add_argument("--cache_dir", default=os.path.join(REPO_ROOT, ".cache", "rl_learning"))
     parser.add_argument("--fresh", action="store_true", help="prepare again even when the cache has it")
+    parser.add_argument("--prepared", help="a prepared.json (policy, verifier, value, rl_problems) to use instead")
     parser.add_argument("--base_model", help="default: SmolLM2-135M-Instruct (tools/get_smollm2.py)")
     prep = parser.add_argument_group("prepare")
     prep.add_argument("--sft_epochs", type=int, default=2)
     prep.add_argument("--sft_learning_rate", default="2e-4")
-    prep.add_argument("--verifier_layers", type=int, default=8)
     prep.add_argument("--verifier_epochs", type=int, default=1)
-    prep.add_argument("--verifier_learning_rate", default="1e-4")
+    prep.add_argument("--verifier_learning_rate", default="5e-5")
     prep.add_argument("--value_layers", type=int, default=6, help="PPO's value model: the base's first N blocks")
     prep.add_argument("--min_p", type=float, default=0.15, help="RL problems: right option's probability at least")
     prep.add_argument("--max_p", type=float, default=0.85, help="... and at most")
@@ -462,13 +465,18 @@ def main():
 
     started = time.time()
     print(f"bench/rl_learning.py: {load_note()}, {os.cpu_count()} CPUs", flush=True)
-    prepared = prepare(args)
+    prepared = dict(load_json(args.prepared), cached=True) if args.prepared else prepare(args)
     how = "from the cache" if prepared["cached"] else f"made in {prepared['seconds']:.0f} s"
-    print(f"prepared ({how}): {len(prepared['rl_problem_p_right'])} RL problems of {len(prepared['p_right_all'])}; "
-          f"SFT loss {prepared['sft']['first_loss']:.2f} -> {prepared['sft']['last_loss']:.2f}; verifier held-out "
+    print(f"prepared ({how}): {len(load_json(prepared['rl_problems']))} RL problems; SFT loss "
+          f"{prepared['sft']['first_loss']:.2f} -> {prepared['sft']['last_loss']:.2f}; verifier held-out "
           f"accuracy {prepared['verifier_heldout']['accuracy']:.2f}", flush=True)  # fmt: skip
     os.makedirs(args.output_dir, exist_ok=True)
-    results = run_all(args, prepared)
+    results = run_all(args, prepared, lambda done: write_report(args, prepared, done, started, final=False))
+    write_report(args, prepared, results, started, final=True)
+
+
+def write_report(args, prepared, results, started, final):
+    """rl_learning.json and rl_learning.png from the runs finished so far; the table when all are."""
     rows = table(results)
     peak = {}
     for row in rows:
@@ -478,8 +486,10 @@ def main():
     settings = {k: v for k, v in vars(args).items() if k not in ("child_out", "child_argv")}
     write_json(os.path.join(args.output_dir, "rl_learning.json"),
                {"settings": settings, "prepared": prepared, "table": rows, "peak_rss_mb": peak,
-                "seconds_total": total, "runs": results})  # fmt: skip
+                "seconds_total": total, "complete": final, "runs": results})  # fmt: skip
     plot(args, results, os.path.join(args.output_dir, "rl_learning.png"))
+    if not final:
+        return
     print("\nrun | reward first fifth -> last fifth (gain) | string match | s/update | peak RSS MB | held-out")
     for r in rows:
         print(f"{r['run']} | {r['reward_first_fifth']:.3f} -> {r['reward_last_fifth']:.3f} ({r['gain']:+.3f}) | "
