@@ -274,7 +274,10 @@ def child(out, argv, threads):
         if exit_.code not in (None, 0):
             raise
     summary = load_json(os.path.join(out, "rl_summary.json"))
-    summary["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    summary["peak_rss_mb"] = round(usage.ru_maxrss / 1024)
+    # one thread: on an otherwise idle core the run's wall time would be about its CPU time
+    summary["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 1)
     write_json(os.path.join(out, "child_summary.json"), summary)
 
 
@@ -369,7 +372,8 @@ def report_run(algorithm, seed, run):
     first, last = fifths(rewards)
     per_update = s["seconds"] / max(1, len(rewards))
     print(f"  {algorithm} seed {seed}: reward first fifth {first:.3f} -> last fifth {last:.3f} ({last - first:+.3f}); "
-          f"{len(rewards)} updates, {per_update:.1f} s/update, {s['wall_seconds']:.0f} s wall, peak RSS "
+          f"{len(rewards)} updates, {per_update:.1f} s/update, {s['wall_seconds']:.0f} s wall "
+          f"({s['cpu_seconds']:.0f} s CPU), peak RSS "
           f"{s['peak_rss_mb']} MB; held-out {s['eval_start']['mean_reward']:.2f} -> "
           f"{s['eval_end']['mean_reward']:.2f} "
           f"({s['eval_problems']} problems, greedy); {s['load_at_end']}", flush=True)  # fmt: skip
@@ -389,6 +393,7 @@ def table(results):
             "verifier_agrees": round(sum(r["verifier_agrees"] for r in records) / max(1, len(records)), 3),
             "kl_per_token_last": records[-1]["kl_per_token"] if records else None,
             "seconds_per_update": round(s["seconds"] / max(1, len(records)), 1), "wall_seconds": s["wall_seconds"],
+            "cpu_seconds": s["cpu_seconds"],
             "peak_rss_mb": s["peak_rss_mb"], "heldout_before": s["eval_start"]["mean_reward"],
             "heldout_after": s["eval_end"]["mean_reward"], "load_at_end": s["load_at_end"],
         })  # fmt: skip
@@ -501,6 +506,9 @@ def write_report(args, prepared, results, started, final):
         f"total {total:.0f} s ({'preparation cached' if prepared['cached'] else 'including preparation'}); "
         f"{load_note()}"
     )
+    # On an idle machine each one-thread run takes about its CPU time, --parallel of them at once.
+    cpu = sum(r["cpu_seconds"] for r in rows)
+    print(f"RL CPU time {cpu:.0f} s: about {cpu / args.parallel / 60:.1f} min of RL on {args.parallel} idle cores")
     print(f"wrote {os.path.join(args.output_dir, 'rl_learning.png')} and rl_learning.json")
 
 
