@@ -422,8 +422,8 @@ def plot(args, results, path):
             colour = ALGORITHM_COLOURS.get(algorithm)
             ax.plot(x, np.nanmean(values, axis=0), color=colour, label=f"{algorithm} (mean of {len(runs)} seeds)")
             ax.fill_between(x, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=colour, alpha=0.2)
-    for ax, (_, title) in zip(axes, panels):
-        ax.set(title=title, xlabel="update")
+    for ax, (key, title) in zip(axes, panels):
+        ax.set(title=title, xlabel="update", **({} if key == "kl_per_token" else {"ylim": (-0.05, 1.05)}))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"RL from a partly competent SmolLM2-135M (CPU): {args.batch} sampled responses per update, "
