@@ -213,6 +213,7 @@ class Demo:
                                   # bench/rl_learning.py's rate (docs/rl.md); 1e-6 moved nothing in 3 updates
                                   "--learning_rate", "2e-5", "--kl_coef", "0.03", "--bf16", "False",
                                   "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none",
+                                  "--logging_steps", "1",  # every update in rl_log.jsonl: the curve, first vs last
                                   "--gradient_checkpointing", "False",
                                   "--output_dir", rl_out])
         rl = self.load(os.path.join(rl_out, "rl_summary.json"))
