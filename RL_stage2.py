@@ -37,6 +37,7 @@ from huatuo_o1.models import check_model_source, check_verifier_config
 from huatuo_o1.outputs import check_outputs
 from huatuo_o1.records import InputError, write_json_atomic
 from huatuo_o1.rl.config import check_batch_sizes, parse_args, world_size_from_env
+from huatuo_o1.rl.curves import write_curves
 from huatuo_o1.rl.loading import load_models, load_problems, prompt_ids
 from huatuo_o1.rl.ppo_trainer import PPOTrainer
 from huatuo_o1.rl.trl_algorithms import run_trl
@@ -130,7 +131,7 @@ def main(argv=None):
             config, sizes, models.tokenizer, models.policy, reward, train, evaluation
         )
 
-    # Save the summary.
+    # Save the summary and the curves.
     summary = {
         "algorithm": config.rl_algorithm,
         "policy_dir": os.path.abspath(config.output_dir),
@@ -145,6 +146,7 @@ def main(argv=None):
     }
     if state.is_main_process:
         write_json_atomic(os.path.join(config.output_dir, "rl_summary.json"), summary)
+        write_curves(config.output_dir, config.rl_algorithm)  # rl_curves.png: reward, format rate, KL per update
         print(json.dumps(summary, indent=2, ensure_ascii=False))
     return summary
 

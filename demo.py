@@ -210,14 +210,21 @@ class Demo:
                                   "--local_rollout_forward_batch_size", "4", "--num_ppo_epochs", "1",
                                   "--num_mini_batches", "1", "--total_episodes", str(self.size["rl_episodes"]),
                                   "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
-                                  "--learning_rate", "1e-6", "--kl_coef", "0.03", "--bf16", "False",
+                                  # bench/rl_learning.py's rate (docs/rl.md); 1e-6 moved nothing in 3 updates
+                                  "--learning_rate", "2e-5", "--kl_coef", "0.03", "--bf16", "False",
                                   "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none",
+                                  "--logging_steps", "1",  # every update in rl_log.jsonl: the curve, first vs last
                                   "--gradient_checkpointing", "False",
                                   "--output_dir", rl_out])
         rl = self.load(os.path.join(rl_out, "rl_summary.json"))
+        with open(os.path.join(rl_out, "rl_log.jsonl")) as f:
+            rl["training_reward"] = [json.loads(line)["objective/score"] for line in f if line.strip()]
+        rl["curves"] = os.path.join(rl_out, "rl_curves.png")
         self.figures["rl"] = rl
-        self.rows.append(("rl", seconds, f"{recipe['parts']['rl']['rows']} problems, {rl['updates']} PPO updates; "
-                                         f"held-out reward "
+        first, last = first_and_last_fifth(rl["training_reward"])
+        self.rows.append(("rl", seconds, f"{recipe['parts']['rl']['rows']} problems, {rl['updates']} PPO updates of "
+                                         f"{rl['episodes_per_update']} episodes; training reward {first:.2f} -> "
+                                         f"{last:.2f}; held-out reward "
                                          f"{fmt(rl['eval_start']['mean_reward'])} -> "
                                          f"{fmt(rl['eval_end']['mean_reward'])}"))
 
@@ -259,8 +266,14 @@ class Demo:
             f"  answers in Thinking/Final layout  base {fmt(share(reports['base']['format_rate']))} -> "
             f"trained {fmt(share(reports['trained']['format_rate']))} (held-out eval questions)"
         )
+        first, last = first_and_last_fifth(rl["training_reward"])
         print(
-            f"  RL mean verifier reward (held-out) {fmt(rl['eval_start']['mean_reward'])} -> "
+            f"  RL mean verifier reward, sampled training answers: first fifth of the updates {first:.2f} -> "
+            f"last fifth {last:.2f} (per update: {', '.join(f'{r:.2f}' for r in rl['training_reward'])}; "
+            f"curve: {os.path.relpath(rl['curves'], self.out)})"
+        )
+        print(
+            f"  RL mean verifier reward (held-out, greedy) {fmt(rl['eval_start']['mean_reward'])} -> "
             f"{fmt(rl['eval_end']['mean_reward'])}"
         )
         print("\naccuracy per source (paper-compatible scoring):")
@@ -272,7 +285,7 @@ class Demo:
             )
         print(
             f"\nartifacts in {self.out}: data/ (problems, SFT data, records, summaries), ckpts/sft, verifier/, "
-            f"ckpts/rl (policy), eval/ (results, reports, charts), logs/ (every stage's output)"
+            f"ckpts/rl (policy, rl_curves.png), eval/ (results, reports, charts), logs/ (every stage's output)"
         )
         summary = {
             "seconds_total": round(total_seconds, 1),
@@ -289,6 +302,12 @@ class Demo:
         with open(self.path("demo_summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         print(f"summary: {self.path('demo_summary.json')}")
+
+
+def first_and_last_fifth(values):
+    """Mean of the first and of the last fifth of a per-update series (at least one update each)."""
+    n = max(1, len(values) // 5)
+    return sum(values[:n]) / n, sum(values[-n:]) / n
 
 
 def summary_counts(summary):

@@ -67,6 +67,10 @@ def test_quick_demo_runs_every_stage_and_learns_the_layout(tmp_path, smollm2):
     for when in ("eval_start", "eval_end"):
         assert 0.0 <= rl[when]["mean_reward"] <= 1.0 and 0.0 <= rl[when]["format_rate"] <= 1.0
     assert os.path.exists(out / "ckpts" / "rl" / "config.json")
+    log = [json.loads(line) for line in (out / "ckpts" / "rl" / "rl_log.jsonl").read_text().splitlines()]
+    assert rl["training_reward"] == [r["objective/score"] for r in log] and len(log) == 2  # shown before / after
+    assert (out / "ckpts" / "rl" / "rl_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"training reward {log[0]['objective/score']:.2f} -> {log[1]['objective/score']:.2f}" in result.stdout
 
     # Evaluation: every question answered by both models, accuracies are shares, and the trained
     # model answers in the Thinking / Final Response layout more often than the base model.

@@ -31,6 +31,21 @@ SEED_COMMAND = """
 pytestmark = pytest.mark.usefixtures("one_thread_fresh_accelerate")
 
 
+def plotted_lines(monkeypatch):
+    """Filled as figures are saved: {file name: the y values of each line drawn, in drawing order}."""
+    import matplotlib.figure
+
+    saved, real_savefig = {}, matplotlib.figure.Figure.savefig
+
+    def savefig(figure, path, *args, **kwargs):
+        lines = [list(map(float, line.get_ydata())) for ax in figure.axes for line in ax.get_lines()]
+        saved[os.path.basename(path)] = lines
+        return real_savefig(figure, path, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    return saved
+
+
 def run_rl(argv):
     """RL_stage2.py as a user runs it (in this process); its rl_summary.json."""
     run_ok("RL_stage2.py", argv)
@@ -128,6 +143,7 @@ def test_ppo_end_to_end(tiny_models, tmp_path, monkeypatch):
         return models
 
     monkeypatch.setattr(loading, "load_models", keep_models)  # the script imports it when it runs
+    plotted = plotted_lines(monkeypatch)
     data, out = write_problems(tmp_path / "problems.json", 11), str(tmp_path / "rl")
     summary = run_rl(
         tiny_argv(
@@ -192,6 +208,11 @@ def test_ppo_end_to_end(tiny_models, tmp_path, monkeypatch):
 
     with open(os.path.join(out, "rl_summary.json")) as f:
         assert json.load(f) == summary
+    # rl_curves.png beside the log: reward, format rate and KL of every update, as logged
+    assert open(os.path.join(out, "rl_curves.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert plotted["rl_curves.png"] == [
+        [r[key] for r in log] for key in ("objective/score", "objective/format_rate", "objective/kl")
+    ]
     assert summary["eval_start"]["samples"] == 1 and summary["eval_end"]["format_rate"] == 0.0
 
     # checkpoints: saved each update except the last (the final policy goes to output_dir); limit 1 keeps the newest
@@ -222,6 +243,7 @@ def test_trl_algorithms_with_the_verifier_reward(tiny_models, taught_policy, tmp
         return models
 
     monkeypatch.setattr(loading, "load_models", keep_models)
+    plotted = plotted_lines(monkeypatch)
     data, out = write_problems(tmp_path / "problems.json", 11), str(tmp_path / algorithm)
     argv = tiny_argv(
         tiny_models,
@@ -253,6 +275,10 @@ def test_trl_algorithms_with_the_verifier_reward(tiny_models, taught_policy, tmp
     # the taught policy writes the layout some of the time: rewards differ within groups, so the policy learns
     assert any(0.0 < entry["rewards/format_ok/mean"] for entry in log)
     assert all(0.0 <= entry["rewards/verifier/mean"] <= 1.0 for entry in log)
+    assert open(os.path.join(out, "rl_curves.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert plotted["rl_curves.png"] == [
+        [entry[key] for entry in log] for key in ("rewards/verifier/mean", "rewards/format_ok/mean", "kl")
+    ]
     saved = AutoModelForCausalLM.from_pretrained(out)
     changed = [k for k, v in saved.state_dict().items() if not torch.equal(v, loaded["initial"][k])]
     assert len(changed) > len(loaded["initial"]) // 2
@@ -352,3 +378,25 @@ def test_pad_token_is_made_distinct_from_eos(tiny_models, monkeypatch):
     monkeypatch.setattr(model_loading, "PAD_CANDIDATES", ["<|not-in-vocab|>"])
     assert model_loading.distinct_pad_token(bare) is True
     assert bare.pad_token == "<|pad|>" and len(bare) == vocab_before + 1
+
+
+def test_logits_only_at_response_positions_match_the_full_forward(tiny_models):
+    from transformers import AutoModelForSequenceClassification
+
+    from huatuo_o1.rl.ppo_trainer import PolicyAndValue
+
+    torch.manual_seed(0)
+    model = PolicyAndValue(
+        AutoModelForCausalLM.from_pretrained(tiny_models["tiny-qwen2"]),
+        AutoModelForSequenceClassification.from_pretrained(tiny_models["tiny-value"], num_labels=1),
+    ).eval()
+    ids = torch.randint(3, 500, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # a left-padded prompt
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        full_logits, full_values = model(ids, mask, positions)
+        kept_logits, kept_values = model(ids, mask, positions, 4)
+    assert kept_logits.shape == (2, 4, full_logits.shape[2])
+    torch.testing.assert_close(kept_logits, full_logits[:, -4:])
+    torch.testing.assert_close(kept_values, full_values)

@@ -61,15 +61,24 @@ class PolicyAndValue(torch.nn.Module):
         self.value_model = value_model
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        logits_to_keep: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Values at every position; logits at the last logits_to_keep positions (0: all)."""
         backbone = getattr(self.value_model, self.value_model.base_model_prefix)
         hidden = backbone(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state
         values = self.value_model.score(hidden).squeeze(-1)
         logits = self.policy(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+            logits_to_keep=logits_to_keep,
         ).logits
         return logits, values
 
@@ -172,7 +181,9 @@ class PPOTrainer:
         eval_items: list[Problem],
     ):
         """train_items / eval_items: problems with their prompt_ids. reward(response texts, references) ->
-        an object with `.rewards` and `.well_formed` (huatuo_o1.verifier.VerifierReward)."""
+        an object with `.rewards` and `.well_formed` (huatuo_o1.verifier.VerifierReward). A reward with a
+        `model` attribute (the verifier) gets that model placed (and sharded under ZeRO-3) like the reference;
+        any other callable (a rule a test controls) is used as it is."""
         self.config, self.sizes, self.tokenizer = config, sizes, models.tokenizer
         self.reward_fn, self.train_items, self.eval_items = reward, train_items, eval_items
         self.num_updates = sizes.num_updates
@@ -222,14 +233,18 @@ class PPOTrainer:
             config.get_warmup_steps(self.num_updates),
             self.num_updates,
         )
+        verifier = getattr(reward, "model", None)
         if accelerator.state.deepspeed_plugin is not None:
             self.ref_policy = prepare_deepspeed(models.ref_policy, accelerator)
-            self.reward_fn.model = prepare_deepspeed(reward.model, accelerator)
+            if verifier is not None:
+                self.reward_fn.model = prepare_deepspeed(verifier, accelerator)
         else:
             self.ref_policy = models.ref_policy.to(self.device)
-            self.reward_fn.model = reward.model.to(self.device)
+            if verifier is not None:
+                self.reward_fn.model = verifier.to(self.device)
         self.ref_policy.eval()
-        self.reward_fn.model.eval()
+        if verifier is not None:
+            self.reward_fn.model.eval()
         self.effective_max_grad_norm = training.applied_max_grad_norm(accelerator, self.model, self.max_grad_norm)
 
         self.sample_config = GenerationConfig(
@@ -289,8 +304,10 @@ class PPOTrainer:
         context_length: int,
         temperature: float,
     ) -> torch.Tensor:
-        logits = model_forward(query_responses, attention_mask, position_ids)
-        logits = logits[:, context_length - 1 : -1]
+        # only the positions that predict response tokens go through the vocabulary projection
+        response_length = query_responses.shape[1] - context_length
+        logits = model_forward(query_responses, attention_mask, position_ids, response_length + 1)
+        logits = logits[:, -(response_length + 1) : -1]
         return ppo_core.logprobs_of(logits, query_responses[:, context_length:], temperature)
 
     @torch.no_grad()
@@ -330,11 +347,15 @@ class PPOTrainer:
             part = slice(s, s + cfg.local_rollout_forward_batch_size)
             qr, am, pi = query_responses[part], attention_mask[part], position_ids[part]
 
-            def policy_fwd(i, a, p):
-                return unwrapped.policy(input_ids=i, attention_mask=a, position_ids=p, use_cache=False).logits
+            def policy_fwd(i, a, p, k):
+                return unwrapped.policy(
+                    input_ids=i, attention_mask=a, position_ids=p, use_cache=False, logits_to_keep=k
+                ).logits
 
-            def ref_fwd(i, a, p):
-                return self.ref_policy(input_ids=i, attention_mask=a, position_ids=p, use_cache=False).logits
+            def ref_fwd(i, a, p, k):
+                return self.ref_policy(
+                    input_ids=i, attention_mask=a, position_ids=p, use_cache=False, logits_to_keep=k
+                ).logits
 
             logprobs.append(self.forward_logprobs(policy_fwd, qr, am, pi, context_length, cfg.temperature + 1e-7))
             ref_logprobs.append(self.forward_logprobs(ref_fwd, qr, am, pi, context_length, cfg.temperature + 1e-7))
@@ -392,11 +413,15 @@ class PPOTrainer:
                 for mc_start in range(0, len(mini), cfg.per_device_train_batch_size):
                     idx = mini[mc_start : mc_start + cfg.per_device_train_batch_size]
                     with acc.accumulate(self.model):
-                        logits, values = self.model(
-                            data.query_responses[idx], data.attention_mask[idx], data.position_ids[idx]
-                        )
                         c = data.context_length
-                        logits = logits[:, c - 1 : -1]
+                        response_length = data.query_responses.shape[1] - c
+                        logits, values = self.model(
+                            data.query_responses[idx],
+                            data.attention_mask[idx],
+                            data.position_ids[idx],
+                            response_length + 1,  # logits only where they predict response tokens
+                        )
+                        logits = logits[:, -(response_length + 1) : -1]
                         new_values = values[:, c - 1 : -1].float()
                         mask, value_mask = targets.policy_mask[idx], targets.value_mask[idx]
                         new_logprobs = ppo_core.logprobs_of(

@@ -1,0 +1,516 @@
+"""Does RL learn? PPO (ours), GRPO and RLOO (trl) through RL_stage2.py, from a partly competent policy, on CPU.
+
+    python bench/rl_learning.py            # prepare (cached), 3 algorithms x 2 seeds, figure and JSON
+
+1. prepare (cached under --cache_dir, keyed by its inputs; a second run reuses it):
+   SmolLM2-135M-Instruct after a short SFT (SFT_stage1.py) on the 44 demo exam items that carry a
+   verifiable question, each answered in one short line ("The answer is X."), so that sampling it
+   answers some problems right and not all; a verifier (train_verifier.py, from the base) on pairs
+   built from the items' options (the right option and wrong ones, as the SFT policy phrases them
+   and bare); PPO's value model, the base's first --value_layers blocks. (A verifier on the base's
+   first 8 blocks, lr 1e-4, 1 epoch, learned nothing: held-out accuracy 0.33.) The SFT and the
+   verifier train side by side, one thread each. RL trains on the problems where the SFT policy's
+   sampling probability of the right option among the item's options
+   lies in [--min_p, --max_p]: the others give every response of a group the same reward.
+2. RL: for each algorithm and seed, RL_stage2.py in its own process (its own peak RSS), --parallel of
+   them side by side with --threads threads each; every algorithm samples --batch responses per update
+   (PPO: --batch prompts; GRPO / RLOO: --batch / --num_generations prompts x --num_generations).
+   Each reward call is logged (mean reward, format rate, share of answers naming the reference), so
+   the curves of the three algorithms are read the same way; KL from each algorithm's own log.
+3. Report: first-fifth / last-fifth training reward per algorithm and seed, seconds per update, peak
+   RSS; rl_learning.png (reward mean and min..max band over seeds, string match, KL) and
+   rl_learning.json in --output_dir.
+
+The problems RL trains on are problems the SFT saw: a 135M model knows no medicine, so RL can only make
+the answers it already gives sometimes more likely. The bench shows the learning mechanism, not medical
+skill, and says nothing about the paper's scale (docs/rl.md).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import resource
+import runpy
+import shutil
+import subprocess
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUESTION, ANSWER = "Open-ended Verifiable Question", "Ground-True Answer"
+REWARD_LOG = "reward_calls.jsonl"
+ALGORITHM_COLOURS = {"ppo": "tab:blue", "grpo": "tab:orange", "rloo": "tab:green"}
+
+
+def load_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_json(path, value):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f, ensure_ascii=False, indent=1)
+
+
+def load_note():
+    one, five, _ = os.getloadavg()
+    return f"load {one:.1f} (5 min {five:.1f})"
+
+
+# ---- prepare --------------------------------------------------------------------------------------
+PREPARE_SETTINGS = ("sft_epochs", "sft_learning_rate", "verifier_epochs", "verifier_learning_rate", "value_layers",
+                    "temperature", "min_p", "max_p")  # fmt: skip
+
+
+def demo_items():
+    """The demo exam items that carry a verifiable question (the others are the ambiguous NOT / EXCEPT ones)."""
+    items = load_json(os.path.join(REPO_ROOT, "data", "demo_data.json"))
+    return [it for it in items if it.get(QUESTION) and it.get(ANSWER)]
+
+
+def short_answer(option):
+    """Thinking and final response of the SFT rows, and what the verifier pairs and the option scoring read."""
+    return f"The findings fit {option} best.", f"The answer is {option}."
+
+
+def verifier_pairs(items, seed=0):
+    """(response, reference_answer, verdict) rows: each item's right answer and wrong ones (its other options and two
+    other items' answers), each phrased as the SFT policy answers and bare."""
+    rng = random.Random(seed)
+    answers = [it[ANSWER] for it in items]
+    rows = []
+    for item in items:
+        reference = item[ANSWER]
+        wrong = [o for o in item["options"].values() if o != item["answer"]]
+        wrong += rng.sample([a for a in answers if a != reference], 2)
+        for candidate, verdict in [(reference, True)] + [(w, False) for w in wrong]:
+            for phrasing in (short_answer(candidate)[1], candidate):
+                rows.append({"response": phrasing, "reference_answer": reference, "verdict": verdict})
+    rng.shuffle(rows)
+    return rows
+
+
+def truncated_value_model(base, layers, out):
+    """A 1-label value model from the base's embeddings and first `layers` blocks (new head): PPO's cheaper critic."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(base)
+    config.num_hidden_layers, config.num_labels = layers, 1
+    if getattr(config, "layer_types", None):
+        config.layer_types = config.layer_types[:layers]
+    full = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config)
+    missing, _ = model.model.load_state_dict(full.model.state_dict(), strict=False)
+    assert not missing, missing  # every kept block and the final norm come from the base
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base).save_pretrained(out)
+
+
+def run_logged(command, log_path, threads):
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(threads),
+        TOKENIZERS_PARALLELISM="false",
+        WANDB_MODE="disabled",
+        TQDM_DISABLE="1",
+    )
+    log = open(log_path, "w")
+    return subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env), log
+
+
+def wait_all(processes):
+    for (process, log), what in processes:
+        process.wait()
+        log.close()
+        if process.returncode:
+            raise SystemExit(f"{what} failed (exit {process.returncode}); see {log.name}")
+
+
+def option_probabilities(policy_dir, items, temperature):
+    """Per item: the SFT policy's probability of answering each option (whole answer text, scored teacher-forced),
+    the options renormalised and sharpened by the sampling temperature; returns the right option's."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from huatuo_o1.answer_format import assistant_turn
+    from huatuo_o1.rl.loading import prompt_ids
+    from huatuo_o1.training import pad_batch
+
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    policy = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32).eval()
+    rows = []  # (item index, is right, prompt ids, answer ids)
+    for i, item in enumerate(items):
+        prompt = prompt_ids(tokenizer, item[QUESTION])
+        for option in item["options"].values():
+            answer = tokenizer(assistant_turn(*short_answer(option)), add_special_tokens=False)["input_ids"]
+            rows.append((i, option == item["answer"], prompt, answer))
+    scores = []
+    for start in range(0, len(rows), 16):
+        chunk = rows[start : start + 16]
+        ids, mask = pad_batch([p + a for _, _, p, a in chunk], tokenizer.eos_token_id, side="right")
+        with torch.no_grad():
+            logits = policy(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        logprobs = torch.log_softmax(logits, -1)
+        token_logprobs = logprobs.gather(-1, ids[:, 1:, None])[..., 0]
+        for row, (_, _, p, a) in enumerate(chunk):
+            scores.append(token_logprobs[row, len(p) - 1 : len(p) + len(a) - 1].sum().item())
+    right = []
+    for i in range(len(items)):
+        mine = [(s / temperature, ok) for (j, ok, _, _), s in zip(rows, scores) if j == i]
+        weights = torch.softmax(torch.tensor([s for s, _ in mine]), 0)
+        right.append(sum(w.item() for w, (_, ok) in zip(weights, mine) if ok))
+    return right
+
+
+def prepare(args):
+    """The prepared policy, verifier, value model and RL problems: from the cache, or made now (and cached)."""
+    base = (
+        args.base_model
+        or subprocess.run(
+            [sys.executable, os.path.join(REPO_ROOT, "tools", "get_smollm2.py")],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    items = demo_items()
+    key_source = json.dumps(
+        {"settings": {k: getattr(args, k) for k in PREPARE_SETTINGS}, "items": items, "version": 2,
+         "base": load_json(os.path.join(base, "config.json"))}, sort_keys=True,
+    )  # fmt: skip
+    folder = os.path.join(args.cache_dir, hashlib.sha256(key_source.encode()).hexdigest()[:16])
+    done = os.path.join(folder, "prepared.json")
+    if os.path.exists(done) and not args.fresh:
+        prepared = load_json(done)
+        prepared["cached"] = True
+        return prepared
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    start, py = time.time(), sys.executable
+    paths = {name: os.path.join(folder, f"{name}.json") for name in ("problems", "sft_data", "verifier_pairs")}
+    write_json(paths["problems"], [{QUESTION: it[QUESTION], ANSWER: it[ANSWER]} for it in items])
+    sft_rows = [dict(zip(("Question", "Complex_CoT", "Response"), (it[QUESTION], *short_answer(it[ANSWER]))))
+                for it in items]  # fmt: skip
+    write_json(paths["sft_data"], sft_rows)
+    write_json(paths["verifier_pairs"], verifier_pairs(items))
+    value_dir = os.path.join(folder, "value")
+    truncated_value_model(base, args.value_layers, value_dir)
+
+    # The SFT and the verifier train side by side, one thread each.
+    sft = run_logged([py, "SFT_stage1.py", "--model_path", base, "--data_path", paths["sft_data"],
+                      "--output_dir", os.path.join(folder, "sft"), "--experiment_name", "sft",
+                      "--log_dir", os.path.join(folder, "sft_logs"), "--n_epochs", str(args.sft_epochs),
+                      "--train_bsz_per_gpu", "4", "--gradient_accumulation_steps", "1",
+                      "--learning_rate", args.sft_learning_rate, "--max_seq_len", "512", "--report_to", "none",
+                      "--gradient_checkpointing", "False", "--save_training_state", "False", "--seed", "0"],
+                     os.path.join(folder, "sft.log"), 1)  # fmt: skip
+    verifier_dir = os.path.join(folder, "verifier")
+    verifier = run_logged([py, "train_verifier.py", "--model_path", base, "--eval_before_training", "False",
+                           "--data_path", paths["verifier_pairs"], "--output_dir", verifier_dir, "--max_length", "256",
+                           "--learning_rate", args.verifier_learning_rate,
+                           "--head_learning_rate", "1e-3", "--n_epochs", str(args.verifier_epochs),
+                           "--train_bsz_per_gpu", "8", "--save_epoch_state", "False", "--report_to", "none",
+                           "--eval_fraction", "0.15", "--seed", "0"],
+                          os.path.join(folder, "verifier.log"), 1)  # fmt: skip
+    wait_all([(sft, "SFT"), (verifier, "verifier training")])
+    sft_summary = load_json(os.path.join(folder, "sft", "sft", "training_summary.json"))
+    verifier_summary = load_json(os.path.join(verifier_dir, "verifier_summary.json"))
+
+    p_right = option_probabilities(sft_summary["final_checkpoint"], items, args.temperature)
+    chosen = [i for i, p in enumerate(p_right) if args.min_p <= p <= args.max_p]
+    paths["rl_problems"] = os.path.join(folder, "rl_problems.json")
+    write_json(paths["rl_problems"], [{QUESTION: items[i][QUESTION], ANSWER: items[i][ANSWER]} for i in chosen])
+    prepared = {
+        "base": base, "policy": sft_summary["final_checkpoint"], "verifier": verifier_dir, "value": value_dir, **paths,
+        "rl_problem_p_right": [round(p_right[i], 3) for i in chosen],
+        "p_right_all": [round(p, 3) for p in p_right],
+        "sft": {k: sft_summary.get(k) for k in ("examples", "optimizer_steps", "first_loss", "last_loss")},
+        "verifier_heldout": verifier_summary.get("heldout"), "verifier_string_match": verifier_summary.get("baseline"),
+        "seconds": round(time.time() - start, 1), "load_after": load_note(),
+    }  # fmt: skip
+    write_json(done, prepared)
+    prepared["cached"] = False
+    return prepared
+
+
+# ---- one RL run (in a child process) -------------------------------------------------------------
+def child(out, argv, threads):
+    """RL_stage2.py run whole in this process, every reward call logged; then this process's peak RSS."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from huatuo_o1 import verifier
+    from huatuo_o1.answer_format import final_answer
+    from huatuo_o1.verifier_training import string_match
+
+    real_call = verifier.VerifierReward.__call__
+
+    def logged_call(self, responses, references):
+        result = real_call(self, responses, references)
+        answers = [final_answer(r) for r in responses]
+        matched = [a is not None and string_match(a, ref) for a, ref in zip(answers, references)]
+        says = (result.p_correct > self.threshold).tolist()
+        formed = result.well_formed.tolist()
+        agree = [s == m for s, m, w in zip(says, matched, formed) if w]
+        with open(os.path.join(out, REWARD_LOG), "a") as f:
+            f.write(json.dumps({
+                "time": time.time(), "n": len(responses), "reward": result.rewards.float().mean().item(),
+                "format_rate": sum(formed) / len(formed), "string_match": sum(matched) / len(matched),
+                "verifier_agrees": sum(agree) / max(1, len(agree)), "example": responses[0][:200],
+            }) + "\n")  # fmt: skip
+        return result
+
+    verifier.VerifierReward.__call__ = logged_call
+    sys.argv = ["RL_stage2.py", *argv]
+    try:
+        runpy.run_path(os.path.join(REPO_ROOT, "RL_stage2.py"), run_name="__main__")
+    except SystemExit as exit_:
+        if exit_.code not in (None, 0):
+            raise
+    summary = load_json(os.path.join(out, "rl_summary.json"))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    summary["peak_rss_mb"] = round(usage.ru_maxrss / 1024)
+    # one thread: on an otherwise idle core the run's wall time would be about its CPU time
+    summary["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 1)
+    write_json(os.path.join(out, "child_summary.json"), summary)
+
+
+def rl_argv(args, prepared, algorithm, seed, out):
+    per_device = min(args.micro_batch, args.batch)
+    argv = [
+        "--model_name_or_path", prepared["policy"], "--reward_model_path", prepared["verifier"],
+        "--value_model_path", prepared["value"], "--dataset_name", prepared["rl_problems"], "--output_dir", out,
+        "--rl_algorithm", algorithm, "--seed", str(seed), "--response_length", str(args.response_length),
+        "--temperature", str(args.temperature), "--local_rollout_forward_batch_size", str(args.batch),
+        "--per_device_train_batch_size", str(per_device),
+        "--gradient_accumulation_steps", str(args.batch // per_device),
+        "--num_mini_batches", "1", "--total_episodes", str(args.batch * args.updates), "--num_ppo_epochs", "1",
+        "--learning_rate", str(args.learning_rate), "--kl_coef", str(args.kl_coef),
+        "--num_generations", str(args.num_generations), "--eval_fraction", str(args.eval_fraction),
+        "--lr_scheduler_type", "constant", "--warmup_steps", "0", "--bf16", "False",
+        "--gradient_checkpointing", "False",
+        "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none", "--logging_steps", "1",
+    ]  # fmt: skip
+    return argv
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def collect(out, algorithm):
+    """Per-update records: the reward calls between the first and the last (those two score the held-out problems,
+    greedy, before and after), with the KL from the algorithm's own log."""
+    summary = load_json(os.path.join(out, "child_summary.json"))
+    calls = read_jsonl(os.path.join(out, REWARD_LOG))
+    if algorithm == "ppo":
+        kls = [
+            r["objective/kl"] / max(r["val/response_length"], 1) for r in read_jsonl(os.path.join(out, "rl_log.jsonl"))
+        ]
+    else:
+        kls = [r.get("kl") for r in load_json(os.path.join(out, "rl_trl_log.json"))]
+    records = []
+    for i, call in enumerate(calls[1:-1]):
+        records.append({
+            "update": i + 1, "reward": call["reward"], "format_rate": call["format_rate"],
+            "string_match": call["string_match"], "verifier_agrees": call["verifier_agrees"],
+            "kl_per_token": kls[i] if i < len(kls) else None, "seconds": round(call["time"] - calls[i]["time"], 1),
+        })  # fmt: skip
+    return {"records": records, "summary": summary, "examples": [c["example"] for c in calls[-3:-1]]}
+
+
+def run_all(args, prepared, on_finish):
+    """Every (algorithm, seed) as a child process, --parallel at a time; returns {run name: collected}.
+    on_finish(results so far) after each run."""
+    jobs = [(a, s) for a in args.algorithms for s in args.seeds]
+    results, running = {}, []
+
+    def finish(job):
+        (process, log), (algorithm, seed), out, started, load_before = job
+        process.wait()
+        log.close()
+        if process.returncode:
+            raise SystemExit(f"{algorithm} seed {seed} failed; see {log.name}")
+        run = collect(out, algorithm)
+        run["summary"].update(wall_seconds=round(time.time() - started, 1), load_at_start=load_before,
+                              load_at_end=load_note())  # fmt: skip
+        results[f"{algorithm}_seed{seed}"] = run
+        report_run(algorithm, seed, run)
+        on_finish(results)
+
+    for algorithm, seed in jobs:
+        if len(running) == args.parallel:
+            finish(running.pop(0))
+        out = os.path.join(args.output_dir, "runs", f"{algorithm}_seed{seed}")
+        shutil.rmtree(out, ignore_errors=True)
+        os.makedirs(out)
+        argv = rl_argv(args, prepared, algorithm, seed, out)
+        command = [sys.executable, os.path.abspath(__file__), "--child_out", out, "--child_argv", json.dumps(argv),
+                   "--threads", str(args.threads)]  # fmt: skip
+        print(f"{algorithm} seed {seed}: started ({load_note()})", flush=True)
+        process = run_logged(command, os.path.join(out, "stdout.log"), args.threads)
+        running.append((process, (algorithm, seed), out, time.time(), load_note()))
+    for job in running:
+        finish(job)
+    return results
+
+
+def fifths(values):
+    n = max(1, len(values) // 5)
+    return sum(values[:n]) / n, sum(values[-n:]) / n
+
+
+def report_run(algorithm, seed, run):
+    rewards, s = [r["reward"] for r in run["records"]], run["summary"]
+    first, last = fifths(rewards)
+    per_update = s["seconds"] / max(1, len(rewards))
+    print(f"  {algorithm} seed {seed}: reward first fifth {first:.3f} -> last fifth {last:.3f} ({last - first:+.3f}); "
+          f"{len(rewards)} updates, {per_update:.1f} s/update, {s['wall_seconds']:.0f} s wall "
+          f"({s['cpu_seconds']:.0f} s CPU), peak RSS "
+          f"{s['peak_rss_mb']} MB; held-out {s['eval_start']['mean_reward']:.2f} -> "
+          f"{s['eval_end']['mean_reward']:.2f} "
+          f"({s['eval_problems']} problems, greedy); {s['load_at_end']}", flush=True)  # fmt: skip
+
+
+# ---- report ---------------------------------------------------------------------------------------
+def table(results):
+    rows = []
+    for name, run in results.items():
+        records, s = run["records"], run["summary"]
+        first, last = fifths([r["reward"] for r in records])
+        match_first, match_last = fifths([r["string_match"] for r in records])
+        rows.append({
+            "run": name, "updates": len(records), "reward_first_fifth": round(first, 3),
+            "reward_last_fifth": round(last, 3), "gain": round(last - first, 3),
+            "string_match_first_fifth": round(match_first, 3), "string_match_last_fifth": round(match_last, 3),
+            "verifier_agrees": round(sum(r["verifier_agrees"] for r in records) / max(1, len(records)), 3),
+            "kl_per_token_last": records[-1]["kl_per_token"] if records else None,
+            "seconds_per_update": round(s["seconds"] / max(1, len(records)), 1), "wall_seconds": s["wall_seconds"],
+            "cpu_seconds": s["cpu_seconds"],
+            "peak_rss_mb": s["peak_rss_mb"], "heldout_before": s["eval_start"]["mean_reward"],
+            "heldout_after": s["eval_end"]["mean_reward"], "load_at_end": s["load_at_end"],
+        })  # fmt: skip
+    return rows
+
+
+def plot(args, results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    grouped = {}
+    for name, run in results.items():
+        grouped.setdefault(name.split("_seed")[0], []).append(run)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    panels = [("reward", "mean verifier reward, sampled training answers"),
+              ("string_match", "share of sampled answers naming the reference"),
+              ("kl_per_token", "KL to the reference per token (PPO k1, trl k3)")]  # fmt: skip
+    for algorithm, runs in grouped.items():
+        n = min(len(run["records"]) for run in runs)
+        x = np.arange(1, n + 1)
+        for ax, (key, _) in zip(axes, panels):
+            values = np.array([[np.nan if r[key] is None else r[key] for r in run["records"][:n]] for run in runs])
+            colour = ALGORITHM_COLOURS.get(algorithm)
+            ax.plot(x, np.nanmean(values, axis=0), color=colour, label=f"{algorithm} (mean of {len(runs)} seeds)")
+            ax.fill_between(x, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=colour, alpha=0.2)
+    for ax, (key, title) in zip(axes, panels):
+        ax.set(title=title, xlabel="update", **({} if key == "kl_per_token" else {"ylim": (-0.05, 1.05)}))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"RL from a partly competent SmolLM2-135M (CPU): {args.batch} sampled responses per update, "
+                 f"lr {args.learning_rate}; band = min..max over seeds", fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default=os.path.join(REPO_ROOT, "bench_out", "rl_learning"))
+    parser.add_argument("--cache_dir", default=os.path.join(REPO_ROOT, ".cache", "rl_learning"))
+    parser.add_argument("--fresh", action="store_true", help="prepare again even when the cache has it")
+    parser.add_argument("--prepared", help="a prepared.json (policy, verifier, value, rl_problems) to use instead")
+    parser.add_argument("--base_model", help="default: SmolLM2-135M-Instruct (tools/get_smollm2.py)")
+    prep = parser.add_argument_group("prepare")
+    prep.add_argument("--sft_epochs", type=int, default=2)
+    prep.add_argument("--sft_learning_rate", default="2e-4")
+    prep.add_argument("--verifier_epochs", type=int, default=1)
+    prep.add_argument("--verifier_learning_rate", default="5e-5")
+    prep.add_argument("--value_layers", type=int, default=6, help="PPO's value model: the base's first N blocks")
+    prep.add_argument("--min_p", type=float, default=0.15, help="RL problems: right option's probability at least")
+    prep.add_argument("--max_p", type=float, default=0.85, help="... and at most")
+    rl = parser.add_argument_group("RL")
+    rl.add_argument("--algorithms", nargs="+", default=["ppo", "grpo", "rloo"])
+    rl.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
+    rl.add_argument("--updates", type=int, default=10)
+    rl.add_argument("--batch", type=int, default=16, help="sampled responses per update, every algorithm")
+    rl.add_argument("--micro_batch", type=int, default=8)
+    rl.add_argument("--response_length", type=int, default=48)
+    rl.add_argument("--temperature", type=float, default=0.7)
+    rl.add_argument("--learning_rate", type=float, default=2e-5)
+    rl.add_argument("--kl_coef", type=float, default=0.03, help="PPO's kl_coef, GRPO / RLOO's beta")
+    rl.add_argument("--num_generations", type=int, default=4)
+    rl.add_argument("--eval_fraction", type=float, default=0.2)
+    rl.add_argument("--parallel", type=int, default=2, help="RL runs side by side")
+    rl.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--child_out", help=argparse.SUPPRESS)
+    parser.add_argument("--child_argv", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_out:
+        return child(args.child_out, json.loads(args.child_argv), args.threads)
+
+    started = time.time()
+    print(f"bench/rl_learning.py: {load_note()}, {os.cpu_count()} CPUs", flush=True)
+    prepared = dict(load_json(args.prepared), cached=True) if args.prepared else prepare(args)
+    how = "from the cache" if prepared["cached"] else f"made in {prepared['seconds']:.0f} s"
+    print(f"prepared ({how}): {len(load_json(prepared['rl_problems']))} RL problems; SFT loss "
+          f"{prepared['sft']['first_loss']:.2f} -> {prepared['sft']['last_loss']:.2f}; verifier held-out "
+          f"accuracy {prepared['verifier_heldout']['accuracy']:.2f}", flush=True)  # fmt: skip
+    os.makedirs(args.output_dir, exist_ok=True)
+    results = run_all(args, prepared, lambda done: write_report(args, prepared, done, started, final=False))
+    write_report(args, prepared, results, started, final=True)
+
+
+def write_report(args, prepared, results, started, final):
+    """rl_learning.json and rl_learning.png from the runs finished so far; the table when all are."""
+    rows = table(results)
+    peak = {}
+    for row in rows:
+        algorithm = row["run"].split("_seed")[0]
+        peak[algorithm] = max(peak.get(algorithm, 0), row["peak_rss_mb"])
+    total = round(time.time() - started, 1)
+    settings = {k: v for k, v in vars(args).items() if k not in ("child_out", "child_argv")}
+    write_json(os.path.join(args.output_dir, "rl_learning.json"),
+               {"settings": settings, "prepared": prepared, "table": rows, "peak_rss_mb": peak,
+                "seconds_total": total, "complete": final, "runs": results})  # fmt: skip
+    plot(args, results, os.path.join(args.output_dir, "rl_learning.png"))
+    if not final:
+        return
+    print("\nrun | reward first fifth -> last fifth (gain) | string match | s/update | peak RSS MB | held-out")
+    for r in rows:
+        print(f"{r['run']} | {r['reward_first_fifth']:.3f} -> {r['reward_last_fifth']:.3f} ({r['gain']:+.3f}) | "
+              f"{r['string_match_first_fifth']:.2f} -> {r['string_match_last_fifth']:.2f} | "
+              f"{r['seconds_per_update']} | "
+              f"{r['peak_rss_mb']} | {r['heldout_before']:.2f} -> {r['heldout_after']:.2f}")  # fmt: skip
+    print("peak RSS per algorithm (MB): " + ", ".join(f"{a} {m}" for a, m in peak.items()))
+    print(
+        f"total {total:.0f} s ({'preparation cached' if prepared['cached'] else 'including preparation'}); "
+        f"{load_note()}"
+    )
+    # On an idle machine each one-thread run takes about its CPU time, --parallel of them at once.
+    cpu = sum(r["cpu_seconds"] for r in rows)
+    print(f"RL CPU time {cpu:.0f} s: about {cpu / args.parallel / 60:.1f} min of RL on {args.parallel} idle cores")
+    print(f"wrote {os.path.join(args.output_dir, 'rl_learning.png')} and rl_learning.json")
+
+
+if __name__ == "__main__":
+    main()
