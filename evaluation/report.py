@@ -14,7 +14,7 @@ import sys
 
 from huatuo_o1 import cli
 from huatuo_o1.evaluation import report, scoring
-from huatuo_o1.records import InputError, write_json_atomic
+from huatuo_o1.records import InputError, read_json, write_json_atomic
 
 RECORD_KEYS = ("output", "options", "answer_idx")
 
@@ -23,15 +23,7 @@ def read_results(path: str) -> list[dict]:
     """The records of an eval.py results file; InputError (one line: the file, the row, what is wrong) otherwise."""
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such file (give the <name>.json that evaluation/eval.py wrote)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            results = json.load(f)
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text (byte {e.start}); not a results file of eval.py") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON (line {e.lineno}: {e.msg}); not a results file of eval.py") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot be read ({e.strerror})") from None
+    results = read_json(path)
     if not isinstance(results, list) or not results:
         raise InputError(f"{path}: a results file of eval.py is a non-empty JSON list of records; this is not")
     for index, record in enumerate(results):

@@ -73,7 +73,8 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
-def _read_local(path):
+def read_json(path: str) -> Any:
+    """A local JSON file (or JSONL: a list of rows), or one line saying what is wrong."""
     text = read_text(path, "JSON or JSONL file")
     if path.endswith(".jsonl"):
         rows = []
@@ -122,7 +123,7 @@ def load_records(
     elif not os.path.isfile(path_or_id):
         raise InputError(f"{path_or_id}: no such file (and not a Hugging Face dataset id of the form org/name)")
     else:
-        rows = _read_local(path_or_id)
+        rows = read_json(path_or_id)
     if not isinstance(rows, list):
         raise InputError(
             f"{path_or_id}: expected a JSON list of objects at the top level, found {type(rows).__name__}"

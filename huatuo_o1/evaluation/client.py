@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from huatuo_o1.evaluation import report, scoring
 from huatuo_o1.models import from_pretrained_or_explain
-from huatuo_o1.records import ANSWER_IDX, OPTIONS, QUESTION, InputError
+from huatuo_o1.records import ANSWER_IDX, OPTIONS, QUESTION, InputError, read_json
 
 if TYPE_CHECKING:
     from openai import OpenAI
@@ -126,13 +126,7 @@ def load_eval_items(path: str, max_items_per_source: int = -1) -> list[dict]:
             f"{path}: no such file (build the benchmark file with evaluation/prepare_eval_data.py, "
             "or try evaluation/data/demo_eval_data.json)"
         )
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    data = read_json(path)
     if isinstance(data, list):
         groups = {}
         for row in data:
