@@ -109,6 +109,19 @@ def sampling_grid(model_dir, grid, kv_cache_gib):
     return rows, {"engine_start_s": round(engine_start, 1), "first_push_s": round(push, 2)}
 
 
+def two_label_verifier(model_dir, folder):
+    """The model with a fresh 2-label head, saved as a sequence classifier: RL_stage2.py refuses a causal LM as the
+    verifier (its scores would come from an untrained head without saying so); here only the time counts."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        torch.manual_seed(0)
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2, dtype=torch.float32)
+        model.save_pretrained(folder)
+        AutoTokenizer.from_pretrained(model_dir).save_pretrained(folder)
+    return folder
+
+
 def ppo_update_times(model_dir, batch, new_tokens, output_dir, kv_cache_gib):
     from huatuo_o1.rl import ppo_trainer
     from huatuo_o1.rl.config import check_batch_sizes, parse_args
@@ -116,11 +129,12 @@ def ppo_update_times(model_dir, batch, new_tokens, output_dir, kv_cache_gib):
     from huatuo_o1.rl.vllm_rollout import engine_for_ppo
     from huatuo_o1.verifier import VerifierReward
 
+    verifier_dir = two_label_verifier(model_dir, os.path.join(output_dir, "verifier"))
     argv = [
         "--model_name_or_path",
         model_dir,
         "--reward_model_path",
-        model_dir,
+        verifier_dir,
         "--dataset_name",
         "unused.json",
         "--output_dir",
