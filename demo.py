@@ -26,6 +26,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -86,26 +87,56 @@ class Demo:
     def path(self, *parts):
         return os.path.join(self.out, *parts)
 
-    def run(self, stage, command):
-        """Run one stage's command, its output to the console and to logs/<stage>.log; stop the demo if it fails."""
+    def run(self, stage, command, env=None, label=False):
+        """Run one stage's command, its output to the console and to logs/<stage>.log; stop the demo if it fails.
+
+        label: prefix the console lines with the stage (stages running side by side)."""
         log_path = self.path("logs", f"{stage}.log")
         shown = " ".join(os.path.relpath(c, REPO) if c.startswith(REPO + os.sep) else c for c in command[1:])
         program = "python" if command[0] == sys.executable else command[0]
+        prefix = f"    [{stage}] " if label else "    "
         print(f"\n=== {stage}: {program} {shown}", flush=True)
         start = time.time()
         with open(log_path, "w") as log:
             process = subprocess.Popen(
-                command, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+                command, cwd=REPO, env=env or self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                bufsize=1,
             )
             for line in process.stdout:
                 log.write(line)
                 line = line.rstrip().split("\r")[-1]  # a progress bar redrawn in place: its last state
                 if line.strip() and not PROGRESS_BAR.search(line) or "100%|" in line:
-                    print("    " + line[:200], flush=True)
+                    print(prefix + line[:200], flush=True)
             process.wait()
         if process.returncode != 0:
             raise SystemExit(f"demo: stage '{stage}' failed (exit {process.returncode}); its log: {log_path}")
         return time.time() - start
+
+    def run_side_by_side(self, stages):
+        """Run {stage: command} at the same time; {stage: seconds}. Each vLLM server gets its own share of the CPU
+        cores (on CPU a vLLM server runs its model on the cores it is bound to: left to itself, each would take the
+        same ones)."""
+        cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+        cores = sorted(cores)
+        share = max(1, len(cores) // len(stages))
+        seconds, failures = {}, []
+
+        def one(index, stage, command):
+            mine = cores[index * share : (index + 1) * share] or cores[-share:]
+            env = dict(self.env, VLLM_CPU_OMP_THREADS_BIND=",".join(map(str, mine)))
+            try:
+                seconds[stage] = self.run(stage, command, env=env, label=True)
+            except SystemExit as failure:
+                failures.append(failure)
+
+        threads = [threading.Thread(target=one, args=(i, *item)) for i, item in enumerate(stages.items())]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if failures:
+            raise failures[0]
+        return seconds
 
     @staticmethod
     def load(path):
@@ -228,20 +259,25 @@ class Demo:
                                          f"{fmt(rl['eval_start']['mean_reward'])} -> "
                                          f"{fmt(rl['eval_end']['mean_reward'])}"))
 
-        # 6. Evaluation of the base and the trained model, each behind its own server (evaluation/serve.py --backend
-        #    auto: vLLM where installed, as `make demo` installs it; else `transformers serve`).
+        # 6. Evaluation of the base and the trained model at the same time, each behind its own server
+        #    (evaluation/serve.py --backend auto: vLLM where installed, as `make demo` installs it; else
+        #    `transformers serve`).
+        models = {"base": base, "trained": rl_out}  # trained = SFT then RL
+        seconds = self.run_side_by_side({
+            f"eval_{name}": ["bash", os.path.join(REPO, "evaluation", "run_eval.sh"), model, "--eval_file", EVAL_FILE,
+                             "--max_items_per_source", str(self.size["eval_per_source"]),
+                             "--max_new_tokens", str(self.size["eval_new_tokens"]),
+                             "--output_dir", self.path("eval", name), "--seed", "0"]
+            for name, model in models.items()
+        })
         reports = {}
-        for name, model in (("base", base), ("trained", rl_out)):  # trained = SFT then RL
-            seconds = self.run(f"eval_{name}", ["bash", os.path.join(REPO, "evaluation", "run_eval.sh"), model,
-                                                "--eval_file", EVAL_FILE,
-                                                "--max_items_per_source", str(self.size["eval_per_source"]),
-                                                "--max_new_tokens", str(self.size["eval_new_tokens"]),
-                                                "--output_dir", self.path("eval", name), "--seed", "0"])
+        for name in models:
             reports[name] = self.load(find_report(self.path("eval", name)))
             overall = reports[name]["overall"]
-            self.rows.append((f"eval {name}", seconds, f"format {fmt(share(reports[name]['format_rate']))}, "
-                                                       f"accuracy {fmt(share(overall['paper_accuracy']))} "
-                                                       f"over {overall['n']} questions"))
+            self.rows.append((f"eval {name}", seconds[f"eval_{name}"],
+                              f"format {fmt(share(reports[name]['format_rate']))}, "
+                              f"accuracy {fmt(share(overall['paper_accuracy']))} over {overall['n']} questions "
+                              "(side by side)"))
         self.figures["eval"] = reports
 
         # 7. The trained model answering a new question, streamed (what inference.py shows a user).

@@ -10,6 +10,8 @@ its ChatML chat template. It runs once: a later call finds the finished folder a
 """
 
 import argparse
+import contextlib
+import fcntl
 import importlib.util
 import json
 import os
@@ -55,10 +57,26 @@ def is_complete(output_dir):
         return False
 
 
+@contextlib.contextmanager
+def build_lock(output_dir):
+    """One builder at a time (test workers, the demo and a test may ask at once); the others wait, then find it."""
+    os.makedirs(os.path.dirname(output_dir), exist_ok=True)
+    with open(output_dir + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def materialise(output_dir=DEFAULT_DIR):
     """Return the folder, building it first if it is not complete."""
     if is_complete(output_dir):
         return output_dir
+    with build_lock(output_dir):
+        if not is_complete(output_dir):  # built by the caller we waited for
+            build(output_dir)
+    return output_dir
+
+
+def build(output_dir):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -98,9 +116,7 @@ def materialise(output_dir=DEFAULT_DIR):
             f,
         )
     shutil.rmtree(output_dir, ignore_errors=True)
-    os.makedirs(os.path.dirname(output_dir), exist_ok=True)
     os.replace(partial, output_dir)
-    return output_dir
 
 
 def main():
