@@ -36,7 +36,7 @@ import openai
 from tqdm import tqdm
 
 from huatuo_o1.cli import check_ranges
-from huatuo_o1.outputs import check_outputs
+from huatuo_o1.outputs import check_outputs, rows_in
 from huatuo_o1.records import (
     InputError,
     digest,
@@ -604,19 +604,6 @@ def output_names(output_path: str) -> tuple[str, str, str]:
     return output_path, f"{stem}_records.json", f"{stem}_summary.json"
 
 
-def rows_in(path: str) -> int | None:
-    """How many rows an earlier output file holds (None: there is none); not a JSON list: InputError."""
-    if not os.path.exists(path):
-        return None
-    try:
-        rows = json.loads(read_text(path, "JSON file"))
-    except json.JSONDecodeError:
-        rows = None
-    if not isinstance(rows, list):
-        raise InputError(f"--output_path {path} exists and is not a JSON list of rows: pass another --output_path")
-    return len(rows)
-
-
 def check_output_paths(job: "JobArguments") -> None:
     """Before the work: the output files and the progress folder can be written, and none of them is the input.
 
@@ -631,7 +618,7 @@ def check_output_paths(job: "JobArguments") -> None:
         outputs.append(("the output file's folder", os.getcwd(), True))
     check_outputs(outputs, {"--data_path": job.data_path})
     if job.output_path:
-        rows_in(job.output_path)
+        rows_in(job.output_path, "--output_path", lists_only=True)
 
 
 def write_outputs(output_path: str, main_rows: list[dict], entries: list[dict], summary: dict) -> dict:
@@ -649,7 +636,7 @@ def write_outputs(output_path: str, main_rows: list[dict], entries: list[dict], 
         f"tokens {summary['prompt_tokens']} prompt + {summary['completion_tokens']} completion",
         flush=True,
     )
-    before = rows_in(output_path)
+    before = rows_in(output_path, "--output_path", lists_only=True)
     problem = None
     if entries and len(failed) == len(entries):
         problem = f"every item failed ({len(failed)})"

@@ -80,18 +80,30 @@ def count_rows(data: object) -> int | None:
     return None
 
 
-def keep_larger_result(path: str, new_rows: int, flag: str) -> None:
-    """InputError, leaving path as it is, when it holds a result with more rows than the new one, or something
-    that is not a result of this kind at all (a mistyped path must not be overwritten)."""
+def rows_in(path: str, flag: str, lists_only: bool = False) -> int | None:
+    """Rows of the result an earlier run left at path (None: there is none). InputError when the file is no result
+    of this kind, a JSON list of rows (unless lists_only, also a dict of such lists): a mistyped path is never
+    overwritten."""
     if not os.path.exists(path):
-        return
+        return None
     try:
         with open(path, encoding="utf-8") as f:
-            old_rows = count_rows(json.load(f))
+            data = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        old_rows = None
+        data = None
+    rows = (len(data) if isinstance(data, list) else None) if lists_only else count_rows(data)
+    if rows is None:
+        kind = "a JSON list of rows" if lists_only else "a result of this script"
+        raise InputError(f"{flag} {path} exists and is not {kind}: not replaced; use another {flag}")
+    return rows
+
+
+def keep_larger_result(path: str, new_rows: int, flag: str) -> None:
+    """InputError, leaving path as it is, when it holds a result with more rows than the new one, or something
+    that is not a result of this kind at all."""
+    old_rows = rows_in(path, flag)
     if old_rows is None:
-        raise InputError(f"{flag} {path} exists and is not a result of this script: not replaced; use another {flag}")
+        return
     if new_rows < old_rows:
         raise InputError(
             f"{flag} {path} holds {old_rows} rows, this run made {new_rows}: the old file is kept. Delete it or "
