@@ -99,7 +99,12 @@ class Demo:
         start = time.time()
         with open(log_path, "w") as log:
             process = subprocess.Popen(
-                command, cwd=REPO, env=env or self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                command,
+                cwd=REPO,
+                env=env or self.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
                 bufsize=1,
             )
             for line in process.stdout:

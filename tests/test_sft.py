@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithFl
 from huatuo_o1 import training
 from huatuo_o1.models import load_chat_tokenizer
 from huatuo_o1.records import InputError, load_records
+from huatuo_o1.serving import free_port
 from huatuo_o1.sft import GROUP_BATCHES, EpochSampler, build_examples, next_token_loss, pad_collate, stop_token_ids
 from tests.scripts import record_calls, reset_accelerate, run_script
 
@@ -528,7 +529,8 @@ def test_two_process_deepspeed_zero3_run_on_cpu(tiny_models, tmp_path):
     data = write_rows(str(tmp_path), DEMO_ROWS * 2)  # 16 examples: 2 processes x batch 2 -> 4 steps per epoch
     out = str(tmp_path / "out")
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    launcher = (accelerate, "launch", "--config_file", "configs/deepspeed_zero3_cpu.yaml", "--num_processes", "2")
+    launcher = (accelerate, "launch", "--config_file", "configs/deepspeed_zero3_cpu.yaml", "--num_processes", "2",
+                "--main_process_port", str(free_port()))  # fmt: skip
     run_ok(
         *common_flags(
             tiny_models["tiny-llama"], data, out, n_epochs=2, learning_rate=3e-3, gradient_checkpointing=True

@@ -15,6 +15,7 @@ from huatuo_o1 import training
 from huatuo_o1 import verifier_training as vt
 from huatuo_o1.records import InputError
 from huatuo_o1.rl import loading
+from huatuo_o1.serving import free_port
 from huatuo_o1.verifier import VerifierReward, verifier_input
 from tests.rl_helpers import write_problems
 from tests.scripts import record_calls, reset_accelerate, run_ok, run_script
@@ -530,6 +531,8 @@ def test_zero3_two_processes(tiny_models, tmp_path, repo_root):
             str(config),
             "--num_processes",
             "2",
+            "--main_process_port",  # not the default 29500: another run on this machine may hold it
+            str(free_port()),
             "train_verifier.py",
             "--model_path",
             backbone,

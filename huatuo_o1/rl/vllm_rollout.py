@@ -27,6 +27,7 @@ import time
 import torch
 
 from huatuo_o1.records import InputError
+from huatuo_o1.serving import free_port
 
 GIB = 1 << 30
 
@@ -234,6 +235,10 @@ def trl_vllm_arguments(config, policy, prompts):
             "token, so its checkpoint no longer fits trl's vLLM engine; give the tokenizer a pad token "
             "distinct from eos (or use PPO, whose engine takes the resized policy)"
         )
+    if "MASTER_PORT" not in os.environ:  # one process, not started by a launcher
+        # trl's colocated engine sets up torch.distributed even in one process, on port 29500 whenever that port is
+        # free at that moment: two runs starting together on one machine both took it ("address already in use").
+        os.environ["MASTER_PORT"] = str(free_port())
     return dict(
         use_vllm=True,
         vllm_mode="colocate",
