@@ -483,12 +483,14 @@ def run_items(
             if teacher.stop.is_set():
                 return None
             store.save(key, entry)
+            saved.append(entry)
             finished.put(entry)
         return entry
 
     # Daemon threads, never joined: on Ctrl-C the main thread returns at once while a request in flight
     # finishes (or not) on its own, unsaved; teacher.stop keeps every thread from sending another one.
     todo, finished, saving = queue.SimpleQueue(), queue.SimpleQueue(), threading.Lock()
+    saved = []  # every entry saved by this run, in the order saved (under `saving`)
     for key_and_item in pending:
         todo.put(key_and_item)
 
@@ -540,15 +542,13 @@ def run_items(
     except KeyboardInterrupt:
         with saving:
             teacher.stop.set()
-        while not finished.empty():
-            entry = finished.get()
-            if not isinstance(entry, Exception):
-                count(entry)
+            kept = list(saved)  # not what the main loop counted: Ctrl-C may land between a get() and its count()
         bar.close()
+        done, failed = (sum(entry["status"] == status for entry in kept) for status in ("done", "failed"))
         not_started = todo.qsize()
         raise KeyboardInterrupt(
             f"{desc}: {resumed + done} item(s) finished and kept in {store.folder} ({done} in this run); "
-            f"{failed} failed, {len(pending) - received - not_started} in flight abandoned, {not_started} not "
+            f"{failed} failed, {len(pending) - len(kept) - not_started} in flight abandoned, {not_started} not "
             "started: rerun the same command to do them (no output file written)"
         ) from None
     bar.close()
