@@ -91,8 +91,8 @@ def rows_in(path: str, flag: str, lists_only: bool = False) -> int | None:
             data = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         data = None
-    rows = (len(data) if isinstance(data, list) else None) if lists_only else count_rows(data)
-    if rows is None:
+    rows = count_rows(data)
+    if rows is None or lists_only and not isinstance(data, list):
         kind = "a JSON list of rows" if lists_only else "a result of this script"
         raise InputError(f"{flag} {path} exists and is not {kind}: not replaced; use another {flag}")
     return rows

@@ -223,7 +223,8 @@ def engine_for_ppo(config, trainer, prompts):
 
 # ---- trl's colocated vLLM (GRPO / RLOO) on CPU ------------------------------------------------------
 def trl_vllm_arguments(config, policy, prompts):
-    """GRPOConfig / RLOOConfig fields for trl's colocated vLLM ({} without --use_vllm)."""
+    """GRPOConfig / RLOOConfig fields for trl's colocated vLLM ({} without --use_vllm); in one process, also a
+    rendezvous port of its own for trl's engine (MASTER_PORT)."""
     if not config.use_vllm:
         return {}
     from transformers import AutoConfig
