@@ -9,9 +9,11 @@
    built from the items' options (the right option and wrong ones, as the SFT policy phrases them
    and bare); PPO's value model, the base's first --value_layers blocks. (A verifier on the base's
    first 8 blocks, lr 1e-4, 1 epoch, learned nothing: held-out accuracy 0.33.) The SFT and the
-   verifier train side by side, one thread each. RL trains on the problems where the SFT policy's
-   sampling probability of the right option among the item's options
-   lies in [--min_p, --max_p]: the others give every response of a group the same reward.
+   verifier train side by side, one thread each. RL trains on the problems where the share of the SFT
+   policy's sampled answers (--selection_samples, as RL samples) that name the reference lies in
+   [--min_pass, --max_pass]: the others give every response of a group the same reward. (The policy's
+   teacher-forced probability of the right option among the item's options is no guide: 0.9 or more on
+   37 of 44 items, while its samples named the reference on few of them.)
 2. RL: for each algorithm and seed, RL_stage2.py in its own process (its own peak RSS), --parallel of
    them side by side with --threads threads each; every algorithm samples --batch responses per update
    (PPO: --batch prompts; GRPO / RLOO: --batch / --num_generations prompts x --num_generations).
@@ -60,8 +62,8 @@ def load_note():
 
 
 # ---- prepare --------------------------------------------------------------------------------------
-PREPARE_SETTINGS = ("sft_epochs", "sft_learning_rate", "verifier_epochs", "verifier_learning_rate", "value_layers",
-                    "temperature", "min_p", "max_p")  # fmt: skip
+PREPARE_SETTINGS = ("sft_epochs", "sft_learning_rate", "verifier_epochs", "verifier_learning_rate", "value_layers")
+SELECTION_SETTINGS = ("temperature", "response_length", "selection_samples", "min_pass", "max_pass")
 
 
 def demo_items():
@@ -130,44 +132,47 @@ def wait_all(processes):
             raise SystemExit(f"{what} failed (exit {process.returncode}); see {log.name}")
 
 
-def option_probabilities(policy_dir, items, temperature):
-    """Per item: the SFT policy's probability of answering each option (whole answer text, scored teacher-forced),
-    the options renormalised and sharpened by the sampling temperature; returns the right option's."""
+def sampled_pass_rates(policy_dir, items, args):
+    """Per item: the share of --selection_samples answers, sampled as RL samples them (pure temperature, up to
+    --response_length tokens), whose final answer names the reference (string match, which the verifier agrees with
+    on these answers). A policy sure of the right option when scored teacher-forced still writes other, shorter or
+    wrong answers when it samples, so the selection samples."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from huatuo_o1.answer_format import assistant_turn
+    from huatuo_o1.answer_format import final_answer
     from huatuo_o1.rl.loading import prompt_ids
     from huatuo_o1.training import pad_batch
+    from huatuo_o1.verifier_training import string_match
 
+    torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     policy = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32).eval()
-    rows = []  # (item index, is right, prompt ids, answer ids)
-    for i, item in enumerate(items):
-        prompt = prompt_ids(tokenizer, item[QUESTION])
-        for option in item["options"].values():
-            answer = tokenizer(assistant_turn(*short_answer(option)), add_special_tokens=False)["input_ids"]
-            rows.append((i, option == item["answer"], prompt, answer))
-    scores = []
-    for start in range(0, len(rows), 16):
-        chunk = rows[start : start + 16]
-        ids, mask = pad_batch([p + a for _, _, p, a in chunk], tokenizer.eos_token_id, side="right")
+    n = args.selection_samples
+    sample = GenerationConfig(max_new_tokens=args.response_length, do_sample=True, temperature=args.temperature,
+                              top_k=0, top_p=1.0, num_return_sequences=n, eos_token_id=tokenizer.eos_token_id,
+                              pad_token_id=tokenizer.eos_token_id)  # fmt: skip
+    rates = []
+    for start in range(0, len(items), 4):
+        chunk = items[start : start + 4]
+        ids, mask = pad_batch([prompt_ids(tokenizer, it[QUESTION]) for it in chunk], tokenizer.eos_token_id, "left")
         with torch.no_grad():
-            logits = policy(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        logprobs = torch.log_softmax(logits, -1)
-        token_logprobs = logprobs.gather(-1, ids[:, 1:, None])[..., 0]
-        for row, (_, _, p, a) in enumerate(chunk):
-            scores.append(token_logprobs[row, len(p) - 1 : len(p) + len(a) - 1].sum().item())
-    right = []
-    for i in range(len(items)):
-        mine = [(s / temperature, ok) for (j, ok, _, _), s in zip(rows, scores) if j == i]
-        weights = torch.softmax(torch.tensor([s for s, _ in mine]), 0)
-        right.append(sum(w.item() for w, (_, ok) in zip(weights, mine) if ok))
-    return right
+            out = policy.generate(input_ids=ids, attention_mask=mask, generation_config=sample)
+        replies = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+        for j, item in enumerate(chunk):
+            answers = [final_answer(reply) for reply in replies[j * n : (j + 1) * n]]
+            rates.append(sum(a is not None and string_match(a, item[ANSWER]) for a in answers) / n)
+    return rates
+
+
+def cache_key(value):
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def prepare(args):
-    """The prepared policy, verifier, value model and RL problems: from the cache, or made now (and cached)."""
+    """The prepared policy, verifier, value model and RL problems: from the cache, or made now (and cached).
+
+    The models are cached by their settings, the choice of RL problems by its own (a new --min_pass trains nothing)."""
     base = (
         args.base_model
         or subprocess.run(
@@ -180,16 +185,36 @@ def prepare(args):
         .splitlines()[-1]
     )
     items = demo_items()
-    key_source = json.dumps(
-        {"settings": {k: getattr(args, k) for k in PREPARE_SETTINGS}, "items": items, "version": 2,
-         "base": load_json(os.path.join(base, "config.json"))}, sort_keys=True,
+    folder = os.path.join(args.cache_dir, cache_key({
+        "settings": {k: getattr(args, k) for k in PREPARE_SETTINGS}, "items": items, "version": 2,
+        "base": load_json(os.path.join(base, "config.json"))}))  # fmt: skip
+    made_models = args.fresh or not os.path.exists(os.path.join(folder, "prepared.json"))
+    if made_models:
+        prepare_models(args, base, items, folder)
+    prepared = load_json(os.path.join(folder, "prepared.json"))
+    settings = {k: getattr(args, k) for k in SELECTION_SETTINGS}
+    selection_path = os.path.join(folder, f"selection_{cache_key(settings)}.json")
+    made_selection = made_models or not os.path.exists(selection_path)
+    if made_selection:
+        start = time.time()
+        rates = sampled_pass_rates(prepared["policy"], items, args)
+        chosen = [i for i, r in enumerate(rates) if args.min_pass <= r <= args.max_pass]
+        rows_path = os.path.join(folder, f"rl_problems_{cache_key(settings)}.json")
+        write_json(rows_path, [{QUESTION: items[i][QUESTION], ANSWER: items[i][ANSWER]} for i in chosen])
+        write_json(selection_path, {"settings": settings, "rl_problems": rows_path, "pass_rates": rates,
+                                    "chosen": chosen, "seconds": round(time.time() - start, 1)})  # fmt: skip
+    selection = load_json(selection_path)
+    prepared.update(
+        rl_problems=selection["rl_problems"],
+        rl_problem_pass_rates=[selection["pass_rates"][i] for i in selection["chosen"]],
+        pass_rates_all=selection["pass_rates"], selection_seconds=selection["seconds"],
+        cached=not (made_models or made_selection),
     )  # fmt: skip
-    folder = os.path.join(args.cache_dir, hashlib.sha256(key_source.encode()).hexdigest()[:16])
-    done = os.path.join(folder, "prepared.json")
-    if os.path.exists(done) and not args.fresh:
-        prepared = load_json(done)
-        prepared["cached"] = True
-        return prepared
+    return prepared
+
+
+def prepare_models(args, base, items, folder):
+    """SFT policy, verifier and value model into `folder`, summed up in its prepared.json."""
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
     start, py = time.time(), sys.executable
@@ -222,21 +247,13 @@ def prepare(args):
     sft_summary = load_json(os.path.join(folder, "sft", "sft", "training_summary.json"))
     verifier_summary = load_json(os.path.join(verifier_dir, "verifier_summary.json"))
 
-    p_right = option_probabilities(sft_summary["final_checkpoint"], items, args.temperature)
-    chosen = [i for i, p in enumerate(p_right) if args.min_p <= p <= args.max_p]
-    paths["rl_problems"] = os.path.join(folder, "rl_problems.json")
-    write_json(paths["rl_problems"], [{QUESTION: items[i][QUESTION], ANSWER: items[i][ANSWER]} for i in chosen])
     prepared = {
         "base": base, "policy": sft_summary["final_checkpoint"], "verifier": verifier_dir, "value": value_dir, **paths,
-        "rl_problem_p_right": [round(p_right[i], 3) for i in chosen],
-        "p_right_all": [round(p, 3) for p in p_right],
         "sft": {k: sft_summary.get(k) for k in ("examples", "optimizer_steps", "first_loss", "last_loss")},
         "verifier_heldout": verifier_summary.get("heldout"), "verifier_string_match": verifier_summary.get("baseline"),
         "seconds": round(time.time() - start, 1), "load_after": load_note(),
     }  # fmt: skip
-    write_json(done, prepared)
-    prepared["cached"] = False
-    return prepared
+    write_json(os.path.join(folder, "prepared.json"), prepared)
 
 
 # ---- one RL run (in a child process) -------------------------------------------------------------
@@ -440,14 +457,16 @@ def main():
     parser.add_argument("--fresh", action="store_true", help="prepare again even when the cache has it")
     parser.add_argument("--prepared", help="a prepared.json (policy, verifier, value, rl_problems) to use instead")
     parser.add_argument("--base_model", help="default: SmolLM2-135M-Instruct (tools/get_smollm2.py)")
+    parser.add_argument("--prepare_only", action="store_true", help="prepare (or find in the cache) and stop")
     prep = parser.add_argument_group("prepare")
     prep.add_argument("--sft_epochs", type=int, default=2)
     prep.add_argument("--sft_learning_rate", default="2e-4")
     prep.add_argument("--verifier_epochs", type=int, default=1)
     prep.add_argument("--verifier_learning_rate", default="5e-5")
     prep.add_argument("--value_layers", type=int, default=6, help="PPO's value model: the base's first N blocks")
-    prep.add_argument("--min_p", type=float, default=0.15, help="RL problems: right option's probability at least")
-    prep.add_argument("--max_p", type=float, default=0.85, help="... and at most")
+    prep.add_argument("--selection_samples", type=int, default=8, help="answers sampled per item (RL problem choice)")
+    prep.add_argument("--min_pass", type=float, default=0.125, help="RL problems: share of right answers at least")
+    prep.add_argument("--max_pass", type=float, default=0.875, help="... and at most")
     rl = parser.add_argument_group("RL")
     rl.add_argument("--algorithms", nargs="+", default=["ppo", "grpo", "rloo"])
     rl.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
@@ -471,10 +490,16 @@ def main():
     started = time.time()
     print(f"bench/rl_learning.py: {load_note()}, {os.cpu_count()} CPUs", flush=True)
     prepared = dict(load_json(args.prepared), cached=True) if args.prepared else prepare(args)
-    how = "from the cache" if prepared["cached"] else f"made in {prepared['seconds']:.0f} s"
-    print(f"prepared ({how}): {len(load_json(prepared['rl_problems']))} RL problems; SFT loss "
+    how = "from the cache" if prepared["cached"] else "made now"
+    rates = prepared["rl_problem_pass_rates"]
+    print(f"prepared ({how}; models {prepared['seconds']:.0f} s, choice {prepared['selection_seconds']:.0f} s): "
+          f"{len(rates)} RL problems of {len(prepared['pass_rates_all'])} (sampled pass rate of the SFT policy "
+          f"{min(rates, default=0):.2f}..{max(rates, default=0):.2f}, mean {sum(rates) / max(1, len(rates)):.2f}); "
+          f"SFT loss "
           f"{prepared['sft']['first_loss']:.2f} -> {prepared['sft']['last_loss']:.2f}; verifier held-out "
           f"accuracy {prepared['verifier_heldout']['accuracy']:.2f}", flush=True)  # fmt: skip
+    if args.prepare_only:
+        return
     os.makedirs(args.output_dir, exist_ok=True)
     results = run_all(args, prepared, lambda done: write_report(args, prepared, done, started, final=False))
     write_report(args, prepared, results, started, final=True)
