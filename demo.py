@@ -83,6 +83,9 @@ class Demo:
             PYTHONUNBUFFERED="1",
             WANDB_MODE="disabled",
         )
+        # Waiting OpenMP threads sleep rather than spin: beside other work on a small CPU box, spinning threads of
+        # two processes slow each other down 3x instead of 2x (tests/conftest.py has the figures).
+        self.env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     def path(self, *parts):
         return os.path.join(self.out, *parts)

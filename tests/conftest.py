@@ -23,6 +23,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
+# OpenMP threads that wait at a barrier sleep instead of spinning: with two suites (or two training processes) on 2
+# cores, spinning threads took turns burning each other's time slices, and one forward+backward of SmolLM2 ran 3.3x
+# slower than alone instead of 2x (the quick demo passed 1200 s). Alone, passive waiting costs about 2%.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")
