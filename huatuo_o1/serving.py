@@ -7,6 +7,7 @@ started it (the PID, the kernel's start time of that process, its command line),
 before a signal is sent; Linux's /proc supplies them, and tells which process owns a listening socket.
 """
 
+import contextlib
 import errno
 import json
 import os
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -203,6 +205,24 @@ def read_pid_file(pid_file: str) -> ServerRecord:
     return record
 
 
+@contextlib.contextmanager
+def sigterm_raises():
+    """Within: SIGTERM raises SystemExit(143), so that cleanup runs as on Ctrl-C (main thread only; Python's
+    default is to die at once). The previous handler is back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def start_server(
     command: list[str],
     health_url: str,
@@ -222,7 +242,8 @@ def start_server(
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
     try:
-        wait_until_healthy(health_url, timeout_s, process)
+        with sigterm_raises():  # a caller killed while it waits stops the server too (it has its own session)
+            wait_until_healthy(health_url, timeout_s, process)
         if pid_file:
             write_pid_file(pid_file, process.pid)
     except BaseException:

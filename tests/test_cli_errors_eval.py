@@ -319,6 +319,31 @@ def test_the_pid_file_holds_the_proof_and_the_stop_script_stops_that_server(tmp_
         stop_pid(process.pid)
 
 
+def test_a_start_killed_while_it_waits_leaves_no_server_behind(tmp_path):
+    """evaluation/serve.py (or the demo) killed by SIGTERM while its server loads: the server, in its own session,
+    used to live on, holding its port and memory (found after a timed-out demo test)."""
+    started = tmp_path / "server_pid"
+    server = f"import os, time; open({str(started)!r}, 'w').write(str(os.getpid())); time.sleep(300)"
+    caller = textwrap.dedent(f"""
+        import sys
+        from huatuo_o1.serving import free_port, start_server
+        start_server([sys.executable, "-c", {server!r}], f"http://127.0.0.1:{{free_port()}}/health",
+                     pid_file={str(tmp_path / "server.pid")!r}, timeout_s=120)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", caller], cwd=REPO_ROOT)
+    deadline = time.time() + 60
+    while not (started.exists() and started.read_text()) and time.time() < deadline:
+        time.sleep(0.1)
+    server_pid = int(started.read_text())
+    try:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 143  # SystemExit(128 + SIGTERM), after stopping the server
+        assert not os.path.exists(f"/proc/{server_pid}") and not (tmp_path / "server.pid").exists()
+    finally:
+        if os.path.exists(f"/proc/{server_pid}"):
+            os.kill(server_pid, signal.SIGKILL)  # the server this test started, left running by a failing start
+
+
 FORGED = {
     "pid only (the old format)": lambda p: f"{p.pid}\n",
     "pid and start time (the old format)": lambda p: f"{p.pid} {process_start_time(p.pid)}\n",
