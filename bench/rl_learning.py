@@ -73,7 +73,7 @@ def demo_items():
 
 
 def short_answer(option):
-    """Thinking and final response of the SFT rows, and what the verifier pairs and the option scoring read."""
+    """Thinking and final response of the SFT rows, and the phrasing the verifier pairs read."""
     return f"The findings fit {option} best.", f"The answer is {option}."
 
 
@@ -193,13 +193,14 @@ def prepare(args):
         prepare_models(args, base, items, folder)
     prepared = load_json(os.path.join(folder, "prepared.json"))
     settings = {k: getattr(args, k) for k in SELECTION_SETTINGS}
-    selection_path = os.path.join(folder, f"selection_{cache_key(settings)}.json")
+    selection_key = cache_key(settings)
+    selection_path = os.path.join(folder, f"selection_{selection_key}.json")
     made_selection = made_models or not os.path.exists(selection_path)
     if made_selection:
         start = time.time()
         rates = sampled_pass_rates(prepared["policy"], items, args)
         chosen = [i for i, r in enumerate(rates) if args.min_pass <= r <= args.max_pass]
-        rows_path = os.path.join(folder, f"rl_problems_{cache_key(settings)}.json")
+        rows_path = os.path.join(folder, f"rl_problems_{selection_key}.json")
         write_json(rows_path, [{QUESTION: items[i][QUESTION], ANSWER: items[i][ANSWER]} for i in chosen])
         write_json(selection_path, {"settings": settings, "rl_problems": rows_path, "pass_rates": rates,
                                     "chosen": chosen, "seconds": round(time.time() - start, 1)})  # fmt: skip
@@ -490,12 +491,7 @@ def main():
     started = time.time()
     print(f"bench/rl_learning.py: {load_note()}, {os.cpu_count()} CPUs", flush=True)
     prepared = dict(load_json(args.prepared), cached=True) if args.prepared else prepare(args)
-    how = "from the cache" if prepared["cached"] else "made now"
-    rates = prepared["rl_problem_pass_rates"]
-    print(f"prepared ({how}; models {prepared['seconds']:.0f} s, choice {prepared['selection_seconds']:.0f} s): "
-          f"{len(rates)} RL problems of {len(prepared['pass_rates_all'])} (sampled pass rate of the SFT policy "
-          f"{min(rates, default=0):.2f}..{max(rates, default=0):.2f}, mean {sum(rates) / max(1, len(rates)):.2f}); "
-          f"SFT loss "
+    print(f"prepared ({describe(prepared)}); SFT loss "
           f"{prepared['sft']['first_loss']:.2f} -> {prepared['sft']['last_loss']:.2f}; verifier held-out "
           f"accuracy {prepared['verifier_heldout']['accuracy']:.2f}", flush=True)  # fmt: skip
     if args.prepare_only:
@@ -503,6 +499,18 @@ def main():
     os.makedirs(args.output_dir, exist_ok=True)
     results = run_all(args, prepared, lambda done: write_report(args, prepared, done, started, final=False))
     write_report(args, prepared, results, started, final=True)
+
+
+def describe(prepared):
+    """How the preparation came about and what it chose; a --prepared file from elsewhere may not say."""
+    rates = prepared.get("rl_problem_pass_rates")
+    if rates is None:  # e.g. the prototype's prepared.json: its RL problems, no record of their choice
+        return f"given; {len(load_json(prepared['rl_problems']))} RL problems"
+    how = "from the cache" if prepared["cached"] else "made now"
+    spread = f"{min(rates, default=0):.2f}..{max(rates, default=0):.2f}, mean {sum(rates) / max(1, len(rates)):.2f}"
+    return (f"{how}; models {prepared['seconds']:.0f} s, choice {prepared['selection_seconds']:.0f} s): "
+            f"{len(rates)} RL problems of {len(prepared['pass_rates_all'])} (sampled pass rate of the SFT policy "
+            f"{spread}")  # fmt: skip
 
 
 def write_report(args, prepared, results, started, final):
