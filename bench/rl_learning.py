@@ -13,15 +13,21 @@
    policy's sampled answers (--selection_samples, as RL samples) that name the reference lies in
    [--min_pass, --max_pass]: the others give every response of a group the same reward. (The policy's
    teacher-forced probability of the right option among the item's options is no guide: 0.9 or more on
-   37 of 44 items, while its samples named the reference on few of them.)
+   37 of 44 items, while its samples named the reference on few of them.) The SFT policy's pass rates on
+   the chosen problems are then measured again with fresh samples (--check_samples per problem): the
+   selection's own rates are biased by the choice.
 2. RL: for each algorithm and seed, RL_stage2.py in its own process (its own peak RSS), --parallel of
    them side by side with --threads threads each; every algorithm samples --batch responses per update
    (PPO: --batch prompts; GRPO / RLOO: --batch / --num_generations prompts x --num_generations).
    Each reward call is logged (mean reward, format rate, share of answers naming the reference), so
    the curves of the three algorithms are read the same way; KL from each algorithm's own log.
-3. Report: first-fifth / last-fifth training reward per algorithm and seed, seconds per update, peak
-   RSS; rl_learning.png (reward mean and min..max band over seeds, string match, KL) and
-   rl_learning.json in --output_dir.
+   After RL each run samples its trained policy's answers as the check sampled the SFT policy's (same
+   seed, so the same random numbers): the pass rate before -> after, on the problems the run trained on
+   and on its held-out ones, is the low-noise measure of what RL changed.
+3. Report: first-fifth / last-fifth training reward per algorithm and seed, the sampled pass rate
+   before -> after, seconds per update, peak RSS; rl_learning.png (reward mean and min..max band over
+   seeds, string match, KL) and rl_learning.json in --output_dir. A run finished before with the same
+   settings (its run.json) is reused, so an interrupted bench goes on where it stopped.
 
 The problems RL trains on are problems the SFT saw: a 135M model knows no medicine, so RL can only make
 the answers it already gives sometimes more likely. The bench shows the learning mechanism, not medical
@@ -43,6 +49,7 @@ import time
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUESTION, ANSWER = "Open-ended Verifiable Question", "Ground-True Answer"
 REWARD_LOG = "reward_calls.jsonl"
+RUN_RECORD = "run.json"  # a finished run's settings and wall time: a later bench with the same settings reuses it
 ALGORITHM_COLOURS = {"ppo": "tab:blue", "grpo": "tab:orange", "rloo": "tab:green"}
 
 
@@ -64,6 +71,7 @@ def load_note():
 # ---- prepare --------------------------------------------------------------------------------------
 PREPARE_SETTINGS = ("sft_epochs", "sft_learning_rate", "verifier_epochs", "verifier_learning_rate", "value_layers")
 SELECTION_SETTINGS = ("temperature", "response_length", "selection_samples", "min_pass", "max_pass")
+CHECK_SEED = 1234  # the before/after check's samples: the same random numbers for the SFT policy and every RL run
 
 
 def demo_items():
@@ -132,11 +140,12 @@ def wait_all(processes):
             raise SystemExit(f"{what} failed (exit {process.returncode}); see {log.name}")
 
 
-def sampled_pass_rates(policy_dir, items, args):
-    """Per item: the share of --selection_samples answers, sampled as RL samples them (pure temperature, up to
-    --response_length tokens), whose final answer names the reference (string match, which the verifier agrees with
+def sampled_pass_rates(policy_dir, items, samples, temperature, response_length, seed):
+    """Per item: the share of `samples` answers, sampled as RL samples them (pure temperature, up to
+    response_length tokens), whose final answer names the reference (string match, which the verifier agrees with
     on these answers). A policy sure of the right option when scored teacher-forced still writes other, shorter or
-    wrong answers when it samples, so the selection samples."""
+    wrong answers when it samples, so the selection samples. The same seed before and after RL draws the same random
+    numbers, so the two policies' rates differ by the policy, less by the luck of the draw."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -145,11 +154,11 @@ def sampled_pass_rates(policy_dir, items, args):
     from huatuo_o1.training import pad_batch
     from huatuo_o1.verifier_training import string_match
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     policy = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32).eval()
-    n = args.selection_samples
-    sample = GenerationConfig(max_new_tokens=args.response_length, do_sample=True, temperature=args.temperature,
+    n = samples
+    sample = GenerationConfig(max_new_tokens=response_length, do_sample=True, temperature=temperature,
                               top_k=0, top_p=1.0, num_return_sequences=n, eos_token_id=tokenizer.eos_token_id,
                               pad_token_id=tokenizer.eos_token_id)  # fmt: skip
     rates = []
@@ -187,7 +196,7 @@ def prepare(args):
     items = demo_items()
     folder = os.path.join(args.cache_dir, cache_key({
         "settings": {k: getattr(args, k) for k in PREPARE_SETTINGS}, "items": items, "version": 2,
-        "base": load_json(os.path.join(base, "config.json"))}))  # fmt: skip
+        "base": base_identity(base)}))  # fmt: skip
     made_models = args.fresh or not os.path.exists(os.path.join(folder, "prepared.json"))
     if made_models:
         prepare_models(args, base, items, folder)
@@ -198,20 +207,41 @@ def prepare(args):
     made_selection = made_models or not os.path.exists(selection_path)
     if made_selection:
         start = time.time()
-        rates = sampled_pass_rates(prepared["policy"], items, args)
+        rates = sampled_pass_rates(prepared["policy"], items, args.selection_samples, args.temperature,
+                                   args.response_length, seed=0)  # fmt: skip
         chosen = [i for i, r in enumerate(rates) if args.min_pass <= r <= args.max_pass]
         rows_path = os.path.join(folder, f"rl_problems_{selection_key}.json")
         write_json(rows_path, [{QUESTION: items[i][QUESTION], ANSWER: items[i][ANSWER]} for i in chosen])
         write_json(selection_path, {"settings": settings, "rl_problems": rows_path, "pass_rates": rates,
                                     "chosen": chosen, "seconds": round(time.time() - start, 1)})  # fmt: skip
     selection = load_json(selection_path)
+    # The SFT policy's pass rates on the RL problems measured again, with fresh samples: the selection's own rates
+    # are biased by the choice (kept for lying in the range), and RL runs are checked against these.
+    check = {"samples": args.check_samples, "temperature": args.temperature,
+             "response_length": args.response_length, "seed": CHECK_SEED}  # fmt: skip
+    check_path = os.path.join(folder, f"check_{cache_key([selection_key, check])}.json")
+    made_check = made_selection or not os.path.exists(check_path)
+    if made_check:
+        start = time.time()
+        rates = sampled_pass_rates(prepared["policy"], load_json(selection["rl_problems"]), **check)
+        write_json(check_path, {"check": check, "rates": rates, "seconds": round(time.time() - start, 1)})
     prepared.update(
         rl_problems=selection["rl_problems"],
         rl_problem_pass_rates=[selection["pass_rates"][i] for i in selection["chosen"]],
         pass_rates_all=selection["pass_rates"], selection_seconds=selection["seconds"],
-        cached=not (made_models or made_selection),
+        check=check, sft_check_rates=load_json(check_path)["rates"], check_seconds=load_json(check_path)["seconds"],
+        made_now=[name for name, made in (("models", made_models), ("choice of problems", made_selection),
+                                          ("check", made_check)) if made],
     )  # fmt: skip
+    prepared["cached"] = not prepared["made_now"]
     return prepared
+
+
+def base_identity(base):
+    """The base model as the cache sees it: its config, less the transformers version that saved it."""
+    config = load_json(os.path.join(base, "config.json"))
+    config.pop("transformers_version", None)
+    return config
 
 
 def prepare_models(args, base, items, folder):
@@ -258,8 +288,9 @@ def prepare_models(args, base, items, folder):
 
 
 # ---- one RL run (in a child process) -------------------------------------------------------------
-def child(out, argv, threads):
-    """RL_stage2.py run whole in this process, every reward call logged; then this process's peak RSS."""
+def child(out, argv, threads, check):
+    """RL_stage2.py run whole in this process, every reward call logged; then the trained policy's sampled pass rates
+    on the RL problems (`check`: as the SFT policy's were measured) and this process's peak RSS."""
     import torch
 
     torch.set_num_threads(threads)
@@ -292,6 +323,10 @@ def child(out, argv, threads):
         if exit_.code not in (None, 0):
             raise
     summary = load_json(os.path.join(out, "rl_summary.json"))
+    if check:  # (a --prepared file from elsewhere has no before to compare with)
+        start = time.time()
+        summary["check_rates"] = sampled_pass_rates(out, load_json(check.pop("rl_problems")), **check)
+        summary["check_seconds"] = round(time.time() - start, 1)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     summary["peak_rss_mb"] = round(usage.ru_maxrss / 1024)
     # one thread: on an otherwise idle core the run's wall time would be about its CPU time
@@ -309,7 +344,7 @@ def rl_argv(args, prepared, algorithm, seed, out):
         "--per_device_train_batch_size", str(per_device),
         "--gradient_accumulation_steps", str(args.batch // per_device),
         "--num_mini_batches", "1", "--total_episodes", str(args.batch * args.updates), "--num_ppo_epochs", "1",
-        "--learning_rate", str(args.learning_rate), "--kl_coef", str(args.kl_coef),
+        "--learning_rate", str(args.learning_rate), "--kl_coef", str(args.kl_coef), "--lam", str(args.lam),
         "--num_generations", str(args.num_generations), "--eval_fraction", str(args.eval_fraction),
         "--lr_scheduler_type", "constant", "--warmup_steps", "0", "--bf16", "False",
         "--gradient_checkpointing", "False",
@@ -350,31 +385,43 @@ def run_all(args, prepared, on_finish):
     jobs = [(a, s) for a in args.algorithms for s in args.seeds]
     results, running = {}, []
 
-    def finish(job):
-        (process, log), (algorithm, seed), out, started, load_before = job
-        process.wait()
-        log.close()
-        if process.returncode:
-            raise SystemExit(f"{algorithm} seed {seed} failed; see {log.name}")
+    def add(algorithm, seed, out, record):
         run = collect(out, algorithm)
-        run["summary"].update(wall_seconds=round(time.time() - started, 1), load_at_start=load_before,
-                              load_at_end=load_note())  # fmt: skip
+        run["summary"].update({k: v for k, v in record.items() if k != "task"})
         results[f"{algorithm}_seed{seed}"] = run
         report_run(algorithm, seed, run)
         on_finish(results)
 
+    def finish(job):
+        (process, log), (algorithm, seed), out, task, started, load_before = job
+        process.wait()
+        log.close()
+        if process.returncode:
+            raise SystemExit(f"{algorithm} seed {seed} failed; see {log.name}")
+        record = {"task": task, "wall_seconds": round(time.time() - started, 1), "load_at_start": load_before,
+                  "load_at_end": load_note()}  # fmt: skip
+        write_json(os.path.join(out, RUN_RECORD), record)
+        add(algorithm, seed, out, record)
+
     for algorithm, seed in jobs:
+        out = os.path.join(args.output_dir, "runs", f"{algorithm}_seed{seed}")
+        argv = rl_argv(args, prepared, algorithm, seed, out)
+        check = dict(prepared["check"], rl_problems=prepared["rl_problems"]) if "check" in prepared else None
+        task = {"argv": argv, "check": check, "threads": args.threads}
+        done = os.path.join(out, RUN_RECORD)
+        if not args.fresh and os.path.exists(done) and load_json(done)["task"] == task:
+            print(f"{algorithm} seed {seed}: finished before with the same settings, reused ({out})", flush=True)
+            add(algorithm, seed, out, load_json(done))
+            continue
         if len(running) == args.parallel:
             finish(running.pop(0))
-        out = os.path.join(args.output_dir, "runs", f"{algorithm}_seed{seed}")
         shutil.rmtree(out, ignore_errors=True)
         os.makedirs(out)
-        argv = rl_argv(args, prepared, algorithm, seed, out)
         command = [sys.executable, os.path.abspath(__file__), "--child_out", out, "--child_argv", json.dumps(argv),
-                   "--threads", str(args.threads)]  # fmt: skip
+                   "--child_check", json.dumps(check), "--threads", str(args.threads)]  # fmt: skip
         print(f"{algorithm} seed {seed}: started ({load_note()})", flush=True)
         process = run_logged(command, os.path.join(out, "stdout.log"), args.threads)
-        running.append((process, (algorithm, seed), out, time.time(), load_note()))
+        running.append((process, (algorithm, seed), out, task, time.time(), load_note()))
     for job in running:
         finish(job)
     return results
@@ -398,10 +445,31 @@ def report_run(algorithm, seed, run):
 
 
 # ---- report ---------------------------------------------------------------------------------------
-def table(results):
+def pass_rate_check(prepared, run, seed, eval_fraction):
+    """Mean sampled pass rate (prepared["check"]) of the SFT policy and of the run's trained policy, on the problems
+    the run trained on and on its held-out ones (RL_stage2.py's split for that seed); {} when not measured."""
+    from huatuo_o1.rl.config import ScriptArguments
+    from huatuo_o1.rl.loading import load_problems
+
+    before, after = prepared.get("sft_check_rates"), run["summary"].get("check_rates")
+    if before is None or after is None:
+        return {}
+    split_as_rl = ScriptArguments(dataset_name=prepared["rl_problems"], eval_fraction=eval_fraction)
+    trained_on = {p.question for p in load_problems(split_as_rl, seed)[0]}
+    rows = load_json(prepared["rl_problems"])
+    figures = {}
+    for part, keep in (("train", True), ("heldout", False)):
+        picked = [i for i, row in enumerate(rows) if (row[QUESTION] in trained_on) == keep]
+        for when, rates in (("before", before), ("after", after)):
+            figures[f"pass_{part}_{when}"] = round(sum(rates[i] for i in picked) / max(1, len(picked)), 3)
+    return figures
+
+
+def table(args, prepared, results):
     rows = []
     for name, run in results.items():
         records, s = run["records"], run["summary"]
+        seed = int(name.split("_seed")[1])
         first, last = fifths([r["reward"] for r in records])
         match_first, match_last = fifths([r["string_match"] for r in records])
         rows.append({
@@ -414,6 +482,7 @@ def table(results):
             "cpu_seconds": s["cpu_seconds"],
             "peak_rss_mb": s["peak_rss_mb"], "heldout_before": s["eval_start"]["mean_reward"],
             "heldout_after": s["eval_end"]["mean_reward"], "load_at_end": s["load_at_end"],
+            **pass_rate_check(prepared, run, seed, args.eval_fraction),
         })  # fmt: skip
     return rows
 
@@ -455,7 +524,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default=os.path.join(REPO_ROOT, "bench_out", "rl_learning"))
     parser.add_argument("--cache_dir", default=os.path.join(REPO_ROOT, ".cache", "rl_learning"))
-    parser.add_argument("--fresh", action="store_true", help="prepare again even when the cache has it")
+    parser.add_argument("--fresh", action="store_true",
+                        help="prepare again even when the cache has it, and run every RL run again")  # fmt: skip
     parser.add_argument("--prepared", help="a prepared.json (policy, verifier, value, rl_problems) to use instead")
     parser.add_argument("--base_model", help="default: SmolLM2-135M-Instruct (tools/get_smollm2.py)")
     parser.add_argument("--prepare_only", action="store_true", help="prepare (or find in the cache) and stop")
@@ -468,6 +538,8 @@ def main():
     prep.add_argument("--selection_samples", type=int, default=8, help="answers sampled per item (RL problem choice)")
     prep.add_argument("--min_pass", type=float, default=0.125, help="RL problems: share of right answers at least")
     prep.add_argument("--max_pass", type=float, default=0.875, help="... and at most")
+    prep.add_argument("--check_samples", type=int, default=8,
+                      help="answers sampled per RL problem to measure pass rates before and after RL")  # fmt: skip
     rl = parser.add_argument_group("RL")
     rl.add_argument("--algorithms", nargs="+", default=["ppo", "grpo", "rloo"])
     rl.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
@@ -478,15 +550,20 @@ def main():
     rl.add_argument("--temperature", type=float, default=0.7)
     rl.add_argument("--learning_rate", type=float, default=2e-5)
     rl.add_argument("--kl_coef", type=float, default=0.03, help="PPO's kl_coef, GRPO / RLOO's beta")
+    # With lam < 1 GAE credits each token partly with the value model's estimates of the states after it; the
+    # value model's head is new and 10 updates hardly train it, so 0.95 (the original's) learned nothing here
+    # (docs/rl.md). With 1.0 the advantage is the return minus the value: an untrained baseline adds noise only.
+    rl.add_argument("--lam", type=float, default=1.0, help="PPO's GAE lambda")
     rl.add_argument("--num_generations", type=int, default=4)
     rl.add_argument("--eval_fraction", type=float, default=0.2)
     rl.add_argument("--parallel", type=int, default=2, help="RL runs side by side")
     rl.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--child_out", help=argparse.SUPPRESS)
     parser.add_argument("--child_argv", help=argparse.SUPPRESS)
+    parser.add_argument("--child_check", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_out:
-        return child(args.child_out, json.loads(args.child_argv), args.threads)
+        return child(args.child_out, json.loads(args.child_argv), args.threads, json.loads(args.child_check))
 
     started = time.time()
     print(f"bench/rl_learning.py: {load_note()}, {os.cpu_count()} CPUs", flush=True)
@@ -506,34 +583,41 @@ def describe(prepared):
     rates = prepared.get("rl_problem_pass_rates")
     if rates is None:  # e.g. the prototype's prepared.json: its RL problems, no record of their choice
         return f"given; {len(load_json(prepared['rl_problems']))} RL problems"
-    how = "from the cache" if prepared["cached"] else "made now"
+    how = "made now: " + ", ".join(prepared["made_now"]) if prepared["made_now"] else "from the cache"
     spread = f"{min(rates, default=0):.2f}..{max(rates, default=0):.2f}, mean {sum(rates) / max(1, len(rates)):.2f}"
-    return (f"{how}; models {prepared['seconds']:.0f} s, choice {prepared['selection_seconds']:.0f} s): "
-            f"{len(rates)} RL problems of {len(prepared['pass_rates_all'])} (sampled pass rate of the SFT policy "
-            f"{spread}")  # fmt: skip
+    check = prepared["sft_check_rates"]
+    return (f"{how}; models {prepared['seconds']:.0f} s, choice {prepared['selection_seconds']:.0f} s, check "
+            f"{prepared['check_seconds']:.0f} s): {len(rates)} RL problems of {len(prepared['pass_rates_all'])} "
+            f"(sampled pass rate of the SFT policy {spread}; measured again with fresh samples, mean "
+            f"{sum(check) / max(1, len(check)):.2f}")  # fmt: skip
 
 
 def write_report(args, prepared, results, started, final):
     """rl_learning.json and rl_learning.png from the runs finished so far; the table when all are."""
-    rows = table(results)
+    rows = table(args, prepared, results)
     peak = {}
     for row in rows:
         algorithm = row["run"].split("_seed")[0]
         peak[algorithm] = max(peak.get(algorithm, 0), row["peak_rss_mb"])
     total = round(time.time() - started, 1)
-    settings = {k: v for k, v in vars(args).items() if k not in ("child_out", "child_argv")}
+    settings = {k: v for k, v in vars(args).items() if not k.startswith("child_")}
     write_json(os.path.join(args.output_dir, "rl_learning.json"),
                {"settings": settings, "prepared": prepared, "table": rows, "peak_rss_mb": peak,
                 "seconds_total": total, "complete": final, "runs": results})  # fmt: skip
     plot(args, results, os.path.join(args.output_dir, "rl_learning.png"))
     if not final:
         return
-    print("\nrun | reward first fifth -> last fifth (gain) | string match | s/update | peak RSS MB | held-out")
+    print("\nrun | reward first fifth -> last fifth (gain) | string match | s/update | peak RSS MB | held-out | "
+          "sampled pass rate before -> after RL: train problems, held-out problems")  # fmt: skip
     for r in rows:
+        check = ("n/a" if "pass_train_before" not in r else
+                 f"{r['pass_train_before']:.2f} -> {r['pass_train_after']:.2f} "
+                 f"({r['pass_train_after'] - r['pass_train_before']:+.2f}), "
+                 f"{r['pass_heldout_before']:.2f} -> {r['pass_heldout_after']:.2f}")  # fmt: skip
         print(f"{r['run']} | {r['reward_first_fifth']:.3f} -> {r['reward_last_fifth']:.3f} ({r['gain']:+.3f}) | "
               f"{r['string_match_first_fifth']:.2f} -> {r['string_match_last_fifth']:.2f} | "
               f"{r['seconds_per_update']} | "
-              f"{r['peak_rss_mb']} | {r['heldout_before']:.2f} -> {r['heldout_after']:.2f}")  # fmt: skip
+              f"{r['peak_rss_mb']} | {r['heldout_before']:.2f} -> {r['heldout_after']:.2f} | {check}")  # fmt: skip
     print("peak RSS per algorithm (MB): " + ", ".join(f"{a} {m}" for a, m in peak.items()))
     print(
         f"total {total:.0f} s ({'preparation cached' if prepared['cached'] else 'including preparation'}); "

@@ -201,6 +201,10 @@ def test_ppo_end_to_end(tiny_models, tmp_path, monkeypatch):
         "episodes_per_second",
     ):
         assert all(key in r for r in log), key
+    # where each update's time went: every phase took some, and together no more than the run
+    phases = ("time/generate", "time/forward", "time/reward", "time/optimise")
+    assert all(r[k] > 0 for r in log for k in phases)
+    assert sum(r[k] for r in log for k in phases) < summary["seconds"]
     # the random tiny policy never writes "## Thinking": score 0, minus the missing-eos penalty where it ran on
     assert all(-0.5 <= r["objective/score"] <= 0.0 and r["objective/format_rate"] == 0.0 for r in log)
     assert "eval/mean_reward" in log[1] and "eval/mean_reward" not in log[0]

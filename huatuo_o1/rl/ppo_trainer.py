@@ -263,6 +263,7 @@ class PPOTrainer:
             pad_token_id=self.pad_id,
         )
         self.update = 0
+        self.seconds = {}  # the last rollout's time per phase
         self.log_path = os.path.join(config.output_dir, "rl_log.jsonl")
         # --use_vllm: a colocated vLLM engine samples the rollouts and held-out answers (huatuo_o1/rl/vllm_rollout.py)
         self.rollout_engine = None
@@ -315,6 +316,7 @@ class PPOTrainer:
         cfg = self.config
         queries, query_mask = training.pad_batch([it.prompt_ids for it in items], self.pad_id, side="left")
         queries, query_mask = queries.to(self.device), query_mask.to(self.device)
+        started = time.perf_counter()
         if self.rollout_engine is not None:
             responses = self.engine_responses(items, greedy=False)
         else:
@@ -340,6 +342,7 @@ class PPOTrainer:
         query_responses = torch.cat([queries, truncated], 1)
         attention_mask, position_ids = forward_inputs(query_mask, policy_mask)
 
+        generated = time.perf_counter()
         self.model.eval()  # no dropout, no activation checkpointing while scoring the rollout
         unwrapped = self.accelerator.unwrap_model(self.model)
         logprobs, ref_logprobs, values = [], [], []
@@ -363,8 +366,12 @@ class PPOTrainer:
             hidden = backbone(input_ids=qr, attention_mask=am, position_ids=pi, use_cache=False).last_hidden_state
             values.append(unwrapped.value_model.score(hidden).squeeze(-1)[:, context_length - 1 : -1].float())
         logprobs, ref_logprobs, values = torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
+        forwarded = time.perf_counter()
 
         reward, texts = self.score_responses(truncated.cpu(), [it.reference for it in items])
+        # where an update's time goes (this process): logged beside the training figures
+        self.seconds = {"time/generate": generated - started, "time/forward": forwarded - generated,
+                        "time/reward": time.perf_counter() - forwarded}  # fmt: skip
         verifier_scores = reward.rewards.to(self.device)  # the verifier's dtype, as the original kept them
         targets = ppo_core.rollout_targets(
             responses,
@@ -536,7 +543,9 @@ class PPOTrainer:
         while self.update < self.num_updates:
             data = self.rollout(self.batch_for_update(self.update))
             lr = self.scheduler.get_last_lr()[0]  # the rate of this update's optimizer steps
+            optimise_start = time.perf_counter()
             stats = self.optimise(data)
+            seconds = dict(self.seconds, **{"time/optimise": time.perf_counter() - optimise_start})
             self.scheduler.step()
             self.update += 1
             targets = data.targets
@@ -558,6 +567,7 @@ class PPOTrainer:
                 "episodes_per_second": (self.update - start_update)
                 * self.sizes.batch_size
                 / (time.time() - start_time),
+                **{k: round(v, 3) for k, v in seconds.items()},
             }
             if eval_every and self.update % eval_every == 0:
                 record.update(self.evaluate())
