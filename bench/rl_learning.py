@@ -312,6 +312,7 @@ def child(out, argv, threads, check):
                 "time": time.time(), "n": len(responses), "reward": result.rewards.float().mean().item(),
                 "format_rate": sum(formed) / len(formed), "string_match": sum(matched) / len(matched),
                 "verifier_agrees": sum(agree) / max(1, len(agree)), "example": responses[0][:200],
+                "references": list(references), "rewards_right_wrong": [self.correct_reward, self.incorrect_reward],
             }) + "\n")  # fmt: skip
         return result
 
@@ -358,9 +359,19 @@ def read_jsonl(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def collect(out, algorithm):
+def sft_pass_rates_by_answer(prepared):
+    """Reference answer -> the SFT policy's check pass rate on its problem (the mean if problems share an answer)."""
+    rates = {}
+    for row, rate in zip(load_json(prepared["rl_problems"]), prepared.get("sft_check_rates") or []):
+        rates.setdefault(row[ANSWER], []).append(rate)
+    return {answer: sum(r) / len(r) for answer, r in rates.items()}
+
+
+def collect(out, algorithm, sft_rates):
     """Per-update records: the reward calls between the first and the last (those two score the held-out problems,
-    greedy, before and after), with the KL from the algorithm's own log."""
+    greedy, before and after), with the KL from the algorithm's own log. Each update's reward is also set against
+    the reward the SFT policy would expect on the same problems (its check pass rates, `sft_rates`): GRPO and RLOO
+    draw 4 problems an update, and which 4 moves the raw reward more than RL does in 10 updates."""
     summary = load_json(os.path.join(out, "child_summary.json"))
     calls = read_jsonl(os.path.join(out, REWARD_LOG))
     if algorithm == "ppo":
@@ -376,6 +387,11 @@ def collect(out, algorithm):
             "string_match": call["string_match"], "verifier_agrees": call["verifier_agrees"],
             "kl_per_token": kls[i] if i < len(kls) else None, "seconds": round(call["time"] - calls[i]["time"], 1),
         })  # fmt: skip
+        references = call.get("references")  # (not logged by runs made before it was)
+        if references and all(r in sft_rates for r in references):
+            right, wrong = call["rewards_right_wrong"]
+            expected = sum(wrong + (right - wrong) * sft_rates[r] for r in references) / len(references)
+            records[-1].update(sft_expected_reward=round(expected, 4), reward_above_sft=call["reward"] - expected)
     return {"records": records, "summary": summary, "examples": [c["example"] for c in calls[-3:-1]]}
 
 
@@ -384,9 +400,10 @@ def run_all(args, prepared, on_finish):
     on_finish(results so far) after each run."""
     jobs = [(a, s) for a in args.algorithms for s in args.seeds]
     results, running = {}, []
+    sft_rates = sft_pass_rates_by_answer(prepared)
 
     def add(algorithm, seed, out, record):
-        run = collect(out, algorithm)
+        run = collect(out, algorithm, sft_rates)
         run["summary"].update({k: v for k, v in record.items() if k != "task"})
         results[f"{algorithm}_seed{seed}"] = run
         report_run(algorithm, seed, run)
@@ -484,6 +501,10 @@ def table(args, prepared, results):
             "heldout_after": s["eval_end"]["mean_reward"], "load_at_end": s["load_at_end"],
             **pass_rate_check(prepared, run, seed, args.eval_fraction),
         })  # fmt: skip
+        if records and all("reward_above_sft" in r for r in records):
+            first, last = fifths([r["reward_above_sft"] for r in records])
+            rows[-1].update(above_sft_first_fifth=round(first, 3), above_sft_last_fifth=round(last, 3),
+                            above_sft_gain=round(last - first, 3))  # fmt: skip
     return rows
 
 
@@ -497,20 +518,22 @@ def plot(args, results, path):
     grouped = {}
     for name, run in results.items():
         grouped.setdefault(name.split("_seed")[0], []).append(run)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
     panels = [("reward", "mean verifier reward, sampled training answers"),
+              ("reward_above_sft", "the same minus the SFT policy's expected reward\non the same problems"),
               ("string_match", "share of sampled answers naming the reference"),
               ("kl_per_token", "KL to the reference per token (PPO k1, trl k3)")]  # fmt: skip
     for algorithm, runs in grouped.items():
         n = min(len(run["records"]) for run in runs)
         x = np.arange(1, n + 1)
         for ax, (key, _) in zip(axes, panels):
-            values = np.array([[np.nan if r[key] is None else r[key] for r in run["records"][:n]] for run in runs])
+            values = np.array([[np.nan if r.get(key) is None else r[key] for r in run["records"][:n]] for run in runs])
             colour = ALGORITHM_COLOURS.get(algorithm)
             ax.plot(x, np.nanmean(values, axis=0), color=colour, label=f"{algorithm} (mean of {len(runs)} seeds)")
             ax.fill_between(x, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=colour, alpha=0.2)
     for ax, (key, title) in zip(axes, panels):
-        ax.set(title=title, xlabel="update", **({} if key == "kl_per_token" else {"ylim": (-0.05, 1.05)}))
+        limits = {"kl_per_token": {}, "reward_above_sft": {"ylim": (-0.6, 0.6)}}.get(key, {"ylim": (-0.05, 1.05)})
+        ax.set(title=title, xlabel="update", **limits)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"RL from a partly competent SmolLM2-135M (CPU): {args.batch} sampled responses per update, "
@@ -607,14 +630,19 @@ def write_report(args, prepared, results, started, final):
     plot(args, results, os.path.join(args.output_dir, "rl_learning.png"))
     if not final:
         return
-    print("\nrun | reward first fifth -> last fifth (gain) | string match | s/update | peak RSS MB | held-out | "
-          "sampled pass rate before -> after RL: train problems, held-out problems")  # fmt: skip
+    print("\nrun | reward first fifth -> last fifth (gain) | the same above the SFT policy's expected reward on the "
+          "same problems | string match | s/update | peak RSS MB | held-out | sampled pass rate before -> after RL: "
+          "train problems, held-out problems")  # fmt: skip
     for r in rows:
+        above = ("n/a" if "above_sft_gain" not in r else
+                 f"{r['above_sft_first_fifth']:+.3f} -> {r['above_sft_last_fifth']:+.3f} "
+                 f"({r['above_sft_gain']:+.3f})")  # fmt: skip
         check = ("n/a" if "pass_train_before" not in r else
                  f"{r['pass_train_before']:.2f} -> {r['pass_train_after']:.2f} "
                  f"({r['pass_train_after'] - r['pass_train_before']:+.2f}), "
                  f"{r['pass_heldout_before']:.2f} -> {r['pass_heldout_after']:.2f}")  # fmt: skip
         print(f"{r['run']} | {r['reward_first_fifth']:.3f} -> {r['reward_last_fifth']:.3f} ({r['gain']:+.3f}) | "
+              f"{above} | "
               f"{r['string_match_first_fifth']:.2f} -> {r['string_match_last_fifth']:.2f} | "
               f"{r['seconds_per_update']} | "
               f"{r['peak_rss_mb']} | {r['heldout_before']:.2f} -> {r['heldout_after']:.2f} | {check}")  # fmt: skip
