@@ -157,9 +157,8 @@ def sampled_pass_rates(policy_dir, items, samples, temperature, response_length,
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     policy = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32).eval()
-    n = samples
     sample = GenerationConfig(max_new_tokens=response_length, do_sample=True, temperature=temperature,
-                              top_k=0, top_p=1.0, num_return_sequences=n, eos_token_id=tokenizer.eos_token_id,
+                              top_k=0, top_p=1.0, num_return_sequences=samples, eos_token_id=tokenizer.eos_token_id,
                               pad_token_id=tokenizer.eos_token_id)  # fmt: skip
     rates = []
     for start in range(0, len(items), 4):
@@ -169,8 +168,8 @@ def sampled_pass_rates(policy_dir, items, samples, temperature, response_length,
             out = policy.generate(input_ids=ids, attention_mask=mask, generation_config=sample)
         replies = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
         for j, item in enumerate(chunk):
-            answers = [final_answer(reply) for reply in replies[j * n : (j + 1) * n]]
-            rates.append(sum(a is not None and string_match(a, item[ANSWER]) for a in answers) / n)
+            answers = [final_answer(reply) for reply in replies[j * samples : (j + 1) * samples]]
+            rates.append(sum(a is not None and string_match(a, item[ANSWER]) for a in answers) / samples)
     return rates
 
 
@@ -225,11 +224,12 @@ def prepare(args):
         start = time.time()
         rates = sampled_pass_rates(prepared["policy"], load_json(selection["rl_problems"]), **check)
         write_json(check_path, {"check": check, "rates": rates, "seconds": round(time.time() - start, 1)})
+    measured = load_json(check_path)
     prepared.update(
         rl_problems=selection["rl_problems"],
         rl_problem_pass_rates=[selection["pass_rates"][i] for i in selection["chosen"]],
         pass_rates_all=selection["pass_rates"], selection_seconds=selection["seconds"],
-        check=check, sft_check_rates=load_json(check_path)["rates"], check_seconds=load_json(check_path)["seconds"],
+        check=check, sft_check_rates=measured["rates"], check_seconds=measured["seconds"],
         made_now=[name for name, made in (("models", made_models), ("choice of problems", made_selection),
                                           ("check", made_check)) if made],
     )  # fmt: skip

@@ -52,6 +52,7 @@ class Rollout:
     ref_logprobs: torch.Tensor
     raw_values: torch.Tensor
     targets: ppo_core.Targets
+    seconds: dict[str, float]  # where the rollout's time went, per phase (this process)
 
 
 class PolicyAndValue(torch.nn.Module):
@@ -263,7 +264,6 @@ class PPOTrainer:
             pad_token_id=self.pad_id,
         )
         self.update = 0
-        self.seconds = {}  # the last rollout's time per phase
         self.log_path = os.path.join(config.output_dir, "rl_log.jsonl")
         # --use_vllm: a colocated vLLM engine samples the rollouts and held-out answers (huatuo_o1/rl/vllm_rollout.py)
         self.rollout_engine = None
@@ -369,9 +369,8 @@ class PPOTrainer:
         forwarded = time.perf_counter()
 
         reward, texts = self.score_responses(truncated.cpu(), [it.reference for it in items])
-        # where an update's time goes (this process): logged beside the training figures
-        self.seconds = {"time/generate": generated - started, "time/forward": forwarded - generated,
-                        "time/reward": time.perf_counter() - forwarded}  # fmt: skip
+        seconds = {"time/generate": generated - started, "time/forward": forwarded - generated,
+                   "time/reward": time.perf_counter() - forwarded}  # fmt: skip
         verifier_scores = reward.rewards.to(self.device)  # the verifier's dtype, as the original kept them
         targets = ppo_core.rollout_targets(
             responses,
@@ -403,6 +402,7 @@ class PPOTrainer:
             ref_logprobs=ref_logprobs,
             raw_values=values,
             targets=targets,
+            seconds=seconds,
         )
 
     # ---- optimisation ---------------------------------------------------------------------------
@@ -545,7 +545,7 @@ class PPOTrainer:
             lr = self.scheduler.get_last_lr()[0]  # the rate of this update's optimizer steps
             optimise_start = time.perf_counter()
             stats = self.optimise(data)
-            seconds = dict(self.seconds, **{"time/optimise": time.perf_counter() - optimise_start})
+            seconds = dict(data.seconds, **{"time/optimise": time.perf_counter() - optimise_start})
             self.scheduler.step()
             self.update += 1
             targets = data.targets
@@ -567,7 +567,7 @@ class PPOTrainer:
                 "episodes_per_second": (self.update - start_update)
                 * self.sizes.batch_size
                 / (time.time() - start_time),
-                **{k: round(v, 3) for k, v in seconds.items()},
+                **seconds,
             }
             if eval_every and self.update % eval_every == 0:
                 record.update(self.evaluate())
