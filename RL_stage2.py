@@ -36,7 +36,7 @@ from huatuo_o1 import cli, training
 from huatuo_o1.models import check_model_source, check_verifier_config
 from huatuo_o1.outputs import check_outputs
 from huatuo_o1.records import InputError, write_json_atomic
-from huatuo_o1.rl.config import check_batch_sizes, parse_args, world_size_from_env
+from huatuo_o1.rl.config import check_batch_sizes, parse_args
 from huatuo_o1.rl.curves import write_curves
 from huatuo_o1.rl.loading import load_models, load_problems, prompt_ids
 from huatuo_o1.rl.ppo_trainer import PPOTrainer
@@ -45,7 +45,7 @@ from huatuo_o1.verifier import VerifierReward
 
 
 def main(argv=None):
-    if not torch.cuda.is_available() and world_size_from_env() > 1:
+    if not torch.cuda.is_available() and cli.launched_processes() > 1:
         # Without CUDA accelerate leaves the backend unset and DeepSpeed miscounts processes.
         PartialState(backend="gloo")
     script_args, config, model_args = parse_args(argv)
@@ -80,7 +80,7 @@ def main(argv=None):
         replaced_inside=training.CHECKPOINT_PREFIX,
     )
     try:
-        sizes = check_batch_sizes(config, world_size_from_env())
+        sizes = check_batch_sizes(config, cli.launched_processes())
     except ValueError as e:
         raise InputError(f"batch sizes do not fit together: {e}") from None
 

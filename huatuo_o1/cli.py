@@ -9,10 +9,12 @@
 """
 
 import difflib
+import logging
 import os
 import sys
 import traceback
 from collections.abc import Callable, Iterable
+from typing import NoReturn
 
 from huatuo_o1.records import InputError
 
@@ -44,20 +46,47 @@ def run(main: Callable[[], object]) -> None:
     except InputError as error:
         if debug:
             traceback.print_exc()
-        sys.exit(f"error: {one_line(error)}")
+        leave(f"error: {one_line(error)}")
     except KeyboardInterrupt as error:
         if debug:
             traceback.print_exc()
         print(f"interrupted: {one_line(error) or 'stopped by Ctrl-C'}", file=sys.stderr, flush=True)
-        sys.exit(130)
+        leave(130)
     except Exception as error:
         if debug:
             raise
-        sys.exit(
-            f"error: {type(error).__name__}: {one_line(error)} (--debug or {DEBUG_VARIABLE}=1 shows the traceback)"
-        )
-    if isinstance(result, int) and not isinstance(result, bool):
-        sys.exit(result)
+        leave(f"error: {type(error).__name__}: {one_line(error)} (--debug or {DEBUG_VARIABLE}=1 shows the traceback)")
+    status = result if isinstance(result, int) and not isinstance(result, bool) else 0
+    if status or launched_processes() > 1:
+        leave(status)
+
+
+def launched_processes() -> int:
+    """How many processes the launcher (accelerate / torchrun / deepspeed) started for this run; 1 when none."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def leave(status: int | str) -> NoReturn:
+    """sys.exit(status) (a str is printed to stderr, status 1), but a process of a multi-process launch skips the
+    interpreter's teardown: its outputs are written and its process groups destroyed by now, yet DeepSpeed's ZeRO-3
+    parameters keep the gloo groups (and their threads) alive until that teardown, where a rank sometimes died with
+    SIGABRT ("terminate called without an active exception") after a complete run: exit status -6 for finished work.
+    """
+    if launched_processes() <= 1:
+        sys.exit(status)
+    if isinstance(status, str):
+        print(status, file=sys.stderr)
+        status = 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can reach the reader anyway
+            pass
+    os._exit(status)
 
 
 # ---- flags ------------------------------------------------------------------------------------

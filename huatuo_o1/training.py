@@ -28,6 +28,7 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs
 from transformers import get_scheduler
 
+from huatuo_o1 import cli
 from huatuo_o1.records import write_json_atomic
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def make_accelerator(
     """
     # accelerate launch exports the config file's accumulation count, which would override the flag
     os.environ["ACCELERATE_GRADIENT_ACCUMULATION_STEPS"] = str(gradient_accumulation_steps)
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    launched = cli.launched_processes() > 1
     handlers = [InitProcessGroupKwargs(backend="gloo")] if launched and not torch.cuda.is_available() else []
     accelerator = Accelerator(
         gradient_accumulation_steps=gradient_accumulation_steps,

@@ -445,3 +445,41 @@ def test_a_second_run_on_the_same_progress_folder_refuses_to_start_and_touches_n
     teacher.reset()
     run(CONSTRUCT, args, teacher)
     assert teacher.stats()["total"] == 0 and not theirs.exists()
+
+
+EXIT_PROBE = """
+import atexit, sys
+from huatuo_o1 import cli
+from huatuo_o1.records import InputError
+
+def main():
+    atexit.register(lambda: open(sys.argv[2], "w").write("the interpreter's teardown ran"))
+    print("all outputs written")  # buffered: stdout is a pipe
+    if sys.argv[1] == "bad":
+        raise InputError("--data_path x.json: no such file")
+    return int(sys.argv[1]) if sys.argv[1].isdigit() else None
+
+cli.run(main)
+"""
+
+
+@pytest.mark.parametrize("world_size", [None, "2"])
+@pytest.mark.parametrize("outcome, status", [("none", 0), ("3", 3), ("bad", 1)])
+def test_a_launched_process_ends_with_its_status_and_output_but_without_the_interpreters_teardown(
+    tmp_path, world_size, outcome, status
+):
+    """Under a multi-process launcher a finished rank leaves with os._exit: a gloo thread torn down with the
+    interpreter once turned a complete ZeRO-3 run into SIGABRT. The status and every printed line still arrive."""
+    probe, marker = tmp_path / "probe.py", tmp_path / "teardown_ran"
+    probe.write_text(EXIT_PROBE)
+    env = {k: v for k, v in os.environ.items() if k != "WORLD_SIZE"} | (
+        {"WORLD_SIZE": world_size} if world_size else {}
+    )
+    env["PYTHONPATH"] = REPO_ROOT
+    result = subprocess.run(
+        [sys.executable, str(probe), outcome, str(marker)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == status, result.stderr
+    assert result.stdout == "all outputs written\n"
+    assert result.stderr == ("error: --data_path x.json: no such file\n" if outcome == "bad" else "")
+    assert marker.exists() == (world_size is None)

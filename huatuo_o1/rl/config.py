@@ -8,7 +8,6 @@ Defaults of the flags TrainingArguments used to provide are its own.
 """
 
 import math
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -306,7 +305,7 @@ class PPOConfig:
     @property
     def ddp_backend(self) -> str | None:
         """gloo without CUDA (accelerate leaves the backend unset there and DeepSpeed miscounts the processes)."""
-        return "gloo" if not torch.cuda.is_available() and world_size_from_env() > 1 else None
+        return "gloo" if not torch.cuda.is_available() and cli.launched_processes() > 1 else None
 
 
 def parse_args(argv: list | None = None) -> tuple[ScriptArguments, PPOConfig, "ModelConfig"]:
@@ -376,7 +375,3 @@ def check_batch_sizes(config: PPOConfig, world_size: int) -> "BatchSizes":
         f"chunks of {min(config.local_rollout_forward_batch_size, local_batch)}"
     )
     return BatchSizes(world_size, local_batch, batch, local_mini, num_updates, description)
-
-
-def world_size_from_env() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
