@@ -71,9 +71,10 @@ def launched_processes() -> int:
 
 def leave(status: int | str) -> NoReturn:
     """sys.exit(status) (a str is printed to stderr, status 1), but a process of a multi-process launch skips the
-    interpreter's teardown: its outputs are written and its process groups destroyed by now, yet DeepSpeed's ZeRO-3
-    parameters keep the gloo groups (and their threads) alive until that teardown, where a rank sometimes died with
-    SIGABRT ("terminate called without an active exception") after a complete run: exit status -6 for finished work.
+    interpreter's teardown. After a finished run its outputs are written and its process groups destroyed, yet
+    DeepSpeed's ZeRO-3 parameters keep the gloo groups (and their threads) alive until that teardown, where a rank
+    sometimes died with SIGABRT ("terminate called without an active exception"): exit status -6 for finished work.
+    A rank that failed leaves the same way, its status and one line kept.
     """
     if launched_processes() <= 1:
         sys.exit(status)
