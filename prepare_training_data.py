@@ -210,6 +210,9 @@ def main():
     for part in recipe.PARTS:
         print(f"{part}: {len(parts[part])} rows {summary['parts'][part]['by_data_type']} -> {outputs[part]}")
     print(f"dropped: {summary['dropped']['by_reason']} -> {outputs['dropped']}; summary: {outputs['summary']}")
+    left_out = size_report["medical_left_out"]
+    if left_out["items"]:
+        print(f"{left_out['items']} clean medical items in neither part (not_selected): {left_out['why']}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 from huatuo_o1.construct import option_line, question_with_options
 from huatuo_o1.decontamination import EvalIndex, normalise, training_texts
@@ -64,6 +65,28 @@ def parse_size(text: str, flag: str) -> int | float:
 
 def resolve(size: int | float, pool: int) -> int:
     return round(size * pool) if isinstance(size, float) else size
+
+
+def part_counts(search: int | float, rl: int | float, pool: int, seed: int) -> tuple[int, int]:
+    """The search and RL counts of `pool` clean items.
+
+    Two shares are split together with what is left over, by largest remainder (ties drawn with the seed):
+    shares that add up to 1 place every item (0.5 + 0.5 of 5 items: 3 + 2, never 2 + 2 and one left out),
+    and each count is its share of the pool rounded up or down. A count is taken as given.
+    """
+    if not (isinstance(search, float) and isinstance(rl, float)):
+        return resolve(search, pool), resolve(rl, pool)
+    shares = [Fraction(repr(search)), Fraction(repr(rl))]  # the decimal as typed, not its binary approximation
+    if sum(shares) > 1:
+        return resolve(search, pool), resolve(rl, pool)  # more than everything: the caller says so
+    shares.append(1 - sum(shares))  # what the user left out
+    quotas = [share * pool for share in shares]
+    counts = [int(quota) for quota in quotas]
+    ties = random.Random(f"part sizes {seed}")  # its own stream: the split's draws stay as they were
+    order = sorted(range(3), key=lambda i: (-(quotas[i] - counts[i]), ties.random()))
+    for i in order[: pool - sum(counts)]:
+        counts[i] += 1
+    return counts[0], counts[1]
 
 
 def stratified_counts(sizes: dict, total: int, capacity: dict | None = None) -> dict:
@@ -245,10 +268,7 @@ def split(medical: list[Item], general: list[Item], sizes: dict, args, rng: rand
     closed_set_from, general_part)."""
     clean = [item for item in medical if not item.reason]
     n = len(clean)
-    search_n, rl_n = resolve(sizes["search"], n), resolve(sizes["rl"], n)
-    shares = all(isinstance(sizes[p], float) for p in PARTS)
-    if search_n + rl_n > n and shares and sizes["search"] + sizes["rl"] <= 1:
-        rl_n = n - search_n  # two shares that add up to 1 (0.5 + 0.5 of an odd number) take everything
+    search_n, rl_n = part_counts(sizes["search"], sizes["rl"], n, args.seed)
     if search_n + rl_n > n:
         raise InputError(
             f"--search_size {args.search_size} + --rl_size {args.rl_size} ask for {search_n + rl_n} items, but {n} "
@@ -297,6 +317,14 @@ def split(medical: list[Item], general: list[Item], sizes: dict, args, rng: rand
         rng.shuffle(parts[part])  # sources and kinds mixed: any prefix (--limit_num) is a fair sample
     got = {"search": search_n, "rl": rl_n, "closed_set": len(closed), "general": len(chosen)}
     report = {name: {"asked": getattr(args, f"{name}_size"), "got": got[name]} for name in got}
+    left_out = n - search_n - rl_n
+    report["medical_left_out"] = {
+        "items": left_out,
+        "why": f"--search_size {args.search_size} + --rl_size {args.rl_size} ask for {search_n + rl_n} of the {n} "
+        "clean medical items"
+        if left_out
+        else "none: the two parts hold every clean medical item",
+    }
     report["closed_set"].update(part=args.closed_set_part, **{"from": args.closed_set_from})
     report["general"]["part"] = args.general_part
     return parts, report

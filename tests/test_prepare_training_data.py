@@ -572,3 +572,87 @@ def test_rl_loads_closed_set_rows_and_rewards_them_by_the_option(tmp_path, tiny_
     assert verifier.seen == [right, wrong, no_answer]
     assert out.rewards.tolist() == torch.tensor([1.0, 0.1, 0.0]).tolist()
     assert out.well_formed.tolist() == [True, True, False]
+
+
+@pytest.mark.parametrize("pool", [1, 2, 5, 7, 99, 101])
+def test_shares_that_add_up_to_one_place_every_item(pool):
+    for search, rl in ((0.5, 0.5), (0.3, 0.7), (0.1, 0.9), (0.7, 0.3)):
+        counts = [recipe.part_counts(search, rl, pool, seed) for seed in range(8)]
+        assert all(s + r == pool for s, r in counts), (search, rl, counts)
+        # each part gets its share rounded down or up, never further off
+        assert all(int(search * pool) <= s <= int(search * pool) + 1 for s, _ in counts)
+    # a tie (0.5 + 0.5 of an odd number) goes either way with the seed, the same way for the same seed
+    if pool % 2:
+        assert {recipe.part_counts(0.5, 0.5, pool, seed) for seed in range(16)} == {
+            (pool // 2 + 1, pool // 2),
+            (pool // 2, pool // 2 + 1),
+        }
+        assert recipe.part_counts(0.5, 0.5, pool, 3) == recipe.part_counts(0.5, 0.5, pool, 3)
+
+
+def test_shares_below_one_and_counts_are_taken_as_asked():
+    assert recipe.part_counts(0.5, 0.3, 100, 42) == (50, 30)
+    assert recipe.part_counts(0.5, 0.25, 10, 42) in ((5, 3), (5, 2), (6, 2))  # quotas 5, 2.5, 2.5
+    assert sum(recipe.part_counts(0.5, 0.25, 10, 42)) <= 8  # what was asked for, not the leftover share
+    assert recipe.part_counts(3, 4, 10, 42) == (3, 4)
+    assert recipe.part_counts(0.5, 4, 9, 42) == (4, 4)  # a share next to a count: rounded on its own
+    assert recipe.part_counts(0.1 + 0.2, 0.7, 10, 42) == (3, 7)  # 0.30000000000000004 is read as typed
+
+
+@pytest.mark.parametrize("n_items", [98, 100])  # with the 5 of the second source: odd pools
+def test_odd_pools_of_several_sources_leave_nothing_out(tmp_path, n_items):
+    rng = random.Random(n_items)
+    sources = ["MedQA", "MedMCQA", "PubMedQA"]
+    rows = [mc_row(rng, source=sources[i % 3] if i % 7 else sources[0]) for i in range(n_items)]
+    second = [mc_row(rng, source="Other") for _ in range(5)]
+    eval_rows = [{"question": words(rng, 20), "options": {"A": "x", "B": "y"}, "answer_idx": "A", "source": "MedQA"}]
+    out = tmp_path / "out"
+    code, stdout, err = run(
+        [
+            "--data_path",
+            write(tmp_path / "first.json", rows),
+            write(tmp_path / "second.json", second),
+            "--eval_file",
+            write(tmp_path / "eval.json", eval_rows),
+            "--search_size",
+            "0.5",
+            "--rl_size",
+            "0.5",
+            "--closed_set_size",
+            "0",
+            "--output_dir",
+            str(out),
+        ]
+    )
+    assert code == 0, err
+    summary = load(out / "summary.json")
+    placed = summary["accounting"]["in_search"] + summary["accounting"]["in_rl"]
+    assert placed == n_items + 5 and summary["dropped"]["items"] == 0
+    assert abs(summary["accounting"]["in_search"] - summary["accounting"]["in_rl"]) == 1
+    assert summary["sizes"]["medical_left_out"]["items"] == 0
+    assert "neither part" not in stdout
+
+    less = tmp_path / "less"
+    code, stdout, err = run(
+        [
+            "--data_path",
+            write(tmp_path / "first.json", rows),
+            "--eval_file",
+            str(tmp_path / "eval.json"),
+            "--search_size",
+            "0.5",
+            "--rl_size",
+            "0.3",
+            "--closed_set_size",
+            "0",
+            "--output_dir",
+            str(less),
+        ]
+    )
+    assert code == 0, err
+    summary = load(less / "summary.json")
+    left_out = n_items - summary["accounting"]["in_search"] - summary["accounting"]["in_rl"]
+    assert left_out == summary["sizes"]["medical_left_out"]["items"] == summary["dropped"]["by_reason"]["not_selected"]
+    assert left_out in (19, 20, 21)  # 20% of ~100, rounded with the parts
+    assert f"{left_out} clean medical items in neither part" in stdout
+    assert "--search_size 0.5 + --rl_size 0.3" in summary["sizes"]["medical_left_out"]["why"]
