@@ -324,7 +324,8 @@ class BatchSizes:
 
 
 def check_batch_sizes(config: PPOConfig, world_size: int) -> "BatchSizes":
-    """Derive the PPO batch sizes and stop early, saying why, when the flags cannot work together.
+    """Derive the PPO batch sizes and stop early, saying why, when the flags cannot work together (each flag alone
+    is in range already: PPOConfig checks that when it is parsed).
 
     One update = every process generates per_device_train_batch_size x gradient_accumulation_steps x
     num_mini_batches responses; each PPO epoch then takes num_mini_batches optimizer steps, each
@@ -334,17 +335,6 @@ def check_batch_sizes(config: PPOConfig, world_size: int) -> "BatchSizes":
     (the seed's notes asking num_processes == local_rollout_forward_batch_size and
     num_mini_batches == per_device_train_batch_size are not needed here).
     """
-    positive = [
-        "per_device_train_batch_size",
-        "gradient_accumulation_steps",
-        "num_mini_batches",
-        "local_rollout_forward_batch_size",
-        "num_ppo_epochs",
-        "response_length",
-    ]
-    for name in positive:
-        if getattr(config, name) < 1:
-            raise ValueError(f"--{name} must be at least 1 (got {getattr(config, name)})")
     local_mini = config.per_device_train_batch_size * config.gradient_accumulation_steps
     local_batch = local_mini * config.num_mini_batches
     batch = local_batch * world_size

@@ -12,6 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# Added to the sampling temperature wherever logits are divided by it (sampling, log-probs, entropy), as the
+# original trainer did; the rollouts and the updates must divide by the same number.
+TEMPERATURE_EPSILON = 1e-7
+# Added to the variance before whitening, so that a constant (zero-variance) tensor whitens to 0, not NaN.
+WHITEN_EPSILON = 1e-8
+
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     mask = mask.to(values.dtype)
@@ -29,7 +35,7 @@ def masked_var(values: Tensor, mask: Tensor) -> Tensor:
 def masked_whiten(values: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
     """Normalise to unit variance (and zero mean) using the masked entries only."""
     mean, var = masked_mean(values, mask), masked_var(values, mask)
-    whitened = (values - mean) * torch.rsqrt(var + 1e-8)
+    whitened = (values - mean) * torch.rsqrt(var + WHITEN_EPSILON)
     if not shift_mean:
         whitened = whitened + mean
     return whitened

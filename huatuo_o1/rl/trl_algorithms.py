@@ -12,12 +12,12 @@ from collections.abc import Iterator
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 from transformers.integrations import is_deepspeed_zero3_enabled
-from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
+from trl.models.utils import unwrap_model_for_generation
 
 from huatuo_o1.records import write_json_atomic
 from huatuo_o1.rl.config import BatchSizes, PPOConfig
 from huatuo_o1.rl.loading import Problem, stop_token_id_for
-from huatuo_o1.rl.ppo_trainer import eval_figures, greedy_answers
+from huatuo_o1.rl.ppo_trainer import eval_figures, greedy_answers, place_frozen
 from huatuo_o1.verifier import VerifierReward, trl_reward_functions
 
 
@@ -132,7 +132,10 @@ def train_with_trl(
 
     def to_dataset(rows):
         return Dataset.from_list(
-            [{"prompt": [{"role": "user", "content": r.question}], "reference": r.reference} for r in rows]
+            [
+                {"prompt": [{"role": "user", "content": problem.question}], "reference": problem.reference}
+                for problem in rows
+            ]
         )
 
     # Under DeepSpeed, accelerate launch exports the config file's accumulation count, clipping and precision, which
@@ -161,7 +164,7 @@ def train_with_trl(
             per_device_eval_batch_size=config.num_generations,
             gradient_checkpointing_kwargs={"use_reentrant": False},
             disable_dropout=True,
-            **trl_vllm_arguments(config, policy, [p.prompt_ids for p in train + evaluation]),
+            **trl_vllm_arguments(config, policy, [problem.prompt_ids for problem in train + evaluation]),
         )
         trainer = trainer_cls(
             model=policy,
@@ -171,10 +174,7 @@ def train_with_trl(
             eval_dataset=to_dataset(evaluation) if trl_args.eval_strategy != "no" else None,
             processing_class=tokenizer,
         )
-    if trainer.accelerator.state.deepspeed_plugin is not None:  # the verifier was loaded partitioned under ZeRO-3
-        reward.model = prepare_deepspeed(reward.model, trainer.accelerator)
-    else:
-        reward.model = reward.model.to(trainer.accelerator.device)
+    reward.model = place_frozen(reward.model, trainer.accelerator)  # under ZeRO-3 it was loaded partitioned
     gathered = deepspeed_gathered(policy) if is_deepspeed_zero3_enabled() else contextlib.nullcontext()
     with gathered:
         eval_start = evaluate_plain(policy, tokenizer, evaluation, reward, config)

@@ -186,7 +186,7 @@ class VLLMRollout:
     def generate(self, prompts, greedy=False):
         """Token ids of one response per prompt (lists of prompt token ids), the stop token included when sampled."""
         outputs = self.llm.generate(
-            [{"prompt_token_ids": list(p)} for p in prompts], self.sampling_params(greedy), use_tqdm=False
+            [{"prompt_token_ids": list(prompt)} for prompt in prompts], self.sampling_params(greedy), use_tqdm=False
         )
         return [list(out.outputs[0].token_ids) for out in outputs]
 
@@ -194,7 +194,7 @@ class VLLMRollout:
         """(batch, longest response) tensor padded with pad_id after each response: what generate_responses returns."""
         self.sync(policy, version)
         sequences = self.generate(prompts, greedy=greedy)
-        width = max(1, max(len(s) for s in sequences))
+        width = max(1, max(len(sequence) for sequence in sequences))
         out = torch.full((len(sequences), width), pad_id, dtype=torch.long)
         for row, seq in enumerate(sequences):
             out[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
@@ -204,20 +204,20 @@ class VLLMRollout:
 def engine_for_ppo(config, trainer, prompts):
     """The engine of our PPO trainer with --use_vllm: the trainer's sampling settings, sized for the longest prompt
     plus --response_length."""
-    acc = trainer.accelerator
-    plugin = acc.state.deepspeed_plugin
+    accelerator = trainer.accelerator
+    plugin = accelerator.state.deepspeed_plugin
     return VLLMRollout(
-        acc.unwrap_model(trainer.model).policy,
+        accelerator.unwrap_model(trainer.model).policy,
         response_length=config.response_length,
-        temperature=config.temperature + 1e-7,  # the value the generate path samples with
+        temperature=trainer.temperature,  # the value the generate path samples with
         stop_token_id=trainer.stop_token_id,
-        max_model_len=max(len(p) for p in prompts) + config.response_length,
-        seed=config.seed + acc.process_index,
+        max_model_len=max(len(prompt) for prompt in prompts) + config.response_length,
+        seed=config.seed + accelerator.process_index,
         gpu_memory_utilization=config.vllm_gpu_memory_utilization,
         kv_cache_gib=config.vllm_kv_cache_gib,
         enforce_eager=config.vllm_enforce_eager,
         zero3=plugin is not None and plugin.zero_stage == 3,
-        world_size=acc.num_processes,
+        world_size=accelerator.num_processes,
     )
 
 
@@ -244,7 +244,7 @@ def trl_vllm_arguments(config, policy, prompts):
         use_vllm=True,
         vllm_mode="colocate",
         vllm_gpu_memory_utilization=config.vllm_gpu_memory_utilization,
-        vllm_max_model_length=max(len(p) for p in prompts) + config.response_length,
+        vllm_max_model_length=max(len(prompt) for prompt in prompts) + config.response_length,
     )
 
 
