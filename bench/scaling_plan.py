@@ -406,7 +406,7 @@ def markdown(plan: dict) -> str:
         "",
         "Models: " + ", ".join(f"{m['name']} {m['params'] / 1e9:.2f}B parameters" for m in plan["models"]),
         "",
-        f"### SFT, memory per GPU (GiB), micro-batch of {SFT_MAX_SEQ_LEN} tokens",
+        f"#### SFT, memory per GPU (GiB), micro-batch of {SFT_MAX_SEQ_LEN} tokens",
         "",
         "| model | nodes x GPUs | config | model states (DeepSpeed) | activations ckpt / no ckpt (logits incl.) "
         "| total ckpt | total no ckpt | host RAM per node |",
@@ -422,7 +422,7 @@ def markdown(plan: dict) -> str:
         )
     lines += [
         "",
-        f"### SFT, time ({SFT_ROWS:,} rows x {plan['inputs']['sft_tokens_per_row']} tokens, batch {SFT_BATCH}, "
+        f"#### SFT, time ({SFT_ROWS:,} rows x {plan['inputs']['sft_tokens_per_row']} tokens, batch {SFT_BATCH}, "
         "gradient checkpointing)",
         "",
         "| model | nodes x GPUs | config | accumulation | compute | ZeRO-3 traffic | host transfer + CPU Adam "
@@ -438,7 +438,7 @@ def markdown(plan: dict) -> str:
         )
     lines += [
         "",
-        f"### PPO, memory per GPU (GiB): {PPO_EPISODES_PER_UPDATE} episodes per update, response_length "
+        f"#### PPO, memory per GPU (GiB): {PPO_EPISODES_PER_UPDATE} episodes per update, response_length "
         f"{PPO_RESPONSE_LENGTH}",
         "",
         "| policy + value + verifier | nodes x GPUs | config | trained states | frozen | score / optimise peaks | "
@@ -458,7 +458,7 @@ def markdown(plan: dict) -> str:
         )
     lines += [
         "",
-        f"### PPO, time per update (generate + score + optimise) and per run of {plan['ppo'][0]['updates']} updates",
+        f"#### PPO, time per update (generate + score + optimise) and per run of {plan['ppo'][0]['updates']} updates",
         "",
         "| policy + value + verifier | nodes x GPUs | config | score + optimise | "
         + " | ".join(ROLLOUTS.values())
@@ -482,7 +482,7 @@ def markdown(plan: dict) -> str:
         )
     lines += [
         "",
-        "### Which config, how many nodes",
+        "#### Which config, how many nodes",
         "",
         "| workload | fewest nodes, `"
         + "` | fewest nodes, `".join(CONFIGS.values())
