@@ -398,107 +398,83 @@ def choices(plan: dict) -> list[dict]:
     return rows
 
 
+def table(title: str, columns: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table under a level-4 heading (docs/scaling.md nests them in its own sections)."""
+    return [
+        "", f"#### {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns),
+        *("| " + " | ".join(map(str, cells)) + " |" for cells in rows),
+    ]  # fmt: skip
+
+
 def markdown(plan: dict) -> str:
-    mfu = plan["mfu"]
+    mfu, nodes = plan["mfu"], lambda r: f"{r['nodes']} x {GPUS_PER_NODE}"
     lines = [
         f"MFU {mfu['value']:.2f} ({mfu['source']}: {mfu['detail']}); A100-80GB, {PEAK_BF16 / 1e12:.0f} TFLOP/s "
         f"bf16 peak, {GPUS_PER_NODE} per node. Every figure below is projected (P); the MFU alone can be measured.",
         "",
         "Models: " + ", ".join(f"{m['name']} {m['params'] / 1e9:.2f}B parameters" for m in plan["models"]),
-        "",
-        f"#### SFT, memory per GPU (GiB), micro-batch of {SFT_MAX_SEQ_LEN} tokens",
-        "",
-        "| model | nodes x GPUs | config | model states (DeepSpeed) | activations ckpt / no ckpt (logits incl.) "
-        "| total ckpt | total no ckpt | host RAM per node |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for r in plan["sft"]:
-        lines.append(
-            f"| {r['model']} | {r['nodes']} x {GPUS_PER_NODE} | `{r['config']}` | {r['model_states_gib']:.1f} P "
-            f"| {r['activations_gib']:.1f} / {r['activations_no_checkpointing_gib']:.1f} P "
-            f"(logits {r['logits_gib']:.1f}) | {r['total_gib']:.1f} P **{r['verdict']}** "
-            f"| {r['total_no_checkpointing_gib']:.1f} P {r['verdict_no_checkpointing']} "
-            f"| {r['host_gib_per_node']:.0f} P {r['host_verdict']} |"
-        )
-    lines += [
-        "",
-        f"#### SFT, time ({SFT_ROWS:,} rows x {plan['inputs']['sft_tokens_per_row']} tokens, batch {SFT_BATCH}, "
+    lines += table(
+        f"SFT, memory per GPU (GiB), micro-batch of {SFT_MAX_SEQ_LEN} tokens",
+        ["model", "nodes x GPUs", "config", "model states (DeepSpeed)", "activations ckpt / no ckpt (logits incl.)",
+         "total ckpt", "total no ckpt", "host RAM per node"],
+        [[r["model"], nodes(r), f"`{r['config']}`", f"{r['model_states_gib']:.1f} P",
+          f"{r['activations_gib']:.1f} / {r['activations_no_checkpointing_gib']:.1f} P (logits {r['logits_gib']:.1f})",
+          f"{r['total_gib']:.1f} P **{r['verdict']}**",
+          f"{r['total_no_checkpointing_gib']:.1f} P {r['verdict_no_checkpointing']}",
+          f"{r['host_gib_per_node']:.0f} P {r['host_verdict']}"] for r in plan["sft"]],
+    )  # fmt: skip
+    lines += table(
+        f"SFT, time ({SFT_ROWS:,} rows x {plan['inputs']['sft_tokens_per_row']} tokens, batch {SFT_BATCH}, "
         "gradient checkpointing)",
-        "",
-        "| model | nodes x GPUs | config | accumulation | compute | ZeRO-3 traffic | host transfer + CPU Adam "
-        f"| per epoch | {SFT_EPOCHS} epochs | A100-hours per epoch |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in plan["sft"]:
-        offload = f"{duration(r['host_transfer_s'])} + {duration(r['cpu_adam_s'])} P" if r["cpu_adam_s"] else "-"
-        lines.append(
-            f"| {r['model']} | {r['nodes']} x {GPUS_PER_NODE} | `{r['config']}` | {r['gradient_accumulation_steps']} "
-            f"| {duration(r['compute_s'])} P | {duration(r['zero3_traffic_s'])} P | {offload} "
-            f"| {duration(r['epoch_s'])} P | {duration(r['run_s'])} P | {r['gpu_hours_per_epoch']:.1f} P |"
+        ["model", "nodes x GPUs", "config", "accumulation", "compute", "ZeRO-3 traffic", "host transfer + CPU Adam",
+         "per epoch", f"{SFT_EPOCHS} epochs", "A100-hours per epoch"],
+        [[r["model"], nodes(r), f"`{r['config']}`", r["gradient_accumulation_steps"], f"{duration(r['compute_s'])} P",
+          f"{duration(r['zero3_traffic_s'])} P",
+          f"{duration(r['host_transfer_s'])} + {duration(r['cpu_adam_s'])} P" if r["cpu_adam_s"] else "-",
+          f"{duration(r['epoch_s'])} P", f"{duration(r['run_s'])} P", f"{r['gpu_hours_per_epoch']:.1f} P"]
+         for r in plan["sft"]],
+    )  # fmt: skip
+
+    def memory(way):
+        return f"{way['total_gib']:.1f} P **{way['verdict']}**" + (f" ({way['note']})" if "note" in way else "")
+
+    def timing(way, gpus):
+        if way["verdict"] in ("OOM", "fails"):
+            return way["verdict"]
+        return (
+            f"{duration(way['update_s'])} (generate {duration(way['generate_s'])}); {duration(way['run_s'])}, "
+            f"{way['run_s'] * gpus / 3600:,.0f} A100-h P"
         )
-    lines += [
-        "",
-        f"#### PPO, memory per GPU (GiB): {PPO_EPISODES_PER_UPDATE} episodes per update, response_length "
+
+    lines += table(
+        f"PPO, memory per GPU (GiB): {PPO_EPISODES_PER_UPDATE} episodes per update, response_length "
         f"{PPO_RESPONSE_LENGTH}",
-        "",
-        "| policy + value + verifier | nodes x GPUs | config | trained states | frozen | score / optimise peaks | "
-        + " | ".join(ROLLOUTS.values())
-        + " | host RAM per node |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in plan["ppo"]:
-        ways = []
-        for way in r["rollouts"].values():
-            cell = f"{way['total_gib']:.1f} P **{way['verdict']}**"
-            ways.append(cell + (f" ({way['note']})" if "note" in way else ""))
-        lines.append(
-            f"| {r['setup']} | {r['nodes']} x {GPUS_PER_NODE} | `{r['config']}` | {r['trained_states_gib']:.1f} P "
-            f"| {r['frozen_gib']:.1f} P | {r['score_gib']:.1f} / {r['optimise_gib']:.1f} P | {' | '.join(ways)} "
-            f"| {r['host_gib_per_node']:.0f} P {r['host_verdict']} |"
-        )
-    lines += [
-        "",
-        f"#### PPO, time per update (generate + score + optimise) and per run of {plan['ppo'][0]['updates']} updates",
-        "",
-        "| policy + value + verifier | nodes x GPUs | config | score + optimise | "
-        + " | ".join(ROLLOUTS.values())
-        + " |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in plan["ppo"]:
-        ways = []
-        for way in r["rollouts"].values():
-            if way["verdict"] in ("OOM", "fails"):
-                ways.append(f"{way['verdict']}")
-                continue
-            gpu_hours = way["run_s"] * r["gpus"] / 3600
-            ways.append(
-                f"{duration(way['update_s'])} (generate {duration(way['generate_s'])}); {duration(way['run_s'])}, "
-                f"{gpu_hours:,.0f} A100-h P"
-            )
-        lines.append(
-            f"| {r['setup']} | {r['nodes']} x {GPUS_PER_NODE} | `{r['config']}` "
-            f"| {duration(r['score_s'])} + {duration(r['optimise_s'])} | {' | '.join(ways)} |"
-        )
-    lines += [
-        "",
-        "#### Which config, how many nodes",
-        "",
-        "| workload | fewest nodes, `"
-        + "` | fewest nodes, `".join(CONFIGS.values())
-        + "` | cheapest plan that fits |",
-        "|---|---|---|---|",
-    ]
-    for row in plan["choices"]:
-        fewest = [f"{n} P" if n else "does not fit on 4" for n in row["fewest_nodes"].values()]
-        best = row["cheapest"]
-        cheapest = "none"
-        if best is not None:
-            rollout = f", {best['rollout']}" if best["rollout"] else ""
-            cheapest = (
-                f"{best['nodes']} x {GPUS_PER_NODE}, `{best['config']}`{rollout}: {best['a100_hours']:,.0f} A100-h P"
-            )
-        lines.append(f"| {row['workload']} | {' | '.join(fewest)} | {cheapest} |")
+        ["policy + value + verifier", "nodes x GPUs", "config", "trained states", "frozen", "score / optimise peaks",
+         *ROLLOUTS.values(), "host RAM per node"],
+        [[r["setup"], nodes(r), f"`{r['config']}`", f"{r['trained_states_gib']:.1f} P", f"{r['frozen_gib']:.1f} P",
+          f"{r['score_gib']:.1f} / {r['optimise_gib']:.1f} P", *map(memory, r["rollouts"].values()),
+          f"{r['host_gib_per_node']:.0f} P {r['host_verdict']}"] for r in plan["ppo"]],
+    )  # fmt: skip
+    lines += table(
+        f"PPO, time per update (generate + score + optimise) and per run of {plan['ppo'][0]['updates']} updates",
+        ["policy + value + verifier", "nodes x GPUs", "config", "score + optimise", *ROLLOUTS.values()],
+        [[r["setup"], nodes(r), f"`{r['config']}`", f"{duration(r['score_s'])} + {duration(r['optimise_s'])}",
+          *(timing(way, r["gpus"]) for way in r["rollouts"].values())] for r in plan["ppo"]],
+    )  # fmt: skip
+
+    def cheapest(best):
+        if best is None:
+            return "none"
+        rollout = f", {best['rollout']}" if best["rollout"] else ""
+        return f"{best['nodes']} x {GPUS_PER_NODE}, `{best['config']}`{rollout}: {best['a100_hours']:,.0f} A100-h P"
+
+    lines += table(
+        "Which config, how many nodes",
+        ["workload", *(f"fewest nodes, `{path}`" for path in CONFIGS.values()), "cheapest plan that fits"],
+        [[row["workload"], *(f"{n} P" if n else "does not fit on 4" for n in row["fewest_nodes"].values()),
+          cheapest(row["cheapest"])] for row in plan["choices"]],
+    )  # fmt: skip
     return "\n".join(lines)
 
 
