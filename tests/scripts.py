@@ -10,6 +10,8 @@ import os
 import runpy
 import subprocess
 import sys
+import tempfile
+import time
 import types
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,3 +96,98 @@ def record_calls(monkeypatch, owner, name):
     is_static = isinstance(vars(owner).get(name), staticmethod) if isinstance(owner, type) else False
     monkeypatch.setattr(owner, name, staticmethod(recorded) if is_static else recorded)
     return calls
+
+
+def accelerate_launch(script, argv, port, num_processes=2, num_machines=1, machine_rank=0):
+    """The command line of one machine's `accelerate launch` of a script, as the README types it, with the CPU
+    config (DeepSpeed ZeRO-3 over gloo): machine 0 listens on 127.0.0.1:port, the others join it there."""
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    return [
+        accelerate, "launch", "--config_file", os.path.join(REPO_ROOT, "configs", "deepspeed_zero3_cpu.yaml"),
+        "--num_processes", str(num_processes), "--num_machines", str(num_machines), "--machine_rank",
+        str(machine_rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
+        "--deepspeed_multinode_launcher", "standard", script, *map(str, argv),
+    ]  # fmt: skip
+
+
+def _running(process):
+    """True while a psutil.Process (the same PID and start time) runs; a zombie has stopped."""
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def run_launches(commands, timeout=600):
+    """Run the launches of one distributed run at once (one per machine, each in its own session, output in
+    files) as users start them on their nodes; returns (results, left): one (returncode, stdout, stderr, stopped)
+    per launch (stopped: "time ran out", "another machine failed" or ""; a launcher stopped by SIGTERM may still
+    exit 0), and the processes of the run still alive after it (none, unless stopping failed).
+
+    When a launch fails or time runs out, the others are stopped by PID: a rank whose peer died would wait for it
+    in a collective for half an hour. First each launcher's process group (accelerate's agent passes SIGTERM on to
+    its workers and waits for them), then any worker that outlived it (workers lead sessions of their own).
+    """
+    import psutil
+
+    from huatuo_o1.serving import stop_pid
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # the figures the tests compare do not move with thread counts
+    files = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in commands]
+    launches, seen = [], {}  # seen: every process of the run, by PID (psutil keeps its start time)
+    why_stopped = "time ran out"
+    try:
+        for command, (out, err) in zip(commands, files):
+            launches.append(
+                subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=err, start_new_session=True)
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for launch in launches:
+                with contextlib.suppress(psutil.Error):
+                    for child in psutil.Process(launch.pid).children(recursive=True):
+                        seen.setdefault(child.pid, child)
+            codes = [launch.poll() for launch in launches]
+            if None not in codes or any(code not in (None, 0) for code in codes):
+                why_stopped = "another machine failed"
+                break
+            time.sleep(0.5)
+    finally:
+        stopped = [launch.poll() is None for launch in launches]
+        for launch in launches:
+            if launch.poll() is None:
+                stop_pid(launch.pid, grace_s=45)  # the agent gives its workers 30 s to leave
+        for process in seen.values():
+            if _running(process):
+                stop_pid(process.pid)
+        for launch in launches:
+            launch.wait()
+    results = []
+    for launch, (out, err), was_stopped in zip(launches, files, stopped):
+        out.seek(0), err.seek(0)
+        results.append(
+            types.SimpleNamespace(
+                returncode=launch.returncode,
+                stdout=out.read(),
+                stderr=err.read(),
+                stopped=why_stopped if was_stopped else "",
+            )
+        )
+        out.close(), err.close()
+    return results, [pid for pid, process in seen.items() if _running(process)]
+
+
+def launch_ok(commands, timeout=600):
+    """run_launches, asserting that every launch exited 0 and that no process of the run is left; the results."""
+    results, left = run_launches(commands, timeout)
+    failed = [
+        f"machine {machine} {f'stopped ({result.stopped})' if result.stopped else f'exited {result.returncode}'}:\n"
+        f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+        for machine, result in enumerate(results)
+        if result.returncode != 0 or result.stopped
+    ]
+    assert not failed, "\n\n".join(failed)
+    assert not left, f"processes left running after the launch: {left}"
+    return results

@@ -1,4 +1,5 @@
-"""The README's stage commands parse as written (GPU ones cannot run here, but every flag must be accepted)."""
+"""The README's stage commands parse as written (GPU ones cannot run here, but every flag must be accepted), their
+`accelerate launch` part through accelerate's own launch parser, down to the processes each node would start."""
 
 import os
 import re
@@ -7,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch.distributed.run as torchrun
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = (
@@ -38,7 +40,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 def readme_commands():
-    """(script, argv) for every command in the README's bash blocks that runs one of our scripts."""
+    """(launcher, script, argv) for every command in the README's bash blocks that runs one of our scripts; the
+    launcher is the words before the script (`python`, `accelerate launch ...`)."""
     with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
         text = f.read()
     commands = []
@@ -50,11 +53,12 @@ def readme_commands():
             words = shlex.split(command) if command else []
             scripts = [i for i, w in enumerate(words) if w in SCRIPTS]
             if scripts:
-                commands.append((words[scripts[0]], words[scripts[0] + 1 :]))
+                commands.append((words[: scripts[0]], words[scripts[0]], words[scripts[0] + 1 :]))
     return commands
 
 
-COMMANDS = readme_commands()
+COMMANDS = [(script, argv) for _, script, argv in readme_commands()]
+LAUNCHES = [command for command in readme_commands() if command[0][:2] == ["accelerate", "launch"]]
 
 
 def test_the_readme_shows_every_stage():
@@ -105,3 +109,62 @@ def test_readme_command_parses(script, argv):
         timeout=120,
     )
     assert result.returncode == 0 and "PARSED" in result.stdout, result.stdout[-2000:] + result.stderr[-3000:]
+
+
+def torchrun_arguments(launcher, script, argv, monkeypatch):
+    """What `accelerate launch` makes of a command line, through its own parser and checks: its arguments (the
+    config file's values filled in), the environment its processes get, and the torchrun arguments it starts them
+    with (the DeepSpeed launcher `standard` hands those to torch.distributed.run)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import launch as launch_utils
+
+    # a command's --main_process_port is the first node's; whether this machine listens there says nothing
+    monkeypatch.setattr(launch_utils, "is_port_in_use", lambda port: False)
+    monkeypatch.chdir(REPO)  # config files are named relative to the repository, as the README's commands run
+    args, config, _ = _validate_launch_command(launch_command_parser().parse_args([*launcher[2:], script, *argv]))
+    args.deepspeed_fields_from_accelerate_config = ",".join(config.deepspeed_config)
+    _, env = launch_utils.prepare_deepspeed_cmd_env(args)
+    run = launch_utils._filter_args(
+        args, torchrun.get_args_parser(), ["--training_script", script, "--training_script_args", argv]
+    )
+    return args, env, run
+
+
+@pytest.mark.parametrize("launcher, script, argv", LAUNCHES, ids=[f"{s}:{i}" for i, (_, s, _) in enumerate(LAUNCHES)])
+def test_readme_launch_commands_start_every_process_they_count(launcher, script, argv, monkeypatch):
+    """Each `accelerate launch` command of the README, through accelerate's own launch parser: DeepSpeed ZeRO-3 in
+    bf16 from the config file, --num_processes spread evenly over --num_machines, this node's rank, the script and
+    its flags handed on unchanged."""
+    for rank in range(int(flag_value(launcher, "--num_machines", "1"))):
+        words = list(launcher)
+        if "--machine_rank" in words:
+            words[words.index("--machine_rank") + 1] = str(rank)  # the line each node types
+        args, env, run = torchrun_arguments(words, script, argv, monkeypatch)
+        assert (args.use_deepspeed, env["ACCELERATE_DEEPSPEED_ZERO_STAGE"], env["ACCELERATE_MIXED_PRECISION"]) == (
+            True,
+            "3",
+            "bf16",
+        )
+        nodes = torchrun_nodes(run.nnodes)
+        assert nodes == args.num_machines and int(run.nproc_per_node) * nodes == args.num_processes
+        assert (run.training_script, run.training_script_args) == (script, argv)
+        if nodes > 1:
+            # every node meets the first one at its address and port (torchrun's static rendezvous), with its own rank
+            endpoint = f"{VARIABLES['$MASTER_ADDR']}:{args.main_process_port}"
+            assert (run.node_rank, run.rdzv_backend, torchrun.get_rdzv_endpoint(run)) == (rank, "static", endpoint)
+
+
+def flag_value(words, flag, default=None):
+    return words[words.index(flag) + 1] if flag in words else default
+
+
+def torchrun_nodes(nnodes):
+    least, most = torchrun.parse_min_max_nnodes(str(nnodes))
+    assert least == most, f"an elastic node count {nnodes}: the README's runs have a fixed one"
+    return least
+
+
+def test_the_readme_shows_a_two_node_launch():
+    (launcher, script, argv), *others = [c for c in LAUNCHES if flag_value(c[0], "--num_machines") == "2"]
+    assert script == "SFT_stage1.py" and not others
+    assert {"--main_process_ip", "--main_process_port", "--machine_rank"} <= set(launcher)

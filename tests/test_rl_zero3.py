@@ -1,34 +1,44 @@
-"""RL_stage2.py under `accelerate launch`, 2 processes, DeepSpeed ZeRO-3 on CPU (gloo)."""
+"""RL_stage2.py under `accelerate launch`, 2 processes (on 1 machine, or 2 machines of 1), DeepSpeed ZeRO-3 on CPU
+(gloo)."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from huatuo_o1.serving import free_port
+from huatuo_o1.serving import free_port, listening_pids
 from tests.rl_helpers import rl_flags, write_problems
+from tests.scripts import accelerate_launch, launch_ok
 
 
-@pytest.mark.slow
-def test_ppo_two_processes_zero3(tiny_models, tmp_path, repo_root):
-    data, out = write_problems(tmp_path / "problems.json", 11), str(tmp_path / "rl")
-    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    launch = [accelerate, "launch", "--config_file", os.path.join(repo_root, "configs", "deepspeed_zero3_cpu.yaml"),
-              "--num_processes", "2", "--num_machines", "1", "--machine_rank", "0", "--main_process_port",
-              str(free_port()), "--deepspeed_multinode_launcher", "standard", "RL_stage2.py"]  # fmt: skip
-    command = launch + rl_flags(
+def ppo_flags(tiny_models, data, out):
+    return rl_flags(
         tiny_models, data, out, per_device_train_batch_size=1, num_mini_batches=2, num_ppo_epochs=2,
         total_episodes=16, save_strategy="steps", save_step=1, save_total_limit=1, eval_strategy="steps",
         eval_steps=1, gradient_checkpointing=True,
         max_grad_norm=0.5,  # the config file says gradient_clipping 1.0: the flag must win
     )  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def ppo_data(tmp_path_factory):
+    return write_problems(tmp_path_factory.mktemp("ppo_zero3") / "problems.json", 11)
+
+
+@pytest.fixture(scope="module")
+def ppo_one_machine_two_processes(tiny_models, ppo_data, tmp_path_factory):
+    """The output folder and the launch of PPO under DeepSpeed ZeRO-3 on CPU (gloo), 1 machine x 2 processes (run
+    once, for the tests of this run and of the 2-machine run compared with it)."""
+    out = str(tmp_path_factory.mktemp("ppo_zero3_1x2"))
+    (machine,) = launch_ok([accelerate_launch("RL_stage2.py", ppo_flags(tiny_models, ppo_data, out), free_port())])
+    return out, machine
+
+
+@pytest.mark.slow
+def test_ppo_two_processes_zero3(tiny_models, ppo_one_machine_two_processes):
+    out, result = ppo_one_machine_two_processes
     assert "2 process(es) x 4 prompts" in result.stdout
 
     summary = json.load(open(os.path.join(out, "rl_summary.json")))
@@ -61,23 +71,54 @@ def test_ppo_two_processes_zero3(tiny_models, tmp_path, repo_root):
     assert final_model.generate(**prompt, max_new_tokens=4, do_sample=False).shape[1] > prompt["input_ids"].shape[1]
 
 
+# what differs between two runs of the same computation: wall times, and where the run wrote
+TIMINGS = ("episodes_per_second", "seconds", "policy_dir")
+
+
 @pytest.mark.slow
-def test_grpo_two_processes_zero3_takes_the_flags_over_the_config_file(tiny_models, tmp_path, repo_root):
+def test_ppo_on_two_machines_of_one_process_equals_one_machine_of_two(
+    tiny_models, ppo_data, ppo_one_machine_two_processes, tmp_path
+):
+    """The README's multi-node launch on localhost (--num_machines 2, --machine_rank 0 and 1), one process each."""
+    out, port = str(tmp_path / "rl"), free_port()
+    launch_ok(
+        [
+            accelerate_launch(
+                "RL_stage2.py", ppo_flags(tiny_models, ppo_data, out), port, num_machines=2, machine_rank=rank
+            )
+            for rank in (0, 1)
+        ]
+    )
+    reference = ppo_one_machine_two_processes[0]
+
+    def figures(folder, name):
+        with open(os.path.join(folder, name), encoding="utf-8") as f:
+            records = [json.loads(line) for line in f] if name.endswith(".jsonl") else [json.load(f)]
+        return [{k: v for k, v in r.items() if k not in TIMINGS and not k.startswith("time/")} for r in records]
+
+    # the same run: every update's PPO statistics (losses, KL, clip fractions, rewards, held-out reward) equal,
+    # and the trained policy byte for byte (measured: no tolerance is needed)
+    log = figures(out, "rl_log.jsonl")
+    assert [r["update"] for r in log] == [1, 2] and log[1]["objective/kl"] > 0 and log[0]["pg_clipfrac"] > 0
+    assert log == figures(reference, "rl_log.jsonl")
+    assert figures(out, "rl_summary.json") == figures(reference, "rl_summary.json")
+    for name in ("model.safetensors", os.path.join("checkpoint-1", "model.safetensors")):
+        with open(os.path.join(out, name), "rb") as mine, open(os.path.join(reference, name), "rb") as theirs:
+            assert mine.read() == theirs.read(), name
+    assert not listening_pids(port)  # the rendezvous port is free again
+
+
+@pytest.mark.slow
+def test_grpo_two_processes_zero3_takes_the_flags_over_the_config_file(tiny_models, tmp_path):
     """The config file says gradient_accumulation_steps 8, gradient_clipping 1.0, bf16: the flags say 1, 0.5, fp32."""
     data, out = write_problems(tmp_path / "problems.json", 11), str(tmp_path / "grpo")
-    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    launch = [accelerate, "launch", "--config_file", os.path.join(repo_root, "configs", "deepspeed_zero3_cpu.yaml"),
-              "--num_processes", "2", "--main_process_port", str(free_port()), "RL_stage2.py"]  # fmt: skip
-    command = launch + rl_flags(
+    flags = rl_flags(
         tiny_models, data, out, rl_algorithm="grpo", value_model_path=None, response_length=8,
         per_device_train_batch_size=2, gradient_accumulation_steps=1, total_episodes=8, num_ppo_epochs=1,
         save_strategy="no", eval_strategy="no", max_grad_norm=0.5, temperature=None,
         local_rollout_forward_batch_size=None, learning_rate=None, logging_steps=None,
     )  # fmt: skip
-    result = subprocess.run(
-        command, cwd=repo_root, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    launch_ok([accelerate_launch("RL_stage2.py", flags, free_port())])
     summary = json.load(open(os.path.join(out, "rl_summary.json")))
     # 2 processes x 2 completions per step = 4 per step, 8 episodes -> 2 steps; DeepSpeed's engine clips at the flag
     assert (summary["algorithm"], summary["updates"], summary["max_grad_norm"]) == ("grpo", 2, 0.5)

@@ -13,9 +13,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithFl
 from huatuo_o1 import training
 from huatuo_o1.models import load_chat_tokenizer
 from huatuo_o1.records import InputError, load_records
-from huatuo_o1.serving import free_port
+from huatuo_o1.serving import free_port, listening_pids
 from huatuo_o1.sft import GROUP_BATCHES, EpochSampler, build_examples, next_token_loss, pad_collate, stop_token_ids
-from tests.scripts import record_calls, reset_accelerate, run_script
+from tests.scripts import accelerate_launch, launch_ok, record_calls, reset_accelerate, run_script
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_ROWS = load_records(os.path.join(REPO_ROOT, "data", "demo_sft.json"))
@@ -28,12 +28,8 @@ def write_rows(folder, rows, name="sft.json"):
     return path
 
 
-def run_sft(*flags, launcher=()):
-    command = (
-        [*launcher, "SFT_stage1.py", *map(str, flags)]
-        if launcher
-        else [sys.executable, "SFT_stage1.py", *map(str, flags)]
-    )
+def run_sft(*flags):
+    command = [sys.executable, "SFT_stage1.py", *map(str, flags)]
     # One thread per process, whatever the caller's environment: the learned figures the tests bound do not
     # then move with the thread count (a thread count changes the order of floating-point sums).
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -524,19 +520,30 @@ def test_a_rerun_with_other_data_is_refused_the_same_one_skipped_and_resume_fals
     assert folder_bytes(out)[trained] != finished[trained]
 
 
-@pytest.mark.slow
-def test_two_process_deepspeed_zero3_run_on_cpu(tiny_models, tmp_path):
-    data = write_rows(str(tmp_path), DEMO_ROWS * 2)  # 16 examples: 2 processes x batch 2 -> 4 steps per epoch
-    out = str(tmp_path / "out")
-    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    launcher = (accelerate, "launch", "--config_file", "configs/deepspeed_zero3_cpu.yaml", "--num_processes", "2",
-                "--main_process_port", str(free_port()))  # fmt: skip
-    run_ok(
-        *common_flags(
-            tiny_models["tiny-llama"], data, out, n_epochs=2, learning_rate=3e-3, gradient_checkpointing=True
-        ),
-        launcher=launcher,
+def zero3_flags(tiny_models, data, out):
+    return common_flags(
+        tiny_models["tiny-llama"], data, out, n_epochs=2, learning_rate=3e-3, gradient_checkpointing=True
     )
+
+
+@pytest.fixture(scope="module")
+def zero3_data(tmp_path_factory):
+    # 16 examples: 2 processes x batch 2 -> 4 steps per epoch
+    return write_rows(str(tmp_path_factory.mktemp("sft_zero3")), DEMO_ROWS * 2)
+
+
+@pytest.fixture(scope="module")
+def zero3_one_machine_two_processes(tiny_models, zero3_data, tmp_path_factory):
+    """The output folder of SFT under DeepSpeed ZeRO-3 on CPU (gloo), 1 machine x 2 processes (run once, for the
+    tests of this run and of the 2-machine run compared with it)."""
+    out = str(tmp_path_factory.mktemp("sft_zero3_1x2"))
+    launch_ok([accelerate_launch("SFT_stage1.py", zero3_flags(tiny_models, zero3_data, out), free_port())])
+    return out
+
+
+@pytest.mark.slow
+def test_two_process_deepspeed_zero3_run_on_cpu(tiny_models, zero3_one_machine_two_processes):
+    out = zero3_one_machine_two_processes
     summary = read_summary(out)
     assert summary["optimizer_steps"] == 8 and summary["finished"]
     assert summary["last_loss"] < summary["first_loss"]
@@ -555,6 +562,39 @@ def test_two_process_deepspeed_zero3_run_on_cpu(tiny_models, tmp_path):
     )
     generated = trained.float().generate(**prompt, max_new_tokens=6, do_sample=False)
     assert generated.shape[1] > prompt["input_ids"].shape[1]
+
+
+@pytest.mark.slow
+def test_two_machines_of_one_process_train_as_one_machine_of_two(
+    tiny_models, zero3_data, zero3_one_machine_two_processes, tmp_path
+):
+    """The README's multi-node launch, on localhost: two `accelerate launch` commands (--num_machines 2,
+    --machine_rank 0 and 1, machine 0's address and port), one process each, ZeRO-3 over gloo."""
+    out, port = str(tmp_path / "out"), free_port()
+    machines = launch_ok(
+        [
+            accelerate_launch(
+                "SFT_stage1.py", zero3_flags(tiny_models, zero3_data, out), port, num_machines=2, machine_rank=rank
+            )
+            for rank in (0, 1)
+        ]
+    )
+    # machine 1 ran the non-main rank: the summary is machine 0's to write
+    assert "final checkpoint:" in machines[0].stdout and "final checkpoint:" not in machines[1].stdout
+    two_machines, one_machine = read_summary(out), read_summary(zero3_one_machine_two_processes)
+    assert two_machines["optimizer_steps"] == 8 and two_machines["finished"]
+    # the same run: every step's loss, token accuracy and learning rate equal, and the weights byte for byte
+    # (measured: no tolerance is needed, the ranks do the same sums in the same order)
+    assert two_machines["history"] == one_machine["history"]
+    assert (
+        checkpoint_names(out) == checkpoint_names(zero3_one_machine_two_processes) == ["checkpoint-4", "checkpoint-8"]
+    )
+    for name in checkpoint_names(out):
+        with open(os.path.join(out, "sft_stage1", name, "model.safetensors"), "rb") as f:
+            weights = f.read()
+        with open(os.path.join(zero3_one_machine_two_processes, "sft_stage1", name, "model.safetensors"), "rb") as f:
+            assert f.read() == weights, name
+    assert not listening_pids(port)  # the rendezvous port is free again
 
 
 def test_a_hub_dataset_id_offline_fails_with_advice(tiny_models, tmp_path):
