@@ -13,8 +13,8 @@ from typing import Any
 
 
 class Workers:
-    """work(item) for each item on up to `threads` daemon threads; iterating yields (item, result) in the order the
-    items finish, result being what work returned or the exception it raised.
+    """work(item) for each item on up to `threads` daemon threads, started when iteration starts; iterating yields
+    (item, result) in the order the items finish, result being what work returned or the exception it raised.
 
     Once `stop` is set (the one given, or the one made here) no thread starts another item; `not_started()` counts
     the items left. The caller stops iterating then: the items not started never finish.
