@@ -109,12 +109,12 @@ def run_logged(command, log_path, threads):
     return subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env), log
 
 
-def wait_all(processes):
-    for (process, log), what in processes:
-        process.wait()
-        log.close()
-        if process.returncode:
-            raise SystemExit(f"{what} failed (exit {process.returncode}); see {log.name}")
+def wait_logged(process, log, what):
+    """Wait for a process run_logged started; stop the bench, naming its log, if it failed."""
+    process.wait()
+    log.close()
+    if process.returncode:
+        raise SystemExit(f"{what} failed (exit {process.returncode}); see {log.name}")
 
 
 def prepare(args):
@@ -218,7 +218,8 @@ def prepare_models(args, base, items, folder):
                            "--train_bsz_per_gpu", "8", "--save_epoch_state", "False", "--report_to", "none",
                            "--eval_fraction", "0.15", "--seed", "0"],
                           os.path.join(folder, "verifier.log"), 1)  # fmt: skip
-    wait_all([(sft, "SFT"), (verifier, "verifier training")])
+    wait_logged(*sft, "SFT")
+    wait_logged(*verifier, "verifier training")
     sft_summary = read_json(os.path.join(folder, "sft", "sft", "training_summary.json"))
     verifier_summary = read_json(os.path.join(verifier_dir, "verifier_summary.json"))
 
@@ -348,10 +349,7 @@ def run_all(args, prepared, on_finish):
 
     def finish(job):
         (process, log), (algorithm, seed), out, task, started, load_before = job
-        process.wait()
-        log.close()
-        if process.returncode:
-            raise SystemExit(f"{algorithm} seed {seed} failed; see {log.name}")
+        wait_logged(process, log, f"{algorithm} seed {seed}")
         record = {"task": task, "wall_seconds": round(time.time() - started, 1), "load_at_start": load_before,
                   "load_at_end": load_note()}  # fmt: skip
         write_json_atomic(os.path.join(out, RUN_RECORD), record)
