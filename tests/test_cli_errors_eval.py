@@ -465,11 +465,11 @@ def test_ctrl_c_stops_eval_at_once_keeps_every_answer_and_the_rerun_asks_only_th
     base_url, log, _ = tiny_server("slow")
     model = tmp_path / "model"
     model.mkdir()
-    items = [dict(ITEM, question=f"{ITEM['question']} ({number})") for number in range(40)]
+    items = [dict(ITEM, question=f"{ITEM['question']} ({number})") for number in range(20)]
     (tmp_path / "eval.json").write_text(json.dumps({"S": items}))
-    flags = ["--batch_size", "2"]
     argv = ["--model_name", model, "--eval_file", tmp_path / "eval.json", "--base_url", base_url]
-    argv += ["--use_chat_template", "False", "--output_dir", tmp_path / "out", "--max_retries", "0", *flags]
+    argv += ["--use_chat_template", "False", "--output_dir", tmp_path / "out", "--max_retries", "0"]
+    argv += ["--batch_size", "2"]
     partial = tmp_path / "out" / f"{eval_stem(argv)}.partial.jsonl"
     process = subprocess.Popen(
         [sys.executable, "evaluation/eval.py", *map(str, argv)],
@@ -495,15 +495,15 @@ def test_ctrl_c_stops_eval_at_once_keeps_every_answer_and_the_rerun_asks_only_th
     messages = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
     messages = [line for line in messages if not line.startswith("questions")]  # the rest is the progress bar
     assert messages == [f"interrupted: {kept} answers kept in {partial}; rerun to continue"], stderr[-2000:]
-    assert 2 <= kept < 40
+    assert 2 <= kept < 20
     time.sleep(1.0)  # requests on their way when the signal came have arrived: 2 threads, so at most 2
     asked = len(log.read_text().splitlines())
     assert asked <= asked_at_interrupt + 2, (asked_at_interrupt, asked)
 
-    result = run_eval(tmp_path, base_url, str(model), *flags)
+    result = run_eval(tmp_path, base_url, str(model), "--batch_size", "20")  # (not a setting: the same results file)
     assert result.returncode == 0, result.stderr
-    assert f"40 items, {kept} already answered (resumed), {40 - kept} to ask" in result.stdout
-    assert len(log.read_text().splitlines()) == asked + 40 - kept  # only the missing ones asked
+    assert f"20 items, {kept} already answered (resumed), {20 - kept} to ask" in result.stdout
+    assert len(log.read_text().splitlines()) == asked + 20 - kept  # only the missing ones asked
     assert not partial.exists()
 
 
