@@ -17,9 +17,13 @@ Usage (the key from OPENAI_API_KEY, or --api_key):
 
 from dataclasses import dataclass, field
 
-from huatuo_o1 import cli, llm_jobs
+from huatuo_o1 import cli, outputs
 from huatuo_o1.construct import PROMPTS, check_items, construct_item
+from huatuo_o1.item_store import task_store
+from huatuo_o1.llm_jobs import JobArguments, run_items
 from huatuo_o1.records import ANSWER, OPTIONS, QUESTION, load_records
+from huatuo_o1.teacher import ApiArguments, Teacher
+from huatuo_o1.teacher_prompts import load_prompts
 
 
 @dataclass
@@ -34,14 +38,14 @@ class ConstructArguments:
 
 
 def main():
-    args, job, api = cli.parse((ConstructArguments, llm_jobs.JobArguments, llm_jobs.ApiArguments))
-    llm_jobs.check_output_paths(job)  # before any request: the outputs can be written and none is the input
+    args, job, api = cli.parse((ConstructArguments, JobArguments, ApiArguments))
+    outputs.check_output_paths(job)  # before any request: the outputs can be written and none is the input
 
     # Load.
     rows = load_records(job.data_path, required_fields=(QUESTION, OPTIONS, ANSWER))
     check_items(rows, job.data_path)
-    prompts = llm_jobs.load_prompts(PROMPTS, job.language, job.prompt_dir)
-    teacher = llm_jobs.Teacher(api, concurrency=args.num_process)
+    prompts = load_prompts(PROMPTS, job.language, job.prompt_dir)
+    teacher = Teacher(api, concurrency=args.num_process)
     items = rows[: job.limit_num]
     print(f"loaded {len(rows)} items from {job.data_path}; processing {len(items)}", flush=True)
 
@@ -55,9 +59,9 @@ def main():
         "reply_parsing": api.reply_parsing,
         "max_tokens": api.max_tokens,
     }
-    task, store = llm_jobs.task_store(job)  # holds the progress folder's lock: a second run on it refuses to start
+    task, store = task_store(job)  # holds the progress folder's lock: a second run on it refuses to start
     with store:
-        entries, this_run = llm_jobs.run_items(construct, items, store, work_settings, teacher, "construct")
+        entries, this_run = run_items(construct, items, store, work_settings, teacher, "construct")
 
         # Save: the verifiable problems, every record, a summary.
         audit_keys = ("outcome", "failure_reason", "llm_log", "filter_verdict")
@@ -67,11 +71,11 @@ def main():
             if entry["outcome"] == "verifiable"
         ]
         output_path = job.output_path or f"{task}_final_{len(verifiable)}.json"
-        settings = llm_jobs.public_settings(args, job, api)
-        summary = llm_jobs.summarise(
+        settings = outputs.public_settings(args, job, api)
+        summary = outputs.summarise(
             "construct_verifiable_medical_problems", entries, this_run, {"progress_dir": store.folder}, settings
         )
-        llm_jobs.write_outputs(output_path, verifiable, entries, summary)
+        outputs.write_outputs(output_path, verifiable, entries, summary)
 
 
 if __name__ == "__main__":

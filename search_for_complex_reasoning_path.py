@@ -23,9 +23,13 @@ Usage (the key from OPENAI_API_KEY, or --api_key):
 
 from dataclasses import dataclass, field
 
-from huatuo_o1 import cli, llm_jobs
+from huatuo_o1 import cli, outputs
+from huatuo_o1.item_store import task_store
+from huatuo_o1.llm_jobs import JobArguments, run_items
 from huatuo_o1.records import GROUND_TRUTH, OPEN_QUESTION, SFT_FIELDS, InputError, load_records
 from huatuo_o1.search import PROMPTS, has_problem, search_item
+from huatuo_o1.teacher import ApiArguments, Teacher
+from huatuo_o1.teacher_prompts import load_prompts
 
 
 @dataclass
@@ -46,8 +50,8 @@ class SearchArguments:
 
 
 def main():
-    args, job, api = cli.parse((SearchArguments, llm_jobs.JobArguments, llm_jobs.ApiArguments))
-    llm_jobs.check_output_paths(job)  # before any request: the outputs can be written and none is the input
+    args, job, api = cli.parse((SearchArguments, JobArguments, ApiArguments))
+    outputs.check_output_paths(job)  # before any request: the outputs can be written and none is the input
 
     # Load.
     rows = load_records(job.data_path)
@@ -57,8 +61,8 @@ def main():
             f"{job.data_path}: no row has both '{OPEN_QUESTION}' and '{GROUND_TRUTH}' as non-empty text; "
             "make them with construct_verifiable_medical_problems.py and pass its *_final_<N>.json file"
         )
-    prompts = llm_jobs.load_prompts(PROMPTS, job.language, job.prompt_dir)
-    teacher = llm_jobs.Teacher(api, concurrency=args.num_process)
+    prompts = load_prompts(PROMPTS, job.language, job.prompt_dir)
+    teacher = Teacher(api, concurrency=args.num_process)
     items = usable[: job.limit_num]
     print(
         f"loaded {len(rows)} items from {job.data_path}: {len(usable)} verifiable "
@@ -91,9 +95,9 @@ def main():
         "max_tokens": api.max_tokens,
     }
     # holds the progress folder's lock: a second run on it refuses to start
-    task, store = llm_jobs.task_store(job, "_CoT_search")
+    task, store = task_store(job, "_CoT_search")
     with store:
-        entries, this_run = llm_jobs.run_items(search, items, store, work_settings, teacher, "search")
+        entries, this_run = run_items(search, items, store, work_settings, teacher, "search")
 
         # Save: the SFT data (exactly its three fields), every record, a summary.
         sft_rows = [
@@ -102,15 +106,15 @@ def main():
             if entry["outcome"].startswith("verified")
         ]
         output_path = job.output_path or f"{task}_{len(sft_rows)}.json"
-        summary = llm_jobs.summarise(
+        summary = outputs.summarise(
             "search_for_complex_reasoning_path",
             entries,
             this_run,
             {"progress_dir": store.folder},
-            llm_jobs.public_settings(args, job, api),
+            outputs.public_settings(args, job, api),
             skipped=len(rows) - len(usable),
         )
-        llm_jobs.write_outputs(output_path, sft_rows, entries, summary)
+        outputs.write_outputs(output_path, sft_rows, entries, summary)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def bare_client_rate(base_url, workers, items):
     from openai import OpenAI
 
     from huatuo_o1.construct import PROMPTS, question_with_options
-    from huatuo_o1.llm_jobs import load_prompts, render
+    from huatuo_o1.teacher_prompts import load_prompts, render
 
     template = load_prompts(PROMPTS)["reformat"]
     prompts = iter(

@@ -35,7 +35,6 @@ skill, and says nothing about the paper's scale (docs/rl.md).
 """
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -46,21 +45,12 @@ import subprocess
 import sys
 import time
 
+from huatuo_o1.records import GROUND_TRUTH, OPEN_QUESTION, SFT_FIELDS, digest, read_json, write_json_atomic
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUESTION, ANSWER = "Open-ended Verifiable Question", "Ground-True Answer"
 REWARD_LOG = "reward_calls.jsonl"
 RUN_RECORD = "run.json"  # a finished run's settings and wall time: a later bench with the same settings reuses it
 ALGORITHM_COLOURS = {"ppo": "tab:blue", "grpo": "tab:orange", "rloo": "tab:green"}
-
-
-def load_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def write_json(path, value):
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(value, f, ensure_ascii=False, indent=1)
 
 
 def load_note():
@@ -76,8 +66,13 @@ CHECK_SEED = 1234  # the before/after check's samples: the same random numbers f
 
 def demo_items():
     """The demo exam items that carry a verifiable question (the others are the ambiguous NOT / EXCEPT ones)."""
-    items = load_json(os.path.join(REPO_ROOT, "data", "demo_data.json"))
-    return [it for it in items if it.get(QUESTION) and it.get(ANSWER)]
+    items = read_json(os.path.join(REPO_ROOT, "data", "demo_data.json"))
+    return [it for it in items if it.get(OPEN_QUESTION) and it.get(GROUND_TRUTH)]
+
+
+def as_problem(item):
+    """The verifiable problem of an exam item: its two fields, as RL_stage2.py reads them."""
+    return {OPEN_QUESTION: item[OPEN_QUESTION], GROUND_TRUTH: item[GROUND_TRUTH]}
 
 
 def short_answer(option):
@@ -89,10 +84,10 @@ def verifier_pairs(items, seed=0):
     """(response, reference_answer, verdict) rows: each item's right answer and wrong ones (its other options and two
     other items' answers), each phrased as the SFT policy answers and bare."""
     rng = random.Random(seed)
-    answers = [it[ANSWER] for it in items]
+    answers = [it[GROUND_TRUTH] for it in items]
     rows = []
     for item in items:
-        reference = item[ANSWER]
+        reference = item[GROUND_TRUTH]
         wrong = [o for o in item["options"].values() if o != item["answer"]]
         wrong += rng.sample([a for a in answers if a != reference], 2)
         for candidate, verdict in [(reference, True)] + [(w, False) for w in wrong]:
@@ -100,24 +95,6 @@ def verifier_pairs(items, seed=0):
                 rows.append({"response": phrasing, "reference_answer": reference, "verdict": verdict})
     rng.shuffle(rows)
     return rows
-
-
-def truncated_value_model(base, layers, out):
-    """A 1-label value model from the base's embeddings and first `layers` blocks (new head): PPO's cheaper critic."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
-    config = AutoConfig.from_pretrained(base)
-    config.num_hidden_layers, config.num_labels = layers, 1
-    if getattr(config, "layer_types", None):
-        config.layer_types = config.layer_types[:layers]
-    full = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_config(config)
-    missing, _ = model.model.load_state_dict(full.model.state_dict(), strict=False)
-    assert not missing, missing  # every kept block and the final norm come from the base
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(base).save_pretrained(out)
 
 
 def run_logged(command, log_path, threads):
@@ -132,55 +109,20 @@ def run_logged(command, log_path, threads):
     return subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env), log
 
 
-def wait_all(processes):
-    for (process, log), what in processes:
-        process.wait()
-        log.close()
-        if process.returncode:
-            raise SystemExit(f"{what} failed (exit {process.returncode}); see {log.name}")
-
-
-def sampled_pass_rates(policy_dir, items, samples, temperature, response_length, seed):
-    """Per item: the share of `samples` answers, sampled as RL samples them (pure temperature, up to
-    response_length tokens), whose final answer names the reference (string match, which the verifier agrees with
-    on these answers). A policy sure of the right option when scored teacher-forced still writes other, shorter or
-    wrong answers when it samples, so the selection samples. The same seed before and after RL draws the same random
-    numbers, so the two policies' rates differ by the policy, less by the luck of the draw."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
-    from huatuo_o1.answer_format import final_answer
-    from huatuo_o1.rl.loading import prompt_ids
-    from huatuo_o1.training import pad_batch
-    from huatuo_o1.verifier_training import string_match
-
-    torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
-    policy = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32).eval()
-    sample = GenerationConfig(max_new_tokens=response_length, do_sample=True, temperature=temperature,
-                              top_k=0, top_p=1.0, num_return_sequences=samples, eos_token_id=tokenizer.eos_token_id,
-                              pad_token_id=tokenizer.eos_token_id)  # fmt: skip
-    rates = []
-    for start in range(0, len(items), 4):
-        chunk = items[start : start + 4]
-        ids, mask = pad_batch([prompt_ids(tokenizer, it[QUESTION]) for it in chunk], tokenizer.eos_token_id, "left")
-        with torch.no_grad():
-            out = policy.generate(input_ids=ids, attention_mask=mask, generation_config=sample)
-        replies = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
-        for j, item in enumerate(chunk):
-            answers = [final_answer(reply) for reply in replies[j * samples : (j + 1) * samples]]
-            rates.append(sum(a is not None and string_match(a, item[ANSWER]) for a in answers) / samples)
-    return rates
-
-
-def cache_key(value):
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+def wait_logged(process, log, what):
+    """Wait for a process run_logged started; stop the bench, naming its log, if it failed."""
+    process.wait()
+    log.close()
+    if process.returncode:
+        raise SystemExit(f"{what} failed (exit {process.returncode}); see {log.name}")
 
 
 def prepare(args):
     """The prepared policy, verifier, value model and RL problems: from the cache, or made now (and cached).
 
     The models are cached by their settings, the choice of RL problems by its own (a new --min_pass trains nothing)."""
+    from huatuo_o1.rl.pass_rates import sampled_pass_rates
+
     base = (
         args.base_model
         or subprocess.run(
@@ -193,15 +135,15 @@ def prepare(args):
         .splitlines()[-1]
     )
     items = demo_items()
-    folder = os.path.join(args.cache_dir, cache_key({
+    folder = os.path.join(args.cache_dir, digest({
         "settings": {k: getattr(args, k) for k in PREPARE_SETTINGS}, "items": items, "version": 2,
         "base": base_identity(base)}))  # fmt: skip
     made_models = args.fresh or not os.path.exists(os.path.join(folder, "prepared.json"))
     if made_models:
         prepare_models(args, base, items, folder)
-    prepared = load_json(os.path.join(folder, "prepared.json"))
+    prepared = read_json(os.path.join(folder, "prepared.json"))
     settings = {k: getattr(args, k) for k in SELECTION_SETTINGS}
-    selection_key = cache_key(settings)
+    selection_key = digest(settings)
     selection_path = os.path.join(folder, f"selection_{selection_key}.json")
     made_selection = made_models or not os.path.exists(selection_path)
     if made_selection:
@@ -210,21 +152,21 @@ def prepare(args):
                                    args.response_length, seed=0)  # fmt: skip
         chosen = [i for i, r in enumerate(rates) if args.min_pass <= r <= args.max_pass]
         rows_path = os.path.join(folder, f"rl_problems_{selection_key}.json")
-        write_json(rows_path, [{QUESTION: items[i][QUESTION], ANSWER: items[i][ANSWER]} for i in chosen])
-        write_json(selection_path, {"settings": settings, "rl_problems": rows_path, "pass_rates": rates,
+        write_json_atomic(rows_path, [as_problem(items[i]) for i in chosen])
+        write_json_atomic(selection_path, {"settings": settings, "rl_problems": rows_path, "pass_rates": rates,
                                     "chosen": chosen, "seconds": round(time.time() - start, 1)})  # fmt: skip
-    selection = load_json(selection_path)
+    selection = read_json(selection_path)
     # The SFT policy's pass rates on the RL problems measured again, with fresh samples: the selection's own rates
     # are biased by the choice (kept for lying in the range), and RL runs are checked against these.
     check = {"samples": args.check_samples, "temperature": args.temperature,
              "response_length": args.response_length, "seed": CHECK_SEED}  # fmt: skip
-    check_path = os.path.join(folder, f"check_{cache_key([selection_key, check])}.json")
+    check_path = os.path.join(folder, f"check_{digest([selection_key, check])}.json")
     made_check = made_selection or not os.path.exists(check_path)
     if made_check:
         start = time.time()
-        rates = sampled_pass_rates(prepared["policy"], load_json(selection["rl_problems"]), **check)
-        write_json(check_path, {"check": check, "rates": rates, "seconds": round(time.time() - start, 1)})
-    measured = load_json(check_path)
+        rates = sampled_pass_rates(prepared["policy"], read_json(selection["rl_problems"]), **check)
+        write_json_atomic(check_path, {"check": check, "rates": rates, "seconds": round(time.time() - start, 1)})
+    measured = read_json(check_path)
     prepared.update(
         rl_problems=selection["rl_problems"],
         rl_problem_pass_rates=[selection["pass_rates"][i] for i in selection["chosen"]],
@@ -239,22 +181,24 @@ def prepare(args):
 
 def base_identity(base):
     """The base model as the cache sees it: its config, less the transformers version that saved it."""
-    config = load_json(os.path.join(base, "config.json"))
+    config = read_json(os.path.join(base, "config.json"))
     config.pop("transformers_version", None)
     return config
 
 
 def prepare_models(args, base, items, folder):
     """SFT policy, verifier and value model into `folder`, summed up in its prepared.json."""
+    from huatuo_o1.rl.value_model import truncated_value_model
+
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
     start, py = time.time(), sys.executable
     paths = {name: os.path.join(folder, f"{name}.json") for name in ("problems", "sft_data", "verifier_pairs")}
-    write_json(paths["problems"], [{QUESTION: it[QUESTION], ANSWER: it[ANSWER]} for it in items])
-    sft_rows = [dict(zip(("Question", "Complex_CoT", "Response"), (it[QUESTION], *short_answer(it[ANSWER]))))
+    write_json_atomic(paths["problems"], [as_problem(it) for it in items])
+    sft_rows = [dict(zip(SFT_FIELDS, (it[OPEN_QUESTION], *short_answer(it[GROUND_TRUTH]))))
                 for it in items]  # fmt: skip
-    write_json(paths["sft_data"], sft_rows)
-    write_json(paths["verifier_pairs"], verifier_pairs(items))
+    write_json_atomic(paths["sft_data"], sft_rows)
+    write_json_atomic(paths["verifier_pairs"], verifier_pairs(items))
     value_dir = os.path.join(folder, "value")
     truncated_value_model(base, args.value_layers, value_dir)
 
@@ -274,9 +218,10 @@ def prepare_models(args, base, items, folder):
                            "--train_bsz_per_gpu", "8", "--save_epoch_state", "False", "--report_to", "none",
                            "--eval_fraction", "0.15", "--seed", "0"],
                           os.path.join(folder, "verifier.log"), 1)  # fmt: skip
-    wait_all([(sft, "SFT"), (verifier, "verifier training")])
-    sft_summary = load_json(os.path.join(folder, "sft", "sft", "training_summary.json"))
-    verifier_summary = load_json(os.path.join(verifier_dir, "verifier_summary.json"))
+    wait_logged(*sft, "SFT")
+    wait_logged(*verifier, "verifier training")
+    sft_summary = read_json(os.path.join(folder, "sft", "sft", "training_summary.json"))
+    verifier_summary = read_json(os.path.join(verifier_dir, "verifier_summary.json"))
 
     prepared = {
         "base": base, "policy": sft_summary["final_checkpoint"], "verifier": verifier_dir, "value": value_dir, **paths,
@@ -284,7 +229,7 @@ def prepare_models(args, base, items, folder):
         "verifier_heldout": verifier_summary.get("heldout"), "verifier_string_match": verifier_summary.get("baseline"),
         "seconds": round(time.time() - start, 1), "load_after": load_note(),
     }  # fmt: skip
-    write_json(os.path.join(folder, "prepared.json"), prepared)
+    write_json_atomic(os.path.join(folder, "prepared.json"), prepared)
 
 
 # ---- one RL run (in a child process) -------------------------------------------------------------
@@ -294,17 +239,15 @@ def child(out, argv, threads, check):
     import torch
 
     torch.set_num_threads(threads)
-    from huatuo_o1 import verifier
     from huatuo_o1.answer_format import final_answer
+    from huatuo_o1.rl.pass_rates import sampled_pass_rates
+    from huatuo_o1.verifier import VerifierReward
     from huatuo_o1.verifier_training import string_match
 
-    real_call = verifier.VerifierReward.__call__
-
-    def logged_call(self, responses, references):
-        result = real_call(self, responses, references)
+    def log_call(reward, responses, references, result):
         answers = [final_answer(r) for r in responses]
         matched = [a is not None and string_match(a, ref) for a, ref in zip(answers, references)]
-        says = (result.p_correct > self.threshold).tolist()
+        says = (result.p_correct > reward.threshold).tolist()
         formed = result.well_formed.tolist()
         agree = [s == m for s, m, w in zip(says, matched, formed) if w]
         with open(os.path.join(out, REWARD_LOG), "a") as f:
@@ -312,27 +255,27 @@ def child(out, argv, threads, check):
                 "time": time.time(), "n": len(responses), "reward": result.rewards.float().mean().item(),
                 "format_rate": sum(formed) / len(formed), "string_match": sum(matched) / len(matched),
                 "verifier_agrees": sum(agree) / max(1, len(agree)), "example": responses[0][:200],
-                "references": list(references), "rewards_right_wrong": [self.correct_reward, self.incorrect_reward],
+                "references": list(references),
+                "rewards_right_wrong": [reward.correct_reward, reward.incorrect_reward],
             }) + "\n")  # fmt: skip
-        return result
 
-    verifier.VerifierReward.__call__ = logged_call
     sys.argv = ["RL_stage2.py", *argv]
     try:
-        runpy.run_path(os.path.join(REPO_ROOT, "RL_stage2.py"), run_name="__main__")
+        with VerifierReward.observe_calls(log_call):
+            runpy.run_path(os.path.join(REPO_ROOT, "RL_stage2.py"), run_name="__main__")
     except SystemExit as exit_:
         if exit_.code not in (None, 0):
             raise
-    summary = load_json(os.path.join(out, "rl_summary.json"))
+    summary = read_json(os.path.join(out, "rl_summary.json"))
     if check:  # (a --prepared file from elsewhere has no before to compare with)
         start = time.time()
-        summary["check_rates"] = sampled_pass_rates(out, load_json(check.pop("rl_problems")), **check)
+        summary["check_rates"] = sampled_pass_rates(out, read_json(check.pop("rl_problems")), **check)
         summary["check_seconds"] = round(time.time() - start, 1)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     summary["peak_rss_mb"] = round(usage.ru_maxrss / 1024)
     # one thread: on an otherwise idle core the run's wall time would be about its CPU time
     summary["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 1)
-    write_json(os.path.join(out, "child_summary.json"), summary)
+    write_json_atomic(os.path.join(out, "child_summary.json"), summary)
 
 
 def rl_argv(args, prepared, algorithm, seed, out):
@@ -354,16 +297,11 @@ def rl_argv(args, prepared, algorithm, seed, out):
     return argv
 
 
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def sft_pass_rates_by_answer(prepared):
     """Reference answer -> the SFT policy's check pass rate on its problem (the mean if problems share an answer)."""
     rates = {}
-    for row, rate in zip(load_json(prepared["rl_problems"]), prepared.get("sft_check_rates") or []):
-        rates.setdefault(row[ANSWER], []).append(rate)
+    for row, rate in zip(read_json(prepared["rl_problems"]), prepared.get("sft_check_rates") or []):
+        rates.setdefault(row[GROUND_TRUTH], []).append(rate)
     return {answer: sum(r) / len(r) for answer, r in rates.items()}
 
 
@@ -372,14 +310,14 @@ def collect(out, algorithm, sft_rates):
     greedy, before and after), with the KL from the algorithm's own log. Each update's reward is also set against
     the reward the SFT policy would expect on the same problems (its check pass rates, `sft_rates`): GRPO and RLOO
     draw 4 problems an update, and which 4 moves the raw reward more than RL does in 10 updates."""
-    summary = load_json(os.path.join(out, "child_summary.json"))
-    calls = read_jsonl(os.path.join(out, REWARD_LOG))
+    summary = read_json(os.path.join(out, "child_summary.json"))
+    calls = read_json(os.path.join(out, REWARD_LOG))
     if algorithm == "ppo":
         kls = [
-            r["objective/kl"] / max(r["val/response_length"], 1) for r in read_jsonl(os.path.join(out, "rl_log.jsonl"))
+            r["objective/kl"] / max(r["val/response_length"], 1) for r in read_json(os.path.join(out, "rl_log.jsonl"))
         ]
     else:
-        kls = [r.get("kl") for r in load_json(os.path.join(out, "rl_trl_log.json"))]
+        kls = [r.get("kl") for r in read_json(os.path.join(out, "rl_trl_log.json"))]
     records = []
     for i, call in enumerate(calls[1:-1]):
         records.append({
@@ -411,13 +349,10 @@ def run_all(args, prepared, on_finish):
 
     def finish(job):
         (process, log), (algorithm, seed), out, task, started, load_before = job
-        process.wait()
-        log.close()
-        if process.returncode:
-            raise SystemExit(f"{algorithm} seed {seed} failed; see {log.name}")
+        wait_logged(process, log, f"{algorithm} seed {seed}")
         record = {"task": task, "wall_seconds": round(time.time() - started, 1), "load_at_start": load_before,
                   "load_at_end": load_note()}  # fmt: skip
-        write_json(os.path.join(out, RUN_RECORD), record)
+        write_json_atomic(os.path.join(out, RUN_RECORD), record)
         add(algorithm, seed, out, record)
 
     for algorithm, seed in jobs:
@@ -426,9 +361,9 @@ def run_all(args, prepared, on_finish):
         check = dict(prepared["check"], rl_problems=prepared["rl_problems"]) if "check" in prepared else None
         task = {"argv": argv, "check": check, "threads": args.threads}
         done = os.path.join(out, RUN_RECORD)
-        if not args.fresh and os.path.exists(done) and load_json(done)["task"] == task:
+        if not args.fresh and os.path.exists(done) and read_json(done)["task"] == task:
             print(f"{algorithm} seed {seed}: finished before with the same settings, reused ({out})", flush=True)
-            add(algorithm, seed, out, load_json(done))
+            add(algorithm, seed, out, read_json(done))
             continue
         if len(running) == args.parallel:
             finish(running.pop(0))
@@ -473,10 +408,10 @@ def pass_rate_check(prepared, run, seed, eval_fraction):
         return {}
     split_as_rl = ScriptArguments(dataset_name=prepared["rl_problems"], eval_fraction=eval_fraction)
     trained_on = {p.question for p in load_problems(split_as_rl, seed)[0]}
-    rows = load_json(prepared["rl_problems"])
+    rows = read_json(prepared["rl_problems"])
     figures = {}
     for part, keep in (("train", True), ("heldout", False)):
-        picked = [i for i, row in enumerate(rows) if (row[QUESTION] in trained_on) == keep]
+        picked = [i for i, row in enumerate(rows) if (row[OPEN_QUESTION] in trained_on) == keep]
         for when, rates in (("before", before), ("after", after)):
             figures[f"pass_{part}_{when}"] = round(sum(rates[i] for i in picked) / max(1, len(picked)), 3)
     return figures
@@ -595,7 +530,7 @@ def main():
 
     started = time.time()
     print(f"bench/rl_learning.py: {load_note()}, {os.cpu_count()} CPUs", flush=True)
-    prepared = dict(load_json(args.prepared), cached=True) if args.prepared else prepare(args)
+    prepared = dict(read_json(args.prepared), cached=True) if args.prepared else prepare(args)
     print(f"prepared ({describe(prepared)}); SFT loss "
           f"{prepared['sft']['first_loss']:.2f} -> {prepared['sft']['last_loss']:.2f}; verifier held-out "
           f"accuracy {prepared['verifier_heldout']['accuracy']:.2f}", flush=True)  # fmt: skip
@@ -610,7 +545,7 @@ def describe(prepared):
     """How the preparation came about and what it chose; a --prepared file from elsewhere may not say."""
     rates = prepared.get("rl_problem_pass_rates")
     if rates is None:  # e.g. the prototype's prepared.json: its RL problems, no record of their choice
-        return f"given; {len(load_json(prepared['rl_problems']))} RL problems"
+        return f"given; {len(read_json(prepared['rl_problems']))} RL problems"
     how = "made now: " + ", ".join(prepared["made_now"]) if prepared["made_now"] else "from the cache"
     spread = f"{min(rates, default=0):.2f}..{max(rates, default=0):.2f}, mean {sum(rates) / max(1, len(rates)):.2f}"
     check = prepared["sft_check_rates"]
@@ -629,7 +564,7 @@ def write_report(args, prepared, results, started, final):
         peak[algorithm] = max(peak.get(algorithm, 0), row["peak_rss_mb"])
     total = round(time.time() - started, 1)
     settings = {k: v for k, v in vars(args).items() if not k.startswith("child_")}
-    write_json(os.path.join(args.output_dir, "rl_learning.json"),
+    write_json_atomic(os.path.join(args.output_dir, "rl_learning.json"),
                {"settings": settings, "prepared": prepared, "table": rows, "peak_rss_mb": peak,
                 "seconds_total": total, "complete": final, "runs": results})  # fmt: skip
     plot(args, results, os.path.join(args.output_dir, "rl_learning.png"))

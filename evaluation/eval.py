@@ -33,11 +33,11 @@ is redacted from every message and file.
 import json
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from tqdm import tqdm
 
 from huatuo_o1 import cli
+from huatuo_o1.cli import redact
 from huatuo_o1.evaluation import report, scoring
 from huatuo_o1.evaluation.client import (
     MAX_THREADS,
@@ -51,11 +51,11 @@ from huatuo_o1.evaluation.client import (
     output_stem,
     read_partial,
     read_results,
-    redact,
     settings_of,
 )
 from huatuo_o1.outputs import check_outputs
 from huatuo_o1.records import write_json_atomic
+from huatuo_o1.worker_threads import Workers
 
 
 def main(args):
@@ -90,27 +90,22 @@ def main(args):
     failures = []
     if pending:
         client = make_client(args)
-        with (
-            open_partial(partial_path, settings) as partial,
-            ThreadPoolExecutor(min(args.batch_size, MAX_THREADS, len(pending))) as pool,
-        ):
-            futures = {pool.submit(ask, client, args, item["prompt"]): item for item in pending}
+        workers = Workers(lambda item: ask(client, args, item["prompt"]), pending, min(args.batch_size, MAX_THREADS))
+        with open_partial(partial_path, settings) as partial:
+            progress = tqdm(workers, total=len(pending), desc="questions")
             try:
-                for future in tqdm(as_completed(futures), total=len(futures), desc="questions"):
-                    item = futures[future]
-                    try:
-                        answer = future.result()
-                    except Exception as e:  # after the client's own retries: leave it for a rerun
-                        failures.append(redact(f"{item['id']}: {type(e).__name__}: {e}", args))
+                for item, answer in progress:
+                    if isinstance(answer, BaseException):  # after the client's own retries: leave it for a rerun
+                        failures.append(redact(f"{item['id']}: {type(answer).__name__}: {answer}", args.api_key))
                         continue
                     done[item["id"]] = {"id": item["id"], **answer}
                     partial.write(json.dumps(done[item["id"]], ensure_ascii=False) + "\n")
                     partial.flush()
             except KeyboardInterrupt:
-                # Every finished reply is already on disk; don't wait for the requests in flight.
-                print(f"\ninterrupted: {len(done)} answers kept in {partial_path}; rerun to continue", file=sys.stderr)
-                partial.close()
-                os._exit(130)
+                # Every finished reply is already on disk; the requests in flight end with the process, unsaved.
+                workers.stop.set()
+                progress.close()
+                raise KeyboardInterrupt(f"{len(done)} answers kept in {partial_path}; rerun to continue") from None
     if failures:
         print(
             f"{len(failures)} requests failed (first: {failures[0]}). Answers so far are kept in "

@@ -6,6 +6,7 @@
 - parse(dataclasses, argv): HfArgumentParser, but an unknown flag or a bad value is one line (with the
   closest flag when there is one), exit 2, instead of a usage block or a traceback.
 - check_ranges: the sizes, epochs and limits that make no sense (0 or negative) stop before anything loads.
+- redact: an API key never shows in a message or a file, whatever a server echoed.
 """
 
 import difflib
@@ -23,6 +24,18 @@ DEBUG_FLAG, DEBUG_VARIABLE = "--debug", "HUATUO_DEBUG"
 
 def debugging() -> bool:
     return DEBUG_FLAG in sys.argv[1:] or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+
+
+REDACTED = "[redacted]"
+
+
+def redact(text: object, secret: str | None) -> str:
+    """str(text) with every occurrence of secret (an API key) replaced by "[redacted]"; as it is without a secret.
+
+    A marker no reply or error text holds by chance (unlike "***"), so a reader sees where something was removed.
+    """
+    text = str(text)
+    return text.replace(secret, REDACTED) if secret else text
 
 
 def one_line(text: object, limit: int = 1500) -> str:

@@ -1,12 +1,13 @@
 """Stage A's own logic: an exam item as text, the teacher's verdict and problem replies, one item's work.
 
-construct_verifiable_medical_problems.py wires these to llm_jobs (the client, the per-item store).
+construct_verifiable_medical_problems.py runs construct_item on every item through huatuo_o1/llm_jobs.py.
 """
 
 import re
 
-from huatuo_o1.llm_jobs import ItemTrace, Teacher, parse_json_object, parse_json_object_as_original, render
 from huatuo_o1.records import ANSWER, GROUND_TRUTH, OPEN_QUESTION, OPTIONS, QUESTION, InputError
+from huatuo_o1.teacher import ItemTrace, Teacher
+from huatuo_o1.teacher_prompts import parse_json_object, parse_json_object_as_original, render
 
 FILTER_VERDICTS = ("Pass", "Too Simple", "Ambiguous Answer", "Not Reformulatable")
 # template name -> the placeholders it must contain

@@ -3,7 +3,7 @@
 prepare_training_data.py screens the training data with it (the paper screened all its training data
 this way); `eval_texts` reads the evaluation files, `training_texts` the fields of training rows.
 
-Texts are compared after `normalise` (Unicode NFKC, lower case, every run of whitespace one space,
+Texts are compared after `nfkc_lower_single_spaced` (Unicode NFKC, lower case, every run of whitespace one space,
 ends stripped), so a copy that differs only in case, line breaks or spacing still counts.
 
 Speed: every 64-character window of the evaluation texts is hashed once (a polynomial hash mod 2^64,
@@ -28,7 +28,7 @@ _BASE_INVERSE = pow(_BASE, -1, 1 << 64)
 _BATCH_CHARS = 1 << 22  # characters hashed per numpy batch: bounds memory (a few 8-byte arrays of this length)
 
 
-def normalise(text):
+def nfkc_lower_single_spaced(text):
     """NFKC, lower case, whitespace runs collapsed to one space, stripped."""
     return " ".join(unicodedata.normalize("NFKC", text).lower().split())
 
@@ -272,7 +272,7 @@ def eval_texts(paths, window=WINDOW):
             named = [("question", str(item[QUESTION]))]
             named += [(f"option {letter}", str(text)) for letter, text in item[OPTIONS].items()]
             texts += [
-                EvalText(item["source"], index, name, normalise(text))
+                EvalText(item["source"], index, name, nfkc_lower_single_spaced(text))
                 for name, text in named
                 if not too_short(text, window)
             ]
@@ -292,5 +292,7 @@ def training_texts(rows, fields, window=WINDOW):
                 named = [(f"{key}.{i}", str(v)) for i, v in enumerate(value)]
             else:
                 named = [] if value is None else [(key, str(value))]
-            texts.extend((number, name, normalise(text)) for name, text in named if not too_short(text, window))
+            texts.extend(
+                (number, name, nfkc_lower_single_spaced(text)) for name, text in named if not too_short(text, window)
+            )
     return texts

@@ -3,13 +3,17 @@
 - check_outputs: no output is an input (the same file or folder, resolved; a file inside an input folder;
   a checkpoint the run would rotate away), and every output can be written.
 - keep_larger_result: a run never replaces a result file with one of fewer rows.
+- The data stages' three files (check_output_paths, then write_outputs): the main output, every item's record and
+  a run summary (summarise, public_settings), written only when some item succeeded and never with fewer rows.
 """
 
 import json
 import os
 import tempfile
+from collections import Counter
+from dataclasses import asdict
 
-from huatuo_o1.records import InputError
+from huatuo_o1.records import InputError, write_json_atomic
 
 
 def same_path(a: str, b: str) -> bool:
@@ -109,3 +113,110 @@ def keep_larger_result(path: str, new_rows: int, flag: str) -> None:
             f"{flag} {path} holds {old_rows} rows, this run made {new_rows}: the old file is kept. Delete it or "
             f"choose another {flag} to write the smaller result"
         )
+
+
+# ---- the data stages' outputs -------------------------------------------------------------------
+
+
+def summarise(
+    stage: str, entries: list[dict], this_run: dict, outputs: dict, settings: dict, skipped: int = 0
+) -> dict:
+    outcomes = Counter(entry["outcome"] for entry in entries)
+    reasons = Counter(entry["reason"].split(":")[0] for entry in entries if entry["status"] == "failed")
+    return {
+        "stage": stage,
+        "items": len(entries),
+        "skipped_input_rows": skipped,
+        "by_outcome": dict(sorted(outcomes.items())),
+        "failed_by_step": dict(sorted(reasons.items())),
+        "calls": sum(entry["calls"] for entry in entries),
+        "prompt_tokens": sum(entry["prompt_tokens"] for entry in entries),
+        "completion_tokens": sum(entry["completion_tokens"] for entry in entries),
+        "this_run": this_run,
+        "outputs": outputs,
+        "settings": settings,
+    }
+
+
+def public_settings(*argument_groups) -> dict:
+    """All flags, for the summary: never the API key."""
+    settings = {}
+    for group in argument_groups:
+        settings.update(asdict(group))
+    settings.pop("api_key", None)
+    return settings
+
+
+def output_names(output_path: str) -> tuple[str, str, str]:
+    """(main, records, summary) file names of a run."""
+    stem = output_path[:-5] if output_path.endswith(".json") else output_path
+    return output_path, f"{stem}_records.json", f"{stem}_summary.json"
+
+
+def check_output_paths(job) -> None:
+    """Before the work (job: the stage's JobArguments): the output files and the progress folder can be written, and
+    none of them is the input.
+
+    Without --output_path the name holds the row count and lands in the current folder: only that folder is checked.
+    """
+    outputs = [("--output_dir", job.output_dir, True)]
+    if job.output_path:
+        main, records, summary = output_names(job.output_path)
+        outputs += [("--output_path", main, False), ("--output_path (records)", records, False)]
+        outputs += [("--output_path (summary)", summary, False)]
+    else:
+        outputs.append(("the output file's folder", os.getcwd(), True))
+    check_outputs(outputs, {"--data_path": job.data_path})
+    if job.output_path:
+        rows_in(job.output_path, "--output_path", lists_only=True)
+
+
+def write_outputs(output_path: str, main_rows: list[dict], entries: list[dict], summary: dict) -> dict:
+    """Write the main output, all records (incl. filtered/failed, with their reasons) and the summary.
+
+    A run in which every item failed, or that would replace the main output with fewer rows, writes no
+    main output and leaves earlier files as they were (where there were none, it still writes the records
+    and the summary, which hold the reasons); it stops with one line (InputError).
+    """
+    output_path, records_path, summary_path = output_names(output_path)
+    summary["outputs"].update({"main": output_path, "records": records_path, "summary": summary_path})
+    failed = [entry for entry in entries if entry["status"] == "failed"]
+    print(
+        f"items by outcome: {summary['by_outcome']}; API calls {summary['calls']}, "
+        f"tokens {summary['prompt_tokens']} prompt + {summary['completion_tokens']} completion",
+        flush=True,
+    )
+    before = rows_in(output_path, "--output_path", lists_only=True)
+    problem = None
+    if entries and len(failed) == len(entries):
+        problem = f"every item failed ({len(failed)})"
+    elif before is not None and len(main_rows) < before:
+        problem = f"this run has {len(main_rows)} row(s), fewer than the {before} in {output_path}"
+    if problem:
+        if before is None:
+            write_json_atomic(records_path, [entry["record"] for entry in entries])
+            write_json_atomic(summary_path, summary)
+            kept = f"wrote no {output_path}, only {records_path} and {summary_path}"
+        else:
+            kept = f"kept {output_path} and its records and summary as they were"
+        why = ""
+        if failed:
+            reason = " ".join(failed[0]["reason"].split())
+            why = f"; failed items by step {summary['failed_by_step']}, the first: {reason[:160]}"
+        raise InputError(
+            f"{problem}: {kept}. Fix the cause and rerun the same command (finished items are kept in "
+            f"{summary['outputs'].get('progress_dir')}), or, if fewer rows are right, remove {output_path} or pass "
+            f"another --output_path{why}"
+        )
+    write_json_atomic(records_path, [entry["record"] for entry in entries])
+    write_json_atomic(output_path, main_rows)
+    write_json_atomic(summary_path, summary)
+    if failed:
+        print(
+            f"{len(failed)} item(s) failed (reasons in the records file); rerun the same command to retry only those.",
+            flush=True,
+        )
+    print(f"wrote {len(main_rows)} rows to {output_path}", flush=True)
+    print(f"records: {records_path}", flush=True)
+    print(f"summary: {summary_path}", flush=True)
+    return summary

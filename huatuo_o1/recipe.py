@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 from huatuo_o1.construct import option_line, question_with_options
-from huatuo_o1.decontamination import EvalIndex, normalise, training_texts
+from huatuo_o1.decontamination import EvalIndex, nfkc_lower_single_spaced, training_texts
 from huatuo_o1.records import (
     ANSWER_IDX,
     DATA_TYPE,
@@ -205,10 +205,10 @@ def drop_empty_and_duplicates(items: list[Item]) -> None:
             item.reason = "empty"
             item.detail = {"empty": [k for k in (OPEN_QUESTION, GROUND_TRUTH) if not item.row[k].strip()]}
             continue
-        keys = [("open-ended", normalise(question))]
+        keys = [("open-ended", nfkc_lower_single_spaced(question))]
         if has_options(item.row):
-            options = tuple(normalise(str(text)) for _, text in sorted(item.row[OPTIONS].items()))
-            keys.append(("multiple-choice", normalise(item.row[QUESTION]), options))
+            options = tuple(nfkc_lower_single_spaced(str(text)) for _, text in sorted(item.row[OPTIONS].items()))
+            keys.append(("multiple-choice", nfkc_lower_single_spaced(item.row[QUESTION]), options))
         first = next((seen[k] for k in keys if k in seen), None)
         if first is not None:
             item.reason = "duplicate"

@@ -68,9 +68,11 @@ def read_text(path: str, what: str = "file") -> str:
 
 
 def digest(obj: Any) -> str:
-    """A short fingerprint of JSON-able data (the same data, in any key order, gives the same one)."""
-    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+    """A short fingerprint (16 hex digits of a SHA-256) of bytes as they are, or of JSON-able data: the same data, in
+    any key order, gives the same one."""
+    if not isinstance(obj, bytes):
+        obj = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
+    return hashlib.sha256(obj).hexdigest()[:16]
 
 
 def read_json(path: str) -> Any:

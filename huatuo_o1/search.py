@@ -1,6 +1,6 @@
 """Stage B's own logic: the teacher's reasoning traces and verdicts, and the search for one item.
 
-search_for_complex_reasoning_path.py wires search_item to llm_jobs (the client, the per-item store).
+search_for_complex_reasoning_path.py runs search_item on every item through huatuo_o1/llm_jobs.py.
 """
 
 import copy
@@ -8,7 +8,6 @@ import json
 import random
 import re
 
-from huatuo_o1.llm_jobs import ItemTrace, Teacher, parse_json_object, parse_json_object_as_original, render
 from huatuo_o1.records import (
     GROUND_TRUTH,
     OPEN_QUESTION,
@@ -20,6 +19,8 @@ from huatuo_o1.records import (
     VERIFICATIONS,
     VERIFIED_RESPONSE,
 )
+from huatuo_o1.teacher import ItemTrace, Teacher
+from huatuo_o1.teacher_prompts import parse_json_object, parse_json_object_as_original, render
 
 # strategy name (as in response_type Re_CoT_<name>) -> its template
 STRATEGIES = {

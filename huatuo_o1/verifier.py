@@ -19,9 +19,10 @@ rewards keep it (in bf16 the 0.1 reward is 0.10009765625).
 """
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -93,7 +94,25 @@ class RewardOutput:
 
 
 class VerifierReward:
-    """Scores (response, reference) pairs with a 2-label sequence-classification verifier."""
+    """Scores (response, reference) pairs with a 2-label sequence-classification verifier.
+
+    `with VerifierReward.observe_calls(observer):` observer(reward, responses, references, output) follows every
+    call of every VerifierReward in this process while the block runs: the way to log the reward calls of a run
+    one does not build oneself (bench/rl_learning.py logs those of RL_stage2.py, whole).
+    """
+
+    _observers: ClassVar[list[Callable[["VerifierReward", list[str], list[str], RewardOutput], None]]] = []
+
+    @classmethod
+    @contextmanager
+    def observe_calls(
+        cls, observer: Callable[["VerifierReward", list[str], list[str], RewardOutput], None]
+    ) -> Iterator[None]:
+        cls._observers.append(observer)
+        try:
+            yield
+        finally:
+            cls._observers.remove(observer)
 
     def __init__(
         self,
@@ -155,7 +174,10 @@ class VerifierReward:
         )
         rewards = torch.where(p.double() > self.threshold, correct, incorrect)
         rewards = torch.where(well_formed, rewards, torch.full_like(rewards, self.malformed_reward))
-        return RewardOutput(rewards=rewards, well_formed=well_formed, p_correct=p.float())
+        output = RewardOutput(rewards=rewards, well_formed=well_formed, p_correct=p.float())
+        for observer in self._observers:
+            observer(self, responses, references, output)
+        return output
 
 
 def _completion_text(completion):

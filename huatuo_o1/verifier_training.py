@@ -122,14 +122,15 @@ def split_by_record(examples: list[dict], eval_fraction: float, max_eval_samples
     return [e for e in examples if e["group"] not in held_out], [e for e in examples if e["group"] in held_out]
 
 
-def normalise(text: str) -> str:
+def lowercase_words(text: str) -> str:
+    """The text's words in lower case, one space apart: every run of other characters (punctuation) is a space."""
     return " ".join(re.sub(r"[^\w]+", " ", text.lower()).split())
 
 
 def string_match(response: str, reference: str) -> bool:
     """The baseline: the normalised reference appears as whole words in the normalised response."""
-    reference = normalise(reference)
-    return bool(reference) and f" {reference} " in f" {normalise(response)} "
+    reference = lowercase_words(reference)
+    return bool(reference) and f" {reference} " in f" {lowercase_words(response)} "
 
 
 def encode(examples: list[dict], tokenizer: "PreTrainedTokenizerBase", template: str, max_length: int) -> list[dict]:

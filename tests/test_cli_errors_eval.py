@@ -24,11 +24,12 @@ OPENAI_SECRET = "sk-openai-teacher-key-0123456789"
 EVAL_SECRET = "sk-eval-server-key-9876543210"
 
 # A stand-in inference server: /health answers 200; every POST is logged (its Authorization header and
-# model) and answered as `mode` says: "reply" (a completion that echoes the header, model and seed) or
-# "error" (401 with the header echoed in the error body, as careless servers do).
+# model) and answered as `mode` says: "reply" (a completion that echoes the header, model and seed),
+# "slow" (the same after half a second) or "error" (401 with the header echoed in the error body, as careless
+# servers do).
 TINY_SERVER = textwrap.dedent(
     """
-    import json, sys
+    import json, sys, time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     port, mode, log = int(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -56,6 +57,8 @@ TINY_SERVER = textwrap.dedent(
             if mode == "error":
                 self.send(401, {"error": {"message": f"invalid key in {auth}", "type": "invalid_request_error"}})
                 return
+            if mode == "slow":
+                time.sleep(0.5)
             text = f"The answer is A. ({auth} | {request.get('model')} | seed {request.get('seed')})"
             self.send(200, {
                 "id": "x", "object": "text_completion", "created": 0, "model": request.get("model"),
@@ -456,6 +459,52 @@ def test_two_models_sharing_a_folder_name_or_two_settings_never_share_a_results_
     result = run_eval(tmp_path, base_url, str(rl), "--seed", "1")
     assert result.returncode == 0 and "2 items, 2 already answered" in result.stdout
     assert len(log.read_text().splitlines()) == asked
+
+
+def test_ctrl_c_stops_eval_at_once_keeps_every_answer_and_the_rerun_asks_only_the_rest(tiny_server, tmp_path):
+    base_url, log, _ = tiny_server("slow")
+    model = tmp_path / "model"
+    model.mkdir()
+    items = [dict(ITEM, question=f"{ITEM['question']} ({number})") for number in range(20)]
+    (tmp_path / "eval.json").write_text(json.dumps({"S": items}))
+    argv = ["--model_name", model, "--eval_file", tmp_path / "eval.json", "--base_url", base_url]
+    argv += ["--use_chat_template", "False", "--output_dir", tmp_path / "out", "--max_retries", "0"]
+    argv += ["--batch_size", "2"]
+    partial = tmp_path / "out" / f"{eval_stem(argv)}.partial.jsonl"
+    process = subprocess.Popen(
+        [sys.executable, "evaluation/eval.py", *map(str, argv)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "EVAL_API_KEY": ""},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, so the signal reaches only it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal (see test_cli_errors)
+    )
+    deadline = time.monotonic() + 120
+    while not (partial.exists() and len(partial.read_text().splitlines()) >= 3):  # the settings line, 2 answers
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.02)
+
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    interrupted, asked_at_interrupt = time.monotonic(), len(log.read_text().splitlines())
+    _, stderr = process.communicate(timeout=60)
+    seconds = time.monotonic() - interrupted
+    assert process.returncode == 130 and seconds < 3.0, (process.returncode, seconds, stderr[-2000:])
+    kept = len(partial.read_text().splitlines()) - 1
+    messages = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
+    messages = [line for line in messages if not line.startswith("questions")]  # the rest is the progress bar
+    assert messages == [f"interrupted: {kept} answers kept in {partial}; rerun to continue"], stderr[-2000:]
+    assert 2 <= kept < 20
+    time.sleep(1.0)  # requests on their way when the signal came have arrived: 2 threads, so at most 2
+    asked = len(log.read_text().splitlines())
+    assert asked <= asked_at_interrupt + 2, (asked_at_interrupt, asked)
+
+    result = run_eval(tmp_path, base_url, str(model), "--batch_size", "20")  # (not a setting: the same results file)
+    assert result.returncode == 0, result.stderr
+    assert f"20 items, {kept} already answered (resumed), {20 - kept} to ask" in result.stdout
+    assert len(log.read_text().splitlines()) == asked + 20 - kept  # only the missing ones asked
+    assert not partial.exists()
 
 
 # ---------------------------------------------------------------------------------------------------------

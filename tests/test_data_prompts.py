@@ -7,7 +7,7 @@ import re
 import pytest
 
 from huatuo_o1 import construct, search
-from huatuo_o1.llm_jobs import load_prompts, render
+from huatuo_o1.teacher_prompts import load_prompts, render
 from tests.standin_teacher import Teacher as StandinTeacher
 
 STRATEGY_NAMES = {

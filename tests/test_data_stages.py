@@ -7,18 +7,11 @@ import types
 
 import pytest
 
-from huatuo_o1 import construct, llm_jobs, search
+from huatuo_o1 import construct, item_store, search
 from huatuo_o1.construct import parse_verdict
-from huatuo_o1.llm_jobs import (
-    ApiArguments,
-    ItemTrace,
-    Teacher,
-    api_base_url,
-    parse_json_object,
-    parse_json_object_as_original,
-    render,
-)
 from huatuo_o1.search import parse_trace, parse_true_false, trace_as_text
+from huatuo_o1.teacher import Abandoned, ApiArguments, ItemFailed, ItemTrace, Teacher, api_base_url
+from huatuo_o1.teacher_prompts import parse_json_object, parse_json_object_as_original, render
 from tests.data_helpers import (
     CONSTRUCT,
     FAST,
@@ -159,6 +152,30 @@ def test_requests_carry_max_tokens_as_the_originals_did_unless_zero(monkeypatch)
         assert sent[-1].get("max_tokens") == expected and sent[-1]["messages"][0]["content"] == "Is it? True or False"
 
 
+def test_every_http_attempt_is_counted_and_none_leaves_after_a_stop(start_teacher):
+    server = start_teacher(answer_key=make_items(1), fault_rate=1.0, faults="429")
+    teacher = Teacher(ApiArguments(api_key="sk-test", api_url=server.base_url, max_retries=2, timeout=20))
+    trace = ItemTrace()
+    with pytest.raises(ItemFailed, match=r"^verify: RateLimitError after 3 HTTP call\(s\)"):
+        teacher.ask("verify", "Is it right? True or False", parse_true_false, trace)
+    assert trace.calls == teacher.calls == server.stats()["total"] == 3  # the first try and two retries
+    server.configure(fault_rate=0.0)
+    teacher.complete("Is it right? True or False", trace)
+    assert trace.calls == teacher.calls == server.stats()["total"] == 4
+    assert trace.prompt_tokens > 0 and trace.completion_tokens > 0
+
+    # Stopped between a try and its retry (set here when the 429 comes back): the retry never leaves.
+    server.configure(fault_rate=1.0)
+    hooks = teacher.http_client.event_hooks
+    teacher.http_client.event_hooks = {**hooks, "response": [lambda response: teacher.stop.set()]}
+    with pytest.raises(Abandoned):
+        teacher.complete("Is it right? True or False", trace)
+    assert server.stats()["total"] == 5 and trace.calls == 4  # an abandoned call counts nowhere
+    with pytest.raises(Abandoned):
+        teacher.complete("Is it right? True or False", trace)
+    assert server.stats()["total"] == 5
+
+
 # ---- stage A ----------------------------------------------------------------------------------
 
 
@@ -272,7 +289,7 @@ def test_a_progress_file_that_cannot_be_written_stops_the_run_with_one_line(star
     def disk_full(store, key, entry):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(llm_jobs.ItemStore, "save", disk_full)
+    monkeypatch.setattr(item_store.ItemStore, "save", disk_full)
     args = ["--data_path", write_json(tmp_path / "mcq.json", items), "--output_path", main]
     result = run(
         CONSTRUCT, args + ["--output_dir", tmp_path / "p", "--num_process", "2"] + FAST[:-2], teacher, check=False

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from huatuo_o1 import decontamination, recipe
-from huatuo_o1.decontamination import EvalIndex, EvalText, normalise
+from huatuo_o1.decontamination import EvalIndex, EvalText, nfkc_lower_single_spaced
 from huatuo_o1.records import GROUND_TRUTH as ANSWER
 from huatuo_o1.records import OPEN_QUESTION as QUESTION
 from tests.scripts import run_script
@@ -57,8 +57,8 @@ def load(path):
 
 
 def test_normalise():
-    assert normalise("  Which\tOF the\n\nfollowing  ") == "which of the following"
-    assert normalise("ﬁbrosis\u00a0IS") == "fibrosis is"  # NFKC: the ligature and the no-break space
+    assert nfkc_lower_single_spaced("  Which\tOF the\n\nfollowing  ") == "which of the following"
+    assert nfkc_lower_single_spaced("ﬁbrosis\u00a0IS") == "fibrosis is"  # NFKC: the ligature and the no-break space
 
 
 @pytest.fixture
@@ -158,9 +158,9 @@ def test_index_agrees_with_brute_force_across_batches(monkeypatch):
 
 def test_stock_phrase_threshold():
     rng = random.Random(4)
-    vignettes = [normalise(words(rng, 20) + " " + STOCK) for _ in range(3)]
+    vignettes = [nfkc_lower_single_spaced(words(rng, 20) + " " + STOCK) for _ in range(3)]
     evals = [EvalText("MedQA_USLME_test", i, "question", t) for i, t in enumerate(vignettes)]
-    stock_only = (0, "q", normalise(words(rng, 15) + " " + STOCK))
+    stock_only = (0, "q", nfkc_lower_single_spaced(words(rng, 15) + " " + STOCK))
     copied = (1, "q", vignettes[2][-140:])  # the stock sentence with 69 characters of a real question before it
     assert set(EvalIndex(evals).check([stock_only, copied])) == {0, 1}  # the paper's rule: every window counts
     index = EvalIndex(evals, stock_phrase_threshold=3)

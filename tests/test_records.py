@@ -6,7 +6,8 @@ import stat
 
 import pytest
 
-from huatuo_o1.records import InputError, load_records, write_json_atomic
+from huatuo_o1.cli import redact
+from huatuo_o1.records import InputError, digest, load_records, write_json_atomic
 
 
 def test_load_json_and_jsonl(tmp_path):
@@ -39,6 +40,23 @@ def test_offline_hub_id_fails_with_advice():
     with pytest.raises(InputError) as error:
         load_records("FreedomIntelligence/medical-o1-verifiable-problem")
     assert "download it" in str(error.value) and "local .json/.jsonl" in str(error.value)
+
+
+def test_digest_of_data_ignores_key_order_and_of_bytes_hashes_them_as_they_are():
+    assert digest({"a": 1, "b": ["é", 2]}) == digest({"b": ["é", 2], "a": 1}) != digest({"a": 1, "b": ["e", 2]})
+    assert digest(b"abc") == "ba7816bf8f01cfea"  # SHA-256 of "abc", its first 16 hex digits
+    assert digest(["x"]) == digest(b'["x"]') and len(digest(None)) == 16
+
+
+def test_redact_removes_every_copy_of_the_key_from_anything_shown():
+    key = "sk-SECRET-123"
+    echoed = {"error": f"bad key {key}", "header": f"Bearer {key}"}
+    assert redact(echoed, key) == "{'error': 'bad key [redacted]', 'header': 'Bearer [redacted]'}"
+    assert redact(f"{key}{key}", key) == "[redacted][redacted]"
+    assert redact("nothing to hide", key) == "nothing to hide"
+    for no_key in (None, ""):
+        assert redact(f"text {key}", no_key) == f"text {key}"  # no key given: nothing is one
+    assert redact(None, key) == "None" and redact(404, key) == "404"
 
 
 def test_atomic_write_replaces_whole_file_readable_by_others(tmp_path):

@@ -136,6 +136,29 @@ def test_trl_callables_use_the_same_rule(verifier_tokenizer):
     assert format_fn(prompts=["q", "q"], completions=completions) == [1.0, 0.0]
 
 
+def test_observers_see_every_call_with_its_rewards_while_they_observe(verifier_tokenizer):
+    eos = verifier_tokenizer.eos_token
+    verifier = ControlledVerifier(
+        verifier_tokenizer, {verifier_input("Pneumonia.", "Pneumonia", eos): 0.9}, default_p=0.1
+    )
+    reward, seen = VerifierReward(verifier, verifier_tokenizer), []
+
+    def observer(called, responses, references, output):
+        seen.append((called, list(responses), list(references), output.rewards.tolist()))
+
+    reward([GOOD], ["Pneumonia"])  # before: not observed
+    with VerifierReward.observe_calls(observer):
+        out = reward([GOOD, "no format"], ["Pneumonia", "Asthma"])
+        reward_fn, _ = trl_reward_functions(reward)  # trl's path calls the same reward
+        reward_fn(prompts=["q"], completions=[[{"role": "assistant", "content": GOOD}]], reference=["Flu"])
+    reward([GOOD], ["Pneumonia"])  # after: not observed
+    assert seen == [
+        (reward, [GOOD, "no format"], ["Pneumonia", "Asthma"], pytest.approx([1.0, 0.0])),
+        (reward, [GOOD], ["Flu"], pytest.approx([0.1])),
+    ]
+    assert seen[0][3] == out.rewards.tolist() and VerifierReward._observers == []
+
+
 # ---- the verifier as shipped ----------------------------------------------------------------------
 def shipped_verifier(tiny_models, folder, padding_side, pad_is_eos=True):
     """A copy of the tiny verifier as a checkpoint could ship it: pad = eos (tokenizer and config), this padding."""

@@ -5,7 +5,6 @@ evaluation/eval.py runs them in order; huatuo_o1.evaluation.scoring reads the re
 huatuo_o1.evaluation.report builds the figures.
 """
 
-import hashlib
 import json
 import os
 import sys
@@ -15,9 +14,10 @@ from typing import TYPE_CHECKING
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from huatuo_o1.cli import redact
 from huatuo_o1.evaluation import report, scoring
 from huatuo_o1.models import from_pretrained_or_explain
-from huatuo_o1.records import ANSWER_IDX, OPTIONS, QUESTION, InputError, read_json
+from huatuo_o1.records import ANSWER_IDX, OPTIONS, QUESTION, InputError, digest, read_json
 
 if TYPE_CHECKING:
     from openai import OpenAI
@@ -241,11 +241,6 @@ def make_client(args: EvalArguments) -> "OpenAI":
     )
 
 
-def redact(text: str, args: EvalArguments) -> str:
-    """text with the key replaced, whatever a server echoed (error bodies, even replies)."""
-    return text.replace(args.api_key, "[redacted]") if args.api_key else text
-
-
 def check_server_listens(base_url: str) -> None:
     """Fail at once, with what to do, when nothing listens (rather than after every request's retries)."""
     import urllib.error
@@ -281,7 +276,7 @@ def ask(client: "OpenAI", args: EvalArguments, prompt: str) -> dict:
         reply = client.completions.create(prompt=prompt, **common)
         output = reply.choices[0].text
     tokens = reply.usage.completion_tokens if reply.usage else None
-    output = redact(output, args) if output else output
+    output = redact(output, args.api_key) if output else output  # whatever a server echoed, even in replies
     return {
         "output": scoring.clean_reply(output),
         "raw_output": output or "",
@@ -299,12 +294,12 @@ def model_identity(model_name: str) -> dict:
     files = sorted(
         (entry.name, entry.stat().st_size, entry.stat().st_mtime_ns) for entry in os.scandir(folder) if entry.is_file()
     )
-    return {"model": folder, "model_files": hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]}
+    return {"model": folder, "model_files": digest(files)}
 
 
 def file_digest(path: str) -> str:
     with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:16]
+        return digest(f.read())
 
 
 # Settings as typed: shown in reports, not part of the run's identity (./m and m are one model).
@@ -345,7 +340,7 @@ def output_stem(args: EvalArguments, settings: dict) -> str:
     hash of the resolved model and everything that decides the answers), so results never collide."""
     model = os.path.basename(os.path.normpath(args.model_name))
     data = os.path.splitext(os.path.basename(args.eval_file))[0]
-    key = hashlib.sha256(json.dumps(identity(settings), sort_keys=True).encode()).hexdigest()[:8]
+    key = digest(identity(settings))[:8]
     return f"{model}_{args.task}_{data}" + ("_strict" if args.strict_prompt else "") + f"_{key}"
 
 

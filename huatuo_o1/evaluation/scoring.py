@@ -174,13 +174,13 @@ def _fold(text):
     return re.sub(r"[‐‑‒–—]", "-", text.lower())
 
 
-def _normalise(text):
+def _folded_single_spaced(text):
     """Lower case, one kind of dash, single spaces: so option texts are found however they are typeset."""
     return re.sub(r"\s+", " ", _fold(text))
 
 
 def _option_needle(option):
-    return _normalise(str(option)).strip(" .")
+    return _folded_single_spaced(str(option)).strip(" .")
 
 
 def letter_stands_alone(text: str, end: int, options: dict, after_option_word: bool = False) -> bool:
@@ -199,7 +199,7 @@ def letter_stands_alone(text: str, end: int, options: dict, after_option_word: b
         return False  # "B cell", "A patient"
     abbreviation = re.match(r"\.[ \t]+(?=[a-z])", after)
     if abbreviation:  # "E. coli", "C. difficile" -- unless the option's own text follows ("B. measles")
-        rest = _normalise(after[abbreviation.end() : abbreviation.end() + 300])
+        rest = _folded_single_spaced(after[abbreviation.end() : abbreviation.end() + 300])
         return any(rest.startswith(_option_needle(option)) for option in options.values() if _option_needle(option))
     return True
 
@@ -267,7 +267,7 @@ def honest_option_mentions(text: str, options: dict) -> list[tuple[int, str]]:
     clause or a line and followed by punctuation ("No, ...", "so, yes."), after an answer phrase, or
     in bold -- not in "no significant difference".
     """
-    normal = _normalise(text)
+    normal = _folded_single_spaced(text)
     spans = []
     for letter, option in options.items():
         needle = _option_needle(option)
