@@ -219,12 +219,12 @@ def main(argv=None):
     }[args.overlong]
     say(f"{len(rows)} rows, {len(examples)} examples; {n_overlong} longer than {args.max_seq_len} tokens {verb}")
 
-    attention = attn_implementation()
+    use_deepspeed = accelerator.state.deepspeed_plugin is not None
+    dtype = torch.bfloat16 if use_deepspeed and accelerator.mixed_precision == "bf16" else torch.float32
+    attention = attn_implementation(half_precision=accelerator.mixed_precision in ("bf16", "fp16"))
     batching = args.batching
     if batching == "auto":
         batching = "padding_free" if attention == "flash_attention_2" else "padded"
-    use_deepspeed = accelerator.state.deepspeed_plugin is not None
-    dtype = torch.bfloat16 if use_deepspeed and accelerator.mixed_precision == "bf16" else torch.float32
     model = from_pretrained_or_explain(
         AutoModelForCausalLM, args.model_path, dtype=dtype, attn_implementation=attention
     )

@@ -245,7 +245,8 @@ def main(argv=None):
         say(f"{args.output_dir} holds a verifier trained on these inputs: nothing to do (--resume False trains again)")
         accelerator.end_training()
         return 0
-    model, tokenizer = load_backbone(args.model_path, args.gradient_checkpointing)
+    half_precision = accelerator.mixed_precision in ("bf16", "fp16")
+    model, tokenizer = load_backbone(args.model_path, args.gradient_checkpointing, half_precision)
     encode(train, tokenizer, template, args.max_length)
     encode(held_out, tokenizer, template, args.max_length)
     n_correct = sum(e["label"] for e in train)

@@ -1,5 +1,6 @@
 """SFT_stage1.py: labels, batching, training, checkpoints, resume, and a 2-process ZeRO-3 run on CPU."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithFlattening
 
-from huatuo_o1 import training
+from huatuo_o1 import models, training
 from huatuo_o1.models import load_chat_tokenizer
 from huatuo_o1.records import InputError, load_records
 from huatuo_o1.serving import free_port
@@ -378,6 +379,20 @@ def test_padding_free_batches_give_each_example_its_own_attention(tiny_models):
         ]  # one long causal sequence, for contrast
     assert torch.allclose(packed, alone, atol=1e-4)
     assert not torch.allclose(leaking[120:], alone[120:], atol=1e-2)
+
+
+def test_flash_attention_is_chosen_only_where_the_model_computes_in_half_precision(monkeypatch):
+    """A GPU with flash-attn installed: FlashAttention-2 has no float32 kernel, so a float32 run (no mixed precision)
+    gets sdpa instead of failing at its first forward pass."""
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn" else real_find_spec(name, *a)
+    )
+    assert models.attn_implementation(half_precision=True) == "flash_attention_2"
+    assert models.attn_implementation(half_precision=False) == "sdpa"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert models.attn_implementation(half_precision=True) == "sdpa"
 
 
 def test_padded_and_padding_free_batches_give_the_same_loss(tiny_models):
