@@ -41,6 +41,7 @@ import math
 import os
 import platform
 import queue
+import shlex
 import shutil
 import signal
 import subprocess
@@ -122,6 +123,21 @@ PACKAGES_REPORTED = ("torch", "transformers", "accelerate", "deepspeed", "trl", 
 def as_flags(**values):
     """--name value pairs for a command line (booleans as True / False, as the stage scripts read them)."""
     return [item for name, value in values.items() for item in (f"--{name}", str(value))]
+
+
+def as_typed(argv):
+    """A command line as its user types it: `python` and `accelerate` for this interpreter and its launcher, paths
+    inside the repository relative to it."""
+    words = []
+    for word in argv:
+        if word == sys.executable:
+            word = "python"
+        elif word.endswith(os.sep + "accelerate") and os.path.dirname(word) == os.path.dirname(sys.executable):
+            word = "accelerate"
+        elif word.startswith(REPO + os.sep):
+            word = os.path.relpath(word, REPO)
+        words.append(shlex.quote(word))
+    return " ".join(words)
 
 
 def gib(value):
@@ -278,9 +294,7 @@ class GPUCheck:
 
     def run_command(self, argv, log, timeout, env):
         """Exit status, or None when it ran past timeout (then its whole process group is stopped)."""
-        shown = ["accelerate" if a.endswith(os.sep + "accelerate") else "python" if a == sys.executable else a
-                 for a in argv]  # fmt: skip
-        log.write(f"\n$ {' '.join(shown)}\n")
+        log.write(f"\n$ {as_typed(argv)}\n")
         log.flush()
         process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)  # fmt: skip
@@ -332,7 +346,8 @@ class GPUCheck:
                 command_started = time.monotonic()
                 remaining = budget - (command_started - started)
                 status = self.run_command(argv, log, remaining if not always else max(remaining, 30), env)
-                result["commands"][label] = {"exit": status, "seconds": round(time.monotonic() - command_started, 1)}
+                result["commands"][label] = {"command": as_typed(argv), "exit": status,
+                                             "seconds": round(time.monotonic() - command_started, 1)}  # fmt: skip
                 if result["status"] == "ok" and status != 0:
                     result["status"], result["exit"] = ("timeout", None) if status is None else ("failed", status)
             server_log = self.step_dir(name, "server.log")
@@ -440,7 +455,8 @@ class GPUCheck:
         models = read_json(os.path.join(self.models, "models.json"))
         return {"models": {name: {k: m[k] for k in ("parameters", "hidden_size", "layers")}
                            for name, m in models["models"].items()},
-                "device_name": models["device_name"], "build_seconds": models["seconds"]}  # fmt: skip
+                "device_name": models["device_name"], "torch_cuda": models.get("torch_cuda"),
+                "build_seconds": models["seconds"]}  # fmt: skip
 
     def mfu(self, tokens_per_second):
         if self.cpu or tokens_per_second is None or "prepare" not in self.results:
@@ -582,6 +598,7 @@ class GPUCheck:
             "tiny": self.tiny,
             "machine": {
                 "device_name": steps.get("prepare", {}).get("device_name"),
+                "torch_cuda": steps.get("prepare", {}).get("torch_cuda"),
                 "python": platform.python_version(),
                 **{name: version(name) for name in PACKAGES_REPORTED},
             },

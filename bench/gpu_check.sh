@@ -18,6 +18,10 @@ RESULTS=bench_out/gpu
 mkdir -p "$RESULTS/logs"
 INSTALL_LOG=$RESULTS/logs/install.log
 export PYTHONUNBUFFERED=1
+if [ ! -f .gpu_wheels/tokenizer/tokenizer.json ]; then
+  echo "error: no .gpu_wheels/ here: run 'bash tools/gpu_wheels.sh' before the trip and pass carry=[\".gpu_wheels\"]" >&2
+  exit 2
+fi
 
 # Install once per machine (a warm machine keeps $SITE): the wheels and deepspeed's source archive together, one
 # version of each, into a folder of their own put first on the path. Without the archive if it does not build.
@@ -51,6 +55,7 @@ print('python', platform.python_version(), {name: version(name) for name in name
 } | tee -a "$INSTALL_LOG"
 
 left=$((LIMIT_S - ($(date +%s) - started)))
+left=$((left > 90 ? left : 90))
 timeout -k 20 "$((left - 15))" $PY bench/gpu_check.py --deadline "$((left - 45))" "$@"
 status=$?
 [ "$status" -eq 124 ] && echo "gpu_check: stopped at the time limit (GPU_CHECK_LIMIT_S=$LIMIT_S)"

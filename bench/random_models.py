@@ -90,6 +90,7 @@ def main():
         "tokenizer": os.path.abspath(args.tokenizer),
         "device": args.device,
         "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "torch_cuda": torch.version.cuda,
         "dtype": args.dtype,
         "models": {},
     }

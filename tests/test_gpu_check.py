@@ -69,6 +69,7 @@ def test_every_step_runs_tiny_on_the_cpu_and_reports_its_figures(smollm2, tmp_pa
     assert sorted(r.get("new_tokens") for r in reloaded.values() if r["class"].endswith("ForCausalLM")) == [8] * 5
 
 
+@pytest.mark.slow
 def test_a_failing_step_is_named_its_rerun_keeps_the_others_and_steps_out_of_time_are_skipped(smollm2, tmp_path):
     out = tmp_path / "gpu"
     done, report, table = run_check(smollm2, out, "--only", "prepare", "inference", "--break_step", "inference")
