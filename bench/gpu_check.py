@@ -48,6 +48,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 
 from huatuo_o1.records import GROUND_TRUTH, REFERENCE_ANSWER, VERDICT, VERIFICATIONS, VERIFIED_RESPONSE, InputError
@@ -60,7 +61,8 @@ PEAK_NOTE = (
     "MFU = 6 x parameters x trained (real) tokens per second / the peak bf16 rate; 6 counts the forward and "
     "backward matrix products per parameter and token, not the recomputed forward of activation checkpointing "
     "nor attention. Peak: an 8192^3 bf16 matrix product as measured on the H200 this check was written for "
-    "(about 790 TFLOP/s); the datasheet's dense bf16 figure, 989, is not reached by any real kernel there."
+    "(about 790 TFLOP/s on random data); the datasheet's dense bf16 figure, 989, was not reached there (894 on "
+    "all-zero data), so it would understate every MFU."
 )
 WEIGHTS_NOTE = (
     "Random weights (models built from a config): the figures are for throughput, memory and whether each "
@@ -369,7 +371,17 @@ class GPUCheck:
         self.results[name] = result
         print(f"    {name}: {result['status']} in {result['seconds']} s" + (f" ({result['reason']})"
               if "reason" in result else ""), flush=True)  # fmt: skip
-        return name
+
+    def run_and_tell(self, step, ended):
+        """run_step, then put the step's name on `ended`, even when the check itself failed on the way."""
+        try:
+            self.run_step(step)
+        except Exception as error:
+            traceback.print_exc()
+            reason = f"the check itself failed: {type(error).__name__}: {error}"
+            self.results[step.name] = {"what": step.what, "status": "failed", "reason": reason}
+        finally:
+            ended.put(step.name)
 
     def probe(self, probe_dir):
         """Peak GPU memory over the step's processes, and the attention implementations its models used."""
@@ -420,7 +432,7 @@ class GPUCheck:
                     unfinished.discard(step.name)
                     continue
                 running += 1
-                threading.Thread(target=lambda step=step: ended.put(self.run_step(step)), daemon=True).start()
+                threading.Thread(target=self.run_and_tell, args=(step, ended), daemon=True).start()
             if running:
                 unfinished.discard(ended.get())
                 running -= 1
@@ -466,6 +478,8 @@ class GPUCheck:
 
     def sft_figures(self, summary, expected_batching):
         steady = summary["throughput"]["after_first_step"]
+        if steady["real_tokens_per_second"] is None:  # a single step: the whole loop's rate
+            steady = summary["throughput"]
         real, processed = steady["real_tokens_per_second"], steady["processed_tokens_per_second"]
         losses = summary["first_loss"], summary["last_loss"]
         if summary["optimizer_steps"] != self.size["sft_steps"] or not finite(*losses, real):

@@ -2,18 +2,18 @@
 # The GPU check on the GPU machine, in one command: install what .gpu_wheels/ carries (tools/gpu_wheels.sh makes
 # it here), run bench/gpu_check.py within a time limit, and copy its results into $OUT when the device tool set it.
 #
-#   device tool: run(command="bash bench/gpu_check.sh", carry=[".gpu_wheels"], timeout_s=560)
+#   device tool: run(command="bash bench/gpu_check.sh", carry=[".gpu_wheels"], timeout_s=540)
 #   a second try on the still-warm machine: bash bench/gpu_check.sh --only ppo reload   (flags go to gpu_check.py)
 #
 # $OUT receives gpu_check.json, gpu_check.md and gpu_check_logs.tar.gz (every step's log, the summaries and
-# figures the steps wrote, the install log; no weights). GPU_CHECK_LIMIT_S (default 500) bounds the whole of it,
-# installing included; the check itself gets what is left, less a margin to write and copy the results.
+# figures the steps wrote, the install log; no weights). GPU_CHECK_LIMIT_S (default 480: 8 minutes) bounds the
+# whole of it, installing included; the check itself gets what is left, less a margin to write and copy results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
 PY=${PY:-python3}
 SITE=${GPU_CHECK_SITE:-/tmp/site}
-LIMIT_S=${GPU_CHECK_LIMIT_S:-500}
+LIMIT_S=${GPU_CHECK_LIMIT_S:-480}
 RESULTS=bench_out/gpu
 mkdir -p "$RESULTS/logs"
 INSTALL_LOG=$RESULTS/logs/install.log

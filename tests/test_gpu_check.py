@@ -92,3 +92,23 @@ def test_a_failing_step_is_named_its_rerun_keeps_the_others_and_steps_out_of_tim
     assert report["steps"]["prepare"]["reason"].startswith("out of time")
     assert report["steps"]["inference"]["reason"] == "needs prepare"
     assert "| prepare | skipped |" in table
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ending, status", [("pass", 0), ("os._exit(3)", 3), ("os.kill(os.getpid(), 15)", -15)])
+def test_the_probe_records_each_process_however_it_ends(tiny_models, tmp_path, ending, status):
+    """A step's process writes its figures when it ends: normally, through os._exit (a rank of a multi-process
+    launch) or by SIGTERM (a stopped server), and still ends as it would have."""
+    code = (
+        "import os\nfrom transformers import AutoModelForCausalLM\n"
+        f"AutoModelForCausalLM.from_pretrained({tiny_models['tiny-llama']!r}, attn_implementation='eager')\n{ending}\n"
+    )
+    env = dict(os.environ, GPU_CHECK_PROBE_DIR=str(tmp_path), PYTHONPATH=os.path.join(REPO_ROOT, "bench", "gpu_probe"))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == status, done.stderr[-2000:]
+    (written,) = os.listdir(tmp_path)
+    with open(tmp_path / written, encoding="utf-8") as f:
+        figures = json.load(f)
+    assert written == f"{figures['pid']}.json"
+    assert figures["attention"] == {"LlamaModel": "eager", "LlamaForCausalLM": "eager"}
+    assert figures["peak_allocated_bytes"] is None  # no CUDA used

@@ -1,8 +1,9 @@
 """What each Python process of a GPU-check step used, written when it ends (bench/gpu_check.py reads it).
 
-bench/gpu_check.py puts this folder first on a step's PYTHONPATH and names a folder in GPU_CHECK_PROBE_DIR;
-Python imports this file as `sitecustomize` when it starts (it takes the place of any other sitecustomize, which
-the steps do not need). Each process then writes <GPU_CHECK_PROBE_DIR>/<pid>.json when it ends:
+bench/gpu_check.py puts this folder first on a step's PYTHONPATH and names a folder in GPU_CHECK_PROBE_DIR.
+Python imports this file as `sitecustomize` when it starts; it first runs the sitecustomize it hides (the
+interpreter's own, if there is one), so a step starts as it would without it. Each process then writes
+<GPU_CHECK_PROBE_DIR>/<pid>.json when it ends:
 - its peak GPU memory: torch.cuda.max_memory_allocated (and max_memory_reserved) per device, None when the process
   never used CUDA;
 - the attention implementation of every transformers model it built (config._attn_implementation, read when the
@@ -15,10 +16,13 @@ three are covered, and each still ends the process as it would have. Without GPU
 import atexit
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import json
 import os
 import signal
+import site
 import sys
+import sysconfig
 
 FOLDER = os.environ.get("GPU_CHECK_PROBE_DIR")
 attention = {}  # model class name -> attention implementation
@@ -96,6 +100,22 @@ class WatchTransformers(importlib.abc.MetaPathFinder):
         return spec
 
 
+def run_the_hidden_sitecustomize():
+    """Python imports only the first sitecustomize it finds, and this one comes first on a step's path: run the one
+    of the interpreter's own folders, if any, as Python would have."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    places = [sysconfig.get_path(name) for name in ("stdlib", "platstdlib", "purelib", "platlib")]
+    places = [p for p in dict.fromkeys(places + site.getsitepackages()) if p and os.path.abspath(p) != here]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", places)
+    if spec is None or spec.loader is None:
+        return
+    try:
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    except Exception as error:
+        print(f"gpu_check probe: {spec.origin} failed ({type(error).__name__}: {error})", file=sys.stderr)
+
+
+run_the_hidden_sitecustomize()
 if FOLDER:
     sys.meta_path.insert(0, WatchTransformers())
     atexit.register(record)
