@@ -25,10 +25,9 @@ def main():
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from huatuo_o1.answer_format import assistant_turn
     from huatuo_o1.models import load_chat_tokenizer
-    from huatuo_o1.records import SFT_COT, SFT_QUESTION, SFT_RESPONSE, load_records
-    from huatuo_o1.sft import build_examples
+    from huatuo_o1.records import load_records
+    from huatuo_o1.sft import build_examples, prompt_completion_rows
 
     scratch = tempfile.mkdtemp(prefix="sft_tokens_")
     models = args.model_path
@@ -40,11 +39,7 @@ def main():
     for model_path in models:
         tokenizer = load_chat_tokenizer(model_path)
         ours, _ = build_examples(rows, tokenizer, 10**6, "drop", args.data_path, show_progress=False)
-        dataset = Dataset.from_list([
-            {"prompt": [{"role": "user", "content": row[SFT_QUESTION]}],
-             "completion": [{"role": "assistant", "content": assistant_turn(row[SFT_COT], row[SFT_RESPONSE])}]}
-            for row in rows
-        ])  # fmt: skip
+        dataset = Dataset.from_list(prompt_completion_rows(rows))
         config = SFTConfig(output_dir=os.path.join(scratch, "out"), max_length=None, report_to="none", use_cpu=True,
                            completion_only_loss=True)  # fmt: skip
         model = AutoModelForCausalLM.from_pretrained(model_path)

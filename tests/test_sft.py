@@ -1,5 +1,6 @@
 """SFT_stage1.py: labels, batching, training, checkpoints, resume, and a 2-process ZeRO-3 run on CPU."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -10,11 +11,19 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithFlattening
 
-from huatuo_o1 import training
+from huatuo_o1 import models, training
 from huatuo_o1.models import load_chat_tokenizer
 from huatuo_o1.records import InputError, load_records
 from huatuo_o1.serving import free_port, listening_pids
-from huatuo_o1.sft import GROUP_BATCHES, EpochSampler, build_examples, next_token_loss, pad_collate, stop_token_ids
+from huatuo_o1.sft import (
+    GROUP_BATCHES,
+    EpochSampler,
+    build_examples,
+    next_token_loss,
+    pad_collate,
+    prompt_completion_rows,
+    stop_token_ids,
+)
 from tests.scripts import accelerate_launch, launch_ok, record_calls, reset_accelerate, run_script
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -227,6 +236,17 @@ def test_tokens_and_labels_equal_the_originals_for_rows_as_stored(tiny_models, m
     assert changed == ([1, 2] if layout == "llama3" else [0, 1, 2])
 
 
+def test_trl_records_render_the_same_chat_as_our_examples(tiny_models):
+    tokenizer = load_chat_tokenizer(tiny_models["tiny-qwen2"])
+    records = prompt_completion_rows(DEMO_ROWS)
+    ours, _ = build_examples(DEMO_ROWS, tokenizer, 10**6, "drop", "demo", show_progress=False)
+    assert len(records) == len(DEMO_ROWS)
+    for record, example in zip(records, ours):
+        assert [m["role"] for m in record["prompt"] + record["completion"]] == ["user", "assistant"]
+        chat = tokenizer.apply_chat_template(record["prompt"] + record["completion"], tokenize=False)
+        assert tokenizer(chat, add_special_tokens=False)["input_ids"] == example["input_ids"]
+
+
 def test_rows_that_fit_are_kept_whole_and_longer_ones_are_dropped_by_default(tiny_models):
     tokenizer = load_chat_tokenizer(tiny_models["tiny-llama"])
     row = REAL_STYLE_ROWS[0]
@@ -357,6 +377,20 @@ def test_padding_free_batches_give_each_example_its_own_attention(tiny_models):
     assert not torch.allclose(leaking[120:], alone[120:], atol=1e-2)
 
 
+def test_flash_attention_is_chosen_only_where_the_model_computes_in_half_precision(monkeypatch):
+    """A GPU with flash-attn installed: FlashAttention-2 has no float32 kernel, so a float32 run (no mixed precision)
+    gets sdpa instead of failing at its first forward pass."""
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn" else real_find_spec(name, *a)
+    )
+    assert models.attn_implementation(half_precision=True) == "flash_attention_2"
+    assert models.attn_implementation(half_precision=False) == "sdpa"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert models.attn_implementation(half_precision=True) == "sdpa"
+
+
 def test_padded_and_padding_free_batches_give_the_same_loss(tiny_models):
     tokenizer = load_chat_tokenizer(tiny_models["tiny-llama"])
     examples, _ = build_examples(DEMO_ROWS[:3], tokenizer, 8192, "drop", "demo", show_progress=False)
@@ -418,6 +452,13 @@ def test_training_lowers_the_loss_saves_loadable_models_and_rotates_them(tiny_mo
     assert [h["step"] for h in summary["history"]] == list(range(1, 13))
     assert all(0.0 <= h["token_accuracy"] <= 1.0 for h in summary["history"])
     assert summary["real_tokens_this_run"] == summary["processed_tokens_this_run"]  # padding-free
+    # the loop's time leaves the 6 checkpoint saves out; the rates are the tokens over that time
+    throughput = summary["throughput"]
+    assert 0 < throughput["after_first_step"]["seconds"] < throughput["seconds"]
+    assert throughput["real_tokens_per_second"] == throughput["processed_tokens_per_second"]
+    assert throughput["real_tokens_per_second"] * throughput["seconds"] == pytest.approx(
+        summary["real_tokens_this_run"], rel=1e-3
+    )
     assert summary["final_checkpoint"] == os.path.join(out, "sft_stage1", "checkpoint-12")
     assert f"final checkpoint: {summary['final_checkpoint']}" in proc.stdout
 

@@ -7,7 +7,17 @@ import re
 
 from tests.scripts import REPO_ROOT
 
-SKIPPED_DIRS = {".venv", ".git", ".cache", "__pycache__", "demo_output", "output_data", "ckpts", ".pytest_cache"}
+SKIPPED_DIRS = {
+    ".venv",
+    ".git",
+    ".cache",
+    "__pycache__",
+    "demo_output",
+    "output_data",
+    "ckpts",
+    ".pytest_cache",
+    "bench_out",  # what the benches write (git-ignored)
+}
 
 
 def is_build_output(name):

@@ -180,6 +180,9 @@ def test_tiny_verifier_learns_the_synthetic_task(tiny_models, tmp_path):
         summary["verifier_vs_baseline_agreement"] == after["accuracy"]
     )  # so agreeing with it = agreeing with the verdicts
     assert summary["last_loss"] < summary["first_loss"] - 0.2
+    throughput = summary["throughput"]  # padded batches of 16: more tokens processed than real
+    assert 0 < throughput["after_first_step"]["seconds"] < throughput["seconds"]
+    assert 0 < throughput["real_tokens_per_second"] < throughput["processed_tokens_per_second"]
 
     # the saved folder, scored through RL's reward code with the same template, gives the held-out predictions
     predictions = json.load(open(os.path.join(out, "heldout_predictions.json")))
