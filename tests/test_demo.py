@@ -90,6 +90,7 @@ def test_quick_demo_runs_every_stage_and_learns_the_layout(tmp_path, smollm2):
         "rl",
         "eval base",
         "eval trained",
+        "compare",
         "inference",
     ]
     assert (out / "logs" / "inference.log").read_text().strip()

@@ -245,3 +245,41 @@ def test_run_eval_one_command(tiny_models, repo_root, tmp_path):
     assert not [
         p for p in os.listdir(tmp_path) if p.startswith("eval_server.") and not p.endswith(".log")
     ]  # PID file removed
+
+
+def test_run_eval_two_models_then_compare(tiny_models, repo_root, tmp_path):
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "TMPDIR": str(tmp_path),
+        "SERVE_ARGS": "--backend transformers --timeout 120",
+    }
+    out = tmp_path / "out"
+    models = [tiny_models["tiny-qwen2"], tiny_models["tiny-llama"]]
+    flags = [
+        "--eval_file",
+        DEMO_FILE,
+        "--max_new_tokens",
+        "6",
+        "--max_items_per_source",
+        "1",
+        "--output_dir",
+        str(out),
+    ]
+    done = run(repo_root, "bash", "evaluation/run_eval.sh", *models, *flags, env=env)
+    # One server per model, each stopped before the next starts.
+    server_pids = [int(pid) for pid in re.findall(r"server PID (\d+) ready", done.stdout)]
+    assert len(server_pids) == 2 and not any(alive(pid) for pid in server_pids)
+    assert done.stdout.index(f"stopped server PID {server_pids[0]}") < done.stdout.index(
+        f"server PID {server_pids[1]} ready"
+    )
+    stems = sorted(name[: -len("_report.json")] for name in os.listdir(out) if name.endswith("_report.json"))
+    a_stem, b_stem = (next(s for s in stems if s.startswith(prefix)) for prefix in ("tiny-qwen2_", "tiny-llama_"))
+    comparison = json.loads((out / f"compare_{a_stem}_vs_{b_stem}.json").read_text())
+    assert len(comparison["sources"]) == 7 and comparison["average_over_sources"]["n"] == 7
+    # Each source's accuracies are those of the two models' verdicts on its one question.
+    for name, stem in (("a", a_stem), ("b", b_stem)):
+        for record in json.loads((out / f"{stem}.json").read_text()):
+            right = 100.0 * record["verdict"]["honest"]["first_correct"]
+            assert comparison["sources"][record["source"]][f"{name}_accuracy"] == right
+    assert (out / f"compare_{a_stem}_vs_{b_stem}.png").exists()
