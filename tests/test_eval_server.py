@@ -212,25 +212,28 @@ def test_serve_eval_and_stop_only_our_server(tiny_models, repo_root, tmp_path):
         bystander.wait()
 
 
-def test_run_eval_one_command(tiny_models, repo_root, tmp_path):
-    model = tiny_models["tiny-qwen2"]
-    env = {
+RUN_EVAL_FLAGS = ["--eval_file", DEMO_FILE, "--max_new_tokens", "6", "--max_items_per_source", "1"]
+
+
+def run_eval_environment(tmp_path):
+    """run_eval.sh's environment in the tests: this Python, temporary files under tmp_path, `transformers serve`."""
+    return {
         **os.environ,
         "PYTHON": sys.executable,
         "TMPDIR": str(tmp_path),
         "SERVE_ARGS": "--backend transformers --timeout 120",
     }
+
+
+def test_run_eval_one_command(tiny_models, repo_root, tmp_path):
+    model = tiny_models["tiny-qwen2"]
+    env = run_eval_environment(tmp_path)
     done = run(
         repo_root,
         "bash",
         "evaluation/run_eval.sh",
         model,
-        "--eval_file",
-        DEMO_FILE,
-        "--max_new_tokens",
-        "6",
-        "--max_items_per_source",
-        "1",
+        *RUN_EVAL_FLAGS,
         "--output_dir",
         str(tmp_path / "out"),
         env=env,
@@ -248,25 +251,12 @@ def test_run_eval_one_command(tiny_models, repo_root, tmp_path):
 
 
 def test_run_eval_two_models_then_compare(tiny_models, repo_root, tmp_path):
-    env = {
-        **os.environ,
-        "PYTHON": sys.executable,
-        "TMPDIR": str(tmp_path),
-        "SERVE_ARGS": "--backend transformers --timeout 120",
-    }
+    env = run_eval_environment(tmp_path)
     out = tmp_path / "out"
     models = [tiny_models["tiny-qwen2"], tiny_models["tiny-llama"]]
-    flags = [
-        "--eval_file",
-        DEMO_FILE,
-        "--max_new_tokens",
-        "6",
-        "--max_items_per_source",
-        "1",
-        "--output_dir",
-        str(out),
-    ]
-    done = run(repo_root, "bash", "evaluation/run_eval.sh", *models, *flags, env=env)
+    done = run(
+        repo_root, "bash", "evaluation/run_eval.sh", *models, *RUN_EVAL_FLAGS, "--output_dir", str(out), env=env
+    )
     # One server per model, each stopped before the next starts.
     server_pids = [int(pid) for pid in re.findall(r"server PID (\d+) ready", done.stdout)]
     assert len(server_pids) == 2 and not any(alive(pid) for pid in server_pids)

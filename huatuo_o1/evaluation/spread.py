@@ -10,7 +10,6 @@ import os
 import statistics
 
 from huatuo_o1.evaluation import report
-from huatuo_o1.records import write_json_atomic
 
 SPREAD_OF = report.AVERAGED  # the accuracies whose spread over runs is given
 STATISTIC = "mean over runs, sample standard deviation (n - 1), min and max of the runs' figures"
@@ -120,20 +119,9 @@ def spread_chart(summary: dict, path: str) -> None:
     axes.bar(
         [i + len(series) * width for i in range(len(labels))], paper, width, label=f"paper: {summary['paper_row']}"
     )
-    axes.set_xticks([i + width for i in range(len(labels))])
-    axes.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
-    axes.set_ylabel("accuracy (%)")
-    axes.set_ylim(0, 100)
     model = os.path.basename(os.path.normpath(summary["model"] or "model"))
-    axes.set_title(f"{model}: {len(summary['runs'])} runs")
-    axes.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    report.save_chart(figure, axes, labels, width, f"{model}: {len(summary['runs'])} runs", path)
 
 
 def write_spread_reports(summary: dict, prefix: str) -> None:
-    write_json_atomic(prefix + ".json", summary)
-    with open(prefix + ".md", "w", encoding="utf-8") as f:
-        f.write(markdown_table(summary))
-    spread_chart(summary, prefix + ".png")
+    report.write_reports(summary, prefix, markdown_table, spread_chart)
