@@ -82,21 +82,22 @@ def main(args):
     inputs = {"--eval_file": args.eval_file, "--model_name": args.model_name}
     check_outputs([("--output_dir", args.output_dir, True)], inputs)
     os.makedirs(args.output_dir, exist_ok=True)
-    if len(runs) == 1:
-        return 0 if evaluate(runs[0], settings_of(runs[0]), items, build_prompt, show_table=True) else 1
 
-    # Several runs: each a full pass with its own files (resumable on its own), then their spread.
+    # Each run a full pass with its own files (resumable on its own); with several, then their spread.
     run_settings = [settings_of(run) for run in runs]
     summaries, results_paths, seconds = [], [], []
     for number, (run, settings) in enumerate(zip(runs, run_settings), start=1):
-        print(f"run {number}/{len(runs)}: seed {run.seed}, GPQA options shuffled with seed {run.gpqa_option_seed}")
+        if len(runs) > 1:
+            print(f"run {number}/{len(runs)}: seed {run.seed}, GPQA options shuffled with seed {run.gpqa_option_seed}")
         started = time.monotonic()
-        summary = evaluate(run, settings, items_for_run(items, run), build_prompt, show_table=False)
+        summary = evaluate(run, settings, items_for_run(items, run), build_prompt, show_table=len(runs) == 1)
         if summary is None:
             return 1
         summaries.append(summary)
         results_paths.append(os.path.join(args.output_dir, output_stem(run, settings)) + ".json")
         seconds.append(time.monotonic() - started)
+    if len(runs) == 1:
+        return 0
     stem = os.path.join(args.output_dir, set_stem(args, run_settings))
     write_index(stem + ".json", run_settings, results_paths, seconds)
     runs_report = spread.build_spread_report(

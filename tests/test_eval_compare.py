@@ -135,6 +135,23 @@ def test_several_runs_enter_as_per_question_means(tmp_path):
     assert refused.returncode == 1 and "A (" in refused.stderr and "has 2 runs (seeds 1, 2" in refused.stderr
 
 
+def test_the_bootstrap_is_paired(tmp_path):
+    # Two models right and wrong on the same questions: every resample gives no difference. Resampling the
+    # two models' questions apart would give a wide interval.
+    a = write_run(tmp_path / "a", "base", {"S": B_RIGHTS["S"]})
+    b = write_run(tmp_path / "b", "trained", {"S": B_RIGHTS["S"]})
+    assert compare(a, b, "--output", tmp_path / "cmp").returncode == 0
+    s = json.loads((tmp_path / "cmp.json").read_text())["sources"]["S"]
+    assert (s["difference"], s["ci95"], s["a_only"], s["b_only"], s["ties"], s["mcnemar_p"]) == (
+        0.0,
+        [0.0, 0.0],
+        0,
+        0,
+        10,
+        1.0,
+    )
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

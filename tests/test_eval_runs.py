@@ -241,6 +241,16 @@ def test_one_run_writes_only_a_single_runs_files(letter_server, tmp_path):
     assert [r["options"] for r in records if r["source"] == "GPQA_Genetics"] == [i["options"] for i in GPQA_ITEMS]
     assert {request["seed"] for request in requests} == {2}
 
+    # One run with a GPQA option seed: that order, in a file of its own.
+    result = evaluate(tmp_path, base_url, "--seed", "2", "--gpqa_option_seed", "3")
+    assert result.returncode == 0, result.stderr
+    new_files = [n for n in os.listdir(tmp_path / "out") if n not in names]
+    (shuffled,) = [n for n in new_files if not n.endswith(("_report.json", ".md", ".png"))]
+    records = json.loads((tmp_path / "out" / shuffled).read_text())
+    expected = [shuffle_options({**item, "id": f"GPQA_Genetics/{i}"}, 3) for i, item in enumerate(GPQA_ITEMS)]
+    assert [r["options"] for r in records if r["source"] == "GPQA_Genetics"] == [e["options"] for e in expected]
+    assert [r["options"] for r in records if r["source"] == "S"] == [item["options"] for item in S_ITEMS]
+
 
 def test_greedy_with_several_seeds_is_refused_before_anything_is_asked(letter_server, tmp_path):
     base_url, requests = letter_server

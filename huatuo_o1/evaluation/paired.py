@@ -31,7 +31,7 @@ VIEWS = {
     "paper_last": ("paper", "last_correct"),
 }
 LEVEL = 0.95
-ROWS_PER_DRAW = 2_000_000  # question indices drawn at once by the bootstrap (16 MB)
+INDICES_PER_DRAW = 2_000_000  # question indices drawn at once by the bootstrap (16 MB)
 
 
 def mcnemar_exact_p(a_only: int, b_only: int) -> float:
@@ -47,7 +47,7 @@ def mcnemar_exact_p(a_only: int, b_only: int) -> float:
 def bootstrap_means(values: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
     """The mean of `resamples` resamples of values (each of len(values) draws with replacement)."""
     means = np.empty(resamples)
-    chunk = max(1, ROWS_PER_DRAW // len(values))
+    chunk = max(1, INDICES_PER_DRAW // len(values))
     for start in range(0, resamples, chunk):
         stop = min(start + chunk, resamples)
         picks = rng.integers(0, len(values), size=(stop - start, len(values)))
