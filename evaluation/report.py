@@ -7,10 +7,8 @@ Each record's "output" (the reply as cleaned by eval.py) is scored as it stands,
 of the original code (its "output" was cleaned the same way) re-scores to the original's figures.
 """
 
-import argparse
 import json
 import os
-import sys
 
 from huatuo_o1 import cli
 from huatuo_o1.evaluation import report, scoring
@@ -37,11 +35,9 @@ def read_results(path: str) -> list[dict]:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser(__doc__)
     parser.add_argument("results_file", help="<name>.json written by evaluation/eval.py")
     parser.add_argument("--paper_row", default="HuatuoGPT-o1-8B")
-    usage = parser.format_usage().split(": ", 1)[1].strip()
-    parser.error = lambda message: sys.exit(f"error: {message} (usage: {usage})")  # one line, not argparse's two
     args = parser.parse_args()
 
     # Check everything before writing anything: the row, the results, the settings of the earlier report.
