@@ -90,6 +90,7 @@ COLUMNS = [
     ("honest: no answer", "honest_no_answer_rate"),
     ("blank", "blank_reply_rate"),
     ("format", "format_rate"),
+    ("layouts", "layout_counts"),
     ("reply tokens", "mean_completion_tokens"),
 ]
 COLUMN_NOTES = (
@@ -99,7 +100,8 @@ COLUMN_NOTES = (
     "**honest** = what the reply says: a letter counts only where written as an answer, otherwise the "
     "option's text; first and last option named, over all replies; no answer = no option named (wrong); "
     "blank = empty or whitespace replies (wrong). format = exactly one `## Thinking` and one "
-    "`## Final Response` followed by a blank line (the RL reward's rule); reply tokens = mean generated tokens. "
+    "`## Final Response` followed by a blank line (the RL reward's rule); layouts = replies with both headings / "
+    "`## Final Response` only / `## Thinking` only / neither, however typeset; reply tokens = mean generated tokens. "
     "Last row: accuracies averaged over sources, "
     "counts and rates over all replies."
 )
@@ -108,6 +110,8 @@ COLUMN_NOTES = (
 def _cell(value):
     if value is None:
         return "n/a"
+    if isinstance(value, dict):
+        return "/".join(str(count) for count in value.values())  # layout counts, in answer_format.LAYOUTS order
     return str(value) if isinstance(value, int) else f"{value:.1f}"
 
 
