@@ -5,10 +5,14 @@ original's scoring function on these replies) and the honest view's reading; the
 answer_format.reply_layout's.
 """
 
+import json
+
 import pytest
 
 from huatuo_o1 import answer_format
 from huatuo_o1.evaluation import report, scoring
+from huatuo_o1.evaluation.client import EvalArguments, check_arguments
+from tests.scripts import run_script
 
 FOUR = {"A": "Mumps", "B": "Measles", "C": "Rubella", "D": "Chickenpox"}
 RASHES = {"A": "腮腺炎", "B": "麻疹", "C": "风疹", "D": "水痘", "E": "猩红热"}
@@ -182,3 +186,31 @@ CHINESE_CASES = [
 def test_chinese_replies_in_both_views(reply, options, honest, paper):
     assert scoring.honest_extract(reply, options) == scoring.Extraction(*honest)
     assert scoring.paper_extract(scoring.clean_reply(reply), options) == scoring.Extraction(*paper)
+
+
+def test_the_papers_chinese_rows_stand_beside_our_figures(tmp_path, repo_root):
+    """Table 4 (HuatuoGPT-o1-7B-zh and its baselines) is read as Table 1 is: by row, the source mapped to a column."""
+    records = [
+        {"source": "CMB_Exam_test", "options": RASHES, "answer_idx": "B", "output": "答案：Ｂ"},
+        {"source": "CMMLU_Medical", "options": RASHES, "answer_idx": "A", "output": "选B"},
+        {"source": "PubMedQA", "options": FOUR, "answer_idx": "B", "output": "B"},
+    ]
+    path = tmp_path / "m_api_zh.json"
+    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    done = run_script("evaluation/report.py", [path, "--paper_row", "HuatuoGPT-o1-7B-zh"])
+    assert done.returncode == 0, done.stderr
+    sources = json.loads((tmp_path / "m_api_zh_report.json").read_text())["sources"]
+    assert [sources[s]["paper_table1"] for s in ("CMB_Exam_test", "CMMLU_Medical", "PubMedQA")] == [73.0, 74.5, None]
+    assert (sources["CMB_Exam_test"]["honest_first_match_accuracy"], sources["CMB_Exam_test"]["paper_accuracy"]) == (
+        100.0,
+        0.0,  # the original cannot read the full-width letter: its similarity guess is E
+    )
+    table = (tmp_path / "m_api_zh_report.md").read_text()
+    assert "paper: HuatuoGPT-o1-7B-zh |" in table and "| 73.0 |" in table
+    # Table 1's rows give no figure for the Chinese sources, and the baselines of Table 4 are rows too.
+    assert report.paper_figure("CMB_Exam_test", "HuatuoGPT-o1-8B") is None
+    assert report.paper_figure("MedQA_MCMLE_test", "Qwen2.5-7B") == 71.4
+    assert report.paper_figure("PubMedQA", "HuatuoGPT-o1-8B") == 79.2
+    check_arguments(
+        EvalArguments(model_name="m", eval_file="e.json", paper_row="HuatuoGPT-o1-7B-zh")
+    )  # eval.py takes it
