@@ -38,7 +38,8 @@ _SPACE_BESIDE_CJK = re.compile(f"(?<=[{CJK_RANGES}]) | (?=[{CJK_RANGES}])")
 
 def nfkc_lower_single_spaced(text):
     """NFKC, lower case, whitespace runs collapsed to one space (none beside a CJK character), stripped."""
-    return _SPACE_BESIDE_CJK.sub("", " ".join(unicodedata.normalize("NFKC", text).lower().split()))
+    spaced = " ".join(unicodedata.normalize("NFKC", text).lower().split())
+    return spaced if spaced.isascii() else _SPACE_BESIDE_CJK.sub("", spaced)  # ASCII text has no CJK to look for
 
 
 def too_short(text, window=WINDOW):
