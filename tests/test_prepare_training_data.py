@@ -134,6 +134,49 @@ def test_64_shared_characters_drop_an_item_63_do_not(planted):
     assert "MedQA_USLME_test: 2 items" in out
 
 
+# Chinese: the same rule against the Chinese track's questions (questions written for these tests). A
+# 78-character vignette says in Chinese what takes 333 characters in English, so 64 shared characters are
+# most of a question; questions under 64 characters (most of CMExam's) can never match.
+VIGNETTE_ZH = (
+    "男，8岁。发热3天，伴咳嗽、流涕、畏光流泪。查体：体温39.5℃，口腔颊黏膜近第一磨牙处可见灰白色小点，"
+    "周围有红晕，耳后发际处可见红色斑丘疹。最可能的诊断是"
+)
+SHORT_ZH = "女，45岁。多饮、多尿、体重下降2个月。空腹血糖9.8mmol/L，糖化血红蛋白8.2%。首选的治疗药物是"
+
+
+def test_normalise_chinese():
+    # NFKC turns full-width punctuation half-width; a line break or space beside a CJK character is layout.
+    assert nfkc_lower_single_spaced("患者\n男性，45 岁。（37～38℃）") == "患者男性,45岁。(37~38°c)"
+    assert len(nfkc_lower_single_spaced(VIGNETTE_ZH)) == 79 and len(nfkc_lower_single_spaced(SHORT_ZH)) == 53
+
+
+def test_chinese_copies_share_64_characters_short_questions_only_a_smaller_window(tmp_path):
+    evaluation = {
+        "CMB_Exam_test": [{"question": VIGNETTE_ZH, "options": {"A": "风疹", "B": "麻疹"}, "answer_idx": "B"}],
+        "CMExam_test": [{"question": SHORT_ZH, "options": {"A": "二甲双胍", "B": "胰岛素"}, "answer_idx": "A"}],
+    }
+    retyped = VIGNETTE_ZH.replace("，", ", ").replace("查体：", "查体:\n")  # half-width, spaced, wrapped
+    rows = [
+        {QUESTION: "请根据病例作答：" + retyped, ANSWER: "麻疹"},
+        {QUESTION: SHORT_ZH + "？", ANSWER: "二甲双胍"},
+        {QUESTION: "女，30岁。反复关节痛1年，晨僵。最可能的诊断是", ANSWER: "类风湿关节炎"},
+    ]
+    paths = [write(tmp_path / "eval_zh.json", evaluation), write(tmp_path / "train_zh.json", rows)]
+    found = {}
+    for window in ("64", "16"):
+        report = tmp_path / f"report_{window}.json"
+        argv = ["--check_only", "--data_path", paths[1], "--eval_file", paths[0], "--report_path", str(report)]
+        code, _, err = run([*argv, "--window", window])
+        assert code == 3, err
+        found[window] = {
+            source: [example["origin"] for example in entry["examples"]]
+            for source, entry in load(report)["per_benchmark"].items()
+            if entry["items"]
+        }
+    assert found["64"] == {"CMB_Exam_test": ["train_zh#0"]}  # the short question cannot hold 64 characters
+    assert found["16"] == {"CMB_Exam_test": ["train_zh#0"], "CMExam_test": ["train_zh#1"]}  # stock phrasing is not
+
+
 def test_index_agrees_with_brute_force_across_batches(monkeypatch):
     monkeypatch.setattr(decontamination, "_BATCH_CHARS", 300)  # many numpy batches, windows near every text boundary
     rng = random.Random(3)
