@@ -15,7 +15,7 @@ from huatuo_o1.evaluation import scoring
 from huatuo_o1.evaluation.client import EvalArguments, output_stem, settings_of
 from huatuo_o1.serving import free_port, read_pid_file
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.server
 
 DEMO_FILE = "evaluation/data/demo_eval_data.json"
 

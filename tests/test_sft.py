@@ -541,7 +541,7 @@ def zero3_one_machine_two_processes(tiny_models, zero3_data, tmp_path_factory):
     return out
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_process_deepspeed_zero3_run_on_cpu(tiny_models, zero3_one_machine_two_processes):
     out = zero3_one_machine_two_processes
     summary = read_summary(out)
@@ -564,7 +564,7 @@ def test_two_process_deepspeed_zero3_run_on_cpu(tiny_models, zero3_one_machine_t
     assert generated.shape[1] > prompt["input_ids"].shape[1]
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_machines_of_one_process_train_as_one_machine_of_two(
     tiny_models, zero3_data, zero3_one_machine_two_processes, tmp_path
 ):

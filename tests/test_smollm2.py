@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tests.scripts import REPO_ROOT
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_smollm2_loads_and_answers(smollm2):
     assert os.path.exists(os.path.join(smollm2, "materialised.json"))  # written last: the folder is complete
     again = subprocess.run(

@@ -22,7 +22,7 @@ from tests.scripts import REPO_ROOT as REPO
 from tests.tiny_models import build_tiny_vllm_policy
 
 pytestmark = [
-    pytest.mark.slow,
+    pytest.mark.vllm,
     pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm not installed"),
 ]
 
@@ -63,6 +63,7 @@ def smollm2_rollouts(smollm2, tiny_models, tmp_path_factory):
     return json.loads(out.read_text())
 
 
+@pytest.mark.real_model
 def test_greedy_rollouts_through_vllm_equal_generate_before_and_after_an_update(smollm2_rollouts):
     r = smollm2_rollouts
     before, after = r["before"], r["after"]
@@ -75,6 +76,7 @@ def test_greedy_rollouts_through_vllm_equal_generate_before_and_after_an_update(
     assert after["vllm"] == after["generate"] and r["engine_version"] == 1
 
 
+@pytest.mark.real_model
 def test_vllm_samples_with_pure_temperature(smollm2_rollouts):
     r = smollm2_rollouts
     assert r["sampling"] == {
@@ -213,6 +215,7 @@ def test_ppo_with_vllm_rollouts_trains_saves_and_reloads(vllm_policy, tiny_model
     assert summary["eval_start"]["example"] != summary["eval_end"]["example"]
 
 
+@pytest.mark.multiprocess
 def test_ppo_with_vllm_under_zero3_pushes_one_gathered_parameter_at_a_time(vllm_policy, tiny_models, tmp_path):
     """2 processes, DeepSpeed ZeRO-3: each process's engine gets the sharded policy's weights gathered one parameter
     at a time, and answers after the run as the saved policy does."""
@@ -317,6 +320,7 @@ def results_stem(argv):
     return output_stem(args, settings_of(args))
 
 
+@pytest.mark.server
 def test_serve_eval_and_stop_through_vllm(vllm_policy, tmp_path):
     port, pid_file = free_port(), tmp_path / "server.pid"
     try:
