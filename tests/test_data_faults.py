@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-
 from tests.data_helpers import (
     CONSTRUCT,
     FAST,
