@@ -3,8 +3,6 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -27,18 +25,16 @@ def write_rows(folder, rows, name="sft.json"):
     return path
 
 
-def run_sft(*flags):
-    command = [sys.executable, "SFT_stage1.py", *map(str, flags)]
-    # One thread per process, whatever the caller's environment: the learned figures the tests bound do not
-    # then move with the thread count (a thread count changes the order of floating-point sums).
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
-
-
-def run_ok(*flags, **kwargs):
-    proc = run_sft(*flags, **kwargs)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return proc
+def run_ok(*flags):
+    """SFT_stage1.py as a user runs it, whole, in this process, on one torch thread whatever the machine's: the
+    learned figures the tests bound then do not move with the thread count (it changes the order of sums)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_script("SFT_stage1.py", flags, check=True)
+    finally:
+        torch.set_num_threads(threads)
+        reset_accelerate()  # leave no accelerate state to the next run
 
 
 def main_exit_message(flags):
@@ -451,12 +447,8 @@ def test_resume_continues_at_the_right_step_with_the_same_result(tiny_models, tm
     run_ok(*common_flags(tiny_models["tiny-llama"], data, straight, **flags))
     run_ok(*common_flags(tiny_models["tiny-llama"], data, resumed, max_steps=1, **flags))  # stops mid-epoch
     assert read_summary(resumed)["optimizer_steps"] == 1 and not read_summary(resumed)["finished"]
-    # the rerun (in this process: faster) continues from checkpoint-1 and ends where the straight run ended
-    try:
-        proc = run_script("SFT_stage1.py", common_flags(tiny_models["tiny-llama"], data, resumed, **flags))
-    finally:
-        reset_accelerate()
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # the rerun continues from checkpoint-1 and ends where the straight run ended
+    proc = run_ok(*common_flags(tiny_models["tiny-llama"], data, resumed, **flags))
     assert "at optimizer step 1 (epoch 0)" in proc.stdout
 
     expected, got = read_summary(straight), read_summary(resumed)
