@@ -219,12 +219,12 @@ def main(argv=None):
     }[args.overlong]
     say(f"{len(rows)} rows, {len(examples)} examples; {n_overlong} longer than {args.max_seq_len} tokens {verb}")
 
-    attention = attn_implementation()
+    use_deepspeed = accelerator.state.deepspeed_plugin is not None
+    dtype = torch.bfloat16 if use_deepspeed and accelerator.mixed_precision == "bf16" else torch.float32
+    attention = attn_implementation(half_precision=accelerator.mixed_precision in ("bf16", "fp16"))
     batching = args.batching
     if batching == "auto":
         batching = "padding_free" if attention == "flash_attention_2" else "padded"
-    use_deepspeed = accelerator.state.deepspeed_plugin is not None
-    dtype = torch.bfloat16 if use_deepspeed and accelerator.mixed_precision == "bf16" else torch.float32
     model = from_pretrained_or_explain(
         AutoModelForCausalLM, args.model_path, dtype=dtype, attn_implementation=attention
     )
@@ -278,6 +278,7 @@ def main(argv=None):
     tokens_seen = torch.zeros(2, device=accelerator.device)  # real tokens, processed tokens (padding included)
     final_path = None
     stop = False
+    timer = training.LoopTimer()
     for epoch in range(state["epoch"], args.n_epochs):
         loader.set_epoch(epoch)
         skip = state["batches_done_in_epoch"] if epoch == state["epoch"] else 0
@@ -310,6 +311,7 @@ def main(argv=None):
                 "lr": lr,
             }
             state["history"].append(record)
+            timer.step(tokens_seen)
             accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
             progress.update(1)
             progress.set_postfix(
@@ -324,14 +326,15 @@ def main(argv=None):
             if end_of_epoch:
                 state["epoch"], state["batches_done_in_epoch"] = epoch + 1, 0
             if end_of_epoch or stop or (args.save_steps and state["global_step"] % args.save_steps == 0):
-                final_path = checkpoints.save(
-                    accelerator,
-                    model,
-                    tokenizer,
-                    state["global_step"],
-                    state,
-                    with_training_state=args.save_training_state,
-                )
+                with timer.paused():
+                    final_path = checkpoints.save(
+                        accelerator,
+                        model,
+                        tokenizer,
+                        state["global_step"],
+                        state,
+                        with_training_state=args.save_training_state,
+                    )
                 say(f"saved {final_path}")
             if stop:
                 break
@@ -340,6 +343,7 @@ def main(argv=None):
     progress.close()
 
     # Save the summary.
+    throughput = timer.summary(accelerator, tokens_seen, ("real", "processed"))
     tokens = accelerator.reduce(tokens_seen, reduction="sum")
     if final_path is None:
         existing = checkpoints.list()
@@ -357,6 +361,8 @@ def main(argv=None):
         "batching": batching,
         "real_tokens_this_run": int(tokens[0].item()),
         "processed_tokens_this_run": int(tokens[1].item()),
+        # the training loop's time this run (checkpoint saving left out), and the rate from the second step on
+        "throughput": throughput,
         "history": history,
     }
     if accelerator.is_main_process:

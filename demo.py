@@ -31,8 +31,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
-
+from huatuo_o1 import cli
 from huatuo_o1.serving import free_port, start_server, stop_pid
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -405,7 +404,7 @@ def fmt(value):
 
 
 def main():
-    (args,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses()
+    (args,) = cli.parse((DemoArguments,))
     Demo(args).main()
 
 

@@ -245,7 +245,8 @@ def main(argv=None):
         say(f"{args.output_dir} holds a verifier trained on these inputs: nothing to do (--resume False trains again)")
         accelerator.end_training()
         return 0
-    model, tokenizer = load_backbone(args.model_path, args.gradient_checkpointing)
+    half_precision = accelerator.mixed_precision in ("bf16", "fp16")
+    model, tokenizer = load_backbone(args.model_path, args.gradient_checkpointing, half_precision)
     encode(train, tokenizer, template, args.max_length)
     encode(held_out, tokenizer, template, args.max_length)
     n_correct = sum(e["label"] for e in train)
@@ -310,6 +311,8 @@ def main(argv=None):
         total=total_steps, initial=progress["step"], desc="verifier", disable=not accelerator.is_local_main_process
     )
     running = []
+    timer = training.LoopTimer()
+    tokens_seen = torch.zeros(2, device=accelerator.device)  # real tokens, processed tokens (padding included)
     for epoch in range(progress["epoch"], n_epochs):
         train_loader.set_epoch(epoch)
         for batch in train_loader:
@@ -319,10 +322,13 @@ def main(argv=None):
                 accelerator.backward(loss)
                 training.optimizer_step(accelerator, model, optimizer, args.max_grad_norm)
             running.append(loss.item())
+            n_real, n_processed = int(batch["attention_mask"].sum()), batch["input_ids"].numel()
+            tokens_seen += torch.tensor([n_real, n_processed], dtype=torch.float, device=tokens_seen.device)
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
             progress["step"] += 1
+            timer.step(tokens_seen)
             bar.update(1)
             if progress["step"] % args.logging_steps == 0 or progress["step"] == total_steps:
                 entry = {
@@ -341,8 +347,11 @@ def main(argv=None):
         if progress["step"] >= total_steps:
             break
         if args.save_epoch_state:
-            checkpoints.save(accelerator, model, tokenizer, progress["step"], progress)
+            with timer.paused():
+                checkpoints.save(accelerator, model, tokenizer, progress["step"], progress)
     bar.close()
+
+    throughput = timer.summary(accelerator, tokens_seen, ("real", "processed"))
 
     # Check and save.
     p = predict(accelerator, model, eval_loader, len(held_out))
@@ -362,6 +371,8 @@ def main(argv=None):
         "steps": progress["step"],
         "first_loss": progress["log"][0]["loss"] if progress["log"] else None,
         "last_loss": progress["log"][-1]["loss"] if progress["log"] else None,
+        # the training loop's time this run (checkpoint saving left out), and the rate from the second step on
+        "throughput": throughput,
         "heldout_before": before,
         "heldout": after,
         "baseline": baseline,

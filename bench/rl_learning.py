@@ -45,12 +45,14 @@ import subprocess
 import sys
 import time
 
+from huatuo_o1 import cli
 from huatuo_o1.records import GROUND_TRUTH, OPEN_QUESTION, SFT_FIELDS, digest, read_json, write_json_atomic
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REWARD_LOG = "reward_calls.jsonl"
 RUN_RECORD = "run.json"  # a finished run's settings and wall time: a later bench with the same settings reuses it
 ALGORITHM_COLOURS = {"ppo": "tab:blue", "grpo": "tab:orange", "rloo": "tab:green"}
+DAPO_FLAGS = ("loss_agg", "cliprange_high", "overlong_penalty_len", "dynamic_sampling")  # RL_stage2.py's, passed on
 
 
 def load_note():
@@ -294,6 +296,10 @@ def rl_argv(args, prepared, algorithm, seed, out):
         "--gradient_checkpointing", "False",
         "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none", "--logging_steps", "1",
     ]  # fmt: skip
+    for flag in DAPO_FLAGS:  # passed on only when given, so a run without them is the one cached before
+        value = getattr(args, flag)
+        if value not in (None, False):
+            argv += [f"--{flag}", str(value)]
     return argv
 
 
@@ -312,12 +318,21 @@ def collect(out, algorithm, sft_rates):
     draw 4 problems an update, and which 4 moves the raw reward more than RL does in 10 updates."""
     summary = read_json(os.path.join(out, "child_summary.json"))
     calls = read_json(os.path.join(out, REWARD_LOG))
+    dropped = []
     if algorithm == "ppo":
         kls = [
             r["objective/kl"] / max(r["val/response_length"], 1) for r in read_json(os.path.join(out, "rl_log.jsonl"))
         ]
     else:
-        kls = [r.get("kl") for r in read_json(os.path.join(out, "rl_trl_log.json"))]
+        trl_log = read_json(os.path.join(out, "rl_trl_log.json"))
+        kls = [r.get("kl") for r in trl_log]
+        if trl_log and "dynamic_sampling/rounds" in trl_log[0]:  # --dynamic_sampling: one reward call per round
+            calls = (
+                calls[:1]
+                + merge_rounds(calls[1:-1], [int(r["dynamic_sampling/rounds"]) for r in trl_log])
+                + calls[-1:]
+            )
+            dropped = [r["dynamic_sampling/dropped_share"] for r in trl_log]
     records = []
     for i, call in enumerate(calls[1:-1]):
         records.append({
@@ -325,12 +340,27 @@ def collect(out, algorithm, sft_rates):
             "string_match": call["string_match"], "verifier_agrees": call["verifier_agrees"],
             "kl_per_token": kls[i] if i < len(kls) else None, "seconds": round(call["time"] - calls[i]["time"], 1),
         })  # fmt: skip
+        if i < len(dropped):
+            records[-1]["groups_dropped_share"] = dropped[i]
         references = call.get("references")  # (not logged by runs made before it was)
         if references and all(r in sft_rates for r in references):
             right, wrong = call["rewards_right_wrong"]
             expected = sum(wrong + (right - wrong) * sft_rates[r] for r in references) / len(references)
             records[-1].update(sft_expected_reward=round(expected, 4), reward_above_sft=call["reward"] - expected)
     return {"records": records, "summary": summary, "examples": [c["example"] for c in calls[-3:-1]]}
+
+
+def merge_rounds(calls, rounds):
+    """Reward calls of a --dynamic_sampling run, one per sampling round, merged into one per update (rounds: how
+    many each update sampled): means weighted by answers, the references of every round, the last round's time."""
+    merged, start = [], 0
+    for count in rounds:
+        chunk, start = calls[start : start + count], start + count
+        answers = sum(c["n"] for c in chunk)
+        merged.append(dict(chunk[-1], n=answers, references=[r for c in chunk for r in c.get("references", [])],
+                           **{key: sum(c[key] * c["n"] for c in chunk) / answers
+                              for key in ("reward", "format_rate", "string_match", "verifier_agrees")}))  # fmt: skip
+    return merged
 
 
 def run_all(args, prepared, on_finish):
@@ -394,6 +424,12 @@ def report_run(algorithm, seed, run):
           f"{s['peak_rss_mb']} MB; held-out {s['eval_start']['mean_reward']:.2f} -> "
           f"{s['eval_end']['mean_reward']:.2f} "
           f"({s['eval_problems']} problems, greedy); {s['load_at_end']}", flush=True)  # fmt: skip
+    if "dynamic_sampling" in s:
+        print(
+            f"    dynamic sampling: {s['dynamic_sampling']['dropped_share']:.2f} of the groups drawn dropped, "
+            f"{s['dynamic_sampling']['rounds'] / max(1, len(rewards)):.1f} sampling rounds per update",
+            flush=True,
+        )
 
 
 # ---- report ---------------------------------------------------------------------------------------
@@ -436,6 +472,8 @@ def table(args, prepared, results):
             "heldout_after": s["eval_end"]["mean_reward"], "load_at_end": s["load_at_end"],
             **pass_rate_check(prepared, run, seed, args.eval_fraction),
         })  # fmt: skip
+        if "dynamic_sampling" in s:
+            rows[-1]["groups_dropped_share"] = s["dynamic_sampling"]["dropped_share"]
         if records and all("reward_above_sft" in r for r in records):
             first, last = fifths([r["reward_above_sft"] for r in records])
             rows[-1].update(above_sft_first_fifth=round(first, 3), above_sft_last_fifth=round(last, 3),
@@ -479,7 +517,7 @@ def plot(args, results, path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser(__doc__)
     parser.add_argument("--output_dir", default=os.path.join(REPO_ROOT, "bench_out", "rl_learning"))
     parser.add_argument("--cache_dir", default=os.path.join(REPO_ROOT, ".cache", "rl_learning"))
     parser.add_argument("--fresh", action="store_true",
@@ -521,6 +559,14 @@ def main():
     rl.add_argument("--eval_fraction", type=float, default=0.2)
     rl.add_argument("--parallel", type=int, default=2, help="RL runs side by side")
     rl.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    dapo = parser.add_argument_group(
+        "DAPO's knobs, passed on to RL_stage2.py (see its --help); use another "
+        "--output_dir than the plain runs': a run's folder is named by algorithm and seed"
+    )
+    dapo.add_argument("--loss_agg", help="checked by RL_stage2.py")
+    dapo.add_argument("--cliprange_high", type=float)
+    dapo.add_argument("--overlong_penalty_len", type=int)
+    dapo.add_argument("--dynamic_sampling", action="store_true", help="GRPO, RLOO")
     parser.add_argument("--child_out", help=argparse.SUPPRESS)
     parser.add_argument("--child_argv", help=argparse.SUPPRESS)
     parser.add_argument("--child_check", help=argparse.SUPPRESS)

@@ -13,7 +13,6 @@ Usage:
     python bench/scaling_plan.py --mfu 0.4 --json_out plan.json --sft_tokens_per_row 1100
 """
 
-import argparse
 import contextlib
 import io
 import json
@@ -23,6 +22,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+from huatuo_o1 import cli
 
 with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed announces its accelerator on stdout when imported
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
@@ -316,36 +317,19 @@ def ppo_plan(setup: dict, nodes: int, config: str, mfu: float, args) -> dict:
 
 
 # ---- the MFU ------------------------------------------------------------------------------------------------------
-def numbers_named(node, name: str, where: str = "") -> list[tuple[str, float]]:
-    """(path, value) of every number stored under the key `name` in a JSON document, at any depth; a list's items
-    are named by their own "name" or "step" field where they have one."""
-    if isinstance(node, list):
-        labels = [
-            item.get("name", item.get("step", i)) if isinstance(item, dict) else i for i, item in enumerate(node)
-        ]
-        return [found for label, item in zip(labels, node) for found in numbers_named(item, name, f"{where}[{label}]")]
-    if not isinstance(node, dict):
-        return []
-    found = []
-    for key, value in node.items():
-        path = f"{where}.{key}" if where else str(key)
-        if key == name and isinstance(value, (int, float)):
-            found.append((path, float(value)))
-        else:
-            found += numbers_named(value, name, path)
-    return found
+GPU_CHECK_SFT_STEP = "sft_zero3"  # bench/gpu_check.py's step: ZeRO-3, bf16, padding-free batches
 
 
 def measured_mfu(path: str) -> tuple[float, str] | None:
-    """The SFT MFU bench/gpu_check.py wrote, with where in the file it was: an "mfu" under a path that names SFT
-    (padding-free batches first, trl's SFTTrainer never); None when the file has none."""
+    """The MFU of bench/gpu_check.py's ZeRO-3 SFT step with padding-free batches (`steps.sft_zero3.mfu`, the
+    configuration this plan projects), with where in the file it was; None when the step has none (not run, failed,
+    or on CPU, where no MFU is computed)."""
     with open(path, encoding="utf-8") as f:
-        found = numbers_named(json.load(f), "mfu")
-    sft = [(where, value) for where, value in found if "sft" in where.lower() and "trl" not in where.lower()]
-    padding_free = [(where, value) for where, value in sft if "padding_free" in where.lower()]
-    for where, value in padding_free + sft:
-        if 0 < value < 1:
-            return value, f"{os.path.relpath(path, REPO_ROOT)}: {where}"
+        report = json.load(f)
+    step = (report.get("steps") or {}).get(GPU_CHECK_SFT_STEP) or {}
+    value = step.get("mfu")
+    if isinstance(value, (int, float)) and 0 < value < 1:
+        return float(value), f"{os.path.relpath(path, REPO_ROOT)}: steps.{GPU_CHECK_SFT_STEP}.mfu"
     return None
 
 
@@ -511,7 +495,7 @@ def build_plan(args) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser(__doc__)
     parser.add_argument(
         "--gpu_check",
         default=os.path.join(REPO_ROOT, "bench_out", "gpu", "gpu_check.json"),

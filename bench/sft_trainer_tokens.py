@@ -5,18 +5,19 @@ the rows through trl's prompt-completion path next to huatuo_o1.sft.build_exampl
     python bench/sft_trainer_tokens.py --model_path .cache/models/SmolLM2-135M-Instruct
 """
 
-import argparse
 import os
 import subprocess
 import sys
 import tempfile
 import warnings
 
+from huatuo_o1 import cli
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser(__doc__)
     parser.add_argument("--model_path", nargs="*", help="model folders (default: tiny-llama and tiny-qwen2)")
     parser.add_argument("--data_path", default=os.path.join(REPO_ROOT, "data", "demo_sft.json"))
     args = parser.parse_args()
@@ -25,10 +26,9 @@ def main():
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from huatuo_o1.answer_format import assistant_turn
     from huatuo_o1.models import load_chat_tokenizer
-    from huatuo_o1.records import SFT_COT, SFT_QUESTION, SFT_RESPONSE, load_records
-    from huatuo_o1.sft import build_examples
+    from huatuo_o1.records import load_records
+    from huatuo_o1.sft import build_examples, prompt_completion_rows
 
     scratch = tempfile.mkdtemp(prefix="sft_tokens_")
     models = args.model_path
@@ -40,11 +40,7 @@ def main():
     for model_path in models:
         tokenizer = load_chat_tokenizer(model_path)
         ours, _ = build_examples(rows, tokenizer, 10**6, "drop", args.data_path, show_progress=False)
-        dataset = Dataset.from_list([
-            {"prompt": [{"role": "user", "content": row[SFT_QUESTION]}],
-             "completion": [{"role": "assistant", "content": assistant_turn(row[SFT_COT], row[SFT_RESPONSE])}]}
-            for row in rows
-        ])  # fmt: skip
+        dataset = Dataset.from_list(prompt_completion_rows(rows))
         config = SFTConfig(output_dir=os.path.join(scratch, "out"), max_length=None, report_to="none", use_cpu=True,
                            completion_only_loss=True)  # fmt: skip
         model = AutoModelForCausalLM.from_pretrained(model_path)

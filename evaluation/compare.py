@@ -14,7 +14,6 @@ says how each figure is made). Writes PREFIX.json and PREFIX.png (the difference
 PREFIX defaults to compare_<A>_vs_<B> beside B's file.
 """
 
-import argparse
 import os
 
 from huatuo_o1 import cli
@@ -45,8 +44,7 @@ def settings_that_differ(a, b) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.one_line_errors(parser)
+    parser = cli.argument_parser(__doc__)
     parser.add_argument("a_results", help="A: <name>.json or <set>_runs.json written by evaluation/eval.py")
     parser.add_argument("b_results", help="B: the same for the other model; the difference is B - A")
     parser.add_argument(

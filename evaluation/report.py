@@ -9,7 +9,6 @@ Each record's "output" (the reply as cleaned by eval.py) is scored as it stands,
 of the original code (its "output" was cleaned the same way) re-scores to the original's figures.
 """
 
-import argparse
 import os
 
 from huatuo_o1 import cli
@@ -19,8 +18,7 @@ from huatuo_o1.records import InputError, write_json_atomic
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.one_line_errors(parser)
+    parser = cli.argument_parser(__doc__)
     parser.add_argument("results_file", help="<name>.json (or a set's <set>_runs.json) written by evaluation/eval.py")
     parser.add_argument("--paper_row", default="HuatuoGPT-o1-8B")
     args = parser.parse_args()

@@ -6,7 +6,8 @@
   and a hub id that cannot be fetched says what to download.
 - load_chat_tokenizer: a tokenizer without a chat template gets the Llama-3 instruct layout
   (templates/llama3_chat_template.jinja), so SFT, RL and inference prompt a base model alike.
-- attn_implementation: flash_attention_2 where it is installed and a GPU is present, else sdpa.
+- attn_implementation: flash_attention_2 where it is installed, a GPU is present and the model computes in
+  half precision, else sdpa.
 - distinct_pad_token / policy_pad_token: the pad token must not be the eos (padding must not look
   like the end of an answer); the policy follows the original's rule for Llama-3.
 """
@@ -106,9 +107,13 @@ def load_chat_tokenizer(name_or_path: str, **kwargs) -> "PreTrainedTokenizerBase
     return tokenizer
 
 
-def attn_implementation() -> str:
-    """flash_attention_2 where it is installed and a GPU is present (the original forced it), else sdpa."""
-    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+def attn_implementation(half_precision: bool) -> str:
+    """flash_attention_2 where it is installed and a GPU is present (the original forced it), else sdpa.
+
+    half_precision: whether the model computes in bf16 / fp16 (its weights, or mixed precision's autocast).
+    FlashAttention-2 has no float32 kernel: a float32 model given it fails at its first forward pass.
+    """
+    if half_precision and torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"
 

@@ -1,4 +1,5 @@
-"""SFT's own logic: rows -> tokens and loss labels as the original built them, random micro-batches, the loss.
+"""SFT's own logic: rows -> tokens and loss labels as the original built them, random micro-batches, the loss
+(and the same rows as trl's prompt-completion records, for the benches that compare trl's SFTTrainer).
 
 SFT_stage1.py wires these to the training toolkit (huatuo_o1.training).
 """
@@ -75,6 +76,20 @@ def build_examples(
             example["input_ids"], example["labels"] = example["input_ids"][kept], example["labels"][kept]
         examples.append({"input_ids": example["input_ids"], "labels": example["labels"]})
     return examples, n_overlong
+
+
+def prompt_completion_rows(rows: list[dict]) -> list[dict]:
+    """SFT rows as trl's conversational prompt-completion records: the user's question, the assistant's turn.
+
+    The same chat tokenize_example renders, for trl's SFTTrainer (the benches compare it with ours).
+    """
+    return [
+        {
+            "prompt": [{"role": "user", "content": row[SFT_QUESTION]}],
+            "completion": [{"role": "assistant", "content": assistant_turn(row[SFT_COT], row[SFT_RESPONSE])}],
+        }
+        for row in rows
+    ]
 
 
 def stop_token_ids(

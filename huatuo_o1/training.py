@@ -8,6 +8,7 @@
 - Checkpoints: <run_dir>/checkpoint-<step>/ = that folder + trainer_state.json + training_state/
   (accelerate's optimizer, scheduler and random states), written whole or not at all, rotated, resumed.
 - changed_inputs: a rerun into a folder whose run had other data or settings is refused, not mixed.
+- LoopTimer: a training loop's seconds (saving left out) and tokens per second, the first step apart.
 - pad / pad_batch: sequences to a rectangle, on the right or the left.
 - trackers: the --report_to loggers that are installed.
 
@@ -15,11 +16,13 @@ Each stage keeps its own arithmetic (when its schedule steps, how many warmup st
 holds); the toolkit only does the mechanics, the same way for all three.
 """
 
+import contextlib
 import importlib.util
 import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -245,6 +248,57 @@ def changed_inputs(saved: dict | None, current: dict) -> list[str]:
         for name, value in current.items()
         if saved.get(name) != value
     ]
+
+
+class LoopTimer:
+    """Seconds and tokens of a training loop, for its tokens per second.
+
+    step(tokens) at the end of each optimizer step, once the step's figures are read (so the device has
+    finished it); tokens: a tensor of this process's counts so far (real, processed). Time inside
+    paused() (saving checkpoints) is left out. The first optimizer step (kernel choice, memory warm-up)
+    is also reported apart: the figures after it are the steady rate.
+    """
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.paused_seconds = 0.0
+        self.first_step = None  # (seconds into the loop, this process's tokens then)
+        self.last_step_seconds = 0.0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started - self.paused_seconds
+
+    def step(self, tokens: torch.Tensor) -> None:
+        self.last_step_seconds = self.elapsed()
+        if self.first_step is None:
+            self.first_step = (self.last_step_seconds, tokens.detach().clone())
+
+    @contextlib.contextmanager
+    def paused(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused_seconds += time.perf_counter() - start
+
+    def summary(self, accelerator: Accelerator, tokens: torch.Tensor, names: Sequence[str]) -> dict:
+        """{seconds, <name>_tokens_per_second..., after_first_step: the same from the second step on}.
+
+        tokens: this process's final counts, named by names; every process must call this (the counts are summed).
+        """
+        first_seconds, first_tokens = self.first_step or (0.0, torch.zeros_like(tokens))
+        totals = accelerator.reduce(torch.stack([tokens, first_tokens.to(tokens.device)]).float(), reduction="sum")
+
+        def rates(seconds, counts):
+            figures = {"seconds": round(seconds, 3)}
+            for name, count in zip(names, counts.tolist()):
+                figures[f"{name}_tokens_per_second"] = round(count / seconds, 1) if seconds > 0 else None
+            return figures
+
+        return {
+            **rates(self.last_step_seconds, totals[0]),
+            "after_first_step": rates(self.last_step_seconds - first_seconds, totals[0] - totals[1]),
+        }
 
 
 def pad(sequences: Sequence[Sequence[int]], value: int | None, side: str = "right") -> torch.Tensor:

@@ -157,9 +157,11 @@ def collate(pad_token_id: int) -> Callable[[list[dict]], dict]:
 
 
 def load_backbone(
-    model_path: str, gradient_checkpointing: bool = False
+    model_path: str, gradient_checkpointing: bool = False, half_precision: bool = False
 ) -> tuple[torch.nn.Module, "PreTrainedTokenizerBase"]:
-    """The classifier and its tokenizer, with a pad token distinct from eos.
+    """The classifier (float32 weights) and its tokenizer, with a pad token distinct from eos.
+
+    half_precision: whether mixed precision will run it in bf16 / fp16 (it picks the attention kernel).
 
     The classifier reads its score at the last token that is not padding. Our input ends with the
     tokenizer's eos, so a tokenizer that pads with eos would make it read the token before: give
@@ -174,7 +176,7 @@ def load_backbone(
         model_path,
         num_labels=2,
         dtype=torch.float32,
-        attn_implementation=attn_implementation(),
+        attn_implementation=attn_implementation(half_precision),
         id2label={0: "False", 1: "True"},
         label2id={"False": 0, "True": 1},
     )

@@ -89,22 +89,23 @@ def test_projected_times_scale_inversely_with_the_mfu_and_add_up(tmp_path):
 def test_the_gpu_checks_sft_mfu_is_used_and_named_as_measured(tmp_path):
     check = tmp_path / "gpu_check.json"
     check.write_text(
-        json.dumps(
+        json.dumps(  # the shape bench/gpu_check.py writes
             {
-                "steps": [
-                    {"name": "sft_zero3", "padded": {"mfu": 0.31}, "padding_free": {"mfu": 0.41}},
-                    {"name": "trl_sft", "mfu": 0.5},
-                ]
+                "steps": {
+                    "sft_zero3": {"status": "ok", "mfu": 0.41},
+                    "sft_zero3_padded": {"status": "ok", "mfu": 0.31},
+                    "sft_trl": {"status": "ok", "mfu": 0.5},
+                }
             }
         )
     )
     measured, stdout = plan(tmp_path, "--gpu_check", str(check))
     assert measured["mfu"]["value"] == 0.41 and measured["mfu"]["source"] == "measured"
-    assert "MFU 0.41 (measured" in stdout and "padding_free" in measured["mfu"]["detail"]
+    assert "MFU 0.41 (measured" in stdout and "steps.sft_zero3.mfu" in measured["mfu"]["detail"]
     given, _ = plan(tmp_path, "--mfu", "0.41")
     assert [r["epoch_s"] for r in measured["sft"]] == [r["epoch_s"] for r in given["sft"]]
     # a file with trl's figure only: not ours to project from, so the stated assumption stays
-    check.write_text(json.dumps({"trl_sft": {"mfu": 0.5}}))
+    check.write_text(json.dumps({"steps": {"sft_zero3": {"status": "failed", "mfu": None}, "sft_trl": {"mfu": 0.5}}}))
     assumed, stdout = plan(tmp_path, "--gpu_check", str(check))
     assert assumed["mfu"]["source"] == "assumed" and assumed["mfu"]["value"] == 0.3
     assert "MFU 0.30 (assumed" in stdout

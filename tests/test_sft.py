@@ -1,21 +1,28 @@
 """SFT_stage1.py: labels, batching, training, checkpoints, resume, and a 2-process ZeRO-3 run on CPU."""
 
+import importlib.util
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithFlattening
 
-from huatuo_o1 import training
+from huatuo_o1 import models
 from huatuo_o1.models import load_chat_tokenizer
 from huatuo_o1.records import InputError, load_records
 from huatuo_o1.serving import free_port, listening_pids
-from huatuo_o1.sft import GROUP_BATCHES, EpochSampler, build_examples, next_token_loss, pad_collate, stop_token_ids
-from tests.scripts import accelerate_launch, launch_ok, record_calls, reset_accelerate, run_script
+from huatuo_o1.sft import (
+    GROUP_BATCHES,
+    EpochSampler,
+    build_examples,
+    next_token_loss,
+    pad_collate,
+    prompt_completion_rows,
+    stop_token_ids,
+)
+from tests.scripts import accelerate_launch, launch_ok, reset_accelerate, run_script
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_ROWS = load_records(os.path.join(REPO_ROOT, "data", "demo_sft.json"))
@@ -28,18 +35,16 @@ def write_rows(folder, rows, name="sft.json"):
     return path
 
 
-def run_sft(*flags):
-    command = [sys.executable, "SFT_stage1.py", *map(str, flags)]
-    # One thread per process, whatever the caller's environment: the learned figures the tests bound do not
-    # then move with the thread count (a thread count changes the order of floating-point sums).
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
-
-
-def run_ok(*flags, **kwargs):
-    proc = run_sft(*flags, **kwargs)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return proc
+def run_ok(*flags):
+    """SFT_stage1.py as a user runs it, whole, in this process, on one torch thread whatever the machine's: the
+    learned figures the tests bound then do not move with the thread count (it changes the order of sums)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_script("SFT_stage1.py", flags, check=True)
+    finally:
+        torch.set_num_threads(threads)
+        reset_accelerate()  # leave no accelerate state to the next run
 
 
 def main_exit_message(flags):
@@ -227,6 +232,17 @@ def test_tokens_and_labels_equal_the_originals_for_rows_as_stored(tiny_models, m
     assert changed == ([1, 2] if layout == "llama3" else [0, 1, 2])
 
 
+def test_trl_records_render_the_same_chat_as_our_examples(tiny_models):
+    tokenizer = load_chat_tokenizer(tiny_models["tiny-qwen2"])
+    records = prompt_completion_rows(DEMO_ROWS)
+    ours, _ = build_examples(DEMO_ROWS, tokenizer, 10**6, "drop", "demo", show_progress=False)
+    assert len(records) == len(DEMO_ROWS)
+    for record, example in zip(records, ours):
+        assert [m["role"] for m in record["prompt"] + record["completion"]] == ["user", "assistant"]
+        chat = tokenizer.apply_chat_template(record["prompt"] + record["completion"], tokenize=False)
+        assert tokenizer(chat, add_special_tokens=False)["input_ids"] == example["input_ids"]
+
+
 def test_rows_that_fit_are_kept_whole_and_longer_ones_are_dropped_by_default(tiny_models):
     tokenizer = load_chat_tokenizer(tiny_models["tiny-llama"])
     row = REAL_STYLE_ROWS[0]
@@ -357,6 +373,20 @@ def test_padding_free_batches_give_each_example_its_own_attention(tiny_models):
     assert not torch.allclose(leaking[120:], alone[120:], atol=1e-2)
 
 
+def test_flash_attention_is_chosen_only_where_the_model_computes_in_half_precision(monkeypatch):
+    """A GPU with flash-attn installed: FlashAttention-2 has no float32 kernel, so a float32 run (no mixed precision)
+    gets sdpa instead of failing at its first forward pass."""
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn" else real_find_spec(name, *a)
+    )
+    assert models.attn_implementation(half_precision=True) == "flash_attention_2"
+    assert models.attn_implementation(half_precision=False) == "sdpa"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert models.attn_implementation(half_precision=True) == "sdpa"
+
+
 def test_padded_and_padding_free_batches_give_the_same_loss(tiny_models):
     tokenizer = load_chat_tokenizer(tiny_models["tiny-llama"])
     examples, _ = build_examples(DEMO_ROWS[:3], tokenizer, 8192, "drop", "demo", show_progress=False)
@@ -418,6 +448,13 @@ def test_training_lowers_the_loss_saves_loadable_models_and_rotates_them(tiny_mo
     assert [h["step"] for h in summary["history"]] == list(range(1, 13))
     assert all(0.0 <= h["token_accuracy"] <= 1.0 for h in summary["history"])
     assert summary["real_tokens_this_run"] == summary["processed_tokens_this_run"]  # padding-free
+    # the loop's time leaves the 6 checkpoint saves out; the rates are the tokens over that time
+    throughput = summary["throughput"]
+    assert 0 < throughput["after_first_step"]["seconds"] < throughput["seconds"]
+    assert throughput["real_tokens_per_second"] == throughput["processed_tokens_per_second"]
+    assert throughput["real_tokens_per_second"] * throughput["seconds"] == pytest.approx(
+        summary["real_tokens_this_run"], rel=1e-3
+    )
     assert summary["final_checkpoint"] == os.path.join(out, "sft_stage1", "checkpoint-12")
     assert f"final checkpoint: {summary['final_checkpoint']}" in proc.stdout
 
@@ -445,22 +482,16 @@ def test_training_lowers_the_loss_saves_loadable_models_and_rotates_them(tiny_mo
         assert [json.loads(line)["step"] for line in f] == list(range(1, 13))
 
 
-def test_resume_continues_at_the_right_step_with_the_same_result(tiny_models, tmp_path, monkeypatch):
+def test_resume_continues_at_the_right_step_with_the_same_result(tiny_models, tmp_path):
     data = write_rows(str(tmp_path), DEMO_ROWS)  # 8 examples, batch 2, accumulation 2: 2 steps per epoch
     flags = dict(n_epochs=2, gradient_accumulation_steps=2, warmup_rates=0.25, max_seq_len=256, overlong="truncate")
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     run_ok(*common_flags(tiny_models["tiny-llama"], data, straight, **flags))
     run_ok(*common_flags(tiny_models["tiny-llama"], data, resumed, max_steps=1, **flags))  # stops mid-epoch
     assert read_summary(resumed)["optimizer_steps"] == 1 and not read_summary(resumed)["finished"]
-    # the rerun, in this process: it resumes through the training toolkit's checkpoint layout
-    loads = record_calls(monkeypatch, training.Checkpoints, "load")
-    try:
-        proc = run_script("SFT_stage1.py", common_flags(tiny_models["tiny-llama"], data, resumed, **flags))
-    finally:
-        reset_accelerate()
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # the rerun continues from checkpoint-1 and ends where the straight run ended
+    proc = run_ok(*common_flags(tiny_models["tiny-llama"], data, resumed, **flags))
     assert "at optimizer step 1 (epoch 0)" in proc.stdout
-    assert [call[1] for call in loads] == [os.path.join(resumed, "sft_stage1", "checkpoint-1")]
 
     expected, got = read_summary(straight), read_summary(resumed)
     assert got["optimizer_steps"] == expected["optimizer_steps"] == 4 and got["finished"]
@@ -541,7 +572,7 @@ def zero3_one_machine_two_processes(tiny_models, zero3_data, tmp_path_factory):
     return out
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_process_deepspeed_zero3_run_on_cpu(tiny_models, zero3_one_machine_two_processes):
     out = zero3_one_machine_two_processes
     summary = read_summary(out)
@@ -564,7 +595,7 @@ def test_two_process_deepspeed_zero3_run_on_cpu(tiny_models, zero3_one_machine_t
     assert generated.shape[1] > prompt["input_ids"].shape[1]
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_machines_of_one_process_train_as_one_machine_of_two(
     tiny_models, zero3_data, zero3_one_machine_two_processes, tmp_path
 ):

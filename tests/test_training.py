@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from accelerate import Accelerator
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from huatuo_o1 import training
@@ -121,3 +122,20 @@ def test_trainer_state_is_plain_json(tiny_models, tmp_path):
     with open(os.path.join(path, training.TRAINER_STATE)) as f:
         assert json.load(f) == {"epoch": 1, "log": [0.5]}
     assert not os.path.exists(os.path.join(path, training.TRAINING_STATE))
+
+
+def test_loop_timer_leaves_out_saving_and_reports_the_first_step_apart(monkeypatch):
+    clock = iter([100.0, 102.0, 103.0, 108.0, 110.0])  # start, step 1 ends, save from / to, step 2 ends
+    monkeypatch.setattr(training.time, "perf_counter", lambda: next(clock))
+    timer = training.LoopTimer()
+    timer.step(torch.tensor([40.0, 50.0]))  # 2 s into the loop: 40 real, 50 processed tokens so far
+    with timer.paused():  # 5 s of saving
+        pass
+    timer.step(torch.tensor([100.0, 130.0]))  # 10 s after the start, 5 of them saving
+    summary = timer.summary(Accelerator(cpu=True), torch.tensor([100.0, 130.0]), ("real", "processed"))
+    assert summary == {
+        "seconds": 5.0,
+        "real_tokens_per_second": 20.0,
+        "processed_tokens_per_second": 26.0,
+        "after_first_step": {"seconds": 3.0, "real_tokens_per_second": 20.0, "processed_tokens_per_second": 26.7},
+    }

@@ -1,8 +1,8 @@
 """Command-line arguments of RL_stage2.py, and the batch arithmetic they imply.
 
 Field names follow trl's ScriptArguments / PPOConfig / ModelConfig (trl <= 1.12) so the seed's
-command parses unchanged, `--save_step` included (an abbreviation of `--save_steps`). PPOConfig is
-our own dataclass, not transformers' TrainingArguments: it holds the seed's flags and ours, each of
+command parses unchanged, `--save_step` included (an alias of `--save_steps`; no flag is matched by its prefix).
+PPOConfig is our own dataclass, not transformers' TrainingArguments: it holds the seed's flags and ours, each of
 which does something, plus two the seed passes that are accepted and ignored (their help says why).
 Defaults of the flags TrainingArguments used to provide are its own.
 """
@@ -14,6 +14,7 @@ import torch
 
 from huatuo_o1 import cli
 from huatuo_o1.records import InputError
+from huatuo_o1.rl.ppo_core import LOSS_AGGREGATIONS
 
 SCHEDULES = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
 STRATEGIES = ["no", "steps", "epoch"]
@@ -177,8 +178,54 @@ class PPOConfig:
     whiten_rewards: bool = field(
         default=False, metadata={"help": "Whiten the per-token rewards over the value model's positions."}
     )
-    cliprange: float = field(default=0.2)
+    cliprange: float = field(
+        default=0.2,
+        metadata={"help": "PPO, GRPO, RLOO: the policy ratio is clipped to [1 - cliprange, 1 + cliprange_high]."},
+    )
+    cliprange_high: float = field(
+        default=None,
+        metadata={
+            "help": (
+                "PPO, GRPO, RLOO: the upper clip of the ratio (DAPO's clip-higher, e.g. 0.28; GRPO / RLOO: trl's "
+                "epsilon_high). Default: --cliprange (symmetric, the original's)."
+            )
+        },
+    )
     cliprange_value: float = field(default=0.2)
+    loss_agg: str = field(
+        default=None,
+        metadata={
+            "choices": list(LOSS_AGGREGATIONS),
+            "help": (
+                "PPO and GRPO: how per-token losses become one loss. token_mean (the default; PPO: the mean over "
+                "every token of the micro-batch, the original's, value loss too; GRPO: trl's loss_type 'dapo', its "
+                "default, the mean over the tokens of the accumulated batch); seq_mean_token_mean (each response's "
+                "token mean, then the mean over responses; GRPO: 'grpo'); seq_mean_token_sum_norm (each response's "
+                "token sum / --response_length, then the mean; GRPO: 'dr_grpo'). RLOO: refused (trl's RLOO loss is "
+                "per response)."
+            ),
+        },
+    )
+    overlong_penalty_len: int = field(
+        default=0,
+        metadata={
+            "help": (
+                "PPO, GRPO, RLOO: DAPO's soft overlong penalty over the last L tokens before --response_length: a "
+                "response of |y| tokens, its stop token counted, gets (response_length - L - |y|) / L added to its "
+                "score when |y| > response_length - L (down to -1 at response_length). 0 (default): off."
+            )
+        },
+    )
+    dynamic_sampling: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "GRPO, RLOO: DAPO's dynamic sampling: groups whose rewards are all equal are dropped and the batch is "
+                "refilled with groups of newly drawn prompts (the share dropped is logged per update). PPO: refused "
+                "(one response per prompt, no groups)."
+            )
+        },
+    )
     vf_coef: float = field(
         default=0.1,
         metadata={
@@ -227,7 +274,9 @@ class PPOConfig:
     save_steps: float = field(
         default=500,
         metadata={
-            "help": "Updates between checkpoints (below 1: a share of the updates). --save_step is accepted too."
+            "help": "Updates between checkpoints (below 1: a share of the updates). --save_step is accepted too "
+            "(the seed's command spells it so).",
+            "aliases": ["--save_step"],
         },
     )
     save_total_limit: int = field(
@@ -283,10 +332,18 @@ class PPOConfig:
                 "num_generations",
                 "save_total_limit",
             ),
-            at_least_0=("max_grad_norm", "weight_decay", "warmup_steps", "dataloader_num_workers"),
+            at_least_0=(
+                "max_grad_norm",
+                "weight_decay",
+                "warmup_steps",
+                "dataloader_num_workers",
+                "cliprange_high",
+                "overlong_penalty_len",
+            ),
             above_0=("num_train_epochs", "learning_rate", "temperature", "logging_steps", "save_steps", "eval_steps"),
             shares=("warmup_ratio",),
         )
+        self.check_dapo_flags()
         if self.warmup_ratio is not None:
             self.warmup_steps = self.warmup_ratio
         self.learning_rate = float(self.learning_rate)
@@ -296,6 +353,26 @@ class PPOConfig:
         if self.bf16 and not torch.cuda.is_available():
             raise InputError(
                 "Your setup doesn't support bf16/gpu: --bf16 True needs a GPU; pass --bf16 False on a CPU machine"
+            )
+
+    def check_dapo_flags(self) -> None:
+        """Refuse, in one line, a DAPO knob the chosen algorithm cannot honour; set --loss_agg's default."""
+        if self.loss_agg is not None and self.rl_algorithm == "rloo":
+            raise InputError(
+                f"--loss_agg {self.loss_agg}: applies to ppo and grpo; trl's RLOO loss is one term per response "
+                "(the ratio of whole-response probabilities), there are no per-token losses to aggregate"
+            )
+        if self.loss_agg is None and self.rl_algorithm != "rloo":
+            self.loss_agg = "token_mean"
+        if self.dynamic_sampling and self.rl_algorithm == "ppo":
+            raise InputError(
+                "--dynamic_sampling: applies to grpo and rloo; PPO samples one response per prompt, there is no "
+                "group whose rewards could be compared"
+            )
+        if self.overlong_penalty_len > self.response_length:
+            raise InputError(
+                f"--overlong_penalty_len {self.overlong_penalty_len} must be at most --response_length "
+                f"{self.response_length}: the penalty covers the last overlong_penalty_len tokens of a response"
             )
 
     def get_warmup_steps(self, num_training_steps: int) -> int:
@@ -355,6 +432,13 @@ def check_batch_sizes(config: PPOConfig, world_size: int) -> "BatchSizes":
                 f"({config.num_generations}, at least 2), because each prompt's completions are compared with "
                 "each other."
             )
+    if config.dynamic_sampling and local_mini % config.num_generations:
+        raise ValueError(
+            f"--dynamic_sampling: each process's responses per step (per_device_train_batch_size "
+            f"{config.per_device_train_batch_size} x gradient_accumulation_steps "
+            f"{config.gradient_accumulation_steps} = {local_mini}) must be a multiple of --num_generations "
+            f"({config.num_generations}), so that every group lies on one process and can be dropped there whole"
+        )
     num_updates = math.ceil(config.total_episodes / batch) if config.total_episodes else None
     description = (
         f"each update: {world_size} process(es) x {local_batch} prompts (per_device_train_batch_size "

@@ -75,7 +75,7 @@ def load_models(model_args: ModelConfig, config: PPOConfig) -> Models:
     common = dict(
         dtype=dtype,
         trust_remote_code=model_args.trust_remote_code,
-        attn_implementation=model_args.attn_implementation or attn_implementation(),
+        attn_implementation=model_args.attn_implementation or attn_implementation(dtype != torch.float32),
     )
     tokenizer = load_chat_tokenizer(
         model_args.model_name_or_path,

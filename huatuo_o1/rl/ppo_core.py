@@ -24,6 +24,33 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1.0)
 
 
+# How per-token losses become one number (--loss_agg). token_mean is the original trainer's: one mean over every
+# counted token of the micro-batch, so a long response weighs more than a short one.
+LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+
+
+def aggregate_loss(
+    per_token: Tensor, mask: Tensor, mode: str = "token_mean", norm_length: int | None = None
+) -> Tensor:
+    """One loss from per-token losses (batch, length) where mask (batch, length) is True.
+
+    token_mean: the mean over every masked token of the batch (the original's).
+    seq_mean_token_mean: each response's mean over its tokens, then the mean over responses (a response without
+      counted tokens counts 0, as trl's "grpo" loss).
+    seq_mean_token_sum_norm: each response's sum over its tokens divided by norm_length (the maximum response
+      length, a constant: Dr. GRPO), then the mean over responses.
+    """
+    if mode == "token_mean":
+        return masked_mean(per_token, mask)
+    mask = mask.to(per_token.dtype)
+    token_sums = (per_token * mask).sum(-1)
+    if mode == "seq_mean_token_mean":
+        return (token_sums / mask.sum(-1).clamp(min=1.0)).mean()
+    if mode == "seq_mean_token_sum_norm":
+        return (token_sums / norm_length).mean()
+    raise ValueError(f"unknown loss aggregation {mode!r} (one of {', '.join(LOSS_AGGREGATIONS)})")
+
+
 def masked_var(values: Tensor, mask: Tensor) -> Tensor:
     """Unbiased variance over the masked entries (as the PPO reference implementations use)."""
     mean = masked_mean(values, mask)
@@ -134,6 +161,16 @@ def kl_terms(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") -> t
     return (log_ratio.exp() - 1) - log_ratio, kl
 
 
+def overlong_penalty(lengths: Tensor, max_length: int, penalty_length: int) -> Tensor:
+    """DAPO's soft overlong punishment, (batch,) response lengths -> (batch,) float32 penalties to add to the scores.
+
+    0 up to max_length - penalty_length tokens, then falling linearly to -1 at max_length:
+    (max_length - penalty_length - length) / penalty_length. A length counts the stop token.
+    """
+    start = max_length - penalty_length
+    return ((start - lengths.float()) / penalty_length).clamp(max=0.0)
+
+
 @dataclass
 class Targets:
     """Everything PPO trains on from one rollout; (batch, response length) unless said otherwise."""
@@ -168,12 +205,16 @@ def rollout_targets(
     missing_eos_penalty: float | None = None,
     score_position: str = "after_stop",
     kl_estimator: str = "k1",
+    overlong_penalty_len: int = 0,
+    response_length: int | None = None,
 ) -> Targets:
     """Everything PPO trains on, from one rollout.
 
     responses: sampled token ids (batch, length), before truncation; scores: one verifier score per
     response, in the verifier's dtype (the missing-eos penalty is subtracted in that dtype, as the
     original did); logprobs / ref_logprobs / values: per response position (float32).
+    overlong_penalty_len > 0: DAPO's overlong penalty (`overlong_penalty`) on each response's length (its policy
+    positions, the stop token included) against response_length is added to the score, in float32.
     """
     length = responses.shape[1]
     responses = truncate_after_stop(responses, stop_token_id, pad_token_id)
@@ -183,6 +224,8 @@ def rollout_targets(
     if missing_eos_penalty is not None:
         scores = torch.where(has_eos, scores, scores - missing_eos_penalty)
     scores = scores.float()
+    if overlong_penalty_len:
+        scores = scores + overlong_penalty(policy_mask.sum(1), response_length, overlong_penalty_len)
 
     logprobs = logprobs.masked_fill(~policy_mask, 0.0)
     ref_logprobs = ref_logprobs.masked_fill(~policy_mask, 0.0)
@@ -209,26 +252,46 @@ def rollout_targets(
 
 
 def policy_loss(
-    new_logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, cliprange: float
+    new_logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    cliprange: float,
+    cliprange_high: float | None = None,
+    loss_agg: str = "token_mean",
+    norm_length: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Clipped surrogate loss; returns (loss, clip fraction, approximate KL old->new)."""
+    """Clipped surrogate loss, all inputs (batch, length); returns (loss, clip fraction, approximate KL old->new).
+
+    The ratio is clipped to [1 - cliprange, 1 + cliprange_high] (cliprange_high None: cliprange, symmetric); the
+    per-token losses are aggregated by `aggregate_loss(loss_agg, norm_length)`. The clip fraction and the KL are
+    means over the masked tokens whatever the aggregation.
+    """
+    high = cliprange if cliprange_high is None else cliprange_high
     log_ratio = new_logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + high)
+    loss = aggregate_loss(torch.max(unclipped, clipped), mask, loss_agg, norm_length)
     clip_fraction = masked_mean((clipped > unclipped).float(), mask)
     approx_kl = 0.5 * masked_mean(log_ratio**2, mask)
     return loss, clip_fraction, approx_kl
 
 
 def value_loss(
-    new_values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, cliprange_value: float
+    new_values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    cliprange_value: float,
+    loss_agg: str = "token_mean",
+    norm_length: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Clipped value loss (0.5 * max of squared errors); returns (loss, clip fraction)."""
+    """Clipped value loss (0.5 * max of squared errors), inputs (batch, length), aggregated as the policy loss;
+    returns (loss, clip fraction over the masked tokens)."""
     clipped_values = old_values + torch.clamp(new_values - old_values, -cliprange_value, cliprange_value)
     unclipped_error = (new_values - returns) ** 2
     clipped_error = (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.max(unclipped_error, clipped_error), mask)
+    loss = 0.5 * aggregate_loss(torch.max(unclipped_error, clipped_error), mask, loss_agg, norm_length)
     clip_fraction = masked_mean((clipped_error > unclipped_error).float(), mask)
     return loss, clip_fraction

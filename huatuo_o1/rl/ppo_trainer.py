@@ -488,6 +488,8 @@ class PPOTrainer:
             missing_eos_penalty=config.missing_eos_penalty,
             score_position=config.score_position,
             kl_estimator=config.kl_estimator,
+            overlong_penalty_len=config.overlong_penalty_len,
+            response_length=config.response_length,
         )
 
     # ---- optimisation ---------------------------------------------------------------------------
@@ -525,11 +527,18 @@ class PPOTrainer:
         new_values = values[:, context_length - 1 : -1].float()
         policy_mask, value_mask = targets.policy_mask[rows], targets.value_mask[rows]
         new_logprobs = ppo_core.logprobs_of(logits, query_responses[:, context_length:], self.temperature)
+        aggregation = {"loss_agg": config.loss_agg, "norm_length": config.response_length}
         pg_loss, pg_clipfrac, approxkl = ppo_core.policy_loss(
-            new_logprobs, data.logprobs[rows], targets.advantages[rows], policy_mask, config.cliprange
+            new_logprobs,
+            data.logprobs[rows],
+            targets.advantages[rows],
+            policy_mask,
+            config.cliprange,
+            config.cliprange_high,
+            **aggregation,
         )
         vf_loss, vf_clipfrac = ppo_core.value_loss(
-            new_values, targets.values[rows], targets.returns[rows], value_mask, config.cliprange_value
+            new_values, targets.values[rows], targets.returns[rows], value_mask, config.cliprange_value, **aggregation
         )
         self.accelerator.backward(pg_loss + config.vf_coef * vf_loss)
         grad_norm = training.optimizer_step(self.accelerator, self.model, self.optimizer, self.max_grad_norm)
@@ -651,6 +660,10 @@ class PPOTrainer:
                     "val/stop_rate": targets.has_eos.float().mean(),
                 }
             )
+            if config.overlong_penalty_len:  # (part of objective/score)
+                lengths = targets.policy_mask.sum(1)
+                penalty = ppo_core.overlong_penalty(lengths, config.response_length, config.overlong_penalty_len)
+                stats["objective/overlong_penalty"] = penalty.mean()
             record = {
                 "update": self.update,
                 "episodes": self.update * self.sizes.batch_size,

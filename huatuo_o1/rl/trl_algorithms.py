@@ -2,6 +2,8 @@
 
 trl takes the reward as Python callables (huatuo_o1.verifier.trl_reward_functions); our flags are
 copied into trl's config, and under DeepSpeed they override the accelerate config file as for PPO.
+DAPO's knobs: --cliprange_high is trl's epsilon_high, --loss_agg GRPO's loss_type, --overlong_penalty_len one
+more reward callable, --dynamic_sampling a subclass of the trainer (huatuo_o1/rl/dynamic_sampling.py).
 """
 
 import contextlib
@@ -15,7 +17,9 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from trl.models.utils import unwrap_model_for_generation
 
 from huatuo_o1.records import write_json_atomic
+from huatuo_o1.rl import ppo_core
 from huatuo_o1.rl.config import BatchSizes, PPOConfig
+from huatuo_o1.rl.dynamic_sampling import sampling_summary, with_dynamic_sampling
 from huatuo_o1.rl.loading import Problem, stop_token_id_for
 from huatuo_o1.rl.ppo_trainer import eval_figures, greedy_answers, place_frozen
 from huatuo_o1.verifier import VerifierReward, trl_reward_functions
@@ -54,6 +58,30 @@ def environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+# --loss_agg -> GRPO's loss_type: the same aggregation of per-token losses ("dapo", trl's default, normalises by the
+# tokens of the whole accumulated batch; "dr_grpo" by max_completion_length, our --response_length).
+GRPO_LOSS_TYPES = {"token_mean": "dapo", "seq_mean_token_mean": "grpo", "seq_mean_token_sum_norm": "dr_grpo"}
+
+
+def overlong_reward_function(response_length: int, penalty_length: int):
+    """A trl reward callable: DAPO's overlong penalty (ppo_core.overlong_penalty) of each completion, whose token
+    ids trl passes with the stop token included; added to the verifier's reward with weight 1."""
+
+    def overlong(prompts, completions, completion_ids, **kwargs):
+        lengths = torch.tensor([len(ids) for ids in completion_ids])
+        return ppo_core.overlong_penalty(lengths, response_length, penalty_length).tolist()
+
+    return overlong
+
+
+def dapo_arguments(config: PPOConfig) -> dict:
+    """trl config arguments for DAPO's knobs; with none given, what trl does by default (no argument changes)."""
+    arguments = {"epsilon_high": config.cliprange_high}  # None: epsilon, trl's default
+    if config.rl_algorithm == "grpo":
+        arguments["loss_type"] = GRPO_LOSS_TYPES[config.loss_agg]
+    return arguments
 
 
 def deepspeed_gathered(model: torch.nn.Module) -> contextlib.AbstractContextManager:
@@ -100,6 +128,12 @@ def train_with_trl(
     config_cls, trainer_cls = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}[
         config.rl_algorithm
     ]
+    if config.dynamic_sampling:
+        trainer_cls = with_dynamic_sampling(trainer_cls)
+    reward_functions, reward_weights = trl_reward_functions(reward), [1.0, 0.0]  # the format rate: logged only
+    if config.overlong_penalty_len:
+        reward_functions.append(overlong_reward_function(config.response_length, config.overlong_penalty_len))
+        reward_weights.append(1.0)
     generation_batch = config.per_device_train_batch_size * sizes.world_size * config.gradient_accumulation_steps
     num_generations_steps = -(-config.total_episodes // generation_batch) if config.total_episodes else None
     copied = [
@@ -160,15 +194,16 @@ def train_with_trl(
             beta=config.kl_coef,
             epsilon=config.cliprange,
             num_iterations=config.num_ppo_epochs,
-            reward_weights=[1.0, 0.0],
+            reward_weights=reward_weights,
             per_device_eval_batch_size=config.num_generations,
             gradient_checkpointing_kwargs={"use_reentrant": False},
             disable_dropout=True,
+            **dapo_arguments(config),
             **trl_vllm_arguments(config, policy, [problem.prompt_ids for problem in train + evaluation]),
         )
         trainer = trainer_cls(
             model=policy,
-            reward_funcs=trl_reward_functions(reward),
+            reward_funcs=reward_functions,
             args=trl_args,
             train_dataset=to_dataset(train),
             eval_dataset=to_dataset(evaluation) if trl_args.eval_strategy != "no" else None,
@@ -193,4 +228,7 @@ def train_with_trl(
     clipping = engine.gradient_clipping() if engine is not None else trainer.args.max_grad_norm
     if config.use_vllm and trainer.vllm_generation.mode == "colocate":  # before accelerate's teardown (see PPO's)
         shutdown_engine(trainer.vllm_generation.llm)
-    return eval_start, eval_end, trainer.state.global_step, seconds, {"max_grad_norm": clipping}
+    settings = {"max_grad_norm": clipping}
+    if config.dynamic_sampling:
+        settings["dynamic_sampling"] = sampling_summary(trainer.sampling_totals)
+    return eval_start, eval_end, trainer.state.global_step, seconds, settings
