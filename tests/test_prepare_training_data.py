@@ -161,8 +161,8 @@ def test_chinese_copies_share_64_characters_short_questions_only_a_smaller_windo
     for window in ("64", "16"):
         report = tmp_path / f"report_{window}.json"
         argv = ["--check_only", "--data_path", paths[1], "--eval_file", paths[0], "--report_path", str(report)]
-        code, _, err = run([*argv, "--window", window])
-        assert code == 3, err
+        result = run_script(PREPARE, [*argv, "--window", window])
+        assert result.returncode == 3, result.stderr
         found[window] = {
             source: [example["origin"] for example in entry["examples"]]
             for source, entry in load(report)["per_benchmark"].items()
