@@ -11,7 +11,6 @@ Usage:
     python bench/api_throughput.py [--workers 16] [--latency_ms 100] [--items 960] [--repeats 3]
 """
 
-import argparse
 import json
 import os
 import statistics
@@ -21,6 +20,7 @@ import tempfile
 import threading
 import time
 
+from huatuo_o1 import cli
 from huatuo_o1.serving import free_port, start_server, stop_pid
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,7 +58,7 @@ def bare_client_rate(base_url, workers, items):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser(__doc__)
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--latency_ms", type=float, default=100.0)
     parser.add_argument("--items", type=int, default=960)

@@ -20,7 +20,6 @@ Usage:
     python bench/decontamination.py [--items 40000] [--general 5000] [--seed 0]
 """
 
-import argparse
 import json
 import os
 import random
@@ -30,6 +29,7 @@ import sys
 import tempfile
 import time
 
+from huatuo_o1 import cli
 from huatuo_o1.decontamination import EvalIndex, eval_texts
 from huatuo_o1.recipe import decontaminate, load_items
 from huatuo_o1.records import GROUND_TRUTH as ANSWER
@@ -116,7 +116,7 @@ def training_rows(words, rng, n_items, n_general, eval_data):
 
 
 def main_bench():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.argument_parser(__doc__.split("\n")[0])
     parser.add_argument("--items", type=int, default=40000)
     parser.add_argument("--general", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)

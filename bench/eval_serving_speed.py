@@ -4,7 +4,6 @@ Prints both rates and their ratio, measured in one run (the machine's load affec
     python bench/eval_serving_speed.py MODEL_DIR [--new_tokens 40] [--continuous_batching]
 """
 
-import argparse
 import os
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import torch
 from openai import OpenAI
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from huatuo_o1 import cli
 from huatuo_o1.serving import free_port
 
 PROMPT = (
@@ -24,7 +24,7 @@ PROMPT = (
 
 
 def main():
-    parser = argparse.ArgumentParser()
+    parser = cli.argument_parser(__doc__)
     parser.add_argument("model")
     parser.add_argument("--new_tokens", type=int, default=40)
     parser.add_argument("--continuous_batching", action="store_true")

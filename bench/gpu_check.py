@@ -32,7 +32,6 @@ failed or were skipped. Peak GPU memory is torch.cuda.max_memory_allocated, read
 when it ends (bench/gpu_probe/). MFU = 6 x parameters x trained tokens per second / --peak_tflops.
 """
 
-import argparse
 import datetime
 import glob
 import importlib.metadata
@@ -51,6 +50,7 @@ import time
 import traceback
 from dataclasses import dataclass
 
+from huatuo_o1 import cli
 from huatuo_o1.records import GROUND_TRUTH, REFERENCE_ANSWER, VERDICT, VERIFICATIONS, VERIFIED_RESPONSE, InputError
 from huatuo_o1.serving import free_port, stop_from_pid_file, stop_pid
 
@@ -706,7 +706,7 @@ def markdown(report):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser(__doc__)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--tiny", action="store_true", help="tiny models and sizes (with --device cpu: make test)")
     parser.add_argument("--output_dir", default=os.path.join(REPO, "bench_out", "gpu"))

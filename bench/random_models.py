@@ -20,6 +20,8 @@ import time
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
+from huatuo_o1 import cli
+
 HEAD_DIM = 64
 
 
@@ -64,7 +66,7 @@ def build(model_class, config, device, dtype, folder, tokenizer):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser(__doc__)
     parser.add_argument("--tokenizer", required=True, help="a tokenizer folder (with its chat template)")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--policy", type=parse_size, default=(2048, 16), help="HIDDENxLAYERS (default 2048x16)")

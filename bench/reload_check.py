@@ -8,7 +8,6 @@ scores one verifier input (finite logits, one per label). Writes {folder: figure
 when any folder fails, the reason in its figures.
 """
 
-import argparse
 import json
 import sys
 import time
@@ -17,6 +16,7 @@ import traceback
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
+from huatuo_o1 import cli
 from huatuo_o1.models import load_chat_tokenizer
 from huatuo_o1.verifier import verifier_input
 
@@ -62,7 +62,7 @@ def check_folder(folder, device, new_tokens):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser(__doc__)
     parser.add_argument("folders", nargs="+")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--new_tokens", type=int, default=16)

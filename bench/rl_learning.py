@@ -45,6 +45,7 @@ import subprocess
 import sys
 import time
 
+from huatuo_o1 import cli
 from huatuo_o1.records import GROUND_TRUTH, OPEN_QUESTION, SFT_FIELDS, digest, read_json, write_json_atomic
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -516,7 +517,7 @@ def plot(args, results, path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser(__doc__)
     parser.add_argument("--output_dir", default=os.path.join(REPO_ROOT, "bench_out", "rl_learning"))
     parser.add_argument("--cache_dir", default=os.path.join(REPO_ROOT, ".cache", "rl_learning"))
     parser.add_argument("--fresh", action="store_true",

@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 
+from huatuo_o1 import cli
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RL_SCRIPT = os.path.join(REPO_ROOT, "RL_stage2.py")
 
@@ -133,7 +135,7 @@ def run_child(args, which):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser(__doc__)
     parser.add_argument("--policy", help="policy folder (default: tiny random Qwen2 built now)")
     parser.add_argument("--verifier", help="2-label verifier folder (default: tiny random verifier)")
     parser.add_argument("--value", help="value model backbone (default: the policy)")

@@ -15,13 +15,14 @@
 Prints the machine's load before and after: figures taken while other jobs run are slower and noisier.
 """
 
-import argparse
 import gc
 import json
 import os
 import time
 
 import torch
+
+from huatuo_o1 import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -223,7 +224,7 @@ def ppo_update_times(model_dir, batch, new_tokens, output_dir, kv_cache_gib):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser(__doc__)
     parser.add_argument("--model", default=os.path.join(REPO, ".cache", "models", "SmolLM2-135M-Instruct"))
     parser.add_argument("--grid", default="16x128,64x256", help="batch x new tokens cells, comma-separated")
     parser.add_argument("--ppo", default="16x128", help="prompts x response length of the PPO update ('' to skip)")

@@ -13,7 +13,6 @@ Usage:
     python bench/scaling_plan.py --mfu 0.4 --json_out plan.json --sft_tokens_per_row 1100
 """
 
-import argparse
 import contextlib
 import io
 import json
@@ -23,6 +22,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+from huatuo_o1 import cli
 
 with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed announces its accelerator on stdout when imported
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
@@ -494,7 +495,7 @@ def build_plan(args) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser(__doc__)
     parser.add_argument(
         "--gpu_check",
         default=os.path.join(REPO_ROOT, "bench_out", "gpu", "gpu_check.json"),

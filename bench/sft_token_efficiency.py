@@ -16,7 +16,6 @@ Usage:
     python bench/sft_token_efficiency.py --data_path data/sft.json --model_path models/Llama-3.1-8B-Instruct
 """
 
-import argparse
 import json
 import os
 import random
@@ -24,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 
+from huatuo_o1 import cli
 from huatuo_o1.models import load_chat_tokenizer
 from huatuo_o1.records import load_records
 from huatuo_o1.sft import build_examples, make_loader
@@ -61,7 +61,7 @@ def token_ratio(examples, batching, batch_size, seed, pad_token_id):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser(__doc__)
     parser.add_argument("--data_path", help="SFT rows (Question, Complex_CoT, Response); default: synthetic")
     parser.add_argument("--model_path", help="tokenizer to count with; default: the tiny test tokenizer")
     parser.add_argument("--n_rows", type=int, default=2000, help="synthetic rows (default data only)")

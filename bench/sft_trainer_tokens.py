@@ -5,18 +5,19 @@ the rows through trl's prompt-completion path next to huatuo_o1.sft.build_exampl
     python bench/sft_trainer_tokens.py --model_path .cache/models/SmolLM2-135M-Instruct
 """
 
-import argparse
 import os
 import subprocess
 import sys
 import tempfile
 import warnings
 
+from huatuo_o1 import cli
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser(__doc__)
     parser.add_argument("--model_path", nargs="*", help="model folders (default: tiny-llama and tiny-qwen2)")
     parser.add_argument("--data_path", default=os.path.join(REPO_ROOT, "data", "demo_sft.json"))
     args = parser.parse_args()

@@ -18,9 +18,11 @@ import warnings
 
 import torch
 
+from huatuo_o1 import cli
+
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser(__doc__)
     parser.add_argument("--model_path", required=True)
     parser.add_argument("--data_path", required=True, help="SFT rows (Question, Complex_CoT, Response)")
     parser.add_argument("--output_file", required=True)

@@ -17,6 +17,8 @@ import sys
 import tempfile
 import time
 
+from huatuo_o1 import cli
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -61,7 +63,7 @@ def timed(command):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.argument_parser(__doc__)
     parser.add_argument("--model_path", help="verifier backbone (default: the tiny random verifier)")
     parser.add_argument("--data", help="verdict records (default: 1500 synthetic verdicts)")
     parser.add_argument("--template", help="verifier input template (default: the short one of the tests)")

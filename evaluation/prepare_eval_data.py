@@ -15,6 +15,15 @@ Tracks (source names are the keys of the output; the report maps them to the pap
     GPQA_Molecular_Biology  GPQA main, subdomain Molecular Biology; GPQA has no option order, so the
                             four answers are shuffled with --seed (the paper averaged 5 orders)
 
+The Chinese track (--zh_output, its own file: the paper evaluated it apart, for HuatuoGPT-o1-7B-zh; Table 4):
+    MedQA_MCMLE_test        MedQA's Chinese (mainland) test set (question, options, answer_idx)
+    CMB_Exam_test           CMB-Exam test; its answers are published apart: --cmb_answers joins them by id
+    CMExam_test             CMExam test (Question, Options "A text" lines, Answer)
+    CMMLU_Medical           CMMLU test, the paper's medical subjects (--cmmlu_subjects)
+Questions with more than one right answer (CMB's and CMExam's multiple-answer ones) are left out, and
+counted: the scorers read one letter. Local files: the releases' own JSON/JSONL, CMExam's CSV, and for
+CMMLU a folder of its per-subject CSV files.
+
 The training side, for prepare_training_data.py (both in the construct stage's input format:
 question, options dict, answer_idx, answer, plus source):
     --exam_output       the training sets of MedQA-USMLE and MedMCQA (the paper's 192K exam questions),
@@ -27,13 +36,17 @@ question, options dict, answer_idx, answer, plus source):
 
 Usage:
     python evaluation/prepare_eval_data.py --output evaluation/data/eval_data.json
+    python evaluation/prepare_eval_data.py --output skip --zh_output evaluation/data/eval_data_zh.json \
+        --cmb_answers CMB/data/CMB-test-choice-answer.json
     python evaluation/prepare_eval_data.py --output evaluation/data/eval_data.json \
         --exam_output data/exam_questions.json --general_output data/mmlu_pro_general.json
 """
 
+import csv
 import json
 import os
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -43,6 +56,11 @@ from huatuo_o1.records import SOURCE, InputError, load_records, looks_like_hub_i
 
 LETTERS = "ABCDEFGHIJKLMNOP"
 SOURCE_FLAGS = ("medqa", "medmcqa", "pubmedqa", "mmlu_pro", "gpqa")
+CHINESE_FLAGS = ("medqa_mcmle", "cmb", "cmexam", "cmmlu")
+# The CMMLU subjects the paper evaluated as "CMMLU (Med)" (appendix G), by CMMLU's own names.
+CMMLU_MEDICAL_SUBJECTS = (
+    "clinical_knowledge,agronomy,college_medicine,genetics,nutrition,traditional_chinese_medicine,virology"
+)
 
 
 @dataclass
@@ -83,6 +101,41 @@ class PrepareArguments:
     )
     general_exclude: str = field(
         default="", metadata={"help": "Further MMLU-Pro categories to leave out of --general_output, comma-separated."}
+    )
+    zh_output: str = field(
+        default="",
+        metadata={
+            "help": "Also write the Chinese track here (MedQA-MCMLE, CMB-Exam, CMExam, CMMLU's medical subjects)."
+        },
+    )
+    medqa_mcmle: str = field(
+        default="bigbio/med_qa:med_qa_zh_source",
+        metadata={"help": "MedQA's Chinese rows: hub id, local file (the release's Mainland test.jsonl), or 'skip'."},
+    )
+    medqa_mcmle_split: str = field(default="test")
+    cmb: str = field(
+        default="FreedomIntelligence/CMB:exam",
+        metadata={"help": "CMB-Exam rows: hub id, local file (CMB-test-choice-question-merge.json), or 'skip'."},
+    )
+    cmb_split: str = field(default="test")
+    cmb_answers: str = field(
+        default="", metadata={"help": "CMB-test-choice-answer.json (the test answers, published apart), joined by id."}
+    )
+    cmexam: str = field(
+        default="fzkuji/CMExam",
+        metadata={"help": "CMExam rows: hub id, local file (test_with_annotations.csv), or 'skip'."},
+    )
+    cmexam_split: str = field(default="test")
+    cmmlu: str = field(
+        default="haonan-li/cmmlu",
+        metadata={
+            "help": "CMMLU: hub id (one configuration per subject), a folder of <subject>.csv, a file, or 'skip'."
+        },
+    )
+    cmmlu_split: str = field(default="test")
+    cmmlu_subjects: str = field(
+        default=CMMLU_MEDICAL_SUBJECTS,
+        metadata={"help": "CMMLU subjects of the CMMLU_Medical track, comma-separated."},
     )
 
 
@@ -220,26 +273,155 @@ def build_general_questions(args):
     return _convert_all(args.mmlu_pro, picked, convert_mmlu_pro_general)
 
 
+# The Chinese track: the benchmarks of the paper's Table 4.
+
+
+def read_rows(path, split):
+    """Rows of a hub id, a local JSON/JSONL file, or a local CSV file (CMExam's and CMMLU's releases)."""
+    if not (path.endswith(".csv") and os.path.isfile(path)):
+        return load_records(path, split=split)
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            return list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise InputError(f"{path}: not a readable CSV file with a header line ({type(e).__name__})") from None
+
+
+OPTION_LINE = re.compile(r"\s*([A-Z])\s*[.．、:：)）]?\s*(.*?)\s*")  # "A 麻疹", "B. 风疹", "C、水痘"
+
+
+def chinese_options(value):
+    """{letter: text} from a dict, a list of {"key", "value"} or lines "A text"; options without text left out."""
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    elif isinstance(value, list):
+        pairs = [(option["key"], option["value"]) for option in value]
+    elif isinstance(value, str):
+        pairs = []
+        for line in filter(str.strip, value.splitlines()):
+            match = OPTION_LINE.fullmatch(line)
+            if match is None:
+                raise ValueError(f"option line {line[:40]!r} does not start with its letter")
+            pairs.append(match.groups())
+    else:
+        raise TypeError(f"options given as {type(value).__name__}")
+    return {str(letter).strip(): str(text).strip() for letter, text in sorted(pairs) if text and str(text).strip()}
+
+
+def chinese_item(question, options, answer, **extra):
+    """The item, or None when it has more than one right answer (or none): the scorers read one letter."""
+    answer = str(answer or "").strip()
+    if len(answer) != 1:
+        return None
+    if answer not in options:
+        raise ValueError(f"answer {answer!r} is not one of the options {list(options)}")
+    return {"question": str(question).strip(), "options": options, "answer_idx": answer, "answer": options[answer],
+            **extra}  # fmt: skip
+
+
+def convert_medqa_mcmle(row):
+    # MedQA's release: options a dict; the hub's bigbio copy: a list of {"key", "value"}.
+    return chinese_item(row["question"], chinese_options(row["options"]), row["answer_idx"])
+
+
+def convert_cmb(row):
+    options = chinese_options(row["option"])
+    return chinese_item(row["question"], options, row["answer"], id=row.get("id"), exam_class=row.get("exam_class"))
+
+
+def convert_cmexam(row):
+    # The release's CSV columns; Options holds one "A text" line per option, Answer the letter(s).
+    return chinese_item(row["Question"], chinese_options(row["Options"]), row["Answer"])
+
+
+def convert_cmmlu(row_and_subject):
+    row, subject = row_and_subject
+    return chinese_item(row["Question"], chinese_options({x: row[x] for x in "ABCD"}), row["Answer"], subject=subject)
+
+
+def cmb_rows(args):
+    """CMB-Exam's rows with their answers: the test answers are published apart, joined by id."""
+    rows = load_records(args.cmb, split=args.cmb_split)
+    if args.cmb_answers:
+        answers = {str(r["id"]): r["answer"] for r in load_records(args.cmb_answers, required_fields=("id", "answer"))}
+        missing = [str(row.get("id")) for row in rows if str(row.get("id")) not in answers]
+        if missing:
+            raise InputError(
+                f"--cmb_answers {args.cmb_answers}: no answer for CMB id {missing[0]} ({len(missing)} ids)"
+            )
+        rows = [{**row, "answer": answers[str(row["id"])]} for row in rows]
+    elif not any(str(row.get("answer") or "").strip() for row in rows):
+        raise InputError(
+            f"--cmb {args.cmb}: the rows carry no answers (CMB-Exam's test answers are published apart): pass "
+            "--cmb_answers CMB-test-choice-answer.json, from the data/ folder of the CMB repository"
+        )
+    return rows
+
+
+def cmmlu_rows(args):
+    """(row, subject) for every row of the --cmmlu_subjects: per-subject hub configurations or CSV files."""
+    subjects = [subject.strip() for subject in args.cmmlu_subjects.split(",") if subject.strip()]
+    if os.path.isdir(args.cmmlu):
+        paths = {subject: os.path.join(args.cmmlu, f"{subject}.csv") for subject in subjects}
+        absent = [path for path in paths.values() if not os.path.isfile(path)]
+        if absent:
+            raise InputError(f"--cmmlu {args.cmmlu}: no {absent[0]} (CMMLU's test/ folder has one CSV per subject)")
+        per_subject = {subject: read_rows(path, args.cmmlu_split) for subject, path in paths.items()}
+    elif looks_like_hub_id(args.cmmlu):
+        per_subject = {s: load_records(f"{args.cmmlu}:{s}", split=args.cmmlu_split) for s in subjects}
+    else:  # one file whose rows name their subject
+        rows = read_rows(args.cmmlu, args.cmmlu_split)
+        per_subject = {subject: [row for row in rows if row.get("subject") == subject] for subject in subjects}
+    return [(row, subject) for subject, rows in per_subject.items() for row in rows]
+
+
+def build_chinese_eval_data(args):
+    tracks = [  # (source, flag value, rows, converter)
+        ("MedQA_MCMLE_test", args.medqa_mcmle, lambda: read_rows(args.medqa_mcmle, args.medqa_mcmle_split),
+         convert_medqa_mcmle),
+        ("CMB_Exam_test", args.cmb, lambda: cmb_rows(args), convert_cmb),
+        ("CMExam_test", args.cmexam, lambda: read_rows(args.cmexam, args.cmexam_split), convert_cmexam),
+        ("CMMLU_Medical", args.cmmlu, lambda: cmmlu_rows(args), convert_cmmlu),
+    ]  # fmt: skip
+    data = {}
+    for source, name, rows, convert in tracks:
+        if name == "skip":
+            continue
+        items = _convert_all(name, rows(), convert)
+        data[source] = [item for item in items if item is not None]
+        if len(data[source]) < len(items):
+            left_out = len(items) - len(data[source])
+            print(f"{source}: {left_out} questions left out (more than one right answer, or none given)")
+    return data
+
+
+# Each output: what builds it and the benchmark flags it reads.
+OUTPUTS = {
+    "--output": (build_eval_data, SOURCE_FLAGS),
+    "--exam_output": (build_exam_questions, ("medqa", "medmcqa")),
+    "--general_output": (build_general_questions, ("mmlu_pro",)),
+    "--zh_output": (build_chinese_eval_data, CHINESE_FLAGS),
+}
+
+
 def main():
     (args,) = cli.parse((PrepareArguments,))
-    sources = {f"--{name}": getattr(args, name) for name in SOURCE_FLAGS if getattr(args, name) != "skip"}
-    builders = {"--output": build_eval_data, "--exam_output": build_exam_questions,
-                "--general_output": build_general_questions}  # fmt: skip
-    outputs = {flag: getattr(args, flag[2:]) for flag in builders if getattr(args, flag[2:]) not in ("", "skip")}
-    if not sources:
-        kept = f"; {args.output} is kept as it is" if os.path.exists(args.output) else ""
-        raise InputError(f"every benchmark is 'skip': nothing to build, nothing written{kept}")
+    outputs = {flag: getattr(args, flag[2:]) for flag in OUTPUTS if getattr(args, flag[2:]) not in ("", "skip")}
     if not outputs:
-        raise InputError("--output skip and no --exam_output or --general_output: nothing to write")
-    check_outputs(
-        [(flag, path, False) for flag, path in outputs.items()],
-        {**sources, "--pubmedqa_test_ids": args.pubmedqa_test_ids},
-    )
-    built = {flag: builders[flag](args) for flag in outputs}
+        raise InputError("--output skip and no --exam_output, --general_output or --zh_output: nothing to write")
+    for flag in ("--output", "--zh_output"):  # an evaluation file of no benchmark at all
+        if flag in outputs and all(getattr(args, name) == "skip" for name in OUTPUTS[flag][1]):
+            kept = f"; {outputs[flag]} is kept as it is" if os.path.exists(outputs[flag]) else ""
+            raise InputError(f"every benchmark is 'skip' for {flag}: nothing to build, nothing written{kept}")
+    inputs = {f"--{name}": getattr(args, name) for name in SOURCE_FLAGS + CHINESE_FLAGS + ("pubmedqa_test_ids",
+              "cmb_answers") if getattr(args, name) != "skip"}  # fmt: skip
+    check_outputs([(flag, path, False) for flag, path in outputs.items()], inputs)
+    built = {flag: OUTPUTS[flag][0](args) for flag in outputs}
     for flag, data in built.items():
         if not count_rows(data):
             kept = f"; {outputs[flag]} is kept as it is" if os.path.exists(outputs[flag]) else ""
-            raise InputError(f"the benchmarks gave no items for {flag} ({', '.join(sources)}): nothing written{kept}")
+            read = ", ".join(f"--{name}" for name in OUTPUTS[flag][1] if getattr(args, name) != "skip")
+            raise InputError(f"the benchmarks gave no items for {flag} ({read}): nothing written{kept}")
         keep_larger_result(outputs[flag], count_rows(data), flag)
     for flag, data in built.items():
         write_json_atomic(outputs[flag], data)

@@ -24,8 +24,6 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
-
 from huatuo_o1 import cli
 from huatuo_o1.records import InputError, looks_like_hub_id
 from huatuo_o1.serving import (
@@ -201,7 +199,7 @@ def stop(pid_file):
 
 
 def main():
-    parser = cli.one_line_errors(HfArgumentParser(ServeArguments))  # extra flags pass through to the server
+    parser = cli.dataclass_parser(ServeArguments)  # extra flags pass through to the server
     args, extra = parser.parse_args_into_dataclasses(return_remaining_strings=True)
     if args.stop:
         return stop(args.pid_file)

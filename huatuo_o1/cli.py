@@ -4,11 +4,13 @@
   "interrupted: <what was kept>", exit 130; anything else -> one line naming the exception, exit 1.
   `--debug` anywhere on the command line (or HUATUO_DEBUG=1 in the environment) shows the traceback too.
 - parse(dataclasses, argv): HfArgumentParser, but an unknown flag or a bad value is one line (with the
-  closest flag when there is one), exit 2, instead of a usage block or a traceback.
+  closest flag when there is one), exit 2, instead of a usage block or a traceback; flags are matched exactly,
+  never by prefix (dataclass_parser; argument_parser for plain argparse scripts).
 - check_ranges: the sizes, epochs and limits that make no sense (0 or negative) stop before anything loads.
 - redact: an API key never shows in a message or a file, whatever a server echoed.
 """
 
+import argparse
 import difflib
 import logging
 import os
@@ -140,11 +142,30 @@ def one_line_errors(parser):
     return parser
 
 
-def parse(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
-    """The dataclasses of a script's command line (HfArgumentParser); bad flags and values end in one line."""
+def dataclass_parser(dataclass_types):
+    """HfArgumentParser over the dataclasses: exact flags only, bad flags and values in one line.
+
+    argparse takes any unambiguous prefix of a flag by default, so a flag we do not have that happens to begin
+    another one (`RL_stage2.py --reward_mode hybrid`) would silently set that other one (--reward_model_path).
+    """
     from transformers import HfArgumentParser
 
-    parser = one_line_errors(HfArgumentParser(dataclass_types))
+    return one_line_errors(HfArgumentParser(dataclass_types, allow_abbrev=False))
+
+
+def argument_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """A plain argparse parser for the benches and helpers: exact flags only (see dataclass_parser), errors in one
+    line, the description shown as written."""
+    return one_line_errors(
+        argparse.ArgumentParser(
+            description=description, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+        )
+    )
+
+
+def parse(dataclass_types: tuple, argv: list[str] | None = None) -> tuple:
+    """The dataclasses of a script's command line (HfArgumentParser); bad flags and values end in one line."""
+    parser = dataclass_parser(dataclass_types)
     *groups, leftovers = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if leftovers:
         parser.error(unknown_flags_message(parser, leftovers))

@@ -4,7 +4,9 @@ prepare_training_data.py screens the training data with it (the paper screened a
 this way); `eval_texts` reads the evaluation files, `training_texts` the fields of training rows.
 
 Texts are compared after `nfkc_lower_single_spaced` (Unicode NFKC, lower case, every run of whitespace one space,
-ends stripped), so a copy that differs only in case, line breaks or spacing still counts.
+none beside a CJK character, ends stripped), so a copy that differs only in case, line breaks or spacing still
+counts, in Chinese too ("患者\n男性" is "患者男性": Chinese writes no spaces between words, so a line break
+or a space there is layout, not text).
 
 Speed: every 64-character window of the evaluation texts is hashed once (a polynomial hash mod 2^64,
 computed for all windows of a batch of texts at once with numpy) into a sorted array, with two bitmaps
@@ -14,6 +16,7 @@ search. A window whose hash is found is compared character by character with the
 a hash collision can never drop an item.
 """
 
+import re
 import unicodedata
 from dataclasses import dataclass, field
 
@@ -28,9 +31,15 @@ _BASE_INVERSE = pow(_BASE, -1, 1 << 64)
 _BATCH_CHARS = 1 << 22  # characters hashed per numpy batch: bounds memory (a few 8-byte arrays of this length)
 
 
+# CJK punctuation, ideographs (extension A and the basic block) and full-width forms.
+CJK_RANGES = "\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef"
+_SPACE_BESIDE_CJK = re.compile(f"(?<=[{CJK_RANGES}]) | (?=[{CJK_RANGES}])")
+
+
 def nfkc_lower_single_spaced(text):
-    """NFKC, lower case, whitespace runs collapsed to one space, stripped."""
-    return " ".join(unicodedata.normalize("NFKC", text).lower().split())
+    """NFKC, lower case, whitespace runs collapsed to one space (none beside a CJK character), stripped."""
+    spaced = " ".join(unicodedata.normalize("NFKC", text).lower().split())
+    return spaced if spaced.isascii() else _SPACE_BESIDE_CJK.sub("", spaced)  # ASCII text has no CJK to look for
 
 
 def too_short(text, window=WINDOW):

@@ -36,7 +36,7 @@ CHECK_FIELDS = (OPEN_QUESTION, GROUND_TRUTH, QUESTION, OPTIONS, SFT_QUESTION)
 PARTS = ("search", "rl")
 SIZES = ("search", "rl", "closed_set", "general")  # each the flag --<name>_size
 EXAMPLES_PER_BENCHMARK = 5
-NORMALISATION = "NFKC, lower case, whitespace runs -> one space, stripped"
+NORMALISATION = "NFKC, lower case, whitespace runs -> one space (none beside a CJK character), stripped"
 
 
 @dataclass

@@ -483,3 +483,80 @@ def test_a_launched_process_ends_with_its_status_and_output_but_without_the_inte
     assert result.stdout == "all outputs written\n"
     assert result.stderr == ("error: --data_path x.json: no such file\n" if outcome == "bad" else "")
     assert marker.exists() == (world_size is None)
+
+
+# ---- flags are matched exactly --------------------------------------------------------------------------------
+
+# (script, the arguments it needs, a prefix of one of its real flags): argparse would take the prefix as that flag.
+# (evaluation/serve.py hands the flags it does not know to the server, so there a prefix reaches the server as typed.)
+PREFIXES = [
+    ("RL_stage2.py", ["--model_name_or_path", "m", "--reward_mode", "hybrid"], "--reward_mode", "--reward_model_path"),
+    ("RL_stage2.py", ["--model_name", "m"], "--model_name", "--model_name_or_path"),
+    ("RL_stage2.py", ["--model_name_or_path", "m", "--kl", "0.1"], "--kl", "--kl_coef"),
+    (
+        "SFT_stage1.py",
+        ["--model_path", "m", "--data_path", "d", "--learning", "1e-5"],
+        "--learning",
+        "--learning_rate",
+    ),
+    ("SFT_stage1.py", ["--model_path", "m", "--data_path", "d", "--max_seq", "64"], "--max_seq", "--max_seq_len"),
+    ("train_verifier.py", ["--model_path", "m", "--data_path", "d", "--n_ep", "1"], "--n_ep", "--n_epochs"),
+    ("construct_verifiable_medical_problems.py", ["--data_path", "d", "--limit", "2"], "--limit", "--limit_num"),
+    ("search_for_complex_reasoning_path.py", ["--data_path", "d", "--efficient", "True"], "--efficient", None),
+    ("prepare_training_data.py", ["--data_path", "d", "--search", "0.5"], "--search", "--search_size"),
+    ("inference.py", ["--model_path", "m", "--max_new", "8"], "--max_new", "--max_new_tokens"),
+    ("score_verifier.py", ["--verifier_path", "v", "--data_path", "d", "--thresh", "0.5"], "--thresh", None),
+    ("evaluation/eval.py", ["--model_name", "m", "--eval_file", "e", "--strict", "True"], "--strict", None),
+    ("evaluation/report.py", ["results.json", "--paper", "x"], "--paper", "--paper_row"),
+    ("demo.py", ["--qu"], "--qu", "--quick"),
+    ("bench/gpu_check.py", ["--dev", "cpu"], "--dev", "--device"),
+    ("bench/scaling_plan.py", ["--mf", "0.3"], "--mf", "--mfu"),
+    ("bench/rl_learning.py", ["--alg", "ppo"], "--alg", "--algorithms"),
+    ("bench/rollout_speed.py", ["--batch", "4"], "--batch", None),
+]
+
+
+@pytest.mark.parametrize("script, argv, prefix, meant", PREFIXES, ids=[f"{s} {p}" for s, _, p, _ in PREFIXES])
+def test_a_prefix_of_a_real_flag_is_refused_in_one_line(script, argv, prefix, meant):
+    result = run_script(script, argv)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, (result.returncode, result.stdout[-2000:], result.stderr)
+    assert lines[0].startswith(f"error: unknown flag {prefix}"), lines[0]
+    if meant:  # the closest real flag is named, as for any unknown flag
+        assert f"(did you mean {meant}?)" in lines[0] or meant.startswith(prefix), lines[0]
+
+
+def test_the_seeds_save_step_is_an_alias_not_a_prefix():
+    from huatuo_o1.rl.config import parse_args
+
+    _, config, _ = parse_args(["--save_step", "20"])
+    assert config.save_steps == 20
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["--save_st", "20"])
+    assert stop.value.code == 2
+
+
+def test_every_parser_in_the_repository_refuses_prefixes():
+    """Each argparse parser a user meets (scripts, benches, tools, test scaffolding; not the tests' own) is built by
+    huatuo_o1.cli (exact flags) or passes allow_abbrev=False itself."""
+    import ast
+
+    offenders = []
+    for folder, _, files in os.walk(REPO_ROOT):
+        if any(part.startswith(".") or part in ("bench_out", "demo_output") for part in folder.split(os.sep)):
+            continue
+        for name in (n for n in files if n.endswith(".py") and not n.startswith("test_")):
+            path = os.path.join(folder, name)
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read())
+            for node in ast.walk(tree):
+                called = getattr(node, "func", None)
+                called = getattr(called, "attr", None) or getattr(called, "id", None)
+                if isinstance(node, ast.Call) and called in ("ArgumentParser", "HfArgumentParser"):
+                    exact = any(
+                        k.arg == "allow_abbrev" and isinstance(k.value, ast.Constant) and k.value.value is False
+                        for k in node.keywords
+                    )
+                    if not exact:
+                        offenders.append(f"{os.path.relpath(path, REPO_ROOT)}:{node.lineno}")
+    assert offenders == []

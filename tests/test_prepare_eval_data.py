@@ -1,10 +1,10 @@
 """prepare_eval_data.py on small local files shaped like the public datasets' rows; offline hub ids fail clearly."""
 
 import json
-import subprocess
-import sys
 
 import pytest
+
+from tests.scripts import run_script
 
 MEDQA_ROW = {
     "question": "Which antibody causes Graves disease?",
@@ -124,9 +124,8 @@ def write(tmp_path, name, rows, jsonl=False):
 
 
 def run_prepare(repo_root, *argv):
-    return subprocess.run(
-        [sys.executable, "evaluation/prepare_eval_data.py", *argv], cwd=repo_root, capture_output=True, text=True
-    )
+    """evaluation/prepare_eval_data.py run whole, in this process (from repo_root)."""
+    return run_script("evaluation/prepare_eval_data.py", argv, cwd=repo_root)
 
 
 def test_converters_on_local_rows(tmp_path, repo_root):
@@ -314,7 +313,7 @@ def test_general_output_is_mmlu_pro_outside_the_medical_tracks(tmp_path, repo_ro
     assert done.returncode != 0 and "--general_output needs --mmlu_pro" in done.stderr
     done = run_prepare(repo_root, "--output", "skip")
     assert done.returncode == 1 and done.stderr == (
-        "error: --output skip and no --exam_output or --general_output: nothing to write\n"
+        "error: --output skip and no --exam_output, --general_output or --zh_output: nothing to write\n"
     )
 
 
@@ -338,3 +337,134 @@ def test_exam_output_is_construct_input(tmp_path, repo_root):
         ("MedMCQA_train", "C", "Vitamin C"),
     ]
     assert rows[1]["options"] == {"A": "Vitamin A", "B": "Vitamin B1", "C": "Vitamin C", "D": "Vitamin D"}
+
+
+# The Chinese track: rows as the releases publish them (questions written for these tests).
+MCMLE_ROWS = [
+    {
+        "question": "男，8岁。发热3天，口腔颊黏膜见灰白色小点，周围有红晕。最可能的诊断是",
+        "options": {"A": "腮腺炎", "B": "麻疹", "C": "风疹", "D": "水痘", "E": "猩红热"},
+        "answer": "麻疹",
+        "meta_info": "卫生部",
+        "answer_idx": "B",
+    },
+    {  # the hub's bigbio copy gives the options as a list of key/value pairs
+        "question": "胰岛素由哪种细胞分泌？",
+        "options": [{"key": "A", "value": "α细胞"}, {"key": "B", "value": "β细胞"}, {"key": "C", "value": "δ细胞"}],
+        "answer": "β细胞",
+        "meta_info": "卫生部",
+        "answer_idx": "B",
+    },
+]
+CMB_QUESTIONS = [
+    {
+        "id": 1,
+        "exam_type": "医师考试",
+        "exam_class": "执业医师",
+        "exam_subject": "临床执业医师",
+        "question": "坏血病是由于缺乏",
+        "question_type": "单项选择题",
+        "option": {"A": "维生素A", "B": "维生素B1", "C": "维生素C", "D": "维生素D"},
+    },
+    {
+        "id": 2,
+        "exam_type": "医师考试",
+        "exam_class": "执业医师",
+        "exam_subject": "临床执业医师",
+        "question": "属于脂溶性维生素的是",
+        "question_type": "多项选择题",
+        "option": {"A": "维生素A", "B": "维生素C", "C": "维生素D", "D": "维生素B12"},
+    },
+]
+CMB_ANSWERS = [
+    {"id": 1, "question_type": "单项选择题", "answer": "C"},
+    {"id": 2, "question_type": "多项选择题", "answer": "AC"},
+]
+CMEXAM_CSV = (
+    "Question,Options,Answer,Explanation,Disease Group\n"
+    '"甲状腺功能亢进症最常见的病因是","A Graves病\nB 毒性结节性甲状腺肿\nC 甲状腺炎",A,Graves病最常见。,内分泌\n'
+    '"可引起低钾血症的是","A 呕吐\nB 腹泻\nC 输注葡萄糖和胰岛素\nD 急性肾衰竭",ABC,,代谢\n'
+    '"答案缺失的题目","A 甲\nB 乙",,,\n'
+)
+CMMLU_CSV = {
+    "clinical_knowledge": ",Question,A,B,C,D,Answer\n0,成人正常心率为每分钟,40-60次,60-100次,100-120次,120-140次,B\n",
+    "virology": ",Question,A,B,C,D,Answer\n0,乙肝病毒的遗传物质是,DNA,RNA,蛋白质,脂质,A\n",
+    "anatomy": ",Question,A,B,C,D,Answer\n0,人体最长的骨是,股骨,胫骨,肱骨,腓骨,A\n",
+}
+
+
+def chinese_files(tmp_path):
+    cmmlu = tmp_path / "cmmlu_test"
+    cmmlu.mkdir()
+    for subject, text in CMMLU_CSV.items():
+        (cmmlu / f"{subject}.csv").write_text(text, encoding="utf-8")
+    cmexam = tmp_path / "test_with_annotations.csv"
+    cmexam.write_text(CMEXAM_CSV, encoding="utf-8")
+    return [
+        "--medqa_mcmle",
+        write(tmp_path, "mcmle_test.jsonl", MCMLE_ROWS, jsonl=True),
+        "--cmb",
+        write(tmp_path, "CMB-test-choice-question-merge.json", CMB_QUESTIONS),
+        "--cmb_answers",
+        write(tmp_path, "CMB-test-choice-answer.json", CMB_ANSWERS),
+        "--cmexam",
+        str(cmexam),
+        "--cmmlu",
+        str(cmmlu),
+        "--cmmlu_subjects",
+        "clinical_knowledge,virology",
+    ]
+
+
+def test_chinese_track_from_local_files(tmp_path, repo_root):
+    out = tmp_path / "eval_data_zh.json"
+    done = run_prepare(repo_root, "--output", "skip", "--zh_output", str(out), *chinese_files(tmp_path))
+    assert done.returncode == 0, done.stderr
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert list(data) == ["MedQA_MCMLE_test", "CMB_Exam_test", "CMExam_test", "CMMLU_Medical"]
+    assert [(i["answer_idx"], i["answer"], len(i["options"])) for i in data["MedQA_MCMLE_test"]] == [
+        ("B", "麻疹", 5),
+        ("B", "β细胞", 3),
+    ]
+    # CMB: the answers joined by id; the multiple-answer question left out.
+    assert data["CMB_Exam_test"] == [
+        {
+            "question": "坏血病是由于缺乏",
+            "options": {"A": "维生素A", "B": "维生素B1", "C": "维生素C", "D": "维生素D"},
+            "answer_idx": "C",
+            "answer": "维生素C",
+            "id": 1,
+            "exam_class": "执业医师",
+        }
+    ]
+    # CMExam: options read from their "A text" lines; "ABC" and the empty answer left out.
+    assert data["CMExam_test"] == [
+        {
+            "question": "甲状腺功能亢进症最常见的病因是",
+            "options": {"A": "Graves病", "B": "毒性结节性甲状腺肿", "C": "甲状腺炎"},
+            "answer_idx": "A",
+            "answer": "Graves病",
+        }
+    ]
+    # CMMLU: only the subjects asked for, each item naming its subject.
+    assert [(i["subject"], i["answer"]) for i in data["CMMLU_Medical"]] == [
+        ("clinical_knowledge", "60-100次"),
+        ("virology", "DNA"),
+    ]
+    assert "CMB_Exam_test: 1 questions left out" in done.stdout
+    assert "CMExam_test: 2 questions left out" in done.stdout
+    assert done.stdout.count("wrote ") == 1  # --output skip: no English file
+
+
+def test_chinese_track_errors(tmp_path, repo_root):
+    files = chinese_files(tmp_path)
+    out = tmp_path / "zh.json"
+    no_answers = [arg for arg in files if "answer" not in arg]  # drop --cmb_answers and its file
+    done = run_prepare(repo_root, "--output", "skip", "--zh_output", str(out), *no_answers)
+    assert done.returncode == 1 and "the rows carry no answers" in done.stderr and "--cmb_answers" in done.stderr
+    done = run_prepare(repo_root, "--output", "skip", "--zh_output", str(out), *files, "--cmmlu_subjects", "nutrition")
+    assert done.returncode == 1 and "nutrition.csv" in done.stderr
+    skip_all = ["--medqa_mcmle", "skip", "--cmb", "skip", "--cmexam", "skip", "--cmmlu", "skip"]
+    done = run_prepare(repo_root, "--output", "skip", "--zh_output", str(out), *skip_all)
+    assert done.returncode == 1 and "every benchmark is 'skip' for --zh_output" in done.stderr
+    assert not out.exists()

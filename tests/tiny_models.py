@@ -160,7 +160,9 @@ def build_tiny_vllm_policy(output_dir, seed=0):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

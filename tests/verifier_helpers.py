@@ -63,7 +63,7 @@ def main():
     import argparse
     import os
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser = argparse.ArgumentParser(description=main.__doc__, allow_abbrev=False)
     parser.add_argument("--rows", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", required=True)

@@ -158,7 +158,9 @@ def check_installed(target):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("folder", nargs="?", help="the carried files (here: .gpu_wheels)")
     parser.add_argument("--installed", help="the folder pip installed them into (on the GPU machine)")
     parser.add_argument("--machine_packages", default=MACHINE_PACKAGES)

@@ -9,23 +9,32 @@ import os
 from huatuo_o1.evaluation import scoring
 from huatuo_o1.records import write_json_atomic
 
-PAPER_TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_table1.json")
+# The paper's tables of accuracy: Table 1 (English benchmarks) and Table 4 (the Chinese track).
+PAPER_TABLE_PATHS = [
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
+    for name in ("paper_table1.json", "paper_table4.json")
+]
 
 
 def paper_table() -> dict:
-    with open(PAPER_TABLE_PATH, encoding="utf-8") as f:
-        return json.load(f)
+    """The paper's tables as one: "rows" (model -> {column: figure}) and "source_to_column"."""
+    rows, source_to_column = {}, {}
+    for path in PAPER_TABLE_PATHS:
+        with open(path, encoding="utf-8") as f:
+            table = json.load(f)
+        rows.update({row: dict(zip(table["columns"], figures)) for row, figures in table["rows"].items()})
+        source_to_column.update(table["source_to_column"])
+    return {"rows": rows, "source_to_column": source_to_column}
 
 
 def paper_figure(source: str, paper_row: str) -> float | None:
-    """The paper's Table 1 number for this source and row, or None when no column matches."""
+    """The paper's figure for this source and row, or None when the row's table has no column for the source."""
     table = paper_table()
     if paper_row not in table["rows"]:
-        raise ValueError(f"--paper_row {paper_row!r} is not in Table 1; choose one of {list(table['rows'])}")
-    column = table["source_to_column"].get(source)
-    if column is None:
-        return None
-    return table["rows"][paper_row][table["columns"].index(column)]
+        raise ValueError(
+            f"--paper_row {paper_row!r} is not in the paper's tables; choose one of {list(table['rows'])}"
+        )
+    return table["rows"][paper_row].get(table["source_to_column"].get(source))
 
 
 def reply_lengths(records: list[dict]) -> dict:
@@ -90,6 +99,7 @@ COLUMNS = [
     ("honest: no answer", "honest_no_answer_rate"),
     ("blank", "blank_reply_rate"),
     ("format", "format_rate"),
+    ("layouts", "layout_counts"),
     ("reply tokens", "mean_completion_tokens"),
 ]
 COLUMN_NOTES = (
@@ -99,7 +109,8 @@ COLUMN_NOTES = (
     "**honest** = what the reply says: a letter counts only where written as an answer, otherwise the "
     "option's text; first and last option named, over all replies; no answer = no option named (wrong); "
     "blank = empty or whitespace replies (wrong). format = exactly one `## Thinking` and one "
-    "`## Final Response` followed by a blank line (the RL reward's rule); reply tokens = mean generated tokens. "
+    "`## Final Response` followed by a blank line (the RL reward's rule); layouts = replies with both headings / "
+    "`## Final Response` only / `## Thinking` only / neither, however typeset; reply tokens = mean generated tokens. "
     "Last row: accuracies averaged over sources, "
     "counts and rates over all replies."
 )
@@ -108,6 +119,8 @@ COLUMN_NOTES = (
 def _cell(value):
     if value is None:
         return "n/a"
+    if isinstance(value, dict):
+        return "/".join(str(count) for count in value.values())  # layout counts, in answer_format.LAYOUTS order
     return str(value) if isinstance(value, int) else f"{value:.1f}"
 
 
@@ -144,19 +157,27 @@ def bar_chart(summary: dict, path: str) -> None:
     figure, axes = plt.subplots(figsize=(max(6, 1.3 * len(sources)), 4))
     for offset, (label, values) in enumerate(series):
         axes.bar([i + offset * width for i in range(len(sources))], values, width, label=label)
-    axes.set_xticks([i + width for i in range(len(sources))])
-    axes.set_xticklabels(sources, rotation=30, ha="right", fontsize=8)
+    save_chart(figure, axes, sources, width, os.path.basename(os.path.normpath(summary["model"] or "model")), path)
+
+
+def save_chart(figure, axes, labels: list[str], tick_offset: float, title: str, path: str) -> None:
+    """Label an accuracy bar chart (one group of bars per label, 0-100%) and save it."""
+    import matplotlib.pyplot as plt
+
+    axes.set_xticks([i + tick_offset for i in range(len(labels))])
+    axes.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     axes.set_ylabel("accuracy (%)")
     axes.set_ylim(0, 100)
-    axes.set_title(os.path.basename(os.path.normpath(summary["model"] or "model")))
+    axes.set_title(title)
     axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
-def write_reports(summary: dict, prefix: str) -> None:
+def write_reports(summary: dict, prefix: str, table=markdown_table, chart=bar_chart) -> None:
+    """prefix.json, prefix.md (the table) and prefix.png (the chart) of a report (the spread's too)."""
     write_json_atomic(prefix + ".json", summary)
     with open(prefix + ".md", "w", encoding="utf-8") as f:
-        f.write(markdown_table(summary))
-    bar_chart(summary, prefix + ".png")
+        f.write(table(summary))
+    chart(summary, prefix + ".png")

@@ -7,10 +7,14 @@ paper view  -- the original evaluation's scorer, rule for rule, quirks included 
                empty reply is dropped: it is neither right nor wrong and not in the denominator. Each
                reply gives a first and a last letter; the reported accuracy is the better of
                first-match and last-match accuracy.
-honest view -- what the reply says (rules H1-H5). A bare letter is an answer only where people write
-               answers ("The answer is B", "Answer: (B)", "option B", "**B**", a line "B. Measles");
-               letters that belong to words and names ("B cell", "Hepatitis B", "L-myc", "vitamin A")
-               are not answers, there the option's text decides; only the item's own letters count;
+honest view -- what the reply says (rules H1-H5). It finds the final response in any layout (H1: after
+               "## Final Response" however typeset; else after another model's own end of thinking or
+               answer heading; else the whole reply, unless it stopped in its "## Thinking") and reads
+               it after NFKC (full-width "Ｂ", "（B）", "答案：B" read as their ASCII forms). A bare
+               letter is an answer only where people write answers ("The answer is B", "Answer: (B)",
+               "option B", "**B**", a line "B. Measles", "答案是B", "选B"); letters that belong to words
+               and names ("B cell", "Hepatitis B", "L-myc", "vitamin A", "B超", "A型") are not answers,
+               there the option's text decides; only the item's own letters count;
                a reply that names no option is "no answer found" and wrong, and so is a blank reply.
                First-match and last-match accuracy are reported separately.
 
@@ -19,9 +23,19 @@ Replies are cleaned once, as the original did, before either view reads them (cl
 
 import difflib
 import re
+import unicodedata
+from collections import Counter
 from dataclasses import asdict, dataclass
 
-from huatuo_o1.answer_format import FINAL_MARK, FINAL_RESPONSE, THINKING, is_well_formed
+from huatuo_o1.answer_format import (
+    FINAL_MARK,
+    FINAL_RESPONSE_LINE,
+    LAYOUTS,
+    THINKING_ONLY,
+    heading_line,
+    is_well_formed,
+    reply_layout,
+)
 
 CJK = "\u4e00-\u9fff"  # the ideograph range the original's letter rule names
 
@@ -130,14 +144,12 @@ def paper_extract(reply: str, options: dict) -> Extraction:
 # Honest view: what the reply says.
 
 
-def _heading_line(heading):
-    """A line holding the heading however it is typeset: any level of '#', a colon, any case."""
-    words = re.escape(heading.lstrip("#").strip())
-    return re.compile(rf"^[ \t]*#{{1,6}}[ \t]*{words}[ \t]*:?[ \t]*$", re.M | re.I)
-
-
-FINAL_HEADING = _heading_line(FINAL_RESPONSE)
-THINKING_HEADING = _heading_line(THINKING)
+# Other models' own layouts, read where a reply has no "## Final Response": a closed <think> block (what
+# follows it is the answer), or a heading of their own over the answer ("## Answer", "**Final Answer:**",
+# "## 最终答案", or a line opening with "Final answer:").
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+OWN_ANSWER_HEADING = heading_line("Answer", "Final Answer", "Conclusion", "答案", "最终答案", "最终回答", "结论")
+OWN_FINAL_ANSWER_LABEL = re.compile(r"^[ \t]*(?:\*\*)?(?:final answer|最终答案)(?:\*\*)?[ \t]*[:：]", re.M | re.I)
 
 # Lower-case words that may follow a letter that is an answer ("B because ...", "B is correct");
 # any other lower-case word makes the letter part of a name ("B cell", "A patient", "E coli").
@@ -157,15 +169,29 @@ ANSWER_PHRASE = (
 DECORATION = r"[\s*_:：=\-–—(\[（【\"'“]*"  # "answer: (B)", "answer is **B**", "答案：【B】"
 OPTION_WORD = r"(?:(?i:\b(?:options?|choices?))\s*|选项\s*)"
 YES_NO_MAYBE = frozenset({"yes", "no", "maybe"})  # PubMedQA's options: words people also use in passing
+# Chinese words a letter forms with the characters after it, as "B cell" in English: "B超" (ultrasound),
+# "A型" (type A), "B族维生素", "A群链球菌", "B细胞", "C反应蛋白", "C肽", "A级": there the letter is no answer.
+CJK_AFTER_A_LETTER_IN_A_NAME = ("超", "型", "族", "群", "类", "级", "细胞", "淋巴", "反应蛋白", "蛋白", "肽", "因子")
 
 
 def honest_answer_part(reply: str) -> str | None:
-    """H1: the text after the last "## Final Response" heading; None when the reply stopped in its thinking."""
-    headings = list(FINAL_HEADING.finditer(reply))
+    """H1: where a reply of any layout answers; None when it stopped in its thinking.
+
+    The text after the last "## Final Response" heading (answer_format.heading_line: any '#', bold, colon,
+    case); else after the last "</think>"; else from the last answer heading of the model's own; else, when
+    the reply opened a "## Thinking" or a "<think>" and never left it, None (cut short, e.g. by
+    --max_new_tokens); else the whole reply (no layout at all).
+    """
+    headings = list(FINAL_RESPONSE_LINE.finditer(reply))
     if headings:
         return reply[headings[-1].end() :]
-    if THINKING_HEADING.search(reply):
-        return None  # "## Thinking" without a final response: cut short (e.g. by --max_new_tokens)
+    if THINK_CLOSE in reply:
+        return reply[reply.rindex(THINK_CLOSE) + len(THINK_CLOSE) :]
+    own = [m.start() for pattern in (OWN_ANSWER_HEADING, OWN_FINAL_ANSWER_LABEL) for m in pattern.finditer(reply)]
+    if own:
+        return reply[max(own) :]  # the heading stays in: "## Answer\nB" reads as an answer statement
+    if reply_layout(reply) == THINKING_ONLY or THINK_OPEN in reply:
+        return None
     return reply
 
 
@@ -190,8 +216,8 @@ def letter_stands_alone(text: str, end: int, options: dict, after_option_word: b
     unless an option's text starts there ("option B cells" when "B cells" is an option).
     """
     after = text[end:]
-    if re.match(r"[A-Za-z0-9]|[-‐‑][A-Za-z0-9]|['’]s\b", after):
-        return False  # "Lumbar", "B12", "L-myc", "B-cell", "B's"
+    if re.match(r"[A-Za-z0-9]|[-‐‑][A-Za-z0-9]|['’]s\b", after) or after.startswith(CJK_AFTER_A_LETTER_IN_A_NAME):
+        return False  # "Lumbar", "B12", "L-myc", "B-cell", "B's", "B超", "A型"
     if _inside_option_text(text, end - 1, options):
         return False  # "B cells", "vitamin A", "A stop codon": part of an option's own text
     word = re.match(r"[ \t]+([a-z]+)", after)
@@ -304,7 +330,13 @@ def _stated_as_answer(normal, start, end):
 
 
 def honest_extract(reply: str, options: dict) -> Extraction:
-    """What a cleaned reply says (H1-H5); the first and last option it names."""
+    """What a cleaned reply says (H1-H5); the first and last option it names.
+
+    Reply and options are read after NFKC, so full-width letters and punctuation ("答案：（Ｂ）") are the
+    ASCII ones the rules look for.
+    """
+    reply = unicodedata.normalize("NFKC", reply)
+    options = {letter: unicodedata.normalize("NFKC", str(text)) for letter, text in options.items()}
     if not reply.strip():
         return Extraction(None, None, "blank")
     text = honest_answer_part(reply)
@@ -331,7 +363,7 @@ def honest_extract(reply: str, options: dict) -> Extraction:
 def score_item(item: dict, reply: str | None) -> dict:
     """Both views' verdicts on one cleaned reply; item has 'options' (dict) and 'answer_idx' (letter)."""
     gold = str(item["answer_idx"]).lower()
-    verdict = {"format_ok": is_well_formed(reply or "")}
+    verdict = {"format_ok": is_well_formed(reply or ""), "layout": reply_layout(reply or "")}
     for view, extract in (("paper", paper_extract), ("honest", honest_extract)):
         found = extract(reply or "", item["options"])
         verdict[view] = {
@@ -365,4 +397,11 @@ def summarize(verdicts: list[dict]) -> dict:
         "honest_no_answer_rate": _percent(sum(h["first"] is None and h["rule"] != "blank" for h in honest), n),
         "blank_reply_rate": _percent(sum(h["rule"] == "blank" for h in honest), n),
         "format_rate": _percent(sum(v["format_ok"] for v in verdicts), n),
+        "layout_counts": layout_counts(verdicts),
     }
+
+
+def layout_counts(verdicts: list[dict]) -> dict:
+    """How many replies have each layout (answer_format.LAYOUTS: full, final_only, thinking_only, neither)."""
+    counts = Counter(v["layout"] for v in verdicts)
+    return {layout: counts[layout] for layout in LAYOUTS}

@@ -1,8 +1,8 @@
 """Command-line arguments of RL_stage2.py, and the batch arithmetic they imply.
 
 Field names follow trl's ScriptArguments / PPOConfig / ModelConfig (trl <= 1.12) so the seed's
-command parses unchanged, `--save_step` included (an abbreviation of `--save_steps`). PPOConfig is
-our own dataclass, not transformers' TrainingArguments: it holds the seed's flags and ours, each of
+command parses unchanged, `--save_step` included (an alias of `--save_steps`; no flag is matched by its prefix).
+PPOConfig is our own dataclass, not transformers' TrainingArguments: it holds the seed's flags and ours, each of
 which does something, plus two the seed passes that are accepted and ignored (their help says why).
 Defaults of the flags TrainingArguments used to provide are its own.
 """
@@ -274,7 +274,9 @@ class PPOConfig:
     save_steps: float = field(
         default=500,
         metadata={
-            "help": "Updates between checkpoints (below 1: a share of the updates). --save_step is accepted too."
+            "help": "Updates between checkpoints (below 1: a share of the updates). --save_step is accepted too "
+            "(the seed's command spells it so).",
+            "aliases": ["--save_step"],
         },
     )
     save_total_limit: int = field(
