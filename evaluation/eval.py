@@ -22,7 +22,8 @@ BOS token, not two; --max_tokens; one prompt per request) docs/fidelity.md says 
 
 Writes to --output_dir: <name>.json (every item with its prompt, reply and verdicts),
 <name>_report.json (accuracy per source, both scoring views, format_rate), <name>_report.md
-(beside the paper's Table 1) and <name>_report.png (bar chart). <name> is
+(beside the paper's Table 1) and <name>_report.png (bar chart); with a thinking flag also
+<name>_report_thinking.png (accuracy by thinking length). <name> is
 <model folder>_<task>_<eval file>[_strict]_<key>, the key a short hash of the resolved model and the
 settings, so two models or settings never share a file (docs/eval.md).
 
@@ -31,6 +32,11 @@ Repeated runs, and their spread (mean, sample standard deviation, min-max per so
 Each run is a full pass with its own server seed and its own order of GPQA's options, and writes the files
 of a single run with those flags; the set adds <set>_runs.json (its runs) and <set>_runs_report.{json,md,png}.
 Greedy decoding (--temperature 0) is one run: more seeds are refused.
+
+A thinking budget (completions mode): each reply's thinking is cut at N tokens of the model's tokenizer and the
+model is made to answer; several budgets are several runs of one set, whose report gives accuracy against the
+budget. --keep_thinking K appends "Wait" where the reply would end its thinking, K times (docs/eval.md):
+    python evaluation/eval.py ... --think_budget 128 256 512 [--seeds 1 2 3] [--keep_thinking 2]
 
 No API key is sent unless --api_key or EVAL_API_KEY gives one (OPENAI_API_KEY is never read); the key
 is redacted from every message and file.
@@ -45,7 +51,7 @@ from tqdm import tqdm
 
 from huatuo_o1 import cli
 from huatuo_o1.cli import redact
-from huatuo_o1.evaluation import report, scoring, spread
+from huatuo_o1.evaluation import budgets, report, scoring
 from huatuo_o1.evaluation.client import (
     MAX_THREADS,
     EvalArguments,
@@ -59,6 +65,7 @@ from huatuo_o1.evaluation.client import (
     read_partial,
     read_results,
     settings_of,
+    thinking_control,
 )
 from huatuo_o1.evaluation.runs import items_for_run, run_arguments, run_key, set_stem, shared_settings, write_index
 from huatuo_o1.outputs import check_outputs
@@ -88,9 +95,14 @@ def main(args):
     summaries, results_paths, seconds = [], [], []
     for number, (run, settings) in enumerate(zip(runs, run_settings), start=1):
         if len(runs) > 1:
-            print(f"run {number}/{len(runs)}: seed {run.seed}, GPQA options shuffled with seed {run.gpqa_option_seed}")
+            order = (
+                f"shuffled with seed {run.gpqa_option_seed}" if run.gpqa_option_seed is not None else "as in the file"
+            )
+            budget = f", thinking budget {run.think_budget[0]}" if run.think_budget else ""
+            print(f"run {number}/{len(runs)}: seed {run.seed}{budget}, GPQA options {order}")
         started = time.monotonic()
-        summary = evaluate(run, settings, items_for_run(items, run), build_prompt, show_table=len(runs) == 1)
+        thinking = thinking_control(run, build_prompt.tokenizer)
+        summary = evaluate(run, settings, items_for_run(items, run), build_prompt, thinking, show_table=len(runs) == 1)
         if summary is None:
             return 1
         summaries.append(summary)
@@ -100,16 +112,13 @@ def main(args):
         return 0
     stem = os.path.join(args.output_dir, set_stem(args, run_settings))
     write_index(stem + ".json", run_settings, results_paths, seconds)
-    runs_report = spread.build_spread_report(
-        summaries, [run_key(s) for s in run_settings], shared_settings(run_settings[0]), args.paper_row
-    )
-    spread.write_spread_reports(runs_report, stem + "_report")
-    print(spread.markdown_table(runs_report))
+    keys, shared = [run_key(s) for s in run_settings], shared_settings(run_settings[0])
+    print(budgets.write_set_reports(summaries, keys, shared, args.paper_row, stem + "_report"))
     print(f"wrote {stem}.json and {stem}_report.{{json,md,png}}")
     return 0
 
 
-def evaluate(args, settings, items, build_prompt, show_table):
+def evaluate(args, settings, items, build_prompt, thinking, show_table):
     """One run: ask what its files do not hold yet, score, write its results and report. Returns the report,
     or None when requests failed (their items are left for a rerun)."""
     # Where the answers go; answers of an earlier run with the same settings (a finished one's results, an
@@ -126,7 +135,8 @@ def evaluate(args, settings, items, build_prompt, show_table):
     failures = []
     if pending:
         client = make_client(args)
-        workers = Workers(lambda item: ask(client, args, item["prompt"]), pending, min(args.batch_size, MAX_THREADS))
+        ask_one = lambda item: ask(client, args, item["prompt"], thinking)  # noqa: E731
+        workers = Workers(ask_one, pending, min(args.batch_size, MAX_THREADS))
         with open_partial(partial_path, settings) as partial:
             progress = tqdm(workers, total=len(pending), desc="questions")
             try:

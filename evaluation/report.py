@@ -3,7 +3,8 @@
 eval.py calls this after scoring. It also runs alone, to re-score a results file (for example
 after changing the scoring rules) without asking the model again:
     python evaluation/report.py evaluation/results/<name>.json [--paper_row HuatuoGPT-o1-8B]
-A set of runs (eval.py --seeds ...) is re-scored run by run, and its spread rebuilt, from its index:
+A set of runs (eval.py --seeds ..., --think_budget N1 N2 ...) is re-scored run by run, and its spread (or its
+accuracy against the thinking budget) rebuilt, from its index:
     python evaluation/report.py evaluation/results/<set>_runs.json
 Each record's "output" (the reply as cleaned by eval.py) is scored as it stands, so a results file
 of the original code (its "output" was cleaned the same way) re-scores to the original's figures.
@@ -12,7 +13,7 @@ of the original code (its "output" was cleaned the same way) re-scores to the or
 import os
 
 from huatuo_o1 import cli
-from huatuo_o1.evaluation import report, scoring, spread
+from huatuo_o1.evaluation import budgets, report, scoring
 from huatuo_o1.evaluation.runs import INDEX_SUFFIX, read_run_set, report_settings, shared_settings
 from huatuo_o1.records import InputError, write_json_atomic
 
@@ -47,9 +48,8 @@ def main():
     if not args.results_file.endswith(INDEX_SUFFIX):
         print(report.markdown_table(summaries[0]))
         return
-    runs_report = spread.build_spread_report(summaries, run_set.keys(), shared_settings(settings[0]), args.paper_row)
-    spread.write_spread_reports(runs_report, os.path.splitext(args.results_file)[0] + "_report")
-    print(spread.markdown_table(runs_report))
+    prefix = os.path.splitext(args.results_file)[0] + "_report"
+    print(budgets.write_set_reports(summaries, run_set.keys(), shared_settings(settings[0]), args.paper_row, prefix))
 
 
 if __name__ == "__main__":

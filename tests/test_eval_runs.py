@@ -5,8 +5,6 @@ The server is scripted here: it answers every question with the letter its reque
 import json
 import os
 import statistics
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from transformers import HfArgumentParser
@@ -14,6 +12,7 @@ from transformers import HfArgumentParser
 from huatuo_o1.evaluation.client import EvalArguments, check_run_flags, output_stem, settings_of
 from huatuo_o1.evaluation.runs import items_for_run, run_arguments, shuffle_options
 from huatuo_o1.records import InputError
+from tests.completions_server import ScriptedCompletions
 from tests.scripts import run_script
 
 LETTER_OF_SEED = {1: "A", 2: "B", 3: "C", 4: "D"}
@@ -109,45 +108,9 @@ def test_the_default_run_keeps_its_settings_and_name(tmp_path):
 def letter_server():
     """A completions server answering every prompt "The answer is X.", X the letter of the request's seed;
     yields (base_url, the requests it got)."""
-    requests = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def reply(self, body):
-            data = json.dumps(body).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self):
-            self.reply({"status": "ok"})
-
-        def do_POST(self):
-            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            requests.append(request)
-            text = f"The answer is {LETTER_OF_SEED[request['seed']]}."
-            choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
-            usage = {"prompt_tokens": 1, "completion_tokens": 5, "total_tokens": 6}
-            self.reply(
-                {
-                    "id": "x",
-                    "object": "text_completion",
-                    "created": 0,
-                    "model": "m",
-                    "choices": [choice],
-                    "usage": usage,
-                }
-            )
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", requests
-    server.shutdown()
-    server.server_close()
+    server = ScriptedCompletions(lambda request: f"The answer is {LETTER_OF_SEED[request['seed']]}.")
+    yield server.base_url, server.requests
+    server.close()
 
 
 def evaluate(tmp_path, base_url, *flags):

@@ -16,6 +16,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from huatuo_o1.cli import redact
 from huatuo_o1.evaluation import report, scoring
+from huatuo_o1.evaluation.thinking import THINKING_KEYS, Completion, ThinkingControl
 from huatuo_o1.models import from_pretrained_or_explain
 from huatuo_o1.records import ANSWER_IDX, OPTIONS, QUESTION, InputError, digest, read_json
 
@@ -90,6 +91,20 @@ class EvalArguments:
     max_items_per_source: int = field(
         default=-1, metadata={"help": "Evaluate only the first N items of each source (-1: all)."}
     )
+    think_budget: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Cut each reply's thinking at N tokens (the model's tokenizer) and make the model answer, by a "
+            "second request; several budgets are several runs of one set (completions mode; docs/eval.md)."
+        },
+    )
+    keep_thinking: int = field(
+        default=0,
+        metadata={
+            "help": "Where the reply would end its thinking (it writes '## Final Response'), append '\n\nWait' "
+            "instead, this many times, then let it answer (s1's budget forcing; completions mode)."
+        },
+    )
     output_dir: str = field(default="evaluation/results")
     paper_row: str = field(
         default="HuatuoGPT-o1-8B", metadata={"help": "Row of the paper's Table 1 to show beside ours."}
@@ -133,6 +148,29 @@ def check_arguments(args: EvalArguments) -> None:
     if args.paper_row not in rows:
         raise InputError(f"--paper_row {args.paper_row!r} is not a row of the paper's Table 1: one of {list(rows)}")
     check_run_flags(args)
+    check_thinking_flags(args)
+
+
+def check_thinking_flags(args: EvalArguments) -> None:
+    """--think_budget / --keep_thinking: completions mode only (they continue the reply's text), budgets distinct and
+    below --max_new_tokens (a larger one never cuts), extensions 0 or more."""
+    if args.keep_thinking < 0:
+        raise InputError(f"--keep_thinking must be 0 or more, not {args.keep_thinking}")
+    if args.think_budget is None and not args.keep_thinking:
+        return
+    if args.request_mode == "chat":
+        flag = "--think_budget" if args.think_budget is not None else "--keep_thinking"
+        raise InputError(
+            f"{flag} is not available with --request_mode chat: it continues the reply's own text, which only "
+            "--request_mode completions sends"
+        )
+    for budget in args.think_budget or []:
+        if not 0 < budget < args.max_new_tokens:
+            raise InputError(
+                f"--think_budget {budget}: a budget is 1 to --max_new_tokens - 1 ({args.max_new_tokens - 1}) tokens"
+            )
+    if args.think_budget is not None and len(set(args.think_budget)) != len(args.think_budget):
+        raise InputError(f"--think_budget {' '.join(map(str, args.think_budget))} repeats a budget")
 
 
 def check_run_flags(args: EvalArguments) -> None:
@@ -204,7 +242,8 @@ class PromptBuilder:
         self.max_tokens = args.max_tokens
         self.client_template = args.request_mode == "completions" and args.use_chat_template
         self.tokenizer = None
-        if self.max_tokens > 0 or self.client_template:
+        thinking = args.think_budget is not None or args.keep_thinking > 0  # counted in the model's tokens
+        if self.max_tokens > 0 or self.client_template or thinking:
             self.tokenizer = from_pretrained_or_explain(AutoTokenizer, args.model_name)
         if self.client_template:
             if not self.tokenizer.chat_template:
@@ -292,30 +331,66 @@ def check_server_listens(base_url: str) -> None:
         ) from None
 
 
-def ask(client: "OpenAI", args: EvalArguments, prompt: str) -> dict:
-    """One prompt, one request; returns {output (cleaned as the original did), raw_output, completion_tokens,
-    finish_reason}."""
-    common = dict(
+def ask(client: "OpenAI", args: EvalArguments, prompt: str, thinking: ThinkingControl | None = None) -> dict:
+    """One prompt, one request (with a ThinkingControl, the requests it makes); returns {output (cleaned as the
+    original did), raw_output, completion_tokens, finish_reason} and, with a ThinkingControl, THINKING_KEYS."""
+    if thinking is not None:
+        request = lambda text, room, stop: complete(client, args, text, room, stop)  # noqa: E731
+        reply = thinking.reply(request, prompt, args.max_new_tokens)
+        answer = answer_record(reply.text, reply.completion_tokens, reply.finish_reason, args.api_key)
+        return {**answer, **{key: getattr(reply, key) for key in THINKING_KEYS}}
+    if args.request_mode == "chat":
+        reply = client.chat.completions.create(
+            messages=[{"role": "user", "content": prompt}], **request_parameters(args, args.max_new_tokens)
+        )
+        output = reply.choices[0].message.content
+    else:
+        reply = client.completions.create(prompt=prompt, **request_parameters(args, args.max_new_tokens))
+        output = reply.choices[0].text
+    tokens = reply.usage.completion_tokens if reply.usage else None
+    return answer_record(output, tokens, reply.choices[0].finish_reason, args.api_key)
+
+
+def request_parameters(args: EvalArguments, max_tokens: int) -> dict:
+    return dict(
         model=args.served_model_name or args.model_name,
-        max_tokens=args.max_new_tokens,
+        max_tokens=max_tokens,
         temperature=args.temperature,
         top_p=args.top_p,
         seed=args.seed,
     )
-    if args.request_mode == "chat":
-        reply = client.chat.completions.create(messages=[{"role": "user", "content": prompt}], **common)
-        output = reply.choices[0].message.content
-    else:
-        reply = client.completions.create(prompt=prompt, **common)
-        output = reply.choices[0].text
-    tokens = reply.usage.completion_tokens if reply.usage else None
-    output = redact(output, args.api_key) if output else output  # whatever a server echoed, even in replies
+
+
+def complete(client: "OpenAI", args: EvalArguments, prompt: str, max_tokens: int, stop: list | None) -> Completion:
+    """One completions request of a controlled reply; a stop string is sent only when there is one."""
+    reply = client.completions.create(
+        prompt=prompt, **request_parameters(args, max_tokens), **({"stop": stop} if stop else {})
+    )
+    choice = reply.choices[0]
+    return Completion(
+        text=choice.text or "",
+        finish_reason=choice.finish_reason,
+        stop_reason=getattr(choice, "stop_reason", None) or getattr(choice, "matched_stop", None),
+        completion_tokens=reply.usage.completion_tokens if reply.usage else None,
+    )
+
+
+def answer_record(output: str | None, tokens: int | None, finish_reason: str | None, api_key: str | None) -> dict:
+    output = redact(output, api_key) if output else output  # whatever a server echoed, even in replies
     return {
         "output": scoring.clean_reply(output),
         "raw_output": output or "",
         "completion_tokens": tokens,
-        "finish_reason": reply.choices[0].finish_reason,
+        "finish_reason": finish_reason,
     }
+
+
+def thinking_control(args: EvalArguments, tokenizer) -> ThinkingControl | None:
+    """The control of one run's replies (its budget, if any, and --keep_thinking), or None without those flags."""
+    if args.think_budget is None and not args.keep_thinking:
+        return None
+    (budget,) = args.think_budget or [None]
+    return ThinkingControl(tokenizer, budget, args.keep_thinking)
 
 
 def model_identity(model_name: str) -> dict:
@@ -357,11 +432,13 @@ def settings_of(args: EvalArguments) -> dict:
         "top_p",
         "seed",
     )
-    # The GPQA option seed only where one is set, so the file's order keeps its earlier names.
-    shuffled = {} if args.gpqa_option_seed is None else {"gpqa_option_seed": args.gpqa_option_seed}
+    # The GPQA option seed and the thinking flags only where set, so runs without them keep their earlier names.
+    optional = {"gpqa_option_seed": args.gpqa_option_seed, "keep_thinking": args.keep_thinking or None}
+    if args.think_budget is not None:
+        (optional["think_budget"],) = args.think_budget  # one run, one budget (runs.run_arguments)
     return {
         **{key: getattr(args, key) for key in keys},
-        **shuffled,
+        **{key: value for key, value in optional.items() if value is not None},
         **model_identity(args.model_name),
         "eval_file_sha256": file_digest(args.eval_file),
     }
@@ -387,7 +464,8 @@ def read_results(path: str, ids: set) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             records = json.load(f)
-        done = {r["id"]: {"id": r["id"], **{k: r.get(k) for k in ANSWER_KEYS}} for r in records if r["id"] in ids}
+        kept = lambda r: {k: r.get(k) for k in ANSWER_KEYS} | {k: r[k] for k in THINKING_KEYS if k in r}  # noqa: E731
+        done = {r["id"]: {"id": r["id"], **kept(r)} for r in records if r["id"] in ids}
         if not all(isinstance(answer["output"], str) for answer in done.values()):
             raise TypeError("an output is not text")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:

@@ -1,4 +1,5 @@
-"""Per-source accuracy report: JSON, a markdown table beside the paper's Table 1, a bar chart.
+"""Per-source accuracy report: JSON, a markdown table beside the paper's Table 1, a bar chart; for a run with
+--think_budget or --keep_thinking also its thinking lengths and the accuracy by thinking length (a table and a chart).
 
 evaluation/eval.py builds it after scoring; evaluation/report.py rebuilds it from a results file.
 """
@@ -62,6 +63,46 @@ def _mean(values):
     return round(sum(values) / len(values), 2) if values else None
 
 
+# Thinking lengths in bins 0-16, 17-32, 33-64, ... tokens: a reply cut at a budget of 16 * 2^k ends its bin.
+FIRST_BIN_END = 16
+
+
+def length_bin_end(tokens: int) -> int:
+    end = FIRST_BIN_END
+    while tokens > end:
+        end *= 2
+    return end
+
+
+def thinking_figures(records: list[dict]) -> dict:
+    """Thinking lengths (the records' thinking_tokens, thinking_cut, thinking_extensions) over all sources, and the
+    accuracy of each length bin."""
+    tokens = [r["thinking_tokens"] for r in records]
+    extensions = [r["thinking_extensions"] for r in records]
+    bins = {}
+    for record in records:
+        bins.setdefault(length_bin_end(record["thinking_tokens"]), []).append(record["verdict"])
+    by_length = []
+    for end in sorted(bins):
+        figures = scoring.summarize(bins[end])
+        start = 0 if end == FIRST_BIN_END else end // 2 + 1
+        by_length.append(
+            {
+                "tokens": f"{start}-{end}",
+                "n": figures["n"],
+                **{key: figures[key] for key in ("paper_accuracy", "honest_first_match_accuracy")},
+            }
+        )
+    return {
+        "mean_thinking_tokens": round(sum(tokens) / len(tokens), 1),
+        "max_thinking_tokens": max(tokens),
+        "cut_rate": round(100.0 * sum(bool(r["thinking_cut"]) for r in records) / len(records), 2),
+        "extended_rate": round(100.0 * sum(count > 0 for count in extensions) / len(records), 2),
+        "mean_extensions": round(sum(extensions) / len(extensions), 2),
+        "by_length": by_length,
+    }
+
+
 def build_report(results: list[dict], settings: dict, paper_row: str) -> dict:
     """results: items with 'source' and 'verdict' (scoring.score_item). Returns the report dict."""
     by_source = {}
@@ -76,7 +117,7 @@ def build_report(results: list[dict], settings: dict, paper_row: str) -> dict:
             "paper_table1": paper_figure(source, paper_row),
         }
     overall = {**scoring.summarize([r["verdict"] for r in results]), **reply_lengths(results)}
-    return {
+    summary = {
         "model": settings.get("model_name"),
         "settings": settings,
         "paper_row": paper_row,
@@ -85,6 +126,9 @@ def build_report(results: list[dict], settings: dict, paper_row: str) -> dict:
         "overall": overall,
         "average_over_sources": {key: _mean(s[key] for s in sources.values()) for key in AVERAGED},
     }
+    if results and all("thinking_tokens" in r for r in results):  # runs with --think_budget / --keep_thinking
+        summary["thinking"] = thinking_figures(results)
+    return summary
 
 
 # (column title, key in a source's figures); the row label and the paper's figure frame them.
@@ -138,7 +182,30 @@ def markdown_table(summary: dict) -> str:
     o, avg = summary["overall"], summary["average_over_sources"]
     cells = [_cell(avg[key]) if key in avg else _cell(o[key]) for _, key in COLUMNS]
     lines.append("| **average over sources** | " + " | ".join(cells) + " | |")
+    if "thinking" in summary:
+        lines += ["", *thinking_table(summary)]
     return "\n".join(lines) + "\n"
+
+
+def thinking_table(summary: dict) -> list[str]:
+    settings, thinking = summary["settings"], summary["thinking"]
+    control = [f"budget {settings['think_budget']} tokens"] if settings.get("think_budget") is not None else []
+    control += [f"'Wait' up to {settings['keep_thinking']} times"] if settings.get("keep_thinking") else []
+    lines = [
+        "Thinking"
+        + (f" ({', '.join(control)})" if control else "")
+        + f": {thinking['mean_thinking_tokens']} tokens on average, at most "
+        f"{thinking['max_thinking_tokens']}; cut at the budget: {_cell(thinking['cut_rate'])}% of replies; extended: "
+        f"{_cell(thinking['extended_rate'])}% ({thinking['mean_extensions']} times on average). Accuracy in % by "
+        "thinking length (tokens of the model's tokenizer), all sources together:",
+        "",
+        "| thinking tokens | n | paper view | honest first |",
+        "|---|---|---|---|",
+    ]
+    for row in thinking["by_length"]:
+        cells = [row["tokens"], row["n"], row["paper_accuracy"], row["honest_first_match_accuracy"]]
+        lines.append("| " + " | ".join(_cell(cell) if not isinstance(cell, str) else cell for cell in cells) + " |")
+    return lines
 
 
 def bar_chart(summary: dict, path: str) -> None:
@@ -158,6 +225,25 @@ def bar_chart(summary: dict, path: str) -> None:
     for offset, (label, values) in enumerate(series):
         axes.bar([i + offset * width for i in range(len(sources))], values, width, label=label)
     save_chart(figure, axes, sources, width, os.path.basename(os.path.normpath(summary["model"] or "model")), path)
+
+
+def thinking_chart(summary: dict, path: str) -> None:
+    """Accuracy by thinking length: paper view and honest first match per length bin, each bin's n under it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary["thinking"]["by_length"]
+    labels = [f"{row['tokens']}\n(n={row['n']})" for row in rows]
+    series = [("paper view", "paper_accuracy"), ("honest first match", "honest_first_match_accuracy")]
+    width = 0.8 / len(series)
+    figure, axes = plt.subplots(figsize=(max(6, 1.1 * len(labels)), 4))
+    for offset, (label, key) in enumerate(series):
+        axes.bar([i + offset * width for i in range(len(rows))], [row[key] or 0.0 for row in rows], width, label=label)
+    axes.set_xlabel("thinking tokens")
+    model = os.path.basename(os.path.normpath(summary["model"] or "model"))
+    save_chart(figure, axes, labels, width / 2, f"{model}: accuracy by thinking length", path)
 
 
 def save_chart(figure, axes, labels: list[str], tick_offset: float, title: str, path: str) -> None:
@@ -181,3 +267,5 @@ def write_reports(summary: dict, prefix: str, table=markdown_table, chart=bar_ch
     with open(prefix + ".md", "w", encoding="utf-8") as f:
         f.write(table(summary))
     chart(summary, prefix + ".png")
+    if "thinking" in summary:
+        thinking_chart(summary, prefix + "_thinking.png")

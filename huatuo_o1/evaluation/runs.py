@@ -2,12 +2,12 @@
 files that tie the runs of a set together.
 
 A run is one full pass of evaluation/eval.py with one value of each per-run setting (RUN_KEYS: the server's
-seed and the seed of GPQA's option order). Each run keeps the files a single run with those flags writes
-(<name>.json and <name>_report.*, <name> keyed by its settings, resumable on its own), so a run is shared by
-every set that holds it. A set of several runs adds <set>_runs.json, the index: the settings the runs share,
-then each run's per-run settings, its results file and its time. A further per-run setting (a thinking
-budget, say) is one more key in RUN_KEYS: its runs get their own names through the settings, and the
-index lists them with it.
+seed, the seed of GPQA's option order, the thinking budget). Each run keeps the files a single run with those
+flags writes (<name>.json and <name>_report.*, <name> keyed by its settings, resumable on its own), so a run is
+shared by every set that holds it. A set of several runs adds <set>_runs.json, the index: the settings the runs
+share, then each run's per-run settings, its results file and its time. A further per-run setting is one more
+key in RUN_KEYS: its runs get their own names through the settings, and the index lists them with it.
+`--think_budget 128 256 512 --seeds 1 2` is six runs: each budget with each seed.
 """
 
 import dataclasses
@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from huatuo_o1.evaluation.client import EvalArguments, output_stem
 from huatuo_o1.records import InputError, read_json, write_json_atomic
 
-RUN_KEYS = ("seed", "gpqa_option_seed")
+RUN_KEYS = ("seed", "gpqa_option_seed", "think_budget")
+# In a run's key only when set, so that the sets made before budgets existed keep their names.
+KEYS_WHEN_SET = ("think_budget",)
 # GPQA's questions come with the correct answer first: the options have no order of their own, so each
 # run may draw one (prepare_eval_data.py draws the eval file's with its --seed).
 SHUFFLED_SOURCE_PREFIX = "GPQA"
@@ -27,10 +29,12 @@ RECORD_KEYS = ("output", "options", "answer_idx")
 
 
 def run_arguments(args: EvalArguments) -> list[EvalArguments]:
-    """One EvalArguments per run: --seeds as given, else --n_runs seeds counted up from --seed. With several
-    runs each run shuffles GPQA's options with its own seed, unless --gpqa_option_seed fixes one order."""
+    """One EvalArguments per run: --seeds as given, else --n_runs seeds counted up from --seed, for each
+    --think_budget in turn (one budget each). With several seeds each run shuffles GPQA's options with its own
+    seed, unless --gpqa_option_seed fixes one order; budgets alone keep the file's order."""
     seeds = args.seeds if args.seeds is not None else [args.seed + offset for offset in range(args.n_runs)]
     several = len(seeds) > 1
+    budgets = [None] if args.think_budget is None else [[budget] for budget in args.think_budget]
     return [
         dataclasses.replace(
             args,
@@ -38,14 +42,16 @@ def run_arguments(args: EvalArguments) -> list[EvalArguments]:
             seeds=None,
             n_runs=1,
             gpqa_option_seed=seed if several and args.gpqa_option_seed is None else args.gpqa_option_seed,
+            think_budget=budget,
         )
+        for budget in budgets
         for seed in seeds
     ]
 
 
 def run_key(settings: dict) -> dict:
-    """A run's per-run settings, from its settings (absent: None)."""
-    return {key: settings.get(key) for key in RUN_KEYS}
+    """A run's per-run settings, from its settings (absent: None; KEYS_WHEN_SET only when present)."""
+    return {key: settings.get(key) for key in RUN_KEYS if key not in KEYS_WHEN_SET or settings.get(key) is not None}
 
 
 def shuffle_options(item: dict, seed: int) -> dict:
@@ -204,6 +210,9 @@ def describe_runs(run_set: RunSet) -> str:
     orders = [k["gpqa_option_seed"] for k in keys]
     if any(order is not None for order in orders):
         text += "; GPQA orders " + ", ".join("the file's" if o is None else str(o) for o in orders)
+    budgets = [k.get("think_budget") for k in keys]
+    if any(budget is not None for budget in budgets):
+        text += "; thinking budgets " + ", ".join("none" if b is None else str(b) for b in budgets)
     return text + ")"
 
 
