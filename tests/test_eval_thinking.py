@@ -398,8 +398,9 @@ def test_length_bins_of_hand_made_results():
 @pytest.mark.server
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm not installed")
 def test_a_budget_of_16_tokens_through_vllm_with_smollm2(smollm2, tmp_path):
-    """SmolLM2 was never taught the layout: it writes no heading, so all of its reply is thinking, and any reply
-    longer than 16 tokens is cut there and answered after the heading eval.py appends."""
+    """SmolLM2 was never taught the layout: it writes no heading, so all of its reply is thinking (nothing is
+    prefilled). A reply longer than 16 tokens is cut there and answered after the heading eval.py appends; a bare
+    "D. Vitamin D" ends within the budget and stays as it came."""
     port, pid_file = free_port(), tmp_path / "server.pid"
     one_thread = {"OMP_NUM_THREADS": "1"}
     try:
@@ -408,7 +409,7 @@ def test_a_budget_of_16_tokens_through_vllm_with_smollm2(smollm2, tmp_path):
         run_command(serve, env=one_thread, check=True)
         out = tmp_path / "out"
         argv = ["--model_name", smollm2, "--eval_file", "evaluation/data/demo_eval_data.json", "--port", str(port),
-                "--max_new_tokens", "64", "--max_items_per_source", "1", "--think_budget", "16",
+                "--max_new_tokens", "64", "--think_budget", "16",
                 "--output_dir", out]  # fmt: skip
         run_command([sys.executable, "evaluation/eval.py", *argv], env=one_thread, check=True)
     finally:
@@ -418,17 +419,18 @@ def test_a_budget_of_16_tokens_through_vllm_with_smollm2(smollm2, tmp_path):
     (results,) = [path for path in out.glob("*.json") if not path.name.endswith("_report.json")]
     records = json.loads(results.read_text())
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
-    assert len(records) == 7
+    assert len(records) == 21
     for record in records:
         reply = record["raw_output"]
         start, end = thinking_span(reply)
         counted = len(tokenizer(reply[start:end], add_special_tokens=False)["input_ids"])
         assert counted == record["thinking_tokens"] <= 16, reply
-        if record["thinking_cut"]:
+        if record["thinking_cut"]:  # the reply up to its 16th thinking token, the heading, an answer
             head, final = reply.split("\n\n## Final Response\n\n", 1)
-            assert final.strip() and record["thinking_tokens"] >= 13, reply  # 16, less a split character at most
-        else:  # finished thinking within 16 tokens: as it came
-            assert record["finish_reason"] == "stop"
-    assert sum(r["thinking_cut"] for r in records) >= 4  # its replies run to 40-70 tokens: most are cut
+            start, _ = thinking_span(head)
+            assert len(tokenizer(head[start:], add_special_tokens=False)["input_ids"]) == 16 and final.strip(), reply
+        else:  # it ended within 16 tokens by itself, in one request: as it came
+            assert record["finish_reason"] == "stop" and record["completion_tokens"] <= 16, reply
+    assert sum(r["thinking_cut"] for r in records) >= 3, [r["raw_output"] for r in records]
     summary = json.loads(next(out.glob("*_report.json")).read_text())
     assert summary["thinking"]["max_thinking_tokens"] <= 16
