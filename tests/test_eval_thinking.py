@@ -27,15 +27,11 @@ from tests.scripts import run_command, run_script
 
 ITEMS = [
     {
-        "question": "Which vitamin deficiency causes scurvy?",
+        "question": f"Which vitamin deficiency causes {disease}?",
         "options": {"A": "Vitamin C", "B": "Vitamin D"},
-        "answer_idx": "A",
-    },
-    {
-        "question": "Which vitamin deficiency causes rickets?",
-        "options": {"A": "Vitamin C", "B": "Vitamin D"},
-        "answer_idx": "B",
-    },
+        **gold,
+    }
+    for disease, gold in (("scurvy", {"answer_idx": "A"}), ("rickets", {"answer_idx": "B"}))
 ]
 # The scripted model: 6 thinking words then a wrong answer for scurvy, 3 then the right one for rickets.
 LONG_REPLY = "## Thinking\n\nfirst second third fourth fifth sixth.\n\n## Final Response\n\nThe answer is B."
@@ -106,17 +102,17 @@ def results_of(tmp_path, *flags):
         return records, json.load(f)
 
 
-def by_question(requests):
-    """Each item's requests, in the order sent."""
-    return {word: [r for r in requests if word in r["prompt"]] for word in ("scurvy", "rickets")}
+def evaluate_with(server, tmp_path, *flags):
+    """Evaluate against the server; returns its records, report and each item's requests (in the order sent)."""
+    result = evaluate(tmp_path, server.base_url, *flags)
+    assert result.returncode == 0, result.stderr
+    records, summary = results_of(tmp_path, *flags)
+    return records, summary, {word: [r for r in server.requests if word in r["prompt"]] for word in records}
 
 
 def test_a_budget_cuts_long_thinking_and_makes_the_model_answer(scripted, tmp_path):
     server = scripted(budget_model)
-    result = evaluate(tmp_path, server.base_url, "--think_budget", "4")
-    assert result.returncode == 0, result.stderr
-    records, summary = results_of(tmp_path, "--think_budget", "4")
-    sent = by_question(server.requests)
+    records, summary, sent = evaluate_with(server, tmp_path, "--think_budget", "4")
 
     # Scurvy thinks 6 words: the first request is the plain one (the reply's cap: --max_new_tokens, no stop
     # string); the second continues its first 4 thinking words with the final-response heading, its cap 50 minus
@@ -170,11 +166,7 @@ def test_a_budget_cuts_long_thinking_and_makes_the_model_answer(scripted, tmp_pa
 
 
 def test_keep_thinking_appends_wait_where_the_thinking_would_end(scripted, tmp_path):
-    server = scripted(keep_thinking_model)
-    result = evaluate(tmp_path, server.base_url, "--keep_thinking", "2")
-    assert result.returncode == 0, result.stderr
-    records, summary = results_of(tmp_path, "--keep_thinking", "2")
-    sent = by_question(server.requests)
+    records, summary, sent = evaluate_with(scripted(keep_thinking_model), tmp_path, "--keep_thinking", "2")
 
     # Each request stops at the heading; twice the thinking goes on after "\n\nWait" (its trailing whitespace
     # dropped first), then a request without a stop string lets the model answer. Caps: 50 minus the words held.
