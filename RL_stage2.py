@@ -32,7 +32,7 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import set_seed
 
-from huatuo_o1 import cli, training
+from huatuo_o1 import cli, manifests, training
 from huatuo_o1.models import check_model_source, check_verifier_config
 from huatuo_o1.outputs import check_outputs
 from huatuo_o1.records import InputError, write_json_atomic
@@ -56,17 +56,23 @@ def main(argv=None):
     ):
         if not value:
             raise InputError(f"{name} is required")
-    # Before anything loads: the models exist, the verifier is a 2-label classifier, the output folder can be
-    # written and is none of the inputs.
-    check_model_source(model_args.model_name_or_path, "--model_name_or_path")
+    # Before anything loads: the models exist (and ours match their manifests), the verifier is a 2-label classifier,
+    # a checkpoint to resume matches its manifest, the output folder can be written and is none of the inputs.
+    verify = manifests.verify_mode(config.verify_checkpoints)
+    check_model_source(model_args.model_name_or_path, "--model_name_or_path", verify)
     if config.rl_algorithm == "ppo" and config.value_model_path:
-        check_model_source(config.value_model_path, "--value_model_path")
-    check_verifier_config(config.reward_model_path, "--reward_model_path")
-    if config.resume_from_checkpoint and not training.Checkpoints.is_complete(config.resume_from_checkpoint):
-        raise InputError(
-            f"--resume_from_checkpoint {config.resume_from_checkpoint}: not a checkpoint of this script (no "
-            f"{training.TRAINER_STATE})"
-        )
+        check_model_source(config.value_model_path, "--value_model_path", verify)
+    check_verifier_config(config.reward_model_path, "--reward_model_path", verify)
+    if config.resume_from_checkpoint:
+        if not training.Checkpoints.is_complete(config.resume_from_checkpoint):
+            raise InputError(
+                f"--resume_from_checkpoint {config.resume_from_checkpoint}: not a checkpoint of this script (no "
+                f"{training.TRAINER_STATE})"
+            )
+        # a damaged one: the newest older one beside it that matches its manifest
+        config.resume_from_checkpoint, skipped = training.checkpoint_to_resume(config.resume_from_checkpoint, verify)
+        for line in skipped:
+            PartialState().print(line)
     check_outputs(
         [("--output_dir", config.output_dir, True)],
         {

@@ -24,8 +24,10 @@ Usage (one CPU process, a quick try):
 
 Checkpoints go to <output_dir>/<experiment_name>/checkpoint-<step>/ (a Hugging Face model folder);
 rerunning the same command resumes from the newest one (a finished run is left as it is; a run made
-with other data or settings is refused: --resume False starts afresh). training_summary.json beside them names
-the final checkpoint and the first and last loss.
+with other data or settings is refused: --resume False starts afresh). Each checkpoint's manifest.json (every
+file's size and SHA-256, written last) is checked before a rerun trusts it: a damaged newest checkpoint is passed
+over for the newest that matches (--verify_checkpoints sizes checks sizes only). training_summary.json beside
+them names the final checkpoint and the first and last loss.
 """
 
 import os
@@ -41,7 +43,7 @@ def main(argv=None):
     (args,) = cli.parse((SFTArguments,), argv)
     run_dir = os.path.join(args.output_dir, args.experiment_name)
     # Before anything loads: the model exists, and the checkpoints and logs can be written without touching it.
-    check_model_source(args.model_path, "--model_path")
+    check_model_source(args.model_path, "--model_path", args.verify_checkpoints)
     check_outputs(
         [("--output_dir", run_dir, True), ("--log_dir", args.log_dir, True)],
         {"--model_path": args.model_path, "--data_path": args.data_path},

@@ -25,6 +25,7 @@ import sys
 from dataclasses import dataclass, field
 
 from huatuo_o1 import cli
+from huatuo_o1.manifests import check_model_folder
 from huatuo_o1.records import InputError, looks_like_hub_id
 from huatuo_o1.serving import (
     check_port_free,
@@ -181,6 +182,7 @@ def check_arguments(args):
         raise InputError(f"--model_path {args.model_path}: no such folder (and not a hub id of the form org/name)")
     if os.path.isdir(args.model_path) and not os.path.isfile(os.path.join(args.model_path, "config.json")):
         raise InputError(f"--model_path {args.model_path} is not a model folder (it has no config.json)")
+    check_model_folder(args.model_path, "--model_path")  # ours: its files match its manifest (the server loads it)
 
 
 def stop(pid_file):

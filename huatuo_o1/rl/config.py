@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from huatuo_o1 import cli
+from huatuo_o1 import cli, training
 from huatuo_o1.records import InputError
 from huatuo_o1.rl.ppo_core import LOSS_AGGREGATIONS
 
@@ -285,6 +285,7 @@ class PPOConfig:
     resume_from_checkpoint: str = field(
         default=None, metadata={"help": "A checkpoint-<update> folder to continue from."}
     )
+    verify_checkpoints: str = training.verify_flag()
     eval_strategy: str = field(
         default="no",
         metadata={

@@ -22,6 +22,7 @@ from huatuo_o1.rl.config import BatchSizes, PPOConfig
 from huatuo_o1.rl.dynamic_sampling import sampling_summary, with_dynamic_sampling
 from huatuo_o1.rl.loading import Problem, stop_token_id_for
 from huatuo_o1.rl.ppo_trainer import eval_figures, greedy_answers, place_frozen
+from huatuo_o1.training import sealed_model_folder
 from huatuo_o1.verifier import VerifierReward, trl_reward_functions
 
 
@@ -216,7 +217,8 @@ def train_with_trl(
     start = time.time()
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     seconds = time.time() - start
-    trainer.save_model(config.output_dir)
+    with sealed_model_folder(trainer.accelerator, config.output_dir) as folder:  # its manifest.json written last
+        trainer.save_model(folder)
     if trainer.is_world_process_zero():
         write_json_atomic(
             os.path.join(config.output_dir, "rl_trl_log.json"),
