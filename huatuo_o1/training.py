@@ -450,7 +450,7 @@ def checkpoint_to_resume(checkpoint: str, verify: str) -> tuple[str, tuple[str, 
     (checked here, before anything loads)."""
     named = os.path.normpath(checkpoint)
     siblings = Checkpoints(os.path.dirname(named) or ".", verify=verify)
-    candidates = [checkpoint]
+    candidates = [named]
     if step_of(named) is not None:
         older = [c for c in siblings.list() if step_of(c) < step_of(named) and has_training_state(c)]
         candidates = older + candidates
