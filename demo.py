@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 
 from huatuo_o1 import cli
+from huatuo_o1.records import read_json
 from huatuo_o1.serving import free_port, start_server, stop_pid
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -148,8 +149,7 @@ class Demo:
 
     @staticmethod
     def load(path):
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return read_json(path)
 
     # The stages' commands, laid out as a user types them:
     # fmt: off
@@ -256,8 +256,7 @@ class Demo:
                                   "--gradient_checkpointing", "False",
                                   "--output_dir", rl_out])
         rl = self.load(os.path.join(rl_out, "rl_summary.json"))
-        with open(os.path.join(rl_out, "rl_log.jsonl")) as f:
-            rl["training_reward"] = [json.loads(line)["objective/score"] for line in f if line.strip()]
+        rl["training_reward"] = [row["objective/score"] for row in self.load(os.path.join(rl_out, "rl_log.jsonl"))]
         rl["curves"] = os.path.join(rl_out, "rl_curves.png")
         self.figures["rl"] = rl
         first, last = first_and_last_fifth(rl["training_reward"])

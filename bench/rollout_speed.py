@@ -23,6 +23,7 @@ import time
 import torch
 
 from huatuo_o1 import cli
+from huatuo_o1.records import read_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,8 +31,7 @@ TEMPERATURE = 0.7
 
 
 def exam_prompts(tokenizer, n):
-    with open(os.path.join(REPO, "data", "demo_data.json"), encoding="utf-8") as f:
-        questions = [row["question"] for row in json.load(f)]
+    questions = [row["question"] for row in read_json(os.path.join(REPO, "data", "demo_data.json"))]
     texts = [
         tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
         for q in (questions * (n // len(questions) + 1))[:n]

@@ -75,10 +75,13 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(obj).hexdigest()[:16]
 
 
-def read_json(path: str) -> Any:
-    """A local JSON file (or JSONL: a list of rows), or one line saying what is wrong."""
+def read_json(path: str, jsonl: bool | None = None) -> Any:
+    """A local JSON file (or JSONL: a list of rows), or one line naming the file and the line that is wrong.
+
+    jsonl: read it as JSONL (one value per line) or as one JSON document; None: JSONL when its name ends in .jsonl.
+    """
     text = read_text(path, "JSON or JSONL file")
-    if path.endswith(".jsonl"):
+    if path.endswith(".jsonl") if jsonl is None else jsonl:
         rows = []
         for line_no, line in enumerate(text.splitlines(), start=1):
             if not line.strip():

@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-from huatuo_o1.records import InputError
+from huatuo_o1.records import InputError, read_json
 
 
 def free_port() -> int:
@@ -181,10 +181,9 @@ def write_pid_file(pid_file: str, pid: int) -> None:
 
 def read_pid_file(pid_file: str) -> ServerRecord:
     """The record start_server wrote; InputError when the file does not hold all three facts."""
+    why = ""
     try:
-        with open(pid_file, encoding="utf-8") as f:
-            record = json.loads(f.read())
-        record = ServerRecord(**record)
+        record = ServerRecord(**read_json(pid_file))
         valid = (
             isinstance(record.pid, int)
             and record.pid > 1
@@ -194,11 +193,13 @@ def read_pid_file(pid_file: str) -> ServerRecord:
             and record.command
             and all(isinstance(part, str) for part in record.command)
         )
-    except (OSError, UnicodeDecodeError, ValueError, TypeError):
+    except InputError as error:
+        valid, why = False, f" ({error})"
+    except (ValueError, TypeError):
         valid = False
     if not valid:
         raise InputError(
-            f"{pid_file} does not prove which process we started (it must hold the PID, its start time and its "
+            f"{pid_file} does not prove which process we started{why} (it must hold the PID, its start time and its "
             "command line, as evaluation/serve.py writes them): nothing stopped. Check the process yourself "
             "(`ps -fp PID`), stop it with `kill PID` if it is your server, and delete the file"
         )

@@ -4,8 +4,9 @@ RL_stage2.py draws it beside the log at the end of every run (PPO: rl_log.jsonl;
 rl_trl_log.json), so a run on any hardware leaves its picture.
 """
 
-import json
 import os
+
+from huatuo_o1.records import read_json
 
 # per log: the file, and the keys it logs the reward, the format rate and the KL under
 LOGS = {
@@ -20,9 +21,7 @@ def curve_series(output_dir: str, algorithm: str) -> dict | None:
     path = os.path.join(output_dir, log_name)
     if not os.path.exists(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()] if log_name.endswith(".jsonl") else json.load(f)
-    records = [r for r in records if reward_key in r]
+    records = [r for r in read_json(path) if reward_key in r]
     if not records:
         return None
     return {
