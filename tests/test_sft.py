@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithFlattening
 
-from huatuo_o1 import models
+from huatuo_o1 import manifests, models
 from huatuo_o1.models import load_chat_tokenizer
-from huatuo_o1.records import InputError, load_records
+from huatuo_o1.records import InputError, load_records, read_json
 from huatuo_o1.serving import free_port, listening_pids
 from huatuo_o1.sft import (
     GROUP_BATCHES,
@@ -23,7 +23,7 @@ from huatuo_o1.sft import (
     stop_token_ids,
 )
 from tests.damage import DAMAGES, damage
-from tests.scripts import accelerate_launch, launch_ok, reset_accelerate, run_script
+from tests.scripts import accelerate_launch, launch_ok, reset_accelerate, run_launches, run_script
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_ROWS = load_records(os.path.join(REPO_ROOT, "data", "demo_sft.json"))
@@ -682,6 +682,30 @@ def test_two_process_deepspeed_zero3_run_on_cpu(tiny_models, zero3_one_machine_t
     )
     generated = trained.float().generate(**prompt, max_new_tokens=6, do_sample=False)
     assert generated.shape[1] > prompt["input_ids"].shape[1]
+
+
+@pytest.mark.multiprocess
+def test_both_processes_check_a_zero3_checkpoint_and_agree_on_what_is_damaged(
+    tiny_models, zero3_data, zero3_one_machine_two_processes, tmp_path
+):
+    """The manifest lists the files of both processes; a rerun spreads the digests over them (each reads its share)
+    and both decide alike: nothing to do, or one line naming a file only one of them read."""
+    out = str(tmp_path / "out")
+    shutil.copytree(zero3_one_machine_two_processes, out)
+    newest = os.path.join(out, "sft_stage1", "checkpoint-8")
+    listed = {entry["path"] for entry in read_json(os.path.join(newest, "manifest.json"))["files"]}
+    assert {"training_state/random_states_0.pkl", "training_state/random_states_1.pkl"} <= listed
+    assert manifests.problems(newest) == []
+    command = accelerate_launch("SFT_stage1.py", zero3_flags(tiny_models, zero3_data, out), free_port())
+    (result,) = launch_ok([command])
+    assert "holds a finished run of these inputs" in result.stdout
+    reason = damage(os.path.join(newest, "training_state", "random_states_1.pkl"), "flipped")
+    results, left = run_launches(
+        [accelerate_launch("SFT_stage1.py", zero3_flags(tiny_models, zero3_data, out), free_port())]
+    )
+    assert results[0].returncode != 0 and not left and "nothing to do" not in results[0].stdout
+    damaged = os.path.join(newest, "training_state", "random_states_1.pkl")
+    assert f"error: {damaged} does not match its manifest {reason};" in results[0].stderr
 
 
 @pytest.mark.multiprocess
