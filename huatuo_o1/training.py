@@ -203,9 +203,9 @@ def folder_problems(folder: str, mode: str, model_only: bool = False) -> list[st
 
 def step_of(checkpoint: str) -> int | None:
     """The step in a checkpoint-<step> folder's name (None for any other name)."""
-    step = os.path.basename(os.path.normpath(checkpoint))[len(CHECKPOINT_PREFIX) :]
-    is_checkpoint = os.path.basename(os.path.normpath(checkpoint)).startswith(CHECKPOINT_PREFIX)
-    return int(step) if is_checkpoint and step.isdigit() else None
+    name = os.path.basename(os.path.normpath(checkpoint))
+    step = name[len(CHECKPOINT_PREFIX) :]
+    return int(step) if name.startswith(CHECKPOINT_PREFIX) and step.isdigit() else None
 
 
 def has_training_state(checkpoint: str) -> bool:
