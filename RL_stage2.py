@@ -1,11 +1,11 @@
-"""Stage 2: reinforcement learning with the medical verifier as the reward (PPO; RLOO/GRPO via trl).
+"""RL, the paper's stage 2: reinforcement learning with the medical verifier as the reward (PPO; RLOO/GRPO via trl).
 
 The policy answers verifiable medical problems in the "## Thinking / ## Final Response" layout;
 the verifier compares the final answer with the ground truth: 1.0 correct, 0.1 wrong, 0.0 when the
 layout is broken (huatuo_o1/verifier.py). PPO is ours (huatuo_o1/rl/, trl has none since 1.13);
 RLOO and GRPO are trl's trainers with the same reward as a callable.
 
-Usage (the seed's command, 8 GPUs):
+Usage (the seed's command, 8 GPUs; its policy is the released model, already RL-trained: pass your SFT checkpoint):
     accelerate launch --num_processes 8 --num_machines 1 --machine_rank 0 \
         --config_file ./configs/deepspeed_zero3.yaml --deepspeed_multinode_launcher standard RL_stage2.py \
         --model_name_or_path FreedomIntelligence/HuatuoGPT-o1-8B \
