@@ -1,6 +1,5 @@
 """The verifier reward: format gate, exact verifier input, threshold, truncation at the stop token."""
 
-import math
 import os
 
 import pytest
@@ -18,27 +17,9 @@ from huatuo_o1.verifier import (
     load_template,
     verifier_input,
 )
+from tests.verifier_helpers import ControlledVerifier
 
 GOOD = "## Thinking\n\nFever and cough point to an infection.\n\n## Final Response\n\nPneumonia."
-
-
-class ControlledVerifier(torch.nn.Module):
-    """Returns logits giving p(label 1) = p_by_text[decoded input]; records what it was shown."""
-
-    def __init__(self, tokenizer, p_by_text, default_p=0.5):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.zeros(1))
-        self.tokenizer, self.p_by_text, self.default_p = tokenizer, p_by_text, default_p
-        self.seen = []
-
-    def forward(self, input_ids, attention_mask):
-        logits = []
-        for ids, mask in zip(input_ids, attention_mask):
-            text = self.tokenizer.decode(ids[mask.bool()])
-            self.seen.append(text)
-            p = self.p_by_text.get(text, self.default_p)
-            logits.append([0.0, math.log(p / (1 - p))])  # softmax([0, log(p/(1-p))])[1] == p
-        return type("Out", (), {"logits": torch.tensor(logits)})()
 
 
 @pytest.fixture(scope="module")
