@@ -282,3 +282,18 @@ def test_grpo_in_rule_mode_logs_the_rule_reward_and_the_shares(tiny_models, taug
         well_formed = entry["rewards/format_ok/mean"]
         assert 0.1 * well_formed - 1e-6 <= entry["rewards/rule/mean"] <= well_formed + 1e-6
     assert open(out / "rl_curves.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_hybrid_makes_as_many_verifier_passes_as_the_paper_would_on_several_processes(verifier_tokenizer, monkeypatch):
+    """Under ZeRO-3 each verifier pass gathers the sharded weights on every process: a process that asks about fewer
+    rows than another must make up the passes, or the collective calls no longer pair up."""
+    calls = {}
+    for several in (False, True):
+        monkeypatch.setattr(reward_module, "sharded", lambda several=several: several)
+        verifier = table_verifier(verifier_tokenizer, batch_size=2)
+        passes = record_calls(monkeypatch, verifier.model, "forward")
+        RLReward("hybrid", PAPER_REWARD, verifier)([row[2] for row in TABLE], [row[1] for row in TABLE])
+        calls[several] = len(passes)
+    # (a verifier without a pad id in its config takes one row a pass) 3 rows asked: 3 passes; on several processes
+    # as many as the whole table would take: 9
+    assert calls == {False: 3, True: 9} and verifier.forward_passes(len(TABLE)) == 9
