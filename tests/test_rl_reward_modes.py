@@ -297,3 +297,17 @@ def test_hybrid_makes_as_many_verifier_passes_as_the_paper_would_on_several_proc
     # (a verifier without a pad id in its config takes one row a pass) 3 rows asked: 3 passes; on several processes
     # as many as the whole table would take: 9
     assert calls == {False: 3, True: 9} and verifier.forward_passes(len(TABLE)) == 9
+
+
+def test_help_says_which_algorithms_each_reward_flag_applies_to(capsys):
+    import dataclasses
+
+    from huatuo_o1.rl.config import PPOConfig
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    helps = {field.name: field.metadata.get("help", "") for field in dataclasses.fields(PPOConfig)}
+    for flag in ("reward_mode", "reward_url", "reward_timeout", "reward_retries", "verifier_threshold",
+                 "correct_reward", "incorrect_reward", "malformed_reward"):  # fmt: skip
+        assert helps[flag].startswith("PPO, GRPO, RLOO") and " ".join(helps[flag].split()[:8]) in text, flag

@@ -89,13 +89,13 @@ class PPOConfig:
         metadata={
             "choices": list(REWARD_MODES),
             "help": (
-                "Where the reward comes from. verifier (the paper's): the verifier judges every final answer. rule: "
-                "no model; a closed-set problem (data_type medical_closed_set, from prepare_training_data.py, whose "
-                "rows carry their options) is right when the evaluation's honest reader finds its option, by letter "
-                "or text, and no other, in the final answer; any other problem when the final answer equals the "
-                "ground truth after normalisation (NFKC, lower case, punctuation dropped, single spaces). hybrid: "
-                "the rule for closed-set problems, the verifier for the rest. A broken layout gets "
-                "--malformed_reward in every mode."
+                "PPO, GRPO, RLOO: where the reward comes from. verifier (the paper's): the verifier judges every "
+                "final answer. rule: no model; a closed-set problem (data_type medical_closed_set, from "
+                "prepare_training_data.py, whose rows carry their options) is right when the evaluation's honest "
+                "reader finds its option, by letter or text, and no other, in the final answer; any other problem "
+                "when the final answer equals the ground truth after normalisation (NFKC, lower case, punctuation "
+                "dropped, single spaces). hybrid: the rule for closed-set problems, the verifier for the rest. A "
+                "broken layout gets --malformed_reward in every mode."
             ),
         },
     )
@@ -103,21 +103,21 @@ class PPOConfig:
         default=None,
         metadata={
             "help": (
-                "--reward_mode verifier / hybrid: ask the verifier served by serve_verifier.py at this URL (e.g. "
-                "http://127.0.0.1:8001) instead of loading --reward_model_path in every training process. A server "
-                "that stops answering stops the run."
+                "PPO, GRPO, RLOO, --reward_mode verifier / hybrid: ask the verifier served by serve_verifier.py at "
+                "this URL (e.g. http://127.0.0.1:8001) instead of loading --reward_model_path in every training "
+                "process. A server that stops answering stops the run."
             )
         },
     )
     reward_timeout: float = field(
-        default=300.0, metadata={"help": "--reward_url: seconds to wait for the answer to one request."}
+        default=300.0, metadata={"help": "PPO, GRPO, RLOO, --reward_url: seconds to wait for one request's answer."}
     )
     reward_retries: int = field(
         default=3,
         metadata={
             "help": (
-                "--reward_url: retries of a request that failed (no connection, no answer within --reward_timeout, a "
-                "server error), with exponential backoff; then the run stops, naming the URL."
+                "PPO, GRPO, RLOO, --reward_url: retries of a request that failed (no connection, no answer within "
+                "--reward_timeout, a server error), with exponential backoff; then the run stops, naming the URL."
             )
         },
     )
@@ -125,24 +125,25 @@ class PPOConfig:
         default=PAPER_REWARD.threshold,
         metadata={
             "help": (
-                "--reward_mode verifier / hybrid: a well-formed answer is right when the verifier's p(correct) is "
-                "above this (the paper's verifier: 0.4)."
+                "PPO, GRPO, RLOO, --reward_mode verifier / hybrid: a well-formed answer is right when the verifier's "
+                "p(correct) is above this (the paper's verifier: 0.4)."
             )
         },
     )
     correct_reward: float = field(
-        default=PAPER_REWARD.correct, metadata={"help": "The reward of a right final answer, every mode (paper: 1.0)."}
+        default=PAPER_REWARD.correct,
+        metadata={"help": "PPO, GRPO, RLOO: the reward of a right final answer, every mode (paper: 1.0)."},
     )
     incorrect_reward: float = field(
         default=PAPER_REWARD.incorrect,
-        metadata={"help": "The reward of a wrong final answer, every mode (paper: 0.1)."},
+        metadata={"help": "PPO, GRPO, RLOO: the reward of a wrong final answer, every mode (paper: 0.1)."},
     )
     malformed_reward: float = field(
         default=PAPER_REWARD.malformed,
         metadata={
             "help": (
-                "The reward of a response whose layout is broken (not exactly one '## Thinking' and one "
-                "'## Final Response' and its blank line), every mode (paper: 0.0)."
+                "PPO, GRPO, RLOO: the reward of a response whose layout is broken (not exactly one '## Thinking' and "
+                "one '## Final Response' and its blank line), every mode (paper: 0.0)."
             )
         },
     )
