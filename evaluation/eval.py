@@ -26,6 +26,12 @@ Writes to --output_dir: <name>.json (every item with its prompt, reply and verdi
 <model folder>_<task>_<eval file>[_strict]_<key>, the key a short hash of the resolved model and the
 settings, so two models or settings never share a file (docs/eval.md).
 
+Repeated runs, and their spread (mean, sample standard deviation, min-max per source):
+    python evaluation/eval.py ... --seeds 1 2 3 4 5        # or --n_runs 5: the seeds --seed, --seed + 1, ...
+Each run is a full pass with its own server seed and its own order of GPQA's options, and writes the files
+of a single run with those flags; the set adds <set>_runs.json (its runs) and <set>_runs_report.{json,md,png}.
+Greedy decoding (--temperature 0) is one run: more seeds are refused.
+
 No API key is sent unless --api_key or EVAL_API_KEY gives one (OPENAI_API_KEY is never read); the key
 is redacted from every message and file.
 """
@@ -33,12 +39,13 @@ is redacted from every message and file.
 import json
 import os
 import sys
+import time
 
 from tqdm import tqdm
 
 from huatuo_o1 import cli
 from huatuo_o1.cli import redact
-from huatuo_o1.evaluation import report, scoring
+from huatuo_o1.evaluation import report, scoring, spread
 from huatuo_o1.evaluation.client import (
     MAX_THREADS,
     EvalArguments,
@@ -53,6 +60,7 @@ from huatuo_o1.evaluation.client import (
     read_results,
     settings_of,
 )
+from huatuo_o1.evaluation.runs import items_for_run, run_arguments, run_key, set_stem, shared_settings, write_index
 from huatuo_o1.outputs import check_outputs
 from huatuo_o1.records import write_json_atomic
 from huatuo_o1.worker_threads import Workers
@@ -60,10 +68,9 @@ from huatuo_o1.worker_threads import Workers
 
 def main(args):
     check_arguments(args)
+    runs = run_arguments(args)
     items = load_eval_items(args.eval_file, args.max_items_per_source)
     build_prompt = PromptBuilder(args)
-    for item in items:
-        item["prompt"] = build_prompt(item)
     if args.max_tokens > 0:
         over = sum(build_prompt.count(build_prompt.user_prompt(item)) > args.max_tokens for item in items)
         if over:
@@ -72,15 +79,44 @@ def main(args):
                 "(the instruction and options are never cut)",
                 file=sys.stderr,
             )
-
-    # Where the answers go, checked before anything is asked; answers of an earlier run with the same
-    # settings (a finished one's results, an interrupted one's partial file) are kept and not asked again.
-    settings = settings_of(args)
-    stem = os.path.join(args.output_dir, output_stem(args, settings))
-    partial_path = stem + ".partial.jsonl"
     inputs = {"--eval_file": args.eval_file, "--model_name": args.model_name}
     check_outputs([("--output_dir", args.output_dir, True)], inputs)
     os.makedirs(args.output_dir, exist_ok=True)
+
+    # Each run a full pass with its own files (resumable on its own); with several, then their spread.
+    run_settings = [settings_of(run) for run in runs]
+    summaries, results_paths, seconds = [], [], []
+    for number, (run, settings) in enumerate(zip(runs, run_settings), start=1):
+        if len(runs) > 1:
+            print(f"run {number}/{len(runs)}: seed {run.seed}, GPQA options shuffled with seed {run.gpqa_option_seed}")
+        started = time.monotonic()
+        summary = evaluate(run, settings, items_for_run(items, run), build_prompt, show_table=len(runs) == 1)
+        if summary is None:
+            return 1
+        summaries.append(summary)
+        results_paths.append(os.path.join(args.output_dir, output_stem(run, settings)) + ".json")
+        seconds.append(time.monotonic() - started)
+    if len(runs) == 1:
+        return 0
+    stem = os.path.join(args.output_dir, set_stem(args, run_settings))
+    write_index(stem + ".json", run_settings, results_paths, seconds)
+    runs_report = spread.build_spread_report(
+        summaries, [run_key(s) for s in run_settings], shared_settings(run_settings[0]), args.paper_row
+    )
+    spread.write_spread_reports(runs_report, stem + "_report")
+    print(spread.markdown_table(runs_report))
+    print(f"wrote {stem}.json and {stem}_report.{{json,md,png}}")
+    return 0
+
+
+def evaluate(args, settings, items, build_prompt, show_table):
+    """One run: ask what its files do not hold yet, score, write its results and report. Returns the report,
+    or None when requests failed (their items are left for a rerun)."""
+    # Where the answers go; answers of an earlier run with the same settings (a finished one's results, an
+    # interrupted one's partial file) are kept and not asked again.
+    items = [{**item, "prompt": build_prompt(item)} for item in items]
+    stem = os.path.join(args.output_dir, output_stem(args, settings))
+    partial_path = stem + ".partial.jsonl"
     ids = {item["id"] for item in items}
     finished = read_results(stem + ".json", ids)
     done = {**finished, **read_partial(partial_path, settings)}
@@ -112,7 +148,7 @@ def main(args):
             f"{partial_path}; run the same command again to ask only the missing ones.",
             file=sys.stderr,
         )
-        return 1
+        return None
 
     results = []
     for item in items:
@@ -123,9 +159,16 @@ def main(args):
     report.write_reports(summary, stem + "_report")
     if os.path.exists(partial_path):
         os.remove(partial_path)
-    print(report.markdown_table(summary))
+    if show_table:
+        print(report.markdown_table(summary))
+    else:
+        average = summary["average_over_sources"]
+        print(
+            f"averaged over sources: paper view {average['paper_accuracy']}, "
+            f"honest first match {average['honest_first_match_accuracy']}"
+        )
     print(f"wrote {stem}.json and {stem}_report.{{json,md,png}}")
-    return 0
+    return summary
 
 
 if __name__ == "__main__":

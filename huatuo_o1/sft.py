@@ -1,18 +1,24 @@
-"""SFT's own logic: rows -> tokens and loss labels as the original built them, random micro-batches, the loss
-(and the same rows as trl's prompt-completion records, for the benches that compare trl's SFTTrainer).
-
-SFT_stage1.py wires these to the training toolkit (huatuo_o1.training).
+"""SFT: rows -> tokens and loss labels as the original built them, random micro-batches, the loss (and the same
+rows as trl's prompt-completion records, for the benches that compare trl's SFTTrainer); SFT_stage1.py's flags and
+its trainer (SupervisedTrainer, on the training toolkit huatuo_o1.training).
 """
 
+import json
+import math
+import os
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import DataCollatorWithFlattening, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, DataCollatorWithFlattening, PreTrainedTokenizerBase
 
+from huatuo_o1 import cli, training
 from huatuo_o1.answer_format import assistant_turn
-from huatuo_o1.records import SFT_COT, SFT_FIELDS, SFT_QUESTION, SFT_RESPONSE, InputError
+from huatuo_o1.models import attn_implementation, from_pretrained_or_explain, load_chat_tokenizer
+from huatuo_o1.records import SFT_COT, SFT_FIELDS, SFT_QUESTION, SFT_RESPONSE, InputError, digest
 from huatuo_o1.training import pad
 
 # Length grouping sorts this many global batches at a time: more means less padding, less randomness.
@@ -195,3 +201,397 @@ def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dic
     decayed = [p for n, p in model.named_parameters() if not any(k in n for k in NO_DECAY)]
     kept = [p for n, p in model.named_parameters() if any(k in n for k in NO_DECAY)]
     return [{"params": decayed, "weight_decay": weight_decay}, {"params": kept, "weight_decay": 0.0}]
+
+
+# ----------------------------------------------------------------------------------------------
+# The flags and the trainer
+
+# The settings a resumed run must share with the run it continues (with the data, the model and the process count).
+TRAINING_SETTINGS = (
+    "max_seq_len",
+    "overlong",
+    "n_epochs",
+    "train_bsz_per_gpu",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "warmup_rates",
+    "weight_decay",
+    "seed",
+    "batching",
+)
+
+
+@dataclass
+class SFTArguments:
+    """SFT_stage1.py's flags."""
+
+    model_path: str = field(metadata={"help": "Hugging Face model id or local folder of the model to fine-tune."})
+    data_path: str = field(
+        metadata={
+            "help": "Local .json/.jsonl list of {Question, Complex_CoT, Response} or a hub dataset id "
+            "(FreedomIntelligence/medical-o1-reasoning-SFT; append ':config' for another configuration)."
+        }
+    )
+    experiment_name: str = field(default="sft_stage1", metadata={"help": "Names the checkpoint and log folders."})
+    output_dir: str = field(default="./ckpts", metadata={"help": "Checkpoints go to <output_dir>/<experiment_name>/."})
+    max_ckpts: int = field(default=2, metadata={"help": "Keep at most this many checkpoints (oldest deleted first)."})
+    log_dir: str = field(default="./train_logs", metadata={"help": "wandb / tensorboard logs and train_log.jsonl."})
+    max_seq_len: int = field(default=8192, metadata={"help": "Longest tokenized example (prompt + answer)."})
+    gradient_accumulation_steps: int = field(default=8)
+    train_bsz_per_gpu: int = field(default=2, metadata={"help": "Examples per micro-batch on each process."})
+    weight_decay: float = field(default=0.1)
+    learning_rate: float = field(default=5e-6)
+    warmup_rates: float = field(default=0.05, metadata={"help": "Share of optimizer steps spent warming up."})
+    n_epochs: int = field(default=3)
+    seed: int = field(default=42)
+    gradient_checkpointing: bool = field(
+        default=True, metadata={"help": "Recompute activations (the original always did)."}
+    )
+    overlong: str = field(
+        default="drop",
+        metadata={
+            "help": "Examples longer than max_seq_len: 'drop' them (counted and reported), 'truncate' the "
+            "answer's end (the question is always kept whole), or 'keep_last' max_seq_len tokens (the "
+            "original's cut, which loses the start of the question).",
+            "choices": ["drop", "truncate", "keep_last"],
+        },
+    )
+    batching: str = field(
+        default="auto",
+        metadata={
+            "help": "'padding_free' (random micro-batches, each flattened; per-example attention via position "
+            "ids), 'padded' (the original: random micro-batches padded to their longest), 'length_grouped' "
+            "(similar lengths share a micro-batch: less padding, but it reweights examples in the loss), "
+            "'auto' (padding_free with FlashAttention-2, else padded).",
+            "choices": ["auto", "padding_free", "length_grouped", "padded"],
+        },
+    )
+    save_steps: int = field(default=0, metadata={"help": "Also save every N optimizer steps (0: only each epoch)."})
+    max_steps: int = field(
+        default=0, metadata={"help": "Stop (and save) after this many optimizer steps in total (0: no limit)."}
+    )
+    save_training_state: bool = field(
+        default=True,
+        metadata={
+            "help": "Keep optimizer, scheduler and random state in the newest checkpoint so a rerun resumes "
+            "(about 3x the model's fp32 size); False saves only the model and tokenizer."
+        },
+    )
+    max_grad_norm: float = field(
+        default=1.0,
+        metadata={
+            "help": "Clip the gradient norm at each optimizer step (DeepSpeed's gradient_clipping is set from it, "
+            "whatever the accelerate config file says); 0 turns clipping off. The original clipped at 1.0."
+        },
+    )
+    resume: bool = training.resume_flag(
+        "Continue from the newest checkpoint of this experiment if there is one (a run made with other data or "
+        "settings is refused, a finished one left as it is); False starts afresh and first removes the experiment's "
+        "checkpoints."
+    )
+    report_to: str = training.report_to_flag("none, wandb or tensorboard (the original forced wandb).")
+
+    def __post_init__(self):
+        cli.check_ranges(
+            self,
+            at_least_1=("train_bsz_per_gpu", "gradient_accumulation_steps", "n_epochs", "max_seq_len", "max_ckpts"),
+            at_least_0=("save_steps", "max_steps", "max_grad_norm", "weight_decay"),
+            above_0=("learning_rate",),
+            shares=("warmup_rates",),
+        )
+
+
+SUMMARY = "training_summary.json"
+OVERLONG_VERBS = {
+    "drop": "dropped",
+    "truncate": "truncated (end of the answer cut)",
+    "keep_last": "cut to their last tokens (the original's way)",
+}
+
+
+class SupervisedTrainer:
+    """SFT_stage1.py's training: a causal LM fine-tuned on the rows' chats, resumable, on accelerate (+ DeepSpeed).
+
+    Named apart from trl's SFTTrainer, which the benches import beside this module (why we keep our own loop:
+    docs/design.md). It owns the accelerator (and through it DeepSpeed, when the launch's config asks for it); the
+    model, its AdamW optimizer (the original's no-decay rule, `weight_decay_groups`) and cosine schedule; the random
+    micro-batches (`make_loader`); the checkpoints <output_dir>/<experiment_name>/checkpoint-<step>/ and the log
+    <log_dir>/<experiment_name>.jsonl (one line per optimizer step).
+
+    `train(rows)`:
+      1. `resume_or_refuse`: an earlier run in the folder is resumed when its inputs (the data, the model, the process
+         count, TRAINING_SETTINGS) were these, refused when they were not, left as it is when finished;
+      2. `load`: the rows tokenized (`build_examples`, over-long ones handled by --overlong), the model loaded with
+         its attention kernel and batching, prepared with the loader, the optimizer and the schedule;
+      3. `start`: an earlier run's checkpoints removed (--resume False), or its state restored;
+      4. `loop`: per micro-batch `next_token_loss` and backward; per optimizer step clipping, the optimizer and the
+         schedule (stepped once per optimizer step), the mean loss and token accuracy logged; a checkpoint at each
+         epoch's end, every --save_steps, and at --max_steps, where the run stops;
+      5. `summary`: the final checkpoint, the losses, the token counts and the loop's throughput.
+
+    Saved state: trainer_state.json (global_step, epoch, batches_done_in_epoch, the history, the inputs) in every
+    checkpoint; accelerate's (model, optimizer, schedule, random generators) in the newest one, all a rerun needs:
+    the batches skipped in the interrupted epoch follow from the epoch's seeded order.
+    """
+
+    def __init__(self, args: SFTArguments):
+        """The accelerator (with --report_to's trackers, checked first), the seed, the checkpoints; nothing loads."""
+        self.args = args
+        self.run_dir = os.path.join(args.output_dir, args.experiment_name)
+        self.log_path = os.path.join(args.log_dir, f"{args.experiment_name}.jsonl")
+        trackers = training.trackers([args.report_to], "SFT_stage1.py")
+        self.accelerator = training.make_accelerator(
+            micro_batch_size=args.train_bsz_per_gpu,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            max_grad_norm=args.max_grad_norm,
+            log_with=trackers,
+            project_dir=args.log_dir,
+        )
+        set_seed(args.seed)
+        self.checkpoints = training.Checkpoints(self.run_dir, keep=args.max_ckpts)
+        self.say = self.accelerator.print
+
+    def train(self, rows: list[dict]) -> dict | None:
+        """Train on the rows, or continue the run in the folder; the summary, or None when it is finished already."""
+        args = self.args
+        run_inputs = {
+            "data": digest(rows),
+            "model_path": args.model_path,
+            "processes": self.accelerator.num_processes,
+            **{name: getattr(args, name) for name in TRAINING_SETTINGS},
+        }
+        resumption = self.resume_or_refuse(run_inputs)
+        if resumption.action == "finished":
+            self.say(
+                f"{self.run_dir} holds a finished run of these inputs ({resumption.checkpoint}): nothing to do "
+                "(--resume False trains again from the start)"
+            )
+            return None
+        self.load(rows)
+        state = self.start(resumption, run_inputs)
+        self.loop(state)
+        return self.summary(state)
+
+    def resume_or_refuse(self, run_inputs: dict) -> training.Resumption:
+        """training.resume_or_refuse with SFT's rule for a finished run and its wording."""
+        advice = "or another --output_dir / --experiment_name"
+        return training.resume_or_refuse(
+            self.checkpoints,
+            run_inputs,
+            self.args.resume,
+            is_finished=lambda state: state["epoch"] >= self.args.n_epochs,
+            other_inputs=lambda changes: (
+                f"{self.run_dir} holds a run made with other inputs ({changes}): pass --resume False to start afresh "
+                f"(its checkpoints are removed) {advice}"
+            ),
+            unresumable=lambda checkpoint: (
+                f"{checkpoint} cannot be resumed (saved without training state, --save_training_state False): pass "
+                f"--resume False to start afresh (the checkpoints are removed) {advice}"
+            ),
+        )
+
+    # ---- set-up ---------------------------------------------------------------------------------
+    def load(self, rows: list[dict]) -> None:
+        """The examples, the model, and what accelerate prepares with it: the loader, AdamW, the schedule."""
+        args, accelerator = self.args, self.accelerator
+        self.tokenizer = load_chat_tokenizer(args.model_path)
+        self.examples, self.n_overlong = build_examples(
+            rows,
+            self.tokenizer,
+            args.max_seq_len,
+            args.overlong,
+            args.data_path,
+            show_progress=accelerator.is_local_main_process,
+        )
+        if not self.examples:
+            raise InputError(f"every example of {args.data_path} is longer than --max_seq_len {args.max_seq_len}")
+        self.say(
+            f"{len(rows)} rows, {len(self.examples)} examples; {self.n_overlong} longer than {args.max_seq_len} "
+            f"tokens {OVERLONG_VERBS[args.overlong]}"
+        )
+        model = self.load_model()
+        # Only padded batches use a pad id, and padding is masked everywhere; the saved tokenizer keeps its own.
+        tokenizer = self.tokenizer
+        pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        loader = make_loader(
+            self.examples,
+            args.train_bsz_per_gpu,
+            args.seed,
+            self.batching,
+            pad_token_id,
+            accelerator.num_processes,
+            self.attention == "flash_attention_2",
+        )
+        optimizer = torch.optim.AdamW(weight_decay_groups(model, args.weight_decay), lr=args.learning_rate)
+        self.model, self.optimizer, self.loader = accelerator.prepare(model, optimizer, loader)
+        self.steps_per_epoch = math.ceil(len(self.loader) / args.gradient_accumulation_steps)
+        self.total_steps = self.steps_per_epoch * args.n_epochs
+        # stepped once per optimizer step
+        self.scheduler = training.make_schedule(
+            accelerator, "cosine", self.optimizer, int(args.warmup_rates * self.total_steps), self.total_steps
+        )
+
+    def load_model(self) -> torch.nn.Module:
+        """The model in the precision and with the attention kernel the launch allows (bf16 weights only under
+        DeepSpeed's bf16), stopping at the learned turn's end too; and the batching that kernel suits."""
+        args, accelerator = self.args, self.accelerator
+        use_deepspeed = accelerator.state.deepspeed_plugin is not None
+        dtype = torch.bfloat16 if use_deepspeed and accelerator.mixed_precision == "bf16" else torch.float32
+        self.attention = attn_implementation(half_precision=accelerator.mixed_precision in ("bf16", "fp16"))
+        self.batching = args.batching
+        if self.batching == "auto":
+            self.batching = "padding_free" if self.attention == "flash_attention_2" else "padded"
+        model = from_pretrained_or_explain(
+            AutoModelForCausalLM, args.model_path, dtype=dtype, attn_implementation=self.attention
+        )
+        model.generation_config.eos_token_id = stop_token_ids(
+            self.tokenizer, self.examples[0], model.generation_config.eos_token_id
+        )
+        if args.gradient_checkpointing:
+            if hasattr(model, "activation_checkpointing_enable"):  # the name from transformers 5.x on
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model
+
+    def start(self, resumption: training.Resumption, run_inputs: dict) -> dict:
+        """The run's state (trainer_state.json): fresh, the earlier run's checkpoints removed first (--resume False),
+        or restored from the checkpoint to resume. The trackers start here."""
+        args, accelerator = self.args, self.accelerator
+        if resumption.replaced:
+            self.say(
+                f"--resume False: removing the {len(resumption.replaced)} checkpoint(s) of the earlier run in "
+                f"{self.run_dir}"
+            )
+            self.checkpoints.remove_all(accelerator)
+        state = {"global_step": 0, "epoch": 0, "batches_done_in_epoch": 0, "history": [], "inputs": run_inputs}
+        if resumption.action == "resume":
+            state = training.Checkpoints.load(accelerator, resumption.checkpoint)
+            state["inputs"] = run_inputs
+            self.say(
+                f"resuming from {resumption.checkpoint} at optimizer step {state['global_step']} "
+                f"(epoch {state['epoch']})"
+            )
+        accelerator.init_trackers(args.experiment_name, config=asdict(args))
+        self.say(
+            f"batching: {self.batching}, attention: {self.attention}, {accelerator.num_processes} process(es), "
+            f"{self.steps_per_epoch} optimizer steps per epoch, {self.total_steps} in all"
+        )
+        return state
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def loop(self, state: dict) -> None:
+        """The epochs from the state's position on, until the last or --max_steps; the state moves with them."""
+        args, accelerator, model, loader = self.args, self.accelerator, self.model, self.loader
+        model.train()
+        progress = tqdm(
+            total=self.total_steps,
+            initial=state["global_step"],
+            desc="sft",
+            disable=not accelerator.is_local_main_process,
+        )
+        sums = torch.zeros(4, device=accelerator.device)  # loss x micro-batches, correct, label tokens, micro-batches
+        self.tokens_seen = torch.zeros(2, device=accelerator.device)  # real, processed (padding included) tokens
+        self.final_path = None
+        self.timer = training.LoopTimer()
+        stop = False
+        for epoch in range(state["epoch"], args.n_epochs):
+            loader.set_epoch(epoch)
+            skip = state["batches_done_in_epoch"] if epoch == state["epoch"] else 0
+            epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+            for batch_index, batch in enumerate(epoch_loader, start=skip):
+                with accelerator.accumulate(model):
+                    loss, n_correct, n_learned = next_token_loss(model, batch)
+                    accelerator.backward(loss)
+                    training.optimizer_step(accelerator, model, self.optimizer, args.max_grad_norm)
+                with torch.no_grad():
+                    sums += torch.stack(
+                        [loss.detach(), n_correct.float(), n_learned.float(), torch.ones((), device=sums.device)]
+                    )
+                    n_processed = batch["input_ids"].numel()
+                    n_real = int(batch["attention_mask"].sum()) if "attention_mask" in batch else n_processed
+                    self.tokens_seen += torch.tensor(
+                        [n_real, n_processed], dtype=torch.float, device=self.tokens_seen.device
+                    )
+                if not accelerator.sync_gradients:
+                    continue
+                # the rate this update used, as the (DeepSpeed) optimizer sees it
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.scheduler.step()
+                total = accelerator.reduce(sums, reduction="sum")
+                sums.zero_()
+                state["global_step"] += 1
+                state["epoch"], state["batches_done_in_epoch"] = epoch, batch_index + 1
+                record = {
+                    "step": state["global_step"],
+                    "epoch": epoch + (batch_index + 1) / len(loader),
+                    "loss": round((total[0] / total[3]).item(), 6),
+                    "token_accuracy": round((total[1] / total[2].clamp(min=1)).item(), 6),
+                    "lr": lr,
+                }
+                state["history"].append(record)
+                self.timer.step(self.tokens_seen)
+                self.log(record, progress)
+                stop = bool(args.max_steps) and state["global_step"] >= args.max_steps
+                end_of_epoch = batch_index + 1 == len(loader)
+                if end_of_epoch:
+                    state["epoch"], state["batches_done_in_epoch"] = epoch + 1, 0
+                if end_of_epoch or stop or (args.save_steps and state["global_step"] % args.save_steps == 0):
+                    with self.timer.paused():
+                        self.final_path = self.checkpoints.save(
+                            accelerator,
+                            model,
+                            self.tokenizer,
+                            state["global_step"],
+                            state,
+                            with_training_state=args.save_training_state,
+                        )
+                    self.say(f"saved {self.final_path}")
+                if stop:
+                    break
+            if stop:
+                break
+        progress.close()
+
+    def log(self, record: dict, progress: tqdm) -> None:
+        """An optimizer step's figures to the trackers, the progress bar and the log file."""
+        self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+        progress.update(1)
+        progress.set_postfix(
+            loss=f"{record['loss']:.4f}", acc=f"{record['token_accuracy']:.3f}", lr=f"{record['lr']:.2e}"
+        )
+        if self.accelerator.is_main_process:
+            os.makedirs(self.args.log_dir, exist_ok=True)
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def summary(self, state: dict) -> dict:
+        """What training_summary.json holds (every process must call this: the counts are summed)."""
+        accelerator = self.accelerator
+        throughput = self.timer.summary(accelerator, self.tokens_seen, ("real", "processed"))
+        tokens = accelerator.reduce(self.tokens_seen, reduction="sum")
+        final_path = self.final_path
+        if final_path is None:
+            existing = self.checkpoints.list()
+            final_path = existing[-1] if existing else None
+        history = state["history"]
+        return {
+            "final_checkpoint": os.path.abspath(final_path) if final_path else None,
+            "finished": state["epoch"] >= self.args.n_epochs,
+            "optimizer_steps": state["global_step"],
+            "first_loss": history[0]["loss"] if history else None,
+            "last_loss": history[-1]["loss"] if history else None,
+            "examples": len(self.examples),
+            "overlong": self.n_overlong,
+            "overlong_policy": self.args.overlong,
+            "batching": self.batching,
+            "real_tokens_this_run": int(tokens[0].item()),
+            "processed_tokens_this_run": int(tokens[1].item()),
+            # the training loop's time this run (checkpoint saving left out), and the rate from the second step on
+            "throughput": throughput,
+            "history": history,
+        }
+
+    def end_training(self) -> None:
+        """accelerate's trackers and process groups: nothing collective after this."""
+        self.accelerator.end_training()

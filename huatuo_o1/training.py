@@ -8,6 +8,8 @@
 - Checkpoints: <run_dir>/checkpoint-<step>/ = that folder + trainer_state.json + training_state/
   (accelerate's optimizer, scheduler and random states), written whole or not at all, rotated, resumed.
 - changed_inputs: a rerun into a folder whose run had other data or settings is refused, not mixed.
+- resume_or_refuse: what a rerun does about the run already in its folder (Resumption: fresh, resume, finished).
+- resume_flag / report_to_flag: the --resume and --report_to flags SFT and the verifier share.
 - LoopTimer: a training loop's seconds (saving left out) and tokens per second, the first step apart.
 - pad / pad_batch: sequences to a rectangle, on the right or the left.
 - trackers: the --report_to loggers that are installed.
@@ -23,8 +25,9 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from accelerate import Accelerator
@@ -32,7 +35,7 @@ from accelerate.utils import InitProcessGroupKwargs
 from transformers import get_scheduler
 
 from huatuo_o1 import cli
-from huatuo_o1.records import write_json_atomic
+from huatuo_o1.records import InputError, read_text, write_json_atomic
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -40,6 +43,8 @@ if TYPE_CHECKING:
 TRAINER_STATE = "trainer_state.json"
 TRAINING_STATE = "training_state"
 CHECKPOINT_PREFIX = "checkpoint-"
+# --report_to's loggers, each with the packages that provide it
+TRACKER_PACKAGES = {"wandb": ("wandb",), "tensorboard": ("tensorboard", "tensorboardX")}
 
 
 def make_accelerator(
@@ -157,19 +162,20 @@ class Checkpoints:
     def __init__(self, run_dir: str, keep: int | None = None, resume_all: bool = False):
         self.run_dir, self.keep, self.resume_all = run_dir, keep, resume_all
 
+    @staticmethod
+    def is_complete(checkpoint: str) -> bool:
+        """Whether a folder is a whole checkpoint: trainer_state.json is written last."""
+        return os.path.isfile(os.path.join(checkpoint, TRAINER_STATE))
+
     def list(self) -> list[str]:
-        """Complete checkpoints (those with trainer_state.json), oldest first."""
+        """Complete checkpoints (is_complete), oldest first."""
         if not os.path.isdir(self.run_dir):
             return []
         found = []
         for name in os.listdir(self.run_dir):
             path = os.path.join(self.run_dir, name)
             step = name[len(CHECKPOINT_PREFIX) :]
-            if (
-                name.startswith(CHECKPOINT_PREFIX)
-                and step.isdigit()
-                and os.path.isfile(os.path.join(path, TRAINER_STATE))
-            ):
+            if name.startswith(CHECKPOINT_PREFIX) and step.isdigit() and Checkpoints.is_complete(path):
                 found.append((int(step), path))
         return [path for _, path in sorted(found)]
 
@@ -248,6 +254,76 @@ def changed_inputs(saved: dict | None, current: dict) -> list[str]:
         for name, value in current.items()
         if saved.get(name) != value
     ]
+
+
+@dataclass(frozen=True)
+class Resumption:
+    """What a run does about the run already in its folder (resume_or_refuse decides it before anything loads).
+
+    action: "fresh" (train from the start), "resume" (continue from `checkpoint`, through Checkpoints.load) or
+    "finished" (these inputs are trained already: nothing to do; `checkpoint` is the run's newest, None where only
+    its summary is left). replaced: with --resume False, the earlier run's checkpoints, removed once the model is
+    ready to train.
+    """
+
+    action: Literal["fresh", "resume", "finished"]
+    checkpoint: str | None = None
+    replaced: tuple[str, ...] = ()
+
+
+def resume_or_refuse(
+    checkpoints: Checkpoints,
+    run_inputs: dict,
+    resume: bool,
+    *,
+    other_inputs: Callable[[str], str],
+    is_finished: Callable[[dict], bool] | None = None,
+    unresumable: Callable[[str], str] | None = None,
+    summary_path: str | None = None,
+) -> Resumption:
+    """What to do about an earlier run in checkpoints.run_dir: resume it, leave it (finished), or refuse (InputError).
+
+    resume False: fresh, the earlier checkpoints in `replaced`. resume True: the earlier run's inputs (saved in its
+    newest checkpoint's trainer_state.json or, where no checkpoint is left, in summary_path's "inputs") must be
+    run_inputs (changed_inputs), else InputError(other_inputs(what changed)). Then
+    - a newest checkpoint whose state is_finished: finished;
+    - a newest checkpoint saved without training state: InputError(unresumable(it)); without `unresumable` the run
+      resumes from the newest one that has it, or starts afresh;
+    - else: resume from the newest checkpoint;
+    - no checkpoint, but a summary that names its inputs (a stage that removes its checkpoints once done): finished;
+    - nothing: fresh.
+    """
+    earlier = checkpoints.list()
+    if not resume:
+        return Resumption("fresh", replaced=tuple(earlier))
+    if earlier:
+        state = Checkpoints.read_state(earlier[-1])
+        saved_inputs = state.get("inputs")
+    elif summary_path and os.path.isfile(summary_path):
+        saved_inputs = json.loads(read_text(summary_path)).get("inputs")
+    else:
+        return Resumption("fresh")
+    changed = changed_inputs(saved_inputs, run_inputs)
+    if changed:
+        raise InputError(other_inputs("; ".join(changed)))
+    if not earlier:
+        return Resumption("fresh" if saved_inputs is None else "finished")
+    if is_finished is not None and is_finished(state):
+        return Resumption("finished", earlier[-1])
+    resumable = checkpoints.latest_resumable()
+    if resumable != earlier[-1] and unresumable is not None:
+        raise InputError(unresumable(earlier[-1]))
+    return Resumption("resume", resumable) if resumable else Resumption("fresh")
+
+
+def resume_flag(help_text: str) -> bool:
+    """A stage's --resume flag (True: a rerun resumes, or finds nothing to do; resume_or_refuse), with its help."""
+    return field(default=True, metadata={"help": help_text})
+
+
+def report_to_flag(help_text: str) -> str:
+    """A stage's --report_to flag (none or a logger of TRACKER_PACKAGES; `trackers` checks it), with its help."""
+    return field(default="none", metadata={"help": help_text, "choices": ["none", *TRACKER_PACKAGES]})
 
 
 class LoopTimer:
@@ -330,8 +406,7 @@ def trackers(report_to: Sequence[str], stage: str, missing: str = "error") -> li
     without it (metrics still go to the stage's own log file).
     """
     wanted = [name for name in report_to if name not in ("none", "")]
-    available = {"wandb": ("wandb",), "tensorboard": ("tensorboard", "tensorboardX")}
-    usable = [name for name in wanted if any(importlib.util.find_spec(p) for p in available.get(name, ()))]
+    usable = [name for name in wanted if any(importlib.util.find_spec(p) for p in TRACKER_PACKAGES.get(name, ()))]
     unusable = [name for name in wanted if name not in usable]
     if unusable and missing == "error":
         sys.exit(

@@ -82,17 +82,11 @@ def read_json(path):
         return json.load(f)
 
 
-def run(script, args, teacher=None, env_key=SECRET_KEY, cwd=REPO_ROOT, check=True, timeout=300, subprocess_run=False):
-    """Run a stage script with these command-line args; in a subprocess (as the user would) or in-process."""
-    argv = (["--api_url", teacher.base_url] if teacher else []) + list(map(str, args))
-    result = run_script(
-        script, argv, cwd=cwd, env={"OPENAI_API_KEY": env_key or None}, subprocess_run=subprocess_run, timeout=timeout
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"{os.path.basename(script)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
-        )
-    return result
+def run(script, args, teacher=None, env_key=SECRET_KEY, check=True, timeout=300, **kwargs):
+    """Run a data stage with these command-line args, asking this teacher with this API key (tests/scripts.py's
+    run_script: in this process, or in a subprocess as the user would)."""
+    argv = (["--api_url", teacher.base_url] if teacher else []) + list(args)
+    return run_script(script, argv, env={"OPENAI_API_KEY": env_key or None}, check=check, timeout=timeout, **kwargs)
 
 
 def outputs_of(tmp_path, name):

@@ -8,6 +8,7 @@ import contextlib
 import io
 import os
 import runpy
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -21,22 +22,30 @@ def script_path(name):
     return name if os.path.isabs(name) else os.path.join(REPO_ROOT, name)
 
 
-def run_script(name, argv, cwd=REPO_ROOT, env=None, subprocess_run=False, timeout=900):
+def run_command(command, cwd=REPO_ROOT, env=None, timeout=900, check=False):
+    """Run a command line as a process (a script, `bash evaluation/run_eval.sh ...`, `accelerate launch ...`);
+    returns returncode, stdout, stderr. env: variables set over this process's (None removes one). check: a
+    non-zero exit fails the test, showing the ends of both streams."""
+    command = [str(a) for a in command]
+    child_env = {**os.environ, **{k: v for k, v in (env or {}).items() if v is not None}}
+    for key in [k for k, v in (env or {}).items() if v is None]:
+        child_env.pop(key, None)
+    done = subprocess.run(command, cwd=cwd, env=child_env, capture_output=True, text=True, timeout=timeout)
+    result = types.SimpleNamespace(returncode=done.returncode, stdout=done.stdout, stderr=done.stderr)
+    return checked(result, shlex.join(command)) if check else result
+
+
+def run_script(name, argv, cwd=REPO_ROOT, env=None, subprocess_run=False, timeout=900, check=False):
     """Run a script (path relative to the repository) with argv; returns returncode, stdout, stderr.
 
     In-process (the default) saves the imports of a fresh interpreter: the script runs as __main__
     with this sys.argv, in cwd, with these environment variables; SystemExit becomes the return code.
+    check: a non-zero exit fails the test, showing the ends of both streams.
     """
     path = script_path(name)
     argv = [str(a) for a in argv]
     if subprocess_run:
-        child_env = {**os.environ, **{k: v for k, v in (env or {}).items() if v is not None}}
-        for key in [k for k, v in (env or {}).items() if v is None]:
-            child_env.pop(key, None)
-        done = subprocess.run(
-            [sys.executable, path, *argv], cwd=cwd, env=child_env, capture_output=True, text=True, timeout=timeout
-        )
-        return types.SimpleNamespace(returncode=done.returncode, stdout=done.stdout, stderr=done.stderr)
+        return run_command([sys.executable, path, *argv], cwd=cwd, env=env, timeout=timeout, check=check)
     saved_argv, saved_cwd = sys.argv, os.getcwd()
     saved_env = {name: os.environ.get(name) for name in (env or {})}
     out, err = io.StringIO(), io.StringIO()
@@ -65,13 +74,19 @@ def run_script(name, argv, cwd=REPO_ROOT, env=None, subprocess_run=False, timeou
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    return types.SimpleNamespace(returncode=returncode, stdout=out.getvalue(), stderr=err.getvalue())
+    result = types.SimpleNamespace(returncode=returncode, stdout=out.getvalue(), stderr=err.getvalue())
+    return checked(result, name) if check else result
 
 
 def run_ok(name, argv, **kwargs):
-    result = run_script(name, argv, **kwargs)
+    """run_script, failing the test unless the script exits 0."""
+    return run_script(name, argv, check=True, **kwargs)
+
+
+def checked(result, what):
+    """The result of a run that must have exited 0 (else the test fails with the ends of its output)."""
     assert result.returncode == 0, (
-        f"{name} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-4000:]}"
+        f"{what} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     )
     return result
 

@@ -8,8 +8,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from tests.data_helpers import (
     CONSTRUCT,
     FAST,
@@ -22,8 +20,6 @@ from tests.data_helpers import (
     run,
     write_json,
 )
-
-pytestmark = pytest.mark.slow
 
 FAULTY = FAST + ["--num_process", "16", "--timeout", "0.5", "--max_retries", "2", "--parse_attempts", "3"]
 

@@ -13,7 +13,9 @@ from transformers import AutoConfig
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.real_model
+@pytest.mark.server
 def test_quick_demo_runs_every_stage_and_learns_the_layout(tmp_path, smollm2):
     out = tmp_path / "demo"
     result = subprocess.run(
@@ -90,6 +92,7 @@ def test_quick_demo_runs_every_stage_and_learns_the_layout(tmp_path, smollm2):
         "rl",
         "eval base",
         "eval trained",
+        "compare",
         "inference",
     ]
     assert (out / "logs" / "inference.log").read_text().strip()

@@ -4,12 +4,11 @@ re-scoring a results file."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from huatuo_o1.evaluation import scoring
+from tests.scripts import run_ok
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 FOUR = {"A": "Mumps", "B": "Measles", "C": "Rubella", "D": "Chickenpox"}
@@ -308,13 +307,7 @@ def test_report_rescores_a_results_file_to_the_paper_views_figures(tmp_path, rep
     ]
     path = tmp_path / "m_api_x.json"
     path.write_text(json.dumps(results))
-    done = subprocess.run(
-        [sys.executable, "evaluation/report.py", str(path), "--paper_row", "LLaMA-3.1-8B-Instruct"],
-        cwd=repo_root,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr
+    run_ok("evaluation/report.py", [path, "--paper_row", "LLaMA-3.1-8B-Instruct"], cwd=repo_root)
     report = json.loads((tmp_path / "m_api_x_report.json").read_text())
     medqa, pubmedqa = report["sources"]["MedQA_USLME_test"], report["sources"]["PubMedQA"]
     # MedQA: first right 2/4 (cases 0, 3), last right 2/4 (cases 0, 2) -> 50.0.

@@ -1,6 +1,6 @@
-"""End to end through a real server: evaluation/serve.py starts `transformers serve` on a tiny model,
-evaluation/eval.py asks it every question through the openai client, kill_sglang_server.sh stops
-exactly that server. Marked slow: several processes and a real HTTP server."""
+"""End to end through a real server, `transformers serve` on tiny models (the vLLM backend: tests/test_vllm.py):
+evaluation/serve.py starts it, evaluation/eval.py asks it every question through the openai client (three ways),
+kill_sglang_server.sh stops exactly that server; then evaluation/run_eval.sh does all three in one command."""
 
 import json
 import os
@@ -9,21 +9,17 @@ import subprocess
 import sys
 
 import pytest
-from transformers import HfArgumentParser
+from transformers import AutoTokenizer, HfArgumentParser
 
 from huatuo_o1.evaluation import scoring
 from huatuo_o1.evaluation.client import EvalArguments, output_stem, settings_of
 from huatuo_o1.serving import free_port, read_pid_file
+from tests.scripts import run_command
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.server
 
 DEMO_FILE = "evaluation/data/demo_eval_data.json"
-
-
-def run(repo_root, *argv, env=None):
-    done = subprocess.run(list(argv), cwd=repo_root, capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, f"{argv}\nstdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
-    return done
+WITH_PYTHON = {"PYTHON": sys.executable}  # the shell scripts' interpreter: this one
 
 
 def alive(pid):
@@ -34,7 +30,7 @@ def alive(pid):
         return False
 
 
-def test_serve_eval_and_stop_only_our_server(tiny_models, repo_root, tmp_path):
+def test_serve_eval_and_stop_only_our_server_then_all_in_one_command(tiny_models, repo_root, tmp_path):
     model = tiny_models["tiny-llama"]
     port = free_port()
     pid_file = tmp_path / "server.pid"
@@ -43,21 +39,9 @@ def test_serve_eval_and_stop_only_our_server(tiny_models, repo_root, tmp_path):
         [sys.executable, "-c", "import time; time.sleep(300)", "sglang.launch_server", "--port", "1"]
     )
     try:
-        run(
-            repo_root,
-            sys.executable,
-            "evaluation/serve.py",
-            "--model_path",
-            model,
-            "--port",
-            str(port),
-            "--backend",
-            "transformers",
-            "--pid_file",
-            str(pid_file),
-            "--timeout",
-            "120",
-        )
+        serve = [sys.executable, "evaluation/serve.py", "--model_path", model, "--port", port,
+                 "--backend", "transformers", "--pid_file", pid_file, "--timeout", "120"]  # fmt: skip
+        run_command(serve, check=True)
         server_pid = read_pid_file(pid_file).pid
         assert alive(server_pid)
 
@@ -96,7 +80,7 @@ def test_serve_eval_and_stop_only_our_server(tiny_models, repo_root, tmp_path):
             + json.dumps({"id": "PubMedQA/1", "output": "The answer is B."})
             + "\n"
         )
-        done = run(repo_root, sys.executable, "evaluation/eval.py", *common, "--output_dir", str(out1))
+        done = run_command([sys.executable, "evaluation/eval.py", *common, "--output_dir", out1], check=True)
         assert "14 items, 1 already answered (resumed), 13 to ask" in done.stdout
         results = json.loads((out1 / f"{stem}.json").read_text())
         assert len(results) == 14 and len({r["id"] for r in results}) == 14
@@ -135,25 +119,12 @@ def test_serve_eval_and_stop_only_our_server(tiny_models, repo_root, tmp_path):
 
         # Run 2: no client template, strict prompt, prompts cut to 250 tokens (tiny tokenizer: ~160-330 uncut).
         out2 = tmp_path / "run2"
-        run(
-            repo_root,
-            sys.executable,
-            "evaluation/eval.py",
-            *common,
-            "--output_dir",
-            str(out2),
-            "--use_chat_template",
-            "False",
-            "--strict_prompt",
-            "--max_tokens",
-            "250",
-        )
-        stem2, _ = stem_and_settings(*common, "--use_chat_template", "False", "--strict_prompt", "--max_tokens", "250")
+        strict = ["--use_chat_template", "False", "--strict_prompt", "--max_tokens", "250"]
+        run_command([sys.executable, "evaluation/eval.py", *common, "--output_dir", out2, *strict], check=True)
+        stem2, _ = stem_and_settings(*common, *strict)
         assert stem2.startswith("tiny-llama_api_demo_eval_data_strict_") and stem2 != stem
         results = json.loads((out2 / f"{stem2}.json").read_text())
         assert len(results) == 14
-        from transformers import AutoTokenizer
-
         tokenizer = AutoTokenizer.from_pretrained(model)
         for r in results:
             assert r["prompt"].startswith(
@@ -167,42 +138,33 @@ def test_serve_eval_and_stop_only_our_server(tiny_models, repo_root, tmp_path):
                 "MedMCQA_validation",
             )
 
-        # Run 3: the chat endpoint (the server applies the template).
-        out3 = tmp_path / "run3"
-        run(
-            repo_root,
-            sys.executable,
-            "evaluation/eval.py",
-            *common,
-            "--output_dir",
-            str(out3),
-            "--request_mode",
-            "chat",
-            "--max_items_per_source",
-            "1",
-        )
-        (results3,) = [name for name in os.listdir(out3) if not name.endswith(("_report.json", ".md", ".png"))]
-        assert len(json.loads((out3 / results3).read_text())) == 7
-
         # Stop: exactly the recorded server, not the other "sglang" process.
-        done = run(
-            repo_root,
-            "bash",
-            "evaluation/kill_sglang_server.sh",
-            str(pid_file),
-            env={**os.environ, "PYTHON": sys.executable},
-        )
+        stop = ["bash", "evaluation/kill_sglang_server.sh", pid_file]
+        done = run_command(stop, env=WITH_PYTHON, check=True)
         assert f"stopped server PID {server_pid}" in done.stdout
         assert not alive(server_pid) and not pid_file.exists()
         assert bystander.poll() is None
-        done = run(
-            repo_root,
-            "bash",
-            "evaluation/kill_sglang_server.sh",
-            str(pid_file),
-            env={**os.environ, "PYTHON": sys.executable},
-        )
-        assert "nothing stopped" in done.stdout
+        assert "nothing stopped" in run_command(stop, env=WITH_PYTHON, check=True).stdout
+
+        # Run 3, all in one command (evaluation/run_eval.sh: serve, eval, stop), through the chat endpoint (the
+        # server applies the template), on the other tiny model.
+        out3 = tmp_path / "run3"
+        one_command = ["bash", "evaluation/run_eval.sh", tiny_models["tiny-qwen2"], "--eval_file", DEMO_FILE,
+                       "--max_new_tokens", "6", "--max_items_per_source", "1", "--request_mode", "chat",
+                       "--output_dir", out3]  # fmt: skip
+        serve_with = {"TMPDIR": str(tmp_path), "SERVE_ARGS": "--backend transformers --timeout 120"}
+        done = run_command(one_command, env={**WITH_PYTHON, **serve_with}, check=True)
+        server_pid = int(re.search(r"server PID (\d+) ready", done.stdout).group(1))
+        assert f"stopped server PID {server_pid}" in done.stdout and not alive(server_pid)
+        assert bystander.poll() is None
+        assert not [p for p in os.listdir(tmp_path) if p.startswith("eval_server.") and not p.endswith(".log")]
+        (report_file,) = [name for name in os.listdir(out3) if name.endswith("_report.json")]
+        assert report_file.startswith("tiny-qwen2_api_demo_eval_data_")
+        report = json.loads((out3 / report_file).read_text())
+        assert report["overall"]["n"] == 7 and "format_rate" in report
+        assert all(s["n"] == 1 for s in report["sources"].values())
+        (results3,) = [name for name in os.listdir(out3) if not name.endswith(("_report.json", ".md", ".png"))]
+        assert len(json.loads((out3 / results3).read_text())) == 7
     finally:
         if pid_file.exists():
             subprocess.run(
@@ -212,36 +174,28 @@ def test_serve_eval_and_stop_only_our_server(tiny_models, repo_root, tmp_path):
         bystander.wait()
 
 
-def test_run_eval_one_command(tiny_models, repo_root, tmp_path):
-    model = tiny_models["tiny-qwen2"]
-    env = {
-        **os.environ,
-        "PYTHON": sys.executable,
-        "TMPDIR": str(tmp_path),
-        "SERVE_ARGS": "--backend transformers --timeout 120",
-    }
-    done = run(
-        repo_root,
-        "bash",
-        "evaluation/run_eval.sh",
-        model,
-        "--eval_file",
-        DEMO_FILE,
-        "--max_new_tokens",
-        "6",
-        "--max_items_per_source",
-        "1",
-        "--output_dir",
-        str(tmp_path / "out"),
-        env=env,
+RUN_EVAL_FLAGS = ["--eval_file", DEMO_FILE, "--max_new_tokens", "6", "--max_items_per_source", "1"]
+
+
+def test_run_eval_two_models_then_compare(tiny_models, repo_root, tmp_path):
+    serve_with = {"TMPDIR": str(tmp_path), "SERVE_ARGS": "--backend transformers --timeout 120"}
+    out = tmp_path / "out"
+    models = [tiny_models["tiny-qwen2"], tiny_models["tiny-llama"]]
+    command = ["bash", "evaluation/run_eval.sh", *models, *RUN_EVAL_FLAGS, "--output_dir", out]
+    done = run_command(command, env={**WITH_PYTHON, **serve_with}, check=True)
+    # One server per model, each stopped before the next starts.
+    server_pids = [int(pid) for pid in re.findall(r"server PID (\d+) ready", done.stdout)]
+    assert len(server_pids) == 2 and not any(alive(pid) for pid in server_pids)
+    assert done.stdout.index(f"stopped server PID {server_pids[0]}") < done.stdout.index(
+        f"server PID {server_pids[1]} ready"
     )
-    server_pid = int(re.search(r"server PID (\d+) ready", done.stdout).group(1))
-    assert f"stopped server PID {server_pid}" in done.stdout and not alive(server_pid)
-    (report_file,) = [name for name in os.listdir(tmp_path / "out") if name.endswith("_report.json")]
-    assert report_file.startswith("tiny-qwen2_api_demo_eval_data_")
-    report = json.loads((tmp_path / "out" / report_file).read_text())
-    assert report["overall"]["n"] == 7 and "format_rate" in report
-    assert all(s["n"] == 1 for s in report["sources"].values())
-    assert not [
-        p for p in os.listdir(tmp_path) if p.startswith("eval_server.") and not p.endswith(".log")
-    ]  # PID file removed
+    stems = sorted(name[: -len("_report.json")] for name in os.listdir(out) if name.endswith("_report.json"))
+    a_stem, b_stem = (next(s for s in stems if s.startswith(prefix)) for prefix in ("tiny-qwen2_", "tiny-llama_"))
+    comparison = json.loads((out / f"compare_{a_stem}_vs_{b_stem}.json").read_text())
+    assert len(comparison["sources"]) == 7 and comparison["average_over_sources"]["n"] == 7
+    # Each source's accuracies are those of the two models' verdicts on its one question.
+    for name, stem in (("a", a_stem), ("b", b_stem)):
+        for record in json.loads((out / f"{stem}.json").read_text()):
+            right = 100.0 * record["verdict"]["honest"]["first_correct"]
+            assert comparison["sources"][record["source"]][f"{name}_accuracy"] == right
+    assert (out / f"compare_{a_stem}_vs_{b_stem}.png").exists()

@@ -27,7 +27,9 @@ def run_check(smollm2, out, *flags):
     return done, report, table
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.server
+@pytest.mark.real_model
 def test_every_step_runs_tiny_on_the_cpu_and_reports_its_figures(smollm2, tmp_path):
     out = tmp_path / "gpu"
     done, report, table = run_check(smollm2, out, "--jobs", "2")
@@ -69,7 +71,7 @@ def test_every_step_runs_tiny_on_the_cpu_and_reports_its_figures(smollm2, tmp_pa
     assert sorted(r.get("new_tokens") for r in reloaded.values() if r["class"].endswith("ForCausalLM")) == [8] * 5
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_a_failing_step_is_named_its_rerun_keeps_the_others_and_steps_out_of_time_are_skipped(smollm2, tmp_path):
     out = tmp_path / "gpu"
     done, report, table = run_check(smollm2, out, "--only", "prepare", "inference", "--break_step", "inference")
@@ -94,7 +96,6 @@ def test_a_failing_step_is_named_its_rerun_keeps_the_others_and_steps_out_of_tim
     assert "| prepare | skipped |" in table
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("ending, status", [("pass", 0), ("os._exit(3)", 3), ("os.kill(os.getpid(), 15)", -15)])
 def test_the_probe_records_each_process_however_it_ends(tiny_models, tmp_path, ending, status):
     """A step's process writes its figures when it ends: normally, through os._exit (a rank of a multi-process

@@ -1,10 +1,10 @@
 """prepare_eval_data.py on small local files shaped like the public datasets' rows; offline hub ids fail clearly."""
 
 import json
-import subprocess
-import sys
 
 import pytest
+
+from tests.scripts import run_script
 
 MEDQA_ROW = {
     "question": "Which antibody causes Graves disease?",
@@ -124,9 +124,8 @@ def write(tmp_path, name, rows, jsonl=False):
 
 
 def run_prepare(repo_root, *argv):
-    return subprocess.run(
-        [sys.executable, "evaluation/prepare_eval_data.py", *argv], cwd=repo_root, capture_output=True, text=True
-    )
+    """evaluation/prepare_eval_data.py run whole, in this process (from repo_root)."""
+    return run_script("evaluation/prepare_eval_data.py", argv, cwd=repo_root)
 
 
 def test_converters_on_local_rows(tmp_path, repo_root):

@@ -13,8 +13,9 @@ from huatuo_o1 import decontamination, recipe
 from huatuo_o1.decontamination import EvalIndex, EvalText, nfkc_lower_single_spaced
 from huatuo_o1.records import GROUND_TRUTH as ANSWER
 from huatuo_o1.records import OPEN_QUESTION as QUESTION
-from tests.scripts import run_script
+from tests.scripts import run_ok, run_script
 
+PREPARE = "prepare_training_data.py"  # run whole, in this process
 STOCK = "Which of the following is the most appropriate next step in management?"  # 71 characters
 
 
@@ -40,12 +41,6 @@ def mc_row(rng, source=None, n_options=4, answer="B"):
 def write(path, obj):
     path.write_text(json.dumps(obj))
     return str(path)
-
-
-def run(argv):
-    """prepare_training_data.py run whole (in this process) -> (exit status, stdout, stderr)."""
-    result = run_script("prepare_training_data.py", argv)
-    return result.returncode, result.stdout, result.stderr
 
 
 def load(path):
@@ -97,7 +92,8 @@ def planted(tmp_path):
 
 def test_64_shared_characters_drop_an_item_63_do_not(planted):
     out_dir = planted["tmp"] / "out"
-    code, out, err = run(
+    out = run_ok(
+        PREPARE,
         [
             "--data_path",
             planted["train"],
@@ -107,9 +103,8 @@ def test_64_shared_characters_drop_an_item_63_do_not(planted):
             "0",
             "--output_dir",
             str(out_dir),
-        ]
-    )
-    assert code == 0, err
+        ],
+    ).stdout
     dropped = {d["origin"]: d for d in load(out_dir / "dropped.json")}
     assert sorted(dropped) == ["train#1", "train#3", "train#4", "train#5"]
     assert {d["reason"] for d in dropped.values()} == {"contaminated"}
@@ -166,8 +161,8 @@ def test_chinese_copies_share_64_characters_short_questions_only_a_smaller_windo
     for window in ("64", "16"):
         report = tmp_path / f"report_{window}.json"
         argv = ["--check_only", "--data_path", paths[1], "--eval_file", paths[0], "--report_path", str(report)]
-        code, _, err = run([*argv, "--window", window])
-        assert code == 3, err
+        result = run_script(PREPARE, [*argv, "--window", window])
+        assert result.returncode == 3, result.stderr
         found[window] = {
             source: [example["origin"] for example in entry["examples"]]
             for source, entry in load(report)["per_benchmark"].items()
@@ -237,10 +232,10 @@ def three_sources(tmp_path):
 
 def split_run(data, name, *extra, train=None):
     out_dir = data["tmp"] / name
-    code, _, err = run(
-        ["--data_path", train or data["train"], "--eval_file", data["eval"], "--output_dir", str(out_dir), *extra]
+    run_ok(
+        PREPARE,
+        ["--data_path", train or data["train"], "--eval_file", data["eval"], "--output_dir", str(out_dir), *extra],
     )
-    assert code == 0, err
     parts = {part: load(out_dir / f"{part}_part.json") for part in ("search", "rl")}
     return parts, load(out_dir / "dropped.json"), load(out_dir / "summary.json")
 
@@ -409,12 +404,13 @@ def test_check_only_exit_codes(planted, three_sources, tmp_path):
             {"Question": "clean", "Complex_CoT": "..", "Response": ".."},
         ],
     )
-    code, out, _ = run(
-        ["--check_only", "--data_path", sft, "--eval_file", planted["eval"], "--report_path", str(report)]
+    result = run_script(
+        PREPARE, ["--check_only", "--data_path", sft, "--eval_file", planted["eval"], "--report_path", str(report)]
     )
-    assert code == 3  # contamination found
+    assert result.returncode == 3  # contamination found
     assert load(report)["per_benchmark"]["MedQA_USLME_test"]["examples"][0]["origin"] == "sft#0"
-    code, _, _ = run(
+    result = run_script(
+        PREPARE,
         [
             "--check_only",
             "--data_path",
@@ -425,12 +421,15 @@ def test_check_only_exit_codes(planted, three_sources, tmp_path):
             str(report),
             "--output_dir",
             str(tmp_path / "never"),
-        ]
+        ],
     )
-    assert code == 0 and load(report)["contaminated_items"] == 0
+    assert result.returncode == 0 and load(report)["contaminated_items"] == 0
     assert not (tmp_path / "never").exists()  # nothing but the report
-    code, _, err = run(["--check_only", "--data_path", str(tmp_path / "missing.json"), "--eval_file", planted["eval"]])
-    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1  # bad input
+    result = run_script(
+        PREPARE, ["--check_only", "--data_path", str(tmp_path / "missing.json"), "--eval_file", planted["eval"]]
+    )
+    # bad input
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
 
 
 @pytest.mark.parametrize(
@@ -467,9 +466,10 @@ def test_bad_input_gets_one_line(three_sources, case, message):
         str(tmp / "bad"),
     ]
     before = open(three_sources["train"]).read()
-    code, _, err = run(base + argv)
-    assert code == (2 if case == "unknown_flag" else 1)  # 2: argparse's status for a flag, as in every script
-    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    result = run_script(PREPARE, base + argv)
+    # 2: argparse's status for a flag, as in every script
+    assert result.returncode == (2 if case == "unknown_flag" else 1)
+    assert result.stderr.startswith("error: ") and message in result.stderr and result.stderr.count("\n") == 1
     assert not (tmp / "bad" / "search_part.json").exists()
     assert open(three_sources["train"]).read() == before  # the input untouched
 
@@ -511,8 +511,7 @@ def test_window_hashes_are_position_free():
 
 def test_eval_file_none_skips_decontamination(three_sources):
     out_dir = three_sources["tmp"] / "none"
-    code, _, err = run(["--data_path", three_sources["train"], "--eval_file", "none", "--output_dir", str(out_dir)])
-    assert code == 0, err
+    run_ok(PREPARE, ["--data_path", three_sources["train"], "--eval_file", "none", "--output_dir", str(out_dir)])
     summary = load(out_dir / "summary.json")
     assert (
         summary["decontamination"] == "skipped (--eval_file none)" and "contamination_report" not in summary["outputs"]
@@ -564,10 +563,9 @@ def test_rl_loads_closed_set_rows_and_rewards_them_by_the_option(tmp_path, tiny_
     from huatuo_o1.verifier import NO_ANSWER, VerifierReward
 
     data = write(tmp_path / "verifiable.json", [HEPARIN, SCURVY])
-    code, _, err = run(["--data_path", data, "--eval_file", "none", "--output_dir", str(tmp_path / "out"),
-                        "--search_size", "0", "--rl_size", "1.0", "--closed_set_size", "1.0",
-                        "--closed_set_part", "rl"])  # fmt: skip
-    assert code == 0, err
+    run_ok(PREPARE, ["--data_path", data, "--eval_file", "none", "--output_dir", str(tmp_path / "out"),
+                     "--search_size", "0", "--rl_size", "1.0", "--closed_set_size", "1.0",
+                     "--closed_set_part", "rl"])  # fmt: skip
     rl_rows = load(tmp_path / "out" / "rl_part.json")
     assert sorted(row["data_type"] for row in rl_rows) == ["medical"] * 2 + ["medical_closed_set"] * 2
     train, held_out, skipped = load_problems(ScriptArguments(dataset_name=str(tmp_path / "out" / "rl_part.json")), 1)
@@ -650,7 +648,8 @@ def test_odd_pools_of_several_sources_leave_nothing_out(tmp_path, n_items):
     second = [mc_row(rng, source="Other") for _ in range(5)]
     eval_rows = [{"question": words(rng, 20), "options": {"A": "x", "B": "y"}, "answer_idx": "A", "source": "MedQA"}]
     out = tmp_path / "out"
-    code, stdout, err = run(
+    stdout = run_ok(
+        PREPARE,
         [
             "--data_path",
             write(tmp_path / "first.json", rows),
@@ -665,9 +664,8 @@ def test_odd_pools_of_several_sources_leave_nothing_out(tmp_path, n_items):
             "0",
             "--output_dir",
             str(out),
-        ]
-    )
-    assert code == 0, err
+        ],
+    ).stdout
     summary = load(out / "summary.json")
     placed = summary["accounting"]["in_search"] + summary["accounting"]["in_rl"]
     assert placed == n_items + 5 and summary["dropped"]["items"] == 0
@@ -676,7 +674,8 @@ def test_odd_pools_of_several_sources_leave_nothing_out(tmp_path, n_items):
     assert "neither part" not in stdout
 
     less = tmp_path / "less"
-    code, stdout, err = run(
+    stdout = run_ok(
+        PREPARE,
         [
             "--data_path",
             write(tmp_path / "first.json", rows),
@@ -690,9 +689,8 @@ def test_odd_pools_of_several_sources_leave_nothing_out(tmp_path, n_items):
             "0",
             "--output_dir",
             str(less),
-        ]
-    )
-    assert code == 0, err
+        ],
+    ).stdout
     summary = load(less / "summary.json")
     left_out = n_items - summary["accounting"]["in_search"] - summary["accounting"]["in_rl"]
     assert left_out == summary["sizes"]["medical_left_out"]["items"] == summary["dropped"]["by_reason"]["not_selected"]

@@ -4,11 +4,13 @@
 import os
 import re
 import shlex
-import subprocess
 import sys
 
 import pytest
 import torch.distributed.run as torchrun
+from transformers import HfArgumentParser
+
+from tests.scripts import run_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = (
@@ -23,20 +25,6 @@ SCRIPTS = (
     "evaluation/prepare_eval_data.py",
 )
 VARIABLES = {"$model_name": "models/some-model", "$port": "28035", "$NODE_RANK": "0", "$MASTER_ADDR": "10.0.0.1"}
-
-# Runs the script's own argument parsing, then stops before it loads anything.
-PARSE_ONLY = """
-import runpy, sys
-from transformers import HfArgumentParser
-parse = HfArgumentParser.parse_args_into_dataclasses
-def parse_then_stop(self, *args, **kwargs):
-    result = parse(self, *args, **kwargs)
-    print("PARSED", [type(group).__name__ for group in result if not isinstance(group, list)])
-    sys.exit(0)
-HfArgumentParser.parse_args_into_dataclasses = parse_then_stop
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
 
 
 def readme_commands():
@@ -95,20 +83,22 @@ def test_the_readme_shows_every_stage():
 
 
 @pytest.mark.parametrize("script, argv", COMMANDS, ids=[f"{s}:{i}" for i, (s, _) in enumerate(COMMANDS)])
-def test_readme_command_parses(script, argv):
+def test_readme_command_parses(script, argv, monkeypatch, one_thread_fresh_accelerate):
+    """The script's own argument parsing, run whole in this process, stopped before it loads anything."""
     if script == "RL_stage2.py":
         # TrainingArguments refuses bf16 without a GPU at parse time; everything else is as typed.
         argv = ["False" if a == "True" and argv[i - 1] == "--bf16" else a for i, a in enumerate(argv)]
-    env = dict(os.environ, OPENAI_API_KEY="sk-test", HF_HUB_OFFLINE="1")
-    result = subprocess.run(
-        [sys.executable, "-c", PARSE_ONLY, script, *argv],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0 and "PARSED" in result.stdout, result.stdout[-2000:] + result.stderr[-3000:]
+    parsed, parse = [], HfArgumentParser.parse_args_into_dataclasses
+
+    def parse_then_stop(self, *args, **kwargs):
+        parsed.append(parse(self, *args, **kwargs))
+        sys.exit(0)
+
+    monkeypatch.setattr(HfArgumentParser, "parse_args_into_dataclasses", parse_then_stop)
+    result = run_script(script, argv, env={"OPENAI_API_KEY": "sk-test"})
+    assert result.returncode == 0 and len(parsed) == 1, result.stdout[-2000:] + result.stderr[-3000:]
+    leftovers = [word for group in parsed[0] if isinstance(group, list) for word in group]
+    assert leftovers == [], f"flags the script does not know: {leftovers}"
 
 
 def torchrun_arguments(launcher, script, argv, monkeypatch):

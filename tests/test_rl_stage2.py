@@ -9,13 +9,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from huatuo_o1 import models as model_loading
-from huatuo_o1 import training
 from huatuo_o1.records import InputError
 from huatuo_o1.rl import loading
 from huatuo_o1.rl.config import check_batch_sizes, parse_args
 from huatuo_o1.rl.loading import Problem, load_problems
 from tests.rl_helpers import rl_flags, write_problems
-from tests.scripts import record_calls, reset_accelerate, run_ok
+from tests.scripts import reset_accelerate, run_ok
 
 SEED_COMMAND = """
     --model_name_or_path {policy} --reward_model_path {verifier} --value_model_path {value} --dataset_name
@@ -84,6 +83,13 @@ def test_seed_command_parses(tmp_path):
     assert (sizes.local_batch_size, sizes.batch_size, sizes.num_updates) == (16, 128, 157)  # the paper's batch of 128
 
 
+def flag_help(text, flag):
+    """A flag's own help in the --help output, on one line (argparse wraps it; the line above names the flag and
+    its dashed alias)."""
+    entry = text.split(f"\n  {flag} ")[1].split("\n  --")[0]
+    return " ".join(entry.split("\n", 1)[1].split())
+
+
 def test_help_lists_the_seed_flags(capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse_args(["--help"])
@@ -98,13 +104,16 @@ def test_help_lists_the_seed_flags(capsys):
         "--save_steps",
     ):
         assert flag in text
-    assert "1.0" in text and "0.1" in text  # vf_coef: the paper's value vs the code's
+    # vf_coef: the code's default, and the paper's value beside it
+    assert flag_help(text, "--vf_coef") == (
+        "Value loss weight. The paper's text says 1.0; the original code (and the seed's command) used 0.1. "
+        "(default: 0.1)"
+    )
     for option in ("--score_position", "after_stop", "stop_token", "--max_grad_norm", "--kl_estimator"):
         assert option in text
     # the two seed flags that do nothing on the PPO path say so
     for flag in ("--num_sample_generations", "--dataloader_num_workers"):
-        entry = text.split(f"{flag} {flag[2:].upper()}")[-1].split("\n  --")[0]  # the flag's own help
-        assert "accepted and ignored" in " ".join(entry.split()).lower()
+        assert "accepted and ignored" in flag_help(text, flag).lower()
     # TrainingArguments' other flags are gone: nothing is accepted silently
     assert "--dataloader_pin_memory" not in text and "--fp16" not in text and "--dataset_num_proc" not in text
 
@@ -289,7 +298,7 @@ def test_trl_algorithms_with_the_verifier_reward(tiny_models, taught_policy, tmp
     assert summary["eval_start"]["samples"] == 1 and 0.0 <= summary["eval_end"]["mean_reward"] <= 1.0
 
 
-def test_resume_from_checkpoint_continues_the_same_run(tiny_models, tmp_path, monkeypatch):
+def test_resume_from_checkpoint_continues_the_same_run(tiny_models, tmp_path):
     data = write_problems(tmp_path / "problems.json", 11)
     common = [
         "--total_episodes",
@@ -313,12 +322,11 @@ def test_resume_from_checkpoint_continues_the_same_run(tiny_models, tmp_path, mo
     assert {"config.json", "trainer_state.json", "training_state"} <= set(os.listdir(checkpoint))
     assert json.load(open(os.path.join(checkpoint, "trainer_state.json"))) == {"update": 2, "num_updates": 3}
     reset_accelerate()
-    loads = record_calls(monkeypatch, training.Checkpoints, "load")
     resumed = str(tmp_path / "resumed")
     summary = run_rl(
         tiny_argv(tiny_models, data, resumed, *common, "--resume_from_checkpoint", os.path.join(whole, "checkpoint-2"))
     )
-    assert summary["updates"] == 3 and [call[1] for call in loads] == [checkpoint]  # resumed through the toolkit
+    assert summary["updates"] == 3
     log = [json.loads(line) for line in open(os.path.join(resumed, "rl_log.jsonl"))]
     assert [r["update"] for r in log] == [3]  # only the missing update ran
     whole_log = [json.loads(line) for line in open(os.path.join(whole, "rl_log.jsonl"))]

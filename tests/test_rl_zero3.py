@@ -36,7 +36,7 @@ def ppo_one_machine_two_processes(tiny_models, ppo_data, tmp_path_factory):
     return out, machine
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_ppo_two_processes_zero3(tiny_models, ppo_one_machine_two_processes):
     out, result = ppo_one_machine_two_processes
     assert "2 process(es) x 4 prompts" in result.stdout
@@ -75,7 +75,7 @@ def test_ppo_two_processes_zero3(tiny_models, ppo_one_machine_two_processes):
 TIMINGS = ("episodes_per_second", "seconds", "policy_dir")
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_ppo_on_two_machines_of_one_process_equals_one_machine_of_two(
     tiny_models, ppo_data, ppo_one_machine_two_processes, tmp_path
 ):
@@ -108,7 +108,7 @@ def test_ppo_on_two_machines_of_one_process_equals_one_machine_of_two(
     assert not listening_pids(port)  # the rendezvous port is free again
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_grpo_two_processes_zero3_takes_the_flags_over_the_config_file(tiny_models, tmp_path):
     """The config file says gradient_accumulation_steps 8, gradient_clipping 1.0, bf16: the flags say 1, 0.5, fp32."""
     data, out = write_problems(tmp_path / "problems.json", 11), str(tmp_path / "grpo")

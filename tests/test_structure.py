@@ -7,6 +7,7 @@ import re
 
 from tests.scripts import REPO_ROOT
 
+SCRIPT_FOLDERS = ("evaluation", "tools", "bench")  # folders of programs, not packages
 SKIPPED_DIRS = {
     ".venv",
     ".git",
@@ -35,7 +36,7 @@ def python_files():
 
 def scripts():
     """Every program of the repository: top-level scripts, evaluation/, tools/, bench/."""
-    return sorted(p for p in python_files() if "/" not in p or p.split("/")[0] in ("evaluation", "tools", "bench"))
+    return sorted(p for p in python_files() if "/" not in p or p.split("/")[0] in SCRIPT_FOLDERS)
 
 
 def module_name(path):
@@ -80,6 +81,7 @@ def test_the_checker_sees_every_kind_of_import(tmp_path):
 
 
 def test_no_script_is_imported_by_any_module_or_test():
+    assert all(os.path.isdir(os.path.join(REPO_ROOT, folder)) for folder in SCRIPT_FOLDERS)
     script_modules = {module_name(p) for p in scripts()}
     assert {
         "RL_stage2",
@@ -93,7 +95,7 @@ def test_no_script_is_imported_by_any_module_or_test():
     for path in python_files():
         for line, module in imported_modules(path):
             # a script, or the folders that hold scripts (they are no packages)
-            if module in script_modules or module.split(".")[0] in ("evaluation", "tools", "bench", "ppo_utils"):
+            if module in script_modules or module.split(".")[0] in SCRIPT_FOLDERS:
                 offenders.append(f"{path}:{line} imports {module}")
     assert offenders == []
 

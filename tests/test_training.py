@@ -139,3 +139,71 @@ def test_loop_timer_leaves_out_saving_and_reports_the_first_step_apart(monkeypat
         "processed_tokens_per_second": 26.0,
         "after_first_step": {"seconds": 3.0, "real_tokens_per_second": 20.0, "processed_tokens_per_second": 26.7},
     }
+
+
+def fake_checkpoint(run_dir, step, state, training_state=True):
+    """A checkpoint folder as Checkpoints.list / latest_resumable see it (no weights: the decision reads none)."""
+    path = os.path.join(run_dir, f"{training.CHECKPOINT_PREFIX}{step}")
+    os.makedirs(os.path.join(path, training.TRAINING_STATE) if training_state else path)
+    with open(os.path.join(path, training.TRAINER_STATE), "w") as f:
+        json.dump(state, f)
+    return path
+
+
+INPUTS = {"data": "abc", "learning_rate": 1e-3}
+
+
+def decide(run_dir, resume=True, summary_path=None, refuse_unresumable=True):
+    return training.resume_or_refuse(
+        training.Checkpoints(run_dir),
+        INPUTS,
+        resume,
+        other_inputs=lambda changes: f"other inputs: {changes}",
+        is_finished=lambda state: state["epoch"] >= 2,
+        unresumable=(lambda checkpoint: f"cannot resume {checkpoint}") if refuse_unresumable else None,
+        summary_path=summary_path,
+    )
+
+
+def test_resume_or_refuse_decides_from_the_newest_checkpoint_or_the_summary(tmp_path):
+    run_dir = str(tmp_path / "run")
+    assert decide(run_dir) == training.Resumption("fresh")  # nothing there
+    older = fake_checkpoint(run_dir, 2, {"epoch": 1, "inputs": INPUTS})
+    newest = fake_checkpoint(run_dir, 10, {"epoch": 1, "inputs": INPUTS})
+    os.makedirs(os.path.join(run_dir, "checkpoint-12.tmp"))  # a save cut short: not a checkpoint
+    assert decide(run_dir) == training.Resumption("resume", newest)
+    assert decide(run_dir, resume=False) == training.Resumption("fresh", replaced=(older, newest))
+
+    # the newest checkpoint's inputs are judged, the message says what changed
+    fake_checkpoint(run_dir, 11, {"epoch": 2, "inputs": {**INPUTS, "data": "xyz", "learning_rate": 2e-3}})
+    with pytest.raises(training.InputError, match=r"^other inputs: the data; learning_rate 0.002 -> 0.001$"):
+        decide(run_dir)
+    assert decide(run_dir, resume=False).action == "fresh"  # --resume False never reads them
+    with open(os.path.join(run_dir, "checkpoint-11", training.TRAINER_STATE), "w") as f:
+        json.dump({"epoch": 2}, f)  # a run saved before inputs were recorded is taken as it is
+    assert decide(run_dir) == training.Resumption("finished", os.path.join(run_dir, "checkpoint-11"))
+
+    # a newest checkpoint without training state: refused, or (no wording for it) the newest one that has it
+    unresumable = fake_checkpoint(run_dir, 13, {"epoch": 1, "inputs": INPUTS}, training_state=False)
+    with pytest.raises(training.InputError, match=f"^cannot resume {unresumable}$"):
+        decide(run_dir)
+    assert decide(run_dir, refuse_unresumable=False) == training.Resumption(
+        "resume", os.path.join(run_dir, "checkpoint-11")
+    )
+
+
+def test_resume_or_refuse_reads_the_summary_where_no_checkpoint_is_left(tmp_path):
+    run_dir, summary = str(tmp_path), str(tmp_path / "summary.json")
+    for saved, expected in [
+        ({"inputs": INPUTS}, training.Resumption("finished")),  # trained on these inputs: nothing to do
+        ({}, training.Resumption("fresh")),  # a summary without inputs proves nothing
+    ]:
+        with open(summary, "w") as f:
+            json.dump(saved, f)
+        assert decide(run_dir, summary_path=summary) == expected
+        assert decide(run_dir) == training.Resumption("fresh")  # a stage without a summary rule
+    with open(summary, "w") as f:
+        json.dump({"inputs": {**INPUTS, "learning_rate": 1.0}}, f)
+    with pytest.raises(training.InputError, match="^other inputs: learning_rate 1.0 -> 0.001$"):
+        decide(run_dir, summary_path=summary)
+    assert decide(run_dir, resume=False, summary_path=summary) == training.Resumption("fresh")

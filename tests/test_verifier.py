@@ -129,7 +129,6 @@ def test_string_match_baseline():
 
 
 # ---- learning -----------------------------------------------------------------------------------
-@pytest.mark.slow
 def test_tiny_verifier_learns_the_synthetic_task(tiny_models, tmp_path):
     rows = synthetic_verdicts(3000, seed=0)
     data = write_json(tmp_path / "records.json", as_search_records(rows, per_record=3))
@@ -514,7 +513,7 @@ main_training_function: main
 """
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_zero3_two_processes(tiny_models, tmp_path, repo_root):
     """accelerate + DeepSpeed ZeRO-3 on CPU (gloo): sharded training, gathered save, our batch shape and schedule."""
     import subprocess

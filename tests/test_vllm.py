@@ -19,27 +19,18 @@ from huatuo_o1.evaluation import scoring
 from huatuo_o1.serving import free_port, read_pid_file
 from tests.rl_helpers import teach_answer_layout, write_problems
 from tests.scripts import REPO_ROOT as REPO
+from tests.scripts import run_command
 from tests.tiny_models import build_tiny_vllm_policy
 
 pytestmark = [
-    pytest.mark.slow,
+    pytest.mark.vllm,
     pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm not installed"),
 ]
 
 DEMO_FILE = "evaluation/data/demo_eval_data.json"
 
 
-def run(*argv, timeout=900, env=None):
-    done = subprocess.run(
-        list(argv),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-    )
-    assert done.returncode == 0, f"{argv}\nstdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-5000:]}"
-    return done
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # in every process a test starts, whatever the caller's setting
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +50,15 @@ def smollm2_rollouts(smollm2, tiny_models, tmp_path_factory):
     """Greedy responses of SmolLM2 through generate() and through the PPO trainer's vLLM engine, before and after one
     PPO update (tests/vllm_helpers.py, in a child process)."""
     out = tmp_path_factory.mktemp("rollouts") / "rollouts.json"
-    run(sys.executable, "tests/vllm_helpers.py", "rollouts", smollm2, tiny_models["tiny-verifier"], smollm2, str(out))
+    run_command(
+        [sys.executable, "tests/vllm_helpers.py", "rollouts", smollm2, tiny_models["tiny-verifier"], smollm2, out],
+        env=ONE_THREAD,
+        check=True,
+    )
     return json.loads(out.read_text())
 
 
+@pytest.mark.real_model
 def test_greedy_rollouts_through_vllm_equal_generate_before_and_after_an_update(smollm2_rollouts):
     r = smollm2_rollouts
     before, after = r["before"], r["after"]
@@ -75,6 +71,7 @@ def test_greedy_rollouts_through_vllm_equal_generate_before_and_after_an_update(
     assert after["vllm"] == after["generate"] and r["engine_version"] == 1
 
 
+@pytest.mark.real_model
 def test_vllm_samples_with_pure_temperature(smollm2_rollouts):
     r = smollm2_rollouts
     assert r["sampling"] == {
@@ -182,8 +179,8 @@ def greedy_answer(model_folder, data, out):
 
 def test_ppo_with_vllm_rollouts_trains_saves_and_reloads(vllm_policy, tiny_models, tmp_path):
     data, out = write_problems(tmp_path / "problems.json", 11), str(tmp_path / "ppo")
-    run(
-        *rl_argv(
+    run_command(
+        rl_argv(
             vllm_policy,
             tiny_models,
             data,
@@ -198,7 +195,9 @@ def test_ppo_with_vllm_rollouts_trains_saves_and_reloads(vllm_policy, tiny_model
             "1",
             "--save_strategy",
             "no",
-        )
+        ),
+        env=ONE_THREAD,
+        check=True,
     )
     summary = json.loads(open(os.path.join(out, "rl_summary.json")).read())
     assert summary["rollouts"] == "vllm" and summary["updates"] == 2
@@ -213,6 +212,7 @@ def test_ppo_with_vllm_rollouts_trains_saves_and_reloads(vllm_policy, tiny_model
     assert summary["eval_start"]["example"] != summary["eval_end"]["example"]
 
 
+@pytest.mark.multiprocess
 def test_ppo_with_vllm_under_zero3_pushes_one_gathered_parameter_at_a_time(vllm_policy, tiny_models, tmp_path):
     """2 processes, DeepSpeed ZeRO-3: each process's engine gets the sharded policy's weights gathered one parameter
     at a time, and answers after the run as the saved policy does."""
@@ -237,7 +237,7 @@ def test_ppo_with_vllm_under_zero3_pushes_one_gathered_parameter_at_a_time(vllm_
     rl = rl_argv(vllm_policy, tiny_models, data, out, "--total_episodes", "8", "--num_ppo_epochs", "1",
                  "--per_device_train_batch_size", "1", "--eval_strategy", "steps", "--eval_steps", "2",
                  "--save_strategy", "no")[2:]  # fmt: skip
-    done = run(*launch, *rl, timeout=900)
+    done = run_command([*launch, *rl], env=ONE_THREAD, check=True)
     assert "2 process(es) x 2 prompts" in done.stdout
     summary = json.loads(open(os.path.join(out, "rl_summary.json")).read())
     assert summary["rollouts"] == "vllm" and summary["updates"] == 2
@@ -259,8 +259,8 @@ def test_ppo_with_vllm_under_zero3_pushes_one_gathered_parameter_at_a_time(vllm_
 
 def test_grpo_with_trl_vllm_colocate_on_cpu(vllm_policy, tiny_models, tmp_path):
     data, out = write_problems(tmp_path / "problems.json", 11), str(tmp_path / "grpo")
-    run(
-        *rl_argv(
+    run_command(
+        rl_argv(
             vllm_policy,
             tiny_models,
             data,
@@ -277,7 +277,9 @@ def test_grpo_with_trl_vllm_colocate_on_cpu(vllm_policy, tiny_models, tmp_path):
             "no",
             "--eval_strategy",
             "no",
-        )
+        ),
+        env=ONE_THREAD,
+        check=True,
     )
     summary = json.loads(open(os.path.join(out, "rl_summary.json")).read())
     assert summary["algorithm"] == "grpo" and summary["updates"] == 2
@@ -317,23 +319,13 @@ def results_stem(argv):
     return output_stem(args, settings_of(args))
 
 
+@pytest.mark.server
 def test_serve_eval_and_stop_through_vllm(vllm_policy, tmp_path):
     port, pid_file = free_port(), tmp_path / "server.pid"
     try:
-        done = run(
-            sys.executable,
-            "evaluation/serve.py",
-            "--model_path",
-            vllm_policy,
-            "--port",
-            str(port),
-            "--pid_file",
-            str(pid_file),
-            "--kv_cache_gib",
-            "1",
-            "--timeout",
-            "600",
-        )  # --backend auto: vLLM is installed
+        serve = [sys.executable, "evaluation/serve.py", "--model_path", vllm_policy, "--port", port,
+                 "--pid_file", pid_file, "--kv_cache_gib", "1", "--timeout", "600"]  # fmt: skip
+        done = run_command(serve, env=ONE_THREAD, check=True)  # --backend auto: vLLM is installed
         assert "starting vllm:" in done.stdout and "--dtype float32" in done.stdout
         server_pid = read_pid_file(pid_file).pid
         assert server_pid in process_group(server_pid)
@@ -354,7 +346,7 @@ def test_serve_eval_and_stop_through_vllm(vllm_policy, tmp_path):
         for mode in ("completions", "chat"):
             out = tmp_path / mode
             argv = [*common, "--request_mode", mode, "--output_dir", str(out)]
-            run(sys.executable, "evaluation/eval.py", *argv)
+            run_command([sys.executable, "evaluation/eval.py", *argv], env=ONE_THREAD, check=True)
             stem = results_stem(argv)
             assert stem.startswith("taught_api_demo_eval_data_")
             results = json.loads((out / f"{stem}.json").read_text())
@@ -374,7 +366,9 @@ def test_serve_eval_and_stop_through_vllm(vllm_policy, tmp_path):
                 sum(r["completion_tokens"] for r in results) / 14, 1
             )
         group = process_group(server_pid)
-        done = run(sys.executable, "evaluation/serve.py", "--stop", "--pid_file", str(pid_file))
+        done = run_command(
+            [sys.executable, "evaluation/serve.py", "--stop", "--pid_file", pid_file], env=ONE_THREAD, check=True
+        )
         assert f"stopped server PID {server_pid}" in done.stdout
         assert process_group(server_pid) == [] and not pid_file.exists(), (
             group

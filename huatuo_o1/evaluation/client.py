@@ -72,6 +72,21 @@ class EvalArguments:
     temperature: float = field(default=0.5, metadata={"help": "Sampling temperature (0: greedy)."})
     top_p: float = field(default=0.9)
     seed: int = field(default=42, metadata={"help": "Passed to the server with every request."})
+    seeds: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluate once per seed (replaces --seed): each run a full pass with its own server seed and, "
+            "for GPQA, its own option order; the report gives the spread over runs."
+        },
+    )
+    n_runs: int = field(default=1, metadata={"help": "Runs with the seeds --seed, --seed + 1, ... (or give --seeds)."})
+    gpqa_option_seed: int | None = field(
+        default=None,
+        metadata={
+            "help": "Shuffle the options of the GPQA tracks with this seed (default: the eval file's order for one "
+            "run, each run's own seed for several: the paper averaged 5 runs)."
+        },
+    )
     max_items_per_source: int = field(
         default=-1, metadata={"help": "Evaluate only the first N items of each source (-1: all)."}
     )
@@ -117,6 +132,24 @@ def check_arguments(args: EvalArguments) -> None:
     rows = report.paper_table()["rows"]
     if args.paper_row not in rows:
         raise InputError(f"--paper_row {args.paper_row!r} is not a row of the paper's Table 1: one of {list(rows)}")
+    check_run_flags(args)
+
+
+def check_run_flags(args: EvalArguments) -> None:
+    """--seeds / --n_runs: a list of distinct seeds or a positive count, not both; greedy decoding is one run."""
+    if args.n_runs < 1:
+        raise InputError(f"--n_runs must be 1 or more, not {args.n_runs}")
+    if args.seeds is not None:
+        if args.n_runs != 1:
+            raise InputError("give --seeds or --n_runs, not both (--n_runs N runs the seeds --seed, --seed + 1, ...)")
+        if len(set(args.seeds)) != len(args.seeds):
+            raise InputError(f"--seeds {' '.join(map(str, args.seeds))} repeats a seed: each run needs its own")
+    runs = len(args.seeds) if args.seeds is not None else args.n_runs
+    if args.temperature == 0 and runs > 1:
+        raise InputError(
+            f"--temperature 0 is greedy: one run by construction (every seed gives the same replies), not {runs}; "
+            "drop --seeds / --n_runs, or sample with a temperature above 0"
+        )
 
 
 def load_eval_items(path: str, max_items_per_source: int = -1) -> list[dict]:
@@ -324,8 +357,11 @@ def settings_of(args: EvalArguments) -> dict:
         "top_p",
         "seed",
     )
+    # The GPQA option seed only where one is set, so the file's order keeps its earlier names.
+    shuffled = {} if args.gpqa_option_seed is None else {"gpqa_option_seed": args.gpqa_option_seed}
     return {
         **{key: getattr(args, key) for key in keys},
+        **shuffled,
         **model_identity(args.model_name),
         "eval_file_sha256": file_digest(args.eval_file),
     }

@@ -157,19 +157,27 @@ def bar_chart(summary: dict, path: str) -> None:
     figure, axes = plt.subplots(figsize=(max(6, 1.3 * len(sources)), 4))
     for offset, (label, values) in enumerate(series):
         axes.bar([i + offset * width for i in range(len(sources))], values, width, label=label)
-    axes.set_xticks([i + width for i in range(len(sources))])
-    axes.set_xticklabels(sources, rotation=30, ha="right", fontsize=8)
+    save_chart(figure, axes, sources, width, os.path.basename(os.path.normpath(summary["model"] or "model")), path)
+
+
+def save_chart(figure, axes, labels: list[str], tick_offset: float, title: str, path: str) -> None:
+    """Label an accuracy bar chart (one group of bars per label, 0-100%) and save it."""
+    import matplotlib.pyplot as plt
+
+    axes.set_xticks([i + tick_offset for i in range(len(labels))])
+    axes.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     axes.set_ylabel("accuracy (%)")
     axes.set_ylim(0, 100)
-    axes.set_title(os.path.basename(os.path.normpath(summary["model"] or "model")))
+    axes.set_title(title)
     axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
-def write_reports(summary: dict, prefix: str) -> None:
+def write_reports(summary: dict, prefix: str, table=markdown_table, chart=bar_chart) -> None:
+    """prefix.json, prefix.md (the table) and prefix.png (the chart) of a report (the spread's too)."""
     write_json_atomic(prefix + ".json", summary)
     with open(prefix + ".md", "w", encoding="utf-8") as f:
-        f.write(markdown_table(summary))
-    bar_chart(summary, prefix + ".png")
+        f.write(table(summary))
+    chart(summary, prefix + ".png")
