@@ -1,4 +1,4 @@
-"""Stage 1 of HuatuoGPT-o1: supervised fine-tuning on complex reasoning traces.
+"""SFT, the paper's stage 1 of HuatuoGPT-o1: supervised fine-tuning on complex reasoning traces.
 
 Each row (`Question`, `Complex_CoT`, `Response`) becomes a two-turn chat: the user asks `Question`,
 the assistant answers `## Thinking\\n\\n{Complex_CoT}\\n\\n## Final Response\\n\\n{Response}`
@@ -19,7 +19,7 @@ Usage (8 GPUs, the paper's setting):
         --model_path meta-llama/Llama-3.1-8B-Instruct --data_path FreedomIntelligence/medical-o1-reasoning-SFT
 
 Usage (one CPU process, a quick try):
-    python SFT_stage1.py --model_path models/SmolLM2-135M-Instruct --data_path data/demo_sft.json \\
+    python SFT_stage1.py --model_path .cache/models/SmolLM2-135M-Instruct --data_path data/demo_sft.json \\
         --n_epochs 3 --train_bsz_per_gpu 4 --gradient_accumulation_steps 1 --learning_rate 5e-5
 
 Checkpoints go to <output_dir>/<experiment_name>/checkpoint-<step>/ (a Hugging Face model folder);

@@ -21,7 +21,7 @@ Usage (8 GPUs, ZeRO-3 as in SFT):
         --output_dir ckpts/medical_verifier --train_bsz_per_gpu 8 --learning_rate 1e-5 --n_epochs 2
 
 Usage (one CPU process):
-    python train_verifier.py --model_path models/SmolLM2-135M-Instruct --data_path records.json \\
+    python train_verifier.py --model_path .cache/models/SmolLM2-135M-Instruct --data_path records.json \\
         --output_dir out/verifier --max_length 512 --learning_rate 5e-5 --n_epochs 3
 
 A rerun of the same command continues after the last finished epoch (state in <output_dir>/checkpoint-<step>),

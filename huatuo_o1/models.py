@@ -119,7 +119,10 @@ def load_chat_tokenizer(name_or_path: str, **kwargs) -> "PreTrainedTokenizerBase
 
 
 def attn_implementation(half_precision: bool) -> str:
-    """flash_attention_2 where it is installed and a GPU is present (the original forced it), else sdpa.
+    """flash_attention_2 where it is installed and a GPU is present, else sdpa.
+
+    The original's RL script forced flash_attention_2 on all four of its models; its SFT script passed none, which
+    left transformers' default, sdpa (docs/fidelity.md).
 
     half_precision: whether the model computes in bf16 / fp16 (its weights, or mixed precision's autocast).
     FlashAttention-2 has no float32 kernel: a float32 model given it fails at its first forward pass.

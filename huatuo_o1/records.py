@@ -20,7 +20,8 @@ SFT_FIELDS = (SFT_QUESTION, SFT_COT, SFT_RESPONSE)
 # The data recipe's parts (prepare_training_data.py): each row as read, plus its source (benchmark or
 # input file), its data type (RECIPE_DATA_TYPES) and its origin ("<input name>#<row>").
 SOURCE, DATA_TYPE, ORIGIN = "source", "data_type", "origin"
-RECIPE_DATA_TYPES = ("medical", "medical_closed_set", "general")
+CLOSED_SET = "medical_closed_set"  # an exam question asked with its options, answered by the right option
+RECIPE_DATA_TYPES = ("medical", CLOSED_SET, "general")
 # Search records keep every verdict as {VERIFIED_RESPONSE, REFERENCE_ANSWER, VERDICT} in VERIFICATIONS:
 # the verifier's training data.
 VERIFICATIONS, VERIFIED_RESPONSE, REFERENCE_ANSWER, VERDICT = (

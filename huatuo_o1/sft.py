@@ -235,7 +235,10 @@ class SFTArguments:
     experiment_name: str = field(default="sft_stage1", metadata={"help": "Names the checkpoint and log folders."})
     output_dir: str = field(default="./ckpts", metadata={"help": "Checkpoints go to <output_dir>/<experiment_name>/."})
     max_ckpts: int = field(default=2, metadata={"help": "Keep at most this many checkpoints (oldest deleted first)."})
-    log_dir: str = field(default="./train_logs", metadata={"help": "wandb / tensorboard logs and train_log.jsonl."})
+    log_dir: str = field(
+        default="./train_logs",
+        metadata={"help": "wandb / tensorboard logs and <experiment_name>.jsonl (one line per optimizer step)."},
+    )
     max_seq_len: int = field(default=8192, metadata={"help": "Longest tokenized example (prompt + answer)."})
     gradient_accumulation_steps: int = field(default=8)
     train_bsz_per_gpu: int = field(default=2, metadata={"help": "Examples per micro-batch on each process."})

@@ -565,7 +565,7 @@ def test_a_launched_process_ends_with_its_status_and_output_but_without_the_inte
 # (script, the arguments it needs, a prefix of one of its real flags): argparse would take the prefix as that flag.
 # (evaluation/serve.py hands the flags it does not know to the server, so there a prefix reaches the server as typed.)
 PREFIXES = [
-    ("RL_stage2.py", ["--model_name_or_path", "m", "--reward_mode", "hybrid"], "--reward_mode", "--reward_model_path"),
+    ("RL_stage2.py", ["--model_name_or_path", "m", "--reward_model", "v"], "--reward_model", "--reward_model_path"),
     ("RL_stage2.py", ["--model_name", "m"], "--model_name", "--model_name_or_path"),
     ("RL_stage2.py", ["--model_name_or_path", "m", "--kl", "0.1"], "--kl", "--kl_coef"),
     (

@@ -712,7 +712,7 @@ def test_both_processes_check_a_zero3_checkpoint_and_agree_on_what_is_damaged(
 def test_two_machines_of_one_process_train_as_one_machine_of_two(
     tiny_models, zero3_data, zero3_one_machine_two_processes, tmp_path
 ):
-    """The README's multi-node launch, on localhost: two `accelerate launch` commands (--num_machines 2,
+    """The multi-node launch of docs/scaling.md, on localhost: two `accelerate launch` commands (--num_machines 2,
     --machine_rank 0 and 1, machine 0's address and port), one process each, ZeRO-3 over gloo."""
     out, port = str(tmp_path / "out"), free_port()
     machines = launch_ok(

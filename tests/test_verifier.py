@@ -321,7 +321,7 @@ def test_trained_verifier_drops_into_rl_stage2(tiny_models, quick_verifier, tmp_
 
     # the script imports these when it runs
     monkeypatch.setattr(loading, "load_models", keep_models)
-    monkeypatch.setattr("huatuo_o1.verifier.VerifierReward", KeptReward)
+    monkeypatch.setattr("huatuo_o1.rl.reward.VerifierReward", KeptReward)  # what builds the run's reward
     out = str(tmp_path / "rl")
     run_ok(
         "RL_stage2.py",
