@@ -1,4 +1,5 @@
-# The two commands of the README. Both set up .venv themselves (CPU only).
+# The two commands of the README. Both set up .venv themselves (CPU only), torch from PyTorch's CPU index:
+# `make test TORCH_INDEX_URL=<a mirror of https://download.pytorch.org/whl/cpu>` (after `make clean`) to change it.
 PY := .venv/bin/python
 STAMP := .venv/.installed
 

@@ -1,11 +1,12 @@
-"""Stage 2: reinforcement learning with the medical verifier as the reward (PPO; RLOO/GRPO via trl).
+"""RL, the paper's stage 2: reinforcement learning with the medical verifier as the reward (PPO; RLOO/GRPO via trl).
 
 The policy answers verifiable medical problems in the "## Thinking / ## Final Response" layout;
 the verifier compares the final answer with the ground truth: 1.0 correct, 0.1 wrong, 0.0 when the
 layout is broken (huatuo_o1/verifier.py). PPO is ours (huatuo_o1/rl/, trl has none since 1.13);
-RLOO and GRPO are trl's trainers with the same reward as a callable.
+RLOO and GRPO are trl's trainers with the same reward as a callable. Off by default: the verifier served by
+serve_verifier.py (--reward_url), a rule for closed-set problems (--reward_mode rule / hybrid; huatuo_o1/rl/reward.py).
 
-Usage (the seed's command, 8 GPUs):
+Usage (the seed's command, 8 GPUs; its policy is the released model, already RL-trained: pass your SFT checkpoint):
     accelerate launch --num_processes 8 --num_machines 1 --machine_rank 0 \
         --config_file ./configs/deepspeed_zero3.yaml --deepspeed_multinode_launcher standard RL_stage2.py \
         --model_name_or_path FreedomIntelligence/HuatuoGPT-o1-8B \
@@ -32,16 +33,16 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import set_seed
 
-from huatuo_o1 import cli, training
-from huatuo_o1.models import check_model_source, check_verifier_config
+from huatuo_o1 import cli, manifests, training
+from huatuo_o1.models import check_model_source
 from huatuo_o1.outputs import check_outputs
 from huatuo_o1.records import InputError, write_json_atomic
 from huatuo_o1.rl.config import check_batch_sizes, parse_args
 from huatuo_o1.rl.curves import write_curves
 from huatuo_o1.rl.loading import load_models, load_problems, prompt_ids
 from huatuo_o1.rl.ppo_trainer import PPOTrainer
+from huatuo_o1.rl.reward import build_reward, check_reward_source
 from huatuo_o1.rl.trl_algorithms import run_trl
-from huatuo_o1.verifier import VerifierReward
 
 
 def main(argv=None):
@@ -51,22 +52,28 @@ def main(argv=None):
     script_args, config, model_args = parse_args(argv)
     for name, value in (
         ("--model_name_or_path", model_args.model_name_or_path),
-        ("--reward_model_path", config.reward_model_path),
         ("--dataset_name", script_args.dataset_name),
     ):
         if not value:
             raise InputError(f"{name} is required")
-    # Before anything loads: the models exist, the verifier is a 2-label classifier, the output folder can be
-    # written and is none of the inputs.
-    check_model_source(model_args.model_name_or_path, "--model_name_or_path")
+    # Before anything loads: the models exist (and ours match their manifests), the verifier is a 2-label classifier
+    # (or its server answers), a checkpoint to resume matches its manifest, the output folder can be written and is
+    # none of the inputs.
+    verify = manifests.verify_mode(config.verify_checkpoints)
+    check_model_source(model_args.model_name_or_path, "--model_name_or_path", verify)
     if config.rl_algorithm == "ppo" and config.value_model_path:
-        check_model_source(config.value_model_path, "--value_model_path")
-    check_verifier_config(config.reward_model_path, "--reward_model_path")
-    if config.resume_from_checkpoint and not training.Checkpoints.is_complete(config.resume_from_checkpoint):
-        raise InputError(
-            f"--resume_from_checkpoint {config.resume_from_checkpoint}: not a checkpoint of this script (no "
-            f"{training.TRAINER_STATE})"
-        )
+        check_model_source(config.value_model_path, "--value_model_path", verify)
+    check_reward_source(config, script_args, verify)
+    if config.resume_from_checkpoint:
+        if not training.Checkpoints.is_complete(config.resume_from_checkpoint):
+            raise InputError(
+                f"--resume_from_checkpoint {config.resume_from_checkpoint}: not a checkpoint of this script (no "
+                f"{training.TRAINER_STATE})"
+            )
+        # a damaged one: the newest older one beside it that matches its manifest
+        config.resume_from_checkpoint, skipped = training.checkpoint_to_resume(config.resume_from_checkpoint, verify)
+        for line in skipped:
+            PartialState().print(line)
     check_outputs(
         [("--output_dir", config.output_dir, True)],
         {
@@ -83,7 +90,7 @@ def main(argv=None):
         raise InputError(f"batch sizes do not fit together: {e}") from None
 
     # Load.
-    train, evaluation, skipped = load_problems(script_args, config.seed)
+    train, evaluation, skipped = load_problems(script_args, config.seed, config.reward_mode != "verifier")
     if sizes.num_updates is None:  # no --total_episodes: num_train_epochs passes over the train set
         config.total_episodes = int(config.num_train_epochs * len(train))
         sizes = check_batch_sizes(config, sizes.world_size)
@@ -94,12 +101,7 @@ def main(argv=None):
         f"({skipped} rows without question or answer skipped); {sizes.num_updates} updates; {sizes.description}"
     )
     models = load_models(model_args, config)
-    reward = VerifierReward(
-        models.verifier,
-        models.verifier_tokenizer,
-        template=script_args.verifier_template,
-        batch_size=config.local_rollout_forward_batch_size,
-    )
+    reward = build_reward(config, script_args, models)  # --reward_mode: the verifier's (here or served), a rule's
     for problem in train + evaluation:
         problem.prompt_ids = prompt_ids(models.tokenizer, problem.question)
 

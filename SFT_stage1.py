@@ -1,4 +1,4 @@
-"""Stage 1 of HuatuoGPT-o1: supervised fine-tuning on complex reasoning traces.
+"""SFT, the paper's stage 1 of HuatuoGPT-o1: supervised fine-tuning on complex reasoning traces.
 
 Each row (`Question`, `Complex_CoT`, `Response`) becomes a two-turn chat: the user asks `Question`,
 the assistant answers `## Thinking\\n\\n{Complex_CoT}\\n\\n## Final Response\\n\\n{Response}`
@@ -19,13 +19,15 @@ Usage (8 GPUs, the paper's setting):
         --model_path meta-llama/Llama-3.1-8B-Instruct --data_path FreedomIntelligence/medical-o1-reasoning-SFT
 
 Usage (one CPU process, a quick try):
-    python SFT_stage1.py --model_path models/SmolLM2-135M-Instruct --data_path data/demo_sft.json \\
+    python SFT_stage1.py --model_path .cache/models/SmolLM2-135M-Instruct --data_path data/demo_sft.json \\
         --n_epochs 3 --train_bsz_per_gpu 4 --gradient_accumulation_steps 1 --learning_rate 5e-5
 
 Checkpoints go to <output_dir>/<experiment_name>/checkpoint-<step>/ (a Hugging Face model folder);
 rerunning the same command resumes from the newest one (a finished run is left as it is; a run made
-with other data or settings is refused: --resume False starts afresh). training_summary.json beside them names
-the final checkpoint and the first and last loss.
+with other data or settings is refused: --resume False starts afresh). Each checkpoint's manifest.json (every
+file's size and SHA-256, written last) is checked before a rerun trusts it: a damaged newest checkpoint is passed
+over for the newest that matches (--verify_checkpoints sizes checks sizes only). training_summary.json beside
+them names the final checkpoint and the first and last loss.
 """
 
 import os
@@ -41,7 +43,7 @@ def main(argv=None):
     (args,) = cli.parse((SFTArguments,), argv)
     run_dir = os.path.join(args.output_dir, args.experiment_name)
     # Before anything loads: the model exists, and the checkpoints and logs can be written without touching it.
-    check_model_source(args.model_path, "--model_path")
+    check_model_source(args.model_path, "--model_path", args.verify_checkpoints)
     check_outputs(
         [("--output_dir", run_dir, True), ("--log_dir", args.log_dir, True)],
         {"--model_path": args.model_path, "--data_path": args.data_path},

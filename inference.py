@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from huatuo_o1 import cli
 from huatuo_o1.chat import answer, load
+from huatuo_o1.models import check_model_source
 from huatuo_o1.records import InputError
 
 
@@ -40,6 +41,7 @@ def check_arguments(args):
 def main(argv=None):
     (args,) = cli.parse((InferenceArguments,), argv)
     check_arguments(args)
+    check_model_source(args.model_path, "--model_path")  # a folder of ours: its files match its manifest
     tokenizer, model = load(args.model_path)
     ask = lambda question: answer(tokenizer, model, question, args.max_new_tokens, args.temperature, args.top_p)  # noqa: E731
     if args.question:

@@ -1,6 +1,6 @@
 """Between construct and search/RL: the paper's data recipe (section 4.1, Algorithm 1).
 
-From the verifiable problems (stage 1's output) this script
+From the verifiable problems (construct's output) this script
   1. drops every item that shares 64 consecutive characters with an evaluation question or option
      (the Med-PaLM 2 test, after normalisation: NFKC, lower case, whitespace runs -> one space,
      stripped; fields checked: see --check_fields), reporting per benchmark what it dropped;
@@ -49,7 +49,7 @@ class RecipeArguments:
     data_path: list[str] = field(
         default_factory=list,
         metadata={
-            "help": "Verifiable problems (stage 1's output): local .json/.jsonl files or hub ids; several allowed."
+            "help": "Verifiable problems (construct's output): local .json/.jsonl files or hub ids; several allowed."
         },
     )
     general_data_path: list[str] = field(
@@ -141,7 +141,7 @@ class RecipeArguments:
 def main():
     (args,) = cli.parse((RecipeArguments,))
     if not args.data_path:
-        raise InputError("--data_path is required (stage 1's verifiable problems, or with --check_only any data set)")
+        raise InputError("--data_path is required (construct's problems, or with --check_only any data set)")
     skip_eval = [path.lower() for path in args.eval_file] == ["none"]
     if skip_eval and args.check_only:
         raise InputError("--check_only needs --eval_file")

@@ -52,7 +52,7 @@ def main(argv=None):
     examples, _ = read_examples(data, need_verdict=False)
     if not examples:
         raise InputError(f"--data_path {data.data_path}: no (response, reference) pairs to score; nothing written")
-    model, tokenizer = load_verifier(args.verifier_path)
+    model, tokenizer = load_verifier(args.verifier_path, flag="--verifier_path")
     reward = VerifierReward(
         model, tokenizer, template=args.verifier_template, batch_size=args.batch_size, threshold=args.threshold
     )

@@ -1,4 +1,4 @@
-"""Stage B: search a complex reasoning path for each verifiable problem, verified against its answer.
+"""Search: find a complex reasoning path for each verifiable problem, verified against its answer.
 
 Input: items with `Open-ended Verifiable Question` and `Ground-True Answer` (others are skipped).
 Per item a teacher LLM

@@ -21,17 +21,17 @@ Usage (8 GPUs, ZeRO-3 as in SFT):
         --output_dir ckpts/medical_verifier --train_bsz_per_gpu 8 --learning_rate 1e-5 --n_epochs 2
 
 Usage (one CPU process):
-    python train_verifier.py --model_path models/SmolLM2-135M-Instruct --data_path records.json \\
+    python train_verifier.py --model_path .cache/models/SmolLM2-135M-Instruct --data_path records.json \\
         --output_dir out/verifier --max_length 512 --learning_rate 5e-5 --n_epochs 3
 
 A rerun of the same command continues after the last finished epoch (state in <output_dir>/checkpoint-<step>),
-or does nothing when the verifier is already trained; one with other data or settings is refused
-(--resume False trains afresh).
+or does nothing when the verifier is already trained (once the folder matches its manifest.json: every file's
+size and SHA-256); one with other data or settings is refused (--resume False trains afresh).
 """
 
 import os
 
-from huatuo_o1 import cli, training
+from huatuo_o1 import cli, manifests, training
 from huatuo_o1.models import check_model_source
 from huatuo_o1.outputs import check_outputs
 from huatuo_o1.records import InputError, write_json_atomic
@@ -42,7 +42,7 @@ from huatuo_o1.verifier_training import SUMMARY, VerdictData, VerifierArguments,
 def main(argv=None):
     args, data = cli.parse((VerifierArguments, VerdictData), argv)
     # Before anything loads: the backbone exists, and the verifier can be written without touching an input.
-    check_model_source(args.model_path, "--model_path")
+    check_model_source(args.model_path, "--model_path", args.verify_checkpoints)
     check_outputs(
         [("--output_dir", args.output_dir, True)],
         {"--model_path": args.model_path, "--data_path": data.data_path},
@@ -67,6 +67,7 @@ def main(argv=None):
     if summary is not None:
         if trainer.accelerator.is_main_process:
             write_json_atomic(os.path.join(args.output_dir, SUMMARY), summary)
+            manifests.add(args.output_dir, [SUMMARY])  # a rerun's "nothing to do" reads it: it joins the manifest
             after, baseline = summary["heldout"], summary["baseline"]
             print(
                 f"held-out ({summary['n_held_out']} examples, threshold {args.threshold}): verifier accuracy "

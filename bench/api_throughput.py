@@ -21,6 +21,7 @@ import threading
 import time
 
 from huatuo_o1 import cli
+from huatuo_o1.records import read_json
 from huatuo_o1.serving import free_port, start_server, stop_pid
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,8 +122,7 @@ def main():
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
-                with open(os.path.join(scratch, f"out{repeat}_summary.json")) as f:
-                    summary = json.load(f)
+                summary = read_json(os.path.join(scratch, f"out{repeat}_summary.json"))
                 assert summary["by_outcome"] == {"verifiable": args.items}, summary["by_outcome"]
                 measured = summary["this_run"]["items_per_s"]
                 bare = bare_client_rate(f"http://127.0.0.1:{port}/v1", args.workers, items)

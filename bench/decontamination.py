@@ -34,6 +34,7 @@ from huatuo_o1.decontamination import EvalIndex, eval_texts
 from huatuo_o1.recipe import decontaminate, load_items
 from huatuo_o1.records import GROUND_TRUTH as ANSWER
 from huatuo_o1.records import OPEN_QUESTION as QUESTION
+from huatuo_o1.records import read_json
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -171,8 +172,7 @@ def main_bench():
             seconds = time.perf_counter() - started
             now = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu_seconds = now.ru_utime + now.ru_stime - children.ru_utime - children.ru_stime
-            with open(os.path.join(folder, f"out{threshold}", "summary.json"), encoding="utf-8") as f:
-                summary = json.load(f)
+            summary = read_json(os.path.join(folder, f"out{threshold}", "summary.json"))
             print(
                 f"whole run, --stock_phrase_threshold {threshold}: {seconds:.2f} s ({cpu_seconds:.2f} s of CPU), "
                 f"{summary['decontamination']['contaminated_items']} contaminated "

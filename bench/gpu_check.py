@@ -51,7 +51,15 @@ import traceback
 from dataclasses import dataclass
 
 from huatuo_o1 import cli
-from huatuo_o1.records import GROUND_TRUTH, REFERENCE_ANSWER, VERDICT, VERIFICATIONS, VERIFIED_RESPONSE, InputError
+from huatuo_o1.records import (
+    GROUND_TRUTH,
+    REFERENCE_ANSWER,
+    VERDICT,
+    VERIFICATIONS,
+    VERIFIED_RESPONSE,
+    InputError,
+    read_json,
+)
 from huatuo_o1.serving import free_port, stop_from_pid_file, stop_pid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -144,11 +152,6 @@ def as_typed(argv):
 
 def gib(value):
     return None if value is None else round(value / GIB, 2)
-
-
-def read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def finite(*numbers):
@@ -532,8 +535,7 @@ class GPUCheck:
 
     def figures_ppo(self, result):
         figures = self.rl_summary("ppo")
-        with open(self.step_dir("ppo", "out", "rl_log.jsonl"), encoding="utf-8") as f:
-            updates = [json.loads(line) for line in f if line.strip()]
+        updates = read_json(self.step_dir("ppo", "out", "rl_log.jsonl"))
         phases = ("time/generate", "time/forward", "time/reward", "time/optimise")
         if len(updates) != figures["updates"] or not all(finite(u[p], u["pg_loss"], u["vf_loss"])
                                                          for u in updates for p in phases):  # fmt: skip

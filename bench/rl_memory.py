@@ -23,6 +23,7 @@ import tempfile
 import time
 
 from huatuo_o1 import cli
+from huatuo_o1.records import read_json
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RL_SCRIPT = os.path.join(REPO_ROOT, "RL_stage2.py")
@@ -95,8 +96,7 @@ def child(args):
     sys.argv = [RL_SCRIPT, *argv]
     with contextlib.redirect_stdout(sys.stderr):  # this child's stdout carries only its figures
         runpy.run_path(RL_SCRIPT, run_name="__main__")
-    with open(os.path.join(out, "rl_summary.json")) as f:
-        summary = json.load(f)
+    summary = read_json(os.path.join(out, "rl_summary.json"))
     print(json.dumps({"peak_rss_mb": peak_rss_mb(), "updates": summary["updates"], "seconds": summary["seconds"]}))
 
 

@@ -23,6 +23,7 @@ import time
 import torch
 
 from huatuo_o1 import cli
+from huatuo_o1.records import read_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,8 +31,7 @@ TEMPERATURE = 0.7
 
 
 def exam_prompts(tokenizer, n):
-    with open(os.path.join(REPO, "data", "demo_data.json"), encoding="utf-8") as f:
-        questions = [row["question"] for row in json.load(f)]
+    questions = [row["question"] for row in read_json(os.path.join(REPO, "data", "demo_data.json"))]
     texts = [
         tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
         for q in (questions * (n // len(questions) + 1))[:n]
@@ -127,8 +127,8 @@ def ppo_update_times(model_dir, batch, new_tokens, output_dir, kv_cache_gib):
     from huatuo_o1.rl import ppo_trainer
     from huatuo_o1.rl.config import check_batch_sizes, parse_args
     from huatuo_o1.rl.loading import Problem, load_models
+    from huatuo_o1.rl.reward import build_reward
     from huatuo_o1.rl.vllm_rollout import engine_for_ppo
-    from huatuo_o1.verifier import VerifierReward
 
     verifier_dir = two_label_verifier(model_dir, os.path.join(output_dir, "verifier"))
     argv = [
@@ -165,12 +165,10 @@ def ppo_update_times(model_dir, batch, new_tokens, output_dir, kv_cache_gib):
         "--vllm_kv_cache_gib",
         str(kv_cache_gib),
     ]
-    _, config, model_args = parse_args(argv)
+    script_args, config, model_args = parse_args(argv)
     sizes = check_batch_sizes(config, world_size=1)
     models = load_models(model_args, config)
-    reward = VerifierReward(
-        models.verifier, models.verifier_tokenizer, batch_size=config.local_rollout_forward_batch_size
-    )
+    reward = build_reward(config, script_args, models)
     items = [Problem("", "Vitamin C", ids) for ids in exam_prompts(models.tokenizer, batch)]
     trainer = ppo_trainer.PPOTrainer(
         config=config, sizes=sizes, models=models, reward=reward, train_items=items, eval_items=items[:1]

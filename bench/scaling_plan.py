@@ -24,6 +24,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from huatuo_o1 import cli
+from huatuo_o1.records import read_json
 
 with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed announces its accelerator on stdout when imported
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
@@ -324,8 +325,7 @@ def measured_mfu(path: str) -> tuple[float, str] | None:
     """The MFU of bench/gpu_check.py's ZeRO-3 SFT step with padding-free batches (`steps.sft_zero3.mfu`, the
     configuration this plan projects), with where in the file it was; None when the step has none (not run, failed,
     or on CPU, where no MFU is computed)."""
-    with open(path, encoding="utf-8") as f:
-        report = json.load(f)
+    report = read_json(path)
     step = (report.get("steps") or {}).get(GPU_CHECK_SFT_STEP) or {}
     value = step.get("mfu")
     if isinstance(value, (int, float)) and 0 < value < 1:

@@ -18,6 +18,7 @@ import tempfile
 import time
 
 from huatuo_o1 import cli
+from huatuo_o1.records import read_json
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,8 +100,7 @@ def main():
             "--eval_before_training", "False", "--save_epoch_state", "False",
             *(["--verifier_template", args.template] if args.template else []),
         ])  # fmt: skip
-        with open(os.path.join(out, "verifier_summary.json")) as f:
-            ours = json.load(f)["heldout"]
+        ours = read_json(os.path.join(out, "verifier_summary.json"))["heldout"]
         stdout, hf_s = timed([sys.executable, os.path.abspath(__file__), "--trainer_child", "--model_path",
                               args.model_path, "--data", args.data, "--seed", str(seed), *common,
                               *(["--template", args.template] if args.template else [])])  # fmt: skip

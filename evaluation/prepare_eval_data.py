@@ -43,7 +43,6 @@ Usage:
 """
 
 import csv
-import json
 import os
 import random
 import re
@@ -52,7 +51,7 @@ from dataclasses import dataclass, field
 
 from huatuo_o1 import cli
 from huatuo_o1.outputs import check_outputs, count_rows, keep_larger_result
-from huatuo_o1.records import SOURCE, InputError, load_records, looks_like_hub_id, write_json_atomic
+from huatuo_o1.records import SOURCE, InputError, load_records, looks_like_hub_id, read_json, write_json_atomic
 
 LETTERS = "ABCDEFGHIJKLMNOP"
 SOURCE_FLAGS = ("medqa", "medmcqa", "pubmedqa", "mmlu_pro", "gpqa")
@@ -220,13 +219,15 @@ def build_eval_data(args):
         rows = load_records(args.pubmedqa, split=args.pubmedqa_split)
         if args.pubmedqa_test_ids:
             try:
-                with open(args.pubmedqa_test_ids, encoding="utf-8") as f:
-                    test_ids = {str(pmid) for pmid in json.load(f)}
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as e:
+                test_ids = read_json(args.pubmedqa_test_ids)
+            except InputError as e:
+                raise InputError(f"--pubmedqa_test_ids {e}") from None
+            if not isinstance(test_ids, (list, dict)):
                 raise InputError(
-                    f"--pubmedqa_test_ids {args.pubmedqa_test_ids}: not a readable JSON list or dict of PMIDs "
-                    f"({type(e).__name__})"
-                ) from None
+                    f"--pubmedqa_test_ids {args.pubmedqa_test_ids}: a JSON {type(test_ids).__name__}, expected a list "
+                    "or dict of PMIDs"
+                )
+            test_ids = {str(pmid) for pmid in test_ids}
             rows = [row for row in rows if str(row["pubid"]) in test_ids]
         data["PubMedQA"] = _convert_all(args.pubmedqa, rows, convert_pubmedqa)
     if args.mmlu_pro != "skip":

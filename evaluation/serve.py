@@ -25,14 +25,9 @@ import sys
 from dataclasses import dataclass, field
 
 from huatuo_o1 import cli
+from huatuo_o1.manifests import check_model_folder
 from huatuo_o1.records import InputError, looks_like_hub_id
-from huatuo_o1.serving import (
-    check_port_free,
-    read_pid_file,
-    recorded_server_running,
-    start_server,
-    stop_from_pid_file,
-)
+from huatuo_o1.serving import check_port_free, refuse_recorded_server, start_recorded_server, stop_recorded_server
 
 BACKENDS = ("auto", "sglang", "vllm", "transformers")
 DEFAULT_PID_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "server.pid")
@@ -181,77 +176,33 @@ def check_arguments(args):
         raise InputError(f"--model_path {args.model_path}: no such folder (and not a hub id of the form org/name)")
     if os.path.isdir(args.model_path) and not os.path.isfile(os.path.join(args.model_path, "config.json")):
         raise InputError(f"--model_path {args.model_path} is not a model folder (it has no config.json)")
-
-
-def stop(pid_file):
-    if not os.path.exists(pid_file):
-        print(
-            f"No server recorded in {pid_file}: nothing stopped. (A server started by hand is "
-            "stopped with `kill PID`; start it with evaluation/serve.py to have it recorded.)"
-        )
-        return 0
-    pid = read_pid_file(pid_file).pid  # refuses a file without the proof
-    if stop_from_pid_file(pid_file) == "stopped":
-        print(f"stopped server PID {pid}")
-    else:
-        print(f"server PID {pid} had already exited (nothing signalled); removed {pid_file}")
-    return 0
+    check_model_folder(args.model_path, "--model_path")  # ours: its files match its manifest (the server loads it)
 
 
 def main():
     parser = cli.dataclass_parser(ServeArguments)  # extra flags pass through to the server
     args, extra = parser.parse_args_into_dataclasses(return_remaining_strings=True)
     if args.stop:
-        return stop(args.pid_file)
+        print(stop_recorded_server(args.pid_file, "evaluation/serve.py"))
+        return 0
 
     # Check: the arguments, the PID file (never overwrite a record of a running server, or one we cannot
     # read), the port (a server that cannot bind dies, and the one already there would answer for it).
     check_arguments(args)
-    if os.path.exists(args.pid_file):
-        try:
-            running = recorded_server_running(args.pid_file)
-        except InputError:
-            raise InputError(
-                f"{args.pid_file} exists but does not record a server as evaluation/serve.py does (PID, start "
-                "time, command line): not overwritten. Check it and delete it, or pass another --pid_file"
-            ) from None
-        if running:
-            raise InputError(
-                f"{args.pid_file} records a running server (PID {running.pid}); stop it first "
-                "(bash evaluation/kill_sglang_server.sh) or pass another --pid_file"
-            )
+    refuse_recorded_server(args.pid_file, "evaluation/serve.py", "bash evaluation/kill_sglang_server.sh")
     check_port_free(args.host, args.port)
     backend = choose_backend(args.backend)
     command = server_command(args, backend, extra)
     log_file = args.log_file or os.path.splitext(args.pid_file)[0] + ".log"
-    for path in (args.pid_file, log_file):
-        try:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        except OSError as e:
-            raise InputError(f"cannot create the folder of {path}: {e.strerror}") from None
 
     # Start, and wait until the process we started answers.
     env = {**os.environ, "HF_HUB_DISABLE_UPDATE_CHECK": "1"}
     if backend == "vllm" and not _has_gpu():
         env["VLLM_CPU_KVCACHE_SPACE"] = str(args.kv_cache_gib)
     print(f"starting {backend}: {' '.join(command)}\n(log: {log_file})", flush=True)
-    try:
-        process = start_server(
-            command,
-            f"http://{args.host}:{args.port}/health",
-            log_path=log_file,
-            pid_file=args.pid_file,
-            timeout_s=args.timeout,
-            env=env,
-        )
-    except BaseException as e:
-        if os.path.exists(args.pid_file):
-            os.remove(args.pid_file)  # start_server stopped the process it names
-        if not isinstance(e, (RuntimeError, TimeoutError)):
-            raise
-        with open(log_file, errors="replace") as f:
-            tail = "".join(f.readlines()[-15:])
-        sys.exit(f"error: the {backend} server did not come up: {e}\nlast lines of {log_file}:\n{tail}")
+    process = start_recorded_server(
+        command, f"http://{args.host}:{args.port}/health", args.pid_file, log_file, args.timeout, env, backend
+    )
     print(
         f"{backend} server PID {process.pid} ready on http://{args.host}:{args.port}/v1 (recorded in {args.pid_file})"
     )

@@ -146,7 +146,7 @@ def dataclass_parser(dataclass_types):
     """HfArgumentParser over the dataclasses: exact flags only, bad flags and values in one line.
 
     argparse takes any unambiguous prefix of a flag by default, so a flag we do not have that happens to begin
-    another one (`RL_stage2.py --reward_mode hybrid`) would silently set that other one (--reward_model_path).
+    another one (`RL_stage2.py --reward_model v`) would silently set that other one (--reward_model_path).
     """
     from transformers import HfArgumentParser
 

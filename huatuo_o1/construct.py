@@ -1,4 +1,4 @@
-"""Stage A's own logic: an exam item as text, the teacher's verdict and problem replies, one item's work.
+"""Construct's own logic: an exam item as text, the teacher's verdict and problem replies, one item's work.
 
 construct_verifiable_medical_problems.py runs construct_item on every item through huatuo_o1/llm_jobs.py.
 """

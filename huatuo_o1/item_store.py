@@ -6,13 +6,12 @@ the others, and a kill -9 loses only the items in flight.
 """
 
 import fcntl
-import json
 import os
 import re
 import time
 from collections import Counter
 
-from huatuo_o1.records import InputError, digest, looks_like_hub_id, write_json_atomic
+from huatuo_o1.records import InputError, digest, looks_like_hub_id, read_json, write_json_atomic
 
 
 def task_name_of(data_path: str) -> str:
@@ -95,11 +94,8 @@ class ItemStore:
 
     def load(self, key: str) -> dict | None:
         try:
-            with open(self.path(key), encoding="utf-8") as f:
-                return json.load(f)
-        except FileNotFoundError:
-            return None
-        except (json.JSONDecodeError, UnicodeDecodeError):  # only possible if someone edited it by hand
+            return read_json(self.path(key))
+        except InputError:  # not done yet, or (only by a hand that edited it) unreadable: done again
             return None
 
     def save(self, key: str, entry: dict) -> None:

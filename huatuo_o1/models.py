@@ -1,7 +1,8 @@
 """Loading models and tokenizers: clear errors, the attention kernel, the chat layout, pad tokens.
 
 - check_model_source / check_verifier_config: before anything loads, a local path that is no model folder
-  ("no such folder"), and a verifier that is not a 2-label sequence classifier, stop with one line.
+  ("no such folder"), a folder whose files do not match its manifest (huatuo_o1/manifests.py), and a verifier that
+  is not a 2-label sequence classifier, stop with one line.
 - from_pretrained_or_explain: any Auto* class; a model that cannot be loaded is one line (InputError),
   and a hub id that cannot be fetched says what to download.
 - load_chat_tokenizer: a tokenizer without a chat template gets the Llama-3 instruct layout
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from huatuo_o1.manifests import check_model_folder
 from huatuo_o1.records import InputError
 
 if TYPE_CHECKING:
@@ -44,11 +46,14 @@ def looks_local(name_or_path: str) -> bool:
     )
 
 
-def check_model_source(name_or_path: str, flag: str) -> None:
-    """Before anything loads: a local path must be a model folder (config.json); hub ids are tried at load time."""
+def check_model_source(name_or_path: str, flag: str, verify: str | None = None) -> None:
+    """Before anything loads: a local path must be a model folder (config.json) whose files match its manifest where
+    it has one (verify: "full" or "sizes"; None: HUATUO_VERIFY_CHECKPOINTS's, else full); hub ids are tried at load
+    time."""
     if os.path.isdir(name_or_path):
         if not os.path.isfile(os.path.join(name_or_path, "config.json")):
             raise InputError(f"{flag} {name_or_path}: not a model folder (it has no config.json)")
+        check_model_folder(name_or_path, flag, verify)
     elif os.path.exists(name_or_path):
         raise InputError(f"{flag} {name_or_path}: is a file, expected a model folder or a hub id")
     elif looks_local(name_or_path):
@@ -56,7 +61,12 @@ def check_model_source(name_or_path: str, flag: str) -> None:
 
 
 def from_pretrained_or_explain(auto_cls: type, name_or_path: str, **kwargs) -> Any:
-    """auto_cls.from_pretrained; a model that cannot be loaded is one line (InputError) saying what to do."""
+    """auto_cls.from_pretrained; a model that cannot be loaded is one line (InputError) saying what to do.
+
+    A model (an AutoModel* class) from a local folder with a manifest is checked against it first (once per process,
+    HUATUO_VERIFY_CHECKPOINTS's mode, unless check_model_source checked it already)."""
+    if auto_cls.__name__.startswith("AutoModel") and os.path.isdir(name_or_path):
+        check_model_folder(name_or_path, "model folder")
     try:
         return auto_cls.from_pretrained(name_or_path, **kwargs)
     except OSError as e:
@@ -74,14 +84,15 @@ def from_pretrained_or_explain(auto_cls: type, name_or_path: str, **kwargs) -> A
         ) from None
 
 
-def check_verifier_config(path: str, flag: str = "--reward_model_path") -> None:
-    """Before loading: the verifier must be a sequence classifier with 2 labels (label 1 = correct).
+def check_verifier_config(path: str, flag: str = "--reward_model_path", verify: str | None = None) -> None:
+    """Before loading: the verifier must be a sequence classifier with 2 labels (label 1 = correct), its files
+    matching its manifest where it has one (check_model_source).
 
     A causal LM would load as a classifier with a new, random head and give random rewards without a word.
     """
     from transformers import AutoConfig
 
-    check_model_source(path, flag)
+    check_model_source(path, flag, verify)
     config = from_pretrained_or_explain(AutoConfig, path)
     architectures = list(getattr(config, "architectures", None) or [])
     if not any(name.endswith("ForSequenceClassification") for name in architectures) or config.num_labels != 2:
@@ -108,7 +119,10 @@ def load_chat_tokenizer(name_or_path: str, **kwargs) -> "PreTrainedTokenizerBase
 
 
 def attn_implementation(half_precision: bool) -> str:
-    """flash_attention_2 where it is installed and a GPU is present (the original forced it), else sdpa.
+    """flash_attention_2 where it is installed and a GPU is present, else sdpa.
+
+    The original's RL script forced flash_attention_2 on all four of its models; its SFT script passed none, which
+    left transformers' default, sdpa (docs/fidelity.md).
 
     half_precision: whether the model computes in bf16 / fp16 (its weights, or mixed precision's autocast).
     FlashAttention-2 has no float32 kernel: a float32 model given it fails at its first forward pass.

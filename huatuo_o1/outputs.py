@@ -7,13 +7,12 @@
   a run summary (summarise, public_settings), written only when some item succeeded and never with fewer rows.
 """
 
-import json
 import os
 import tempfile
 from collections import Counter
 from dataclasses import asdict
 
-from huatuo_o1.records import InputError, write_json_atomic
+from huatuo_o1.records import InputError, read_json, write_json_atomic
 
 
 def same_path(a: str, b: str) -> bool:
@@ -91,14 +90,13 @@ def rows_in(path: str, flag: str, lists_only: bool = False) -> int | None:
     if not os.path.exists(path):
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        data = None
+        data, why = read_json(path, jsonl=False), ""  # we write JSON, whatever the name ends with
+    except InputError as error:
+        data, why = None, f" ({error})"
     rows = count_rows(data)
     if rows is None or lists_only and not isinstance(data, list):
         kind = "a JSON list of rows" if lists_only else "a result of this script"
-        raise InputError(f"{flag} {path} exists and is not {kind}: not replaced; use another {flag}")
+        raise InputError(f"{flag} {path} exists and is not {kind}{why}: not replaced; use another {flag}")
     return rows
 
 

@@ -18,6 +18,7 @@ from huatuo_o1.construct import option_line, question_with_options
 from huatuo_o1.decontamination import EvalIndex, nfkc_lower_single_spaced, training_texts
 from huatuo_o1.records import (
     ANSWER_IDX,
+    CLOSED_SET,
     DATA_TYPE,
     GROUND_TRUTH,
     OPEN_QUESTION,
@@ -294,9 +295,7 @@ def split(medical: list[Item], general: list[Item], sizes: dict, args, rng: rand
             "(lower it, or 0 for none)"
         )
     closed, _ = take(eligible, closed_n)
-    parts[args.closed_set_part] += [
-        output_row(item, "medical_closed_set", closed_set_row(item.row)) for item in closed
-    ]
+    parts[args.closed_set_part] += [output_row(item, CLOSED_SET, closed_set_row(item.row)) for item in closed]
     in_closed_set = {id(item) for item in closed}
     for item in (item for g in unused.values() for item in g if id(item) not in in_closed_set):
         item.reason = "not_selected"

@@ -20,7 +20,8 @@ SFT_FIELDS = (SFT_QUESTION, SFT_COT, SFT_RESPONSE)
 # The data recipe's parts (prepare_training_data.py): each row as read, plus its source (benchmark or
 # input file), its data type (RECIPE_DATA_TYPES) and its origin ("<input name>#<row>").
 SOURCE, DATA_TYPE, ORIGIN = "source", "data_type", "origin"
-RECIPE_DATA_TYPES = ("medical", "medical_closed_set", "general")
+CLOSED_SET = "medical_closed_set"  # an exam question asked with its options, answered by the right option
+RECIPE_DATA_TYPES = ("medical", CLOSED_SET, "general")
 # Search records keep every verdict as {VERIFIED_RESPONSE, REFERENCE_ANSWER, VERDICT} in VERIFICATIONS:
 # the verifier's training data.
 VERIFICATIONS, VERIFIED_RESPONSE, REFERENCE_ANSWER, VERDICT = (
@@ -75,10 +76,13 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(obj).hexdigest()[:16]
 
 
-def read_json(path: str) -> Any:
-    """A local JSON file (or JSONL: a list of rows), or one line saying what is wrong."""
+def read_json(path: str, jsonl: bool | None = None) -> Any:
+    """A local JSON file (or JSONL: a list of rows), or one line naming the file and the line that is wrong.
+
+    jsonl: read it as JSONL (one value per line) or as one JSON document; None: JSONL when its name ends in .jsonl.
+    """
     text = read_text(path, "JSON or JSONL file")
-    if path.endswith(".jsonl"):
+    if path.endswith(".jsonl") if jsonl is None else jsonl:
         rows = []
         for line_no, line in enumerate(text.splitlines(), start=1):
             if not line.strip():

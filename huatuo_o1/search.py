@@ -1,4 +1,4 @@
-"""Stage B's own logic: the teacher's reasoning traces and verdicts, and the search for one item.
+"""Search's own logic: the teacher's reasoning traces and verdicts, and the search for one item.
 
 search_for_complex_reasoning_path.py runs search_item on every item through huatuo_o1/llm_jobs.py.
 """

@@ -1,8 +1,8 @@
 """Servers started and stopped by PID: start one only on a port nobody holds, call it ready only when the
 process we started answers, stop only a process we can prove we started.
 
-Used by evaluation/serve.py and by the tests (stand-in teacher, `transformers serve`). A server is never
-stopped by matching names. The proof that a PID is still our server is three facts recorded when we
+Used by evaluation/serve.py, serve_verifier.py and the tests (stand-in teacher, `transformers serve`). A server is
+never stopped by matching names. The proof that a PID is still our server is three facts recorded when we
 started it (the PID, the kernel's start time of that process, its command line), all checked again
 before a signal is sent; Linux's /proc supplies them, and tells which process owns a listening socket.
 """
@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -22,7 +23,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-from huatuo_o1.records import InputError
+from huatuo_o1.records import InputError, read_json
 
 
 def free_port() -> int:
@@ -181,10 +182,9 @@ def write_pid_file(pid_file: str, pid: int) -> None:
 
 def read_pid_file(pid_file: str) -> ServerRecord:
     """The record start_server wrote; InputError when the file does not hold all three facts."""
+    why = ""
     try:
-        with open(pid_file, encoding="utf-8") as f:
-            record = json.loads(f.read())
-        record = ServerRecord(**record)
+        record = ServerRecord(**read_json(pid_file))
         valid = (
             isinstance(record.pid, int)
             and record.pid > 1
@@ -194,11 +194,13 @@ def read_pid_file(pid_file: str) -> ServerRecord:
             and record.command
             and all(isinstance(part, str) for part in record.command)
         )
-    except (OSError, UnicodeDecodeError, ValueError, TypeError):
+    except InputError as error:
+        valid, why = False, f" ({error})"
+    except (ValueError, TypeError):
         valid = False
     if not valid:
         raise InputError(
-            f"{pid_file} does not prove which process we started (it must hold the PID, its start time and its "
+            f"{pid_file} does not prove which process we started{why} (it must hold the PID, its start time and its "
             "command line, as evaluation/serve.py writes them): nothing stopped. Check the process yourself "
             "(`ps -fp PID`), stop it with `kill PID` if it is your server, and delete the file"
         )
@@ -333,3 +335,63 @@ def recorded_server_running(pid_file: str) -> ServerRecord | None:
     exited; InputError when the file lacks the proof."""
     record = read_pid_file(pid_file)
     return record if process_start_time(record.pid) == record.start_time else None
+
+
+def start_recorded_server(
+    command: list[str],
+    health_url: str,
+    pid_file: str,
+    log_file: str,
+    timeout_s: float,
+    env: dict | None = None,
+    name: str = "the",
+) -> subprocess.Popen:
+    """start_server, its PID recorded in pid_file and its output in log_file (their folders made); a server that does
+    not come up stops the caller (SystemExit) with the reason and the last lines of its log."""
+    for path in (pid_file, log_file):
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        except OSError as e:
+            raise InputError(f"cannot create the folder of {path}: {e.strerror}") from None
+    try:
+        return start_server(command, health_url, log_path=log_file, pid_file=pid_file, timeout_s=timeout_s, env=env)
+    except BaseException as e:
+        if os.path.exists(pid_file):
+            os.remove(pid_file)  # start_server stopped the process it names
+        if not isinstance(e, (RuntimeError, TimeoutError)):
+            raise
+        with open(log_file, errors="replace") as f:
+            tail = "".join(f.readlines()[-15:])
+        sys.exit(f"error: the {name} server did not come up: {e}\nlast lines of {log_file}:\n{tail}")
+
+
+def refuse_recorded_server(pid_file: str, script: str, stop_command: str) -> None:
+    """Before a start: never overwrite a PID file that records a running server, or one we cannot read (InputError)."""
+    if not os.path.exists(pid_file):
+        return
+    try:
+        running = recorded_server_running(pid_file)
+    except InputError:
+        raise InputError(
+            f"{pid_file} exists but does not record a server as {script} does (PID, start time, command line): not "
+            "overwritten. Check it and delete it, or pass another --pid_file"
+        ) from None
+    if running:
+        raise InputError(
+            f"{pid_file} records a running server (PID {running.pid}); stop it first ({stop_command}) or pass "
+            "another --pid_file"
+        )
+
+
+def stop_recorded_server(pid_file: str, script: str) -> str:
+    """--stop: stop the server pid_file records, only if it provably is the one started (stop_from_pid_file); returns
+    the line to print."""
+    if not os.path.exists(pid_file):
+        return (
+            f"No server recorded in {pid_file}: nothing stopped. (A server started by hand is stopped with "
+            f"`kill PID`; start it with {script} to have it recorded.)"
+        )
+    pid = read_pid_file(pid_file).pid  # refuses a file without the proof
+    if stop_from_pid_file(pid_file) == "stopped":
+        return f"stopped server PID {pid}"
+    return f"server PID {pid} had already exited (nothing signalled); removed {pid_file}"

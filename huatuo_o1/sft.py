@@ -15,7 +15,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, DataCollatorWithFlattening, PreTrainedTokenizerBase
 
-from huatuo_o1 import cli, training
+from huatuo_o1 import cli, manifests, training
 from huatuo_o1.answer_format import assistant_turn
 from huatuo_o1.models import attn_implementation, from_pretrained_or_explain, load_chat_tokenizer
 from huatuo_o1.records import SFT_COT, SFT_FIELDS, SFT_QUESTION, SFT_RESPONSE, InputError, digest
@@ -235,7 +235,10 @@ class SFTArguments:
     experiment_name: str = field(default="sft_stage1", metadata={"help": "Names the checkpoint and log folders."})
     output_dir: str = field(default="./ckpts", metadata={"help": "Checkpoints go to <output_dir>/<experiment_name>/."})
     max_ckpts: int = field(default=2, metadata={"help": "Keep at most this many checkpoints (oldest deleted first)."})
-    log_dir: str = field(default="./train_logs", metadata={"help": "wandb / tensorboard logs and train_log.jsonl."})
+    log_dir: str = field(
+        default="./train_logs",
+        metadata={"help": "wandb / tensorboard logs and <experiment_name>.jsonl (one line per optimizer step)."},
+    )
     max_seq_len: int = field(default=8192, metadata={"help": "Longest tokenized example (prompt + answer)."})
     gradient_accumulation_steps: int = field(default=8)
     train_bsz_per_gpu: int = field(default=2, metadata={"help": "Examples per micro-batch on each process."})
@@ -290,6 +293,7 @@ class SFTArguments:
         "checkpoints."
     )
     report_to: str = training.report_to_flag("none, wandb or tensorboard (the original forced wandb).")
+    verify_checkpoints: str = training.verify_flag()
 
     def __post_init__(self):
         cli.check_ranges(
@@ -348,7 +352,9 @@ class SupervisedTrainer:
             project_dir=args.log_dir,
         )
         set_seed(args.seed)
-        self.checkpoints = training.Checkpoints(self.run_dir, keep=args.max_ckpts)
+        self.checkpoints = training.Checkpoints(
+            self.run_dir, keep=args.max_ckpts, verify=manifests.verify_mode(args.verify_checkpoints)
+        )
         self.say = self.accelerator.print
 
     def train(self, rows: list[dict]) -> dict | None:
@@ -361,6 +367,8 @@ class SupervisedTrainer:
             **{name: getattr(args, name) for name in TRAINING_SETTINGS},
         }
         resumption = self.resume_or_refuse(run_inputs)
+        for line in resumption.skipped:  # newer checkpoints that do not match their manifests
+            self.say(line)
         if resumption.action == "finished":
             self.say(
                 f"{self.run_dir} holds a finished run of these inputs ({resumption.checkpoint}): nothing to do "

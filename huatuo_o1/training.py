@@ -4,12 +4,16 @@
   with the gloo backend where there is no CUDA.
 - make_schedule: the learning-rate schedule, saved with the checkpoints, stepped when the stage says.
 - optimizer_step: clip (the same max_grad_norm DeepSpeed clips at inside its own step), step, zero.
-- save_model_folder: a Hugging Face folder of full weights (gathered under ZeRO-3) and the tokenizer.
+- save_model_folder: a Hugging Face folder of full weights (gathered under ZeRO-3) and the tokenizer, its manifest
+  (huatuo_o1/manifests.py) written last.
 - Checkpoints: <run_dir>/checkpoint-<step>/ = that folder + trainer_state.json + training_state/
-  (accelerate's optimizer, scheduler and random states), written whole or not at all, rotated, resumed.
+  (accelerate's optimizer, scheduler and random states) + manifest.json, written whole or not at all, rotated,
+  checked against their manifests before a resume trusts them (the newest that verifies wins), resumed.
 - changed_inputs: a rerun into a folder whose run had other data or settings is refused, not mixed.
 - resume_or_refuse: what a rerun does about the run already in its folder (Resumption: fresh, resume, finished).
-- resume_flag / report_to_flag: the --resume and --report_to flags SFT and the verifier share.
+- checkpoint_to_resume: the checkpoint a --resume_from_checkpoint resumes (it, or the newest older one that verifies).
+- resume_flag / report_to_flag / verify_flag: the --resume, --report_to and --verify_checkpoints flags the trainers
+  share.
 - LoopTimer: a training loop's seconds (saving left out) and tokens per second, the first step apart.
 - pad / pad_batch: sequences to a rectangle, on the right or the left.
 - trackers: the --report_to loggers that are installed.
@@ -20,7 +24,6 @@ holds); the toolkit only does the mechanics, the same way for all three.
 
 import contextlib
 import importlib.util
-import json
 import os
 import shutil
 import sys
@@ -30,12 +33,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs
+from accelerate import Accelerator, PartialState
+from accelerate.utils import InitProcessGroupKwargs, gather_object
 from transformers import get_scheduler
 
-from huatuo_o1 import cli
-from huatuo_o1.records import InputError, read_text, write_json_atomic
+from huatuo_o1 import cli, manifests
+from huatuo_o1.records import InputError, read_json, write_json_atomic
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -132,40 +135,106 @@ def save_model_folder(
     tokenizer: "PreTrainedTokenizerBase",
     folder: str,
     submodule: str | None = None,
+    manifest: bool = True,
 ) -> None:
-    """Full weights (gathered from the shards under ZeRO-3) and the tokenizer, as a Hugging Face folder.
+    """Full weights (gathered from the shards under ZeRO-3) and the tokenizer, as a Hugging Face folder, with its
+    manifest written last (sealed_model_folder).
 
     submodule: save only that part of a wrapper module (PPO's policy inside policy + value model).
-    Every process must call this: they all take part in the gather.
+    manifest False: the files only (a checkpoint writes one manifest over them and its training state).
+    Every process must call this: they all take part in the gather and the digests.
     """
-    state_dict = accelerator.get_state_dict(model)
+    with sealed_model_folder(accelerator, folder, manifest) as target:
+        state_dict = accelerator.get_state_dict(model)
+        if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(model)
+            if submodule:
+                prefix = submodule + "."
+                state_dict = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+                unwrapped = getattr(unwrapped, submodule)
+            unwrapped.config.dtype = next(iter(state_dict.values())).dtype  # what is stored, for dtype="auto"
+            unwrapped.save_pretrained(target, state_dict=state_dict, safe_serialization=True)
+            tokenizer.save_pretrained(target)
+
+
+@contextlib.contextmanager
+def sealed_model_folder(accelerator: Accelerator, folder: str, manifest: bool = True):
+    """Yields where to save a model (every process enters); on leaving, the files are in `folder` and listed in its
+    manifest, written last.
+
+    The save goes to a fresh staging folder inside `folder` first, so that the manifest lists exactly the files of
+    this save, whatever else `folder` holds (a run's log and checkpoints, an earlier save's files); they then move
+    up one by one, and until the new manifest is written the old one makes the half-moved folder read as damaged.
+    """
+    if not manifest:
+        yield folder
+        accelerator.wait_for_everyone()
+        return
+    staging = os.path.join(folder, ".saving")
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        if submodule:
-            prefix = submodule + "."
-            state_dict = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-            unwrapped = getattr(unwrapped, submodule)
-        unwrapped.config.dtype = next(iter(state_dict.values())).dtype  # what is stored, for a loader's dtype="auto"
-        unwrapped.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
-        tokenizer.save_pretrained(folder)
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(staging)
+    accelerator.wait_for_everyone()
+    yield staging
+    accelerator.wait_for_everyone()
+    entries = described_everywhere(staging)
+    if accelerator.is_main_process:
+        for path, _ in manifests.listing(staging):
+            os.makedirs(os.path.dirname(os.path.join(folder, path)), exist_ok=True)
+            os.replace(os.path.join(staging, path), os.path.join(folder, path))
+        shutil.rmtree(staging)
+        manifests.write(folder, entries)
     accelerator.wait_for_everyone()
 
 
+def described_everywhere(folder: str, run_parts: Sequence[str] = ()) -> list[dict]:
+    """Manifest entries of every file under folder, each process digesting its share; every process gets them all."""
+    state = PartialState()
+    share = (state.process_index, state.num_processes)
+    return gather_object(manifests.describe(folder, manifests.listing(folder), run_parts, share))
+
+
+def folder_problems(folder: str, mode: str, model_only: bool = False) -> list[str]:
+    """manifests.problems of folder, each process checking its share of the files; every process gets them all."""
+    state = PartialState()
+    share = (state.process_index, state.num_processes)
+    return sorted(set(gather_object(manifests.problems(folder, mode, model_only, share))))
+
+
+def step_of(checkpoint: str) -> int | None:
+    """The step in a checkpoint-<step> folder's name (None for any other name)."""
+    name = os.path.basename(os.path.normpath(checkpoint))
+    step = name[len(CHECKPOINT_PREFIX) :]
+    return int(step) if name.startswith(CHECKPOINT_PREFIX) and step.isdigit() else None
+
+
+def has_training_state(checkpoint: str) -> bool:
+    return os.path.isdir(os.path.join(checkpoint, TRAINING_STATE))
+
+
 class Checkpoints:
-    """<run_dir>/checkpoint-<step>/: a Hugging Face folder, trainer_state.json (the stage's own counters)
-    and training_state/ (what accelerate needs to resume).
+    """<run_dir>/checkpoint-<step>/: a Hugging Face folder, trainer_state.json (the stage's own counters),
+    training_state/ (what accelerate needs to resume) and manifest.json (every file's size and SHA-256, written last).
 
     keep: how many checkpoints stay (None: all). resume_all: whether older checkpoints keep their
-    training_state too (large: optimizer states), or only the newest does.
+    training_state too (large: optimizer states), or only the newest does. verify: how a checkpoint is checked
+    against its manifest before a resume or "nothing to do" trusts it ("full": sizes and digests; "sizes").
     """
 
-    def __init__(self, run_dir: str, keep: int | None = None, resume_all: bool = False):
-        self.run_dir, self.keep, self.resume_all = run_dir, keep, resume_all
+    def __init__(self, run_dir: str, keep: int | None = None, resume_all: bool = False, verify: str = "full"):
+        self.run_dir, self.keep, self.resume_all, self.verify = run_dir, keep, resume_all, verify
 
     @staticmethod
     def is_complete(checkpoint: str) -> bool:
-        """Whether a folder is a whole checkpoint: trainer_state.json is written last."""
-        return os.path.isfile(os.path.join(checkpoint, TRAINER_STATE))
+        """Whether a folder is a whole checkpoint: trainer_state.json is written before the manifest, which comes
+        last; a folder whose manifest lists a trainer_state.json it lacks is whole but damaged (newest_sound)."""
+        if os.path.isfile(os.path.join(checkpoint, TRAINER_STATE)):
+            return True
+        try:
+            manifest = manifests.read(checkpoint)
+        except InputError:
+            return True  # a manifest that cannot be read: newest_sound names it
+        return manifest is not None and any(entry["path"] == TRAINER_STATE for entry in manifest["files"])
 
     def list(self) -> list[str]:
         """Complete checkpoints (is_complete), oldest first."""
@@ -174,20 +243,33 @@ class Checkpoints:
         found = []
         for name in os.listdir(self.run_dir):
             path = os.path.join(self.run_dir, name)
-            step = name[len(CHECKPOINT_PREFIX) :]
-            if name.startswith(CHECKPOINT_PREFIX) and step.isdigit() and Checkpoints.is_complete(path):
-                found.append((int(step), path))
+            step = step_of(name)
+            if step is not None and Checkpoints.is_complete(path):
+                found.append((step, path))
         return [path for _, path in sorted(found)]
 
     @staticmethod
     def read_state(checkpoint: str) -> dict:
         """A checkpoint's trainer_state.json (the stage's counters), without loading anything else."""
-        with open(os.path.join(checkpoint, TRAINER_STATE), encoding="utf-8") as f:
-            return json.load(f)
+        state = read_json(os.path.join(checkpoint, TRAINER_STATE))
+        if not isinstance(state, dict):
+            raise InputError(f"{os.path.join(checkpoint, TRAINER_STATE)}: not a JSON object of a run's counters")
+        return state
 
     def latest_resumable(self) -> str | None:
-        resumable = [c for c in self.list() if os.path.isdir(os.path.join(c, TRAINING_STATE))]
+        resumable = [c for c in self.list() if has_training_state(c)]
         return resumable[-1] if resumable else None
+
+    def newest_sound(self, candidates: Sequence[str]) -> tuple[str | None, Sequence[tuple[str, str]]]:
+        """The newest of candidates (oldest first) whose files match its manifest (`verify`), checked from the newest
+        down; and (checkpoint, what does not match) for each newer one passed over."""
+        skipped = []
+        for checkpoint in reversed(candidates):
+            found = folder_problems(checkpoint, self.verify)
+            if not found:
+                return checkpoint, skipped
+            skipped.append((checkpoint, manifests.one_line(found)))
+        return None, skipped
 
     def save(
         self,
@@ -199,27 +281,34 @@ class Checkpoints:
         with_training_state: bool = True,
         submodule: str | None = None,
     ) -> str:
-        """Write checkpoint-<step> beside as .tmp, then rename it: it appears complete or not at all. Rotate."""
+        """Write checkpoint-<step> beside as .tmp, its manifest last, then rename it: it appears complete or not at
+        all. Rotate."""
         final_path = os.path.join(self.run_dir, f"{CHECKPOINT_PREFIX}{step}")
         tmp_path = final_path + ".tmp"
         if accelerator.is_main_process and os.path.isdir(tmp_path):
             shutil.rmtree(tmp_path)
         accelerator.wait_for_everyone()
-        save_model_folder(accelerator, model, tokenizer, tmp_path, submodule)
+        save_model_folder(accelerator, model, tokenizer, tmp_path, submodule, manifest=False)
         if with_training_state:
             accelerator.save_state(os.path.join(tmp_path, TRAINING_STATE))
             accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             write_json_atomic(os.path.join(tmp_path, TRAINER_STATE), trainer_state)
+        accelerator.wait_for_everyone()
+        entries = described_everywhere(tmp_path, run_parts=(TRAINER_STATE, TRAINING_STATE))
+        if accelerator.is_main_process:
+            manifests.write(tmp_path, entries, removable=(TRAINING_STATE,))
             if os.path.isdir(final_path):
                 shutil.rmtree(final_path)
             os.replace(tmp_path, final_path)
-            self.rotate()
+            self.rotate(step)
         accelerator.wait_for_everyone()
         return final_path
 
-    def rotate(self) -> None:
-        checkpoints = self.list()
+    def rotate(self, saved_step: int | None = None) -> None:
+        """Older checkpoints lose their training state (unless resume_all), the oldest beyond `keep` go. Only those
+        up to saved_step count: newer ones are a run's the resume passed over (damaged), replaced when reached."""
+        checkpoints = [c for c in self.list() if saved_step is None or step_of(c) <= saved_step]
         if not self.resume_all:
             for old in checkpoints[:-1]:  # only the newest one is needed to resume; its optimizer state is large
                 shutil.rmtree(os.path.join(old, TRAINING_STATE), ignore_errors=True)
@@ -263,12 +352,17 @@ class Resumption:
     action: "fresh" (train from the start), "resume" (continue from `checkpoint`, through Checkpoints.load) or
     "finished" (these inputs are trained already: nothing to do; `checkpoint` is the run's newest, None where only
     its summary is left). replaced: with --resume False, the earlier run's checkpoints, removed once the model is
-    ready to train.
+    ready to train. skipped: a line for each newer checkpoint passed over because it does not match its manifest
+    ("<checkpoint> skipped: <file> does not match its manifest (<how>)"), for the stage to show.
     """
 
     action: Literal["fresh", "resume", "finished"]
     checkpoint: str | None = None
     replaced: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()
+
+
+START_AFRESH = "pass --resume False to start afresh (the checkpoints are removed)"
 
 
 def resume_or_refuse(
@@ -283,42 +377,107 @@ def resume_or_refuse(
 ) -> Resumption:
     """What to do about an earlier run in checkpoints.run_dir: resume it, leave it (finished), or refuse (InputError).
 
-    resume False: fresh, the earlier checkpoints in `replaced`. resume True: the earlier run's inputs (saved in its
-    newest checkpoint's trainer_state.json or, where no checkpoint is left, in summary_path's "inputs") must be
-    run_inputs (changed_inputs), else InputError(other_inputs(what changed)). Then
-    - a newest checkpoint whose state is_finished: finished;
-    - a newest checkpoint saved without training state: InputError(unresumable(it)); without `unresumable` the run
-      resumes from the newest one that has it, or starts afresh;
-    - else: resume from the newest checkpoint;
-    - no checkpoint, but a summary that names its inputs (a stage that removes its checkpoints once done): finished;
+    resume False: fresh, the earlier checkpoints in `replaced`. resume True: the newest checkpoint whose files match
+    its manifest is the run's (newer ones are passed over, each named in `skipped`; none that matches: InputError
+    naming the damaged file). The earlier run's inputs (saved in that checkpoint's trainer_state.json or, where no
+    checkpoint is left, in summary_path's "inputs") must be run_inputs (changed_inputs), else
+    InputError(other_inputs(what changed)). Then
+    - a checkpoint whose state is_finished: finished;
+    - a checkpoint saved without training state: InputError(unresumable(it)) (or, when newer ones were passed over,
+      an InputError naming their damaged file); without `unresumable` the run resumes from the newest one that has
+      it and matches its manifest, or starts afresh;
+    - else: resume from the checkpoint;
+    - no checkpoint, but a summary that names its inputs (a stage that removes its checkpoints once done): finished,
+      once the summary's folder (the trained model beside it) matches its manifest, else InputError naming the file;
     - nothing: fresh.
     """
     earlier = checkpoints.list()
     if not resume:
         return Resumption("fresh", replaced=tuple(earlier))
-    if earlier:
-        state = Checkpoints.read_state(earlier[-1])
+    newest, passed_over = checkpoints.newest_sound(earlier)
+    if earlier and newest is None:
+        raise InputError(
+            f"{passed_over[0][1]}; no checkpoint of {checkpoints.run_dir} matches its manifest: {START_AFRESH}"
+        )
+    if newest:
+        state = Checkpoints.read_state(newest)
         saved_inputs = state.get("inputs")
     elif summary_path and os.path.isfile(summary_path):
-        saved_inputs = json.loads(read_text(summary_path)).get("inputs")
+        summary = read_json(summary_path)
+        saved_inputs = summary.get("inputs") if isinstance(summary, dict) else None
     else:
         return Resumption("fresh")
     changed = changed_inputs(saved_inputs, run_inputs)
     if changed:
         raise InputError(other_inputs("; ".join(changed)))
-    if not earlier:
-        return Resumption("fresh" if saved_inputs is None else "finished")
+    if not newest:
+        if saved_inputs is None:
+            return Resumption("fresh")
+        folder = os.path.dirname(summary_path) or "."
+        found = folder_problems(folder, checkpoints.verify)
+        if found:
+            raise InputError(
+                f"{manifests.one_line(found)}; {folder} holds a finished run whose files are damaged: pass --resume "
+                "False to train again"
+            )
+        return Resumption("finished")
+    skipped = tuple(f"{checkpoint} skipped: {problem}" for checkpoint, problem in passed_over)
     if is_finished is not None and is_finished(state):
-        return Resumption("finished", earlier[-1])
-    resumable = checkpoints.latest_resumable()
-    if resumable != earlier[-1] and unresumable is not None:
-        raise InputError(unresumable(earlier[-1]))
-    return Resumption("resume", resumable) if resumable else Resumption("fresh")
+        return Resumption("finished", newest, skipped=skipped)
+    if has_training_state(newest):
+        return Resumption("resume", newest, skipped=skipped)
+    if unresumable is not None:
+        if passed_over:
+            raise InputError(
+                f"{passed_over[0][1]}; {newest}, the newest checkpoint that matches its manifest, has no training "
+                f"state to resume from (only the newest checkpoint keeps it): {START_AFRESH}"
+            )
+        raise InputError(unresumable(newest))
+    older = [c for c in earlier if step_of(c) < step_of(newest) and has_training_state(c)]
+    resumable, passed_over = checkpoints.newest_sound(older)
+    if older and resumable is None:
+        raise InputError(
+            f"{passed_over[0][1]}; no checkpoint of {checkpoints.run_dir} matches its manifest: {START_AFRESH}"
+        )
+    skipped += tuple(f"{checkpoint} skipped: {problem}" for checkpoint, problem in passed_over)
+    return Resumption("resume", resumable, skipped=skipped) if resumable else Resumption("fresh", skipped=skipped)
+
+
+def checkpoint_to_resume(checkpoint: str, verify: str) -> tuple[str, tuple[str, ...]]:
+    """The checkpoint a --resume_from_checkpoint resumes: `checkpoint` when its files match its manifest, else the
+    newest older checkpoint-<step> beside it with training state that does; and a line for each one passed over.
+    InputError naming the damaged file when none matches, or naming trainer_state.json when it cannot be read
+    (checked here, before anything loads)."""
+    named = os.path.normpath(checkpoint)
+    siblings = Checkpoints(os.path.dirname(named) or ".", verify=verify)
+    candidates = [named]
+    if step_of(named) is not None:
+        older = [c for c in siblings.list() if step_of(c) < step_of(named) and has_training_state(c)]
+        candidates = older + candidates
+    chosen, passed_over = siblings.newest_sound(candidates)
+    if chosen is None:
+        raise InputError(f"{passed_over[0][1]}; no older checkpoint beside it matches its manifest")
+    Checkpoints.read_state(chosen)
+    return chosen, tuple(f"{c} skipped: {problem}" for c, problem in passed_over)
 
 
 def resume_flag(help_text: str) -> bool:
     """A stage's --resume flag (True: a rerun resumes, or finds nothing to do; resume_or_refuse), with its help."""
     return field(default=True, metadata={"help": help_text})
+
+
+def verify_flag() -> str | None:
+    """A trainer's --verify_checkpoints flag: how its checkpoints and the model folders it loads are checked against
+    their manifests (manifests.verify_mode)."""
+    return field(
+        default=None,
+        metadata={
+            "help": "How checkpoints and model folders with a manifest are checked before they are trusted: 'full' "
+            "(sizes and SHA-256 digests, about 1 s per GB and process) or 'sizes' (sizes only, for huge models). "
+            f"Default: {manifests.VERIFY_VARIABLE} if set, else full.",
+            "choices": list(manifests.VERIFY_MODES),
+        },
+    )
 
 
 def report_to_flag(help_text: str) -> str:

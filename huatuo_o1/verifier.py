@@ -8,7 +8,7 @@ Rule: a response is well-formed as huatuo_o1.answer_format says (exactly one "##
 exactly one "## Final Response\\n\\n"); the final answer is the text after the latter, stripped.
 Malformed -> 0.0 (the verifier is still run, on "I do not know the answer.", so every process
 makes the same number of verifier calls under ZeRO-3). Well-formed -> p = softmax(logits)[1];
-1.0 if p > 0.4 else 0.1.
+1.0 if p > 0.4 else 0.1. These four numbers are the paper's (PAPER_REWARD); RL_stage2.py's flags can change them.
 
 The verifier is used as shipped (tokenizer and config untouched): a Hugging Face sequence
 classifier reads its logits at the last token that is not its config's pad token id. Batches are
@@ -86,6 +86,19 @@ def load_verifier(
     return model.eval(), tokenizer
 
 
+@dataclass(frozen=True)
+class RewardValues:
+    """The reward rule's numbers: what a right, a wrong and a malformed answer get, and the verifier's threshold."""
+
+    correct: float = 1.0
+    incorrect: float = 0.1
+    malformed: float = 0.0
+    threshold: float = 0.4  # a well-formed answer is right when the verifier's p(correct) is above it
+
+
+PAPER_REWARD = RewardValues()  # the original's rule
+
+
 @dataclass
 class RewardOutput:
     rewards: torch.Tensor  # one per response, in the verifier's dtype
@@ -120,22 +133,18 @@ class VerifierReward:
         tokenizer,
         template=None,
         batch_size=8,
-        threshold=0.4,
-        correct_reward=1.0,
-        incorrect_reward=0.1,
-        malformed_reward=0.0,
+        threshold=PAPER_REWARD.threshold,
+        correct_reward=PAPER_REWARD.correct,
+        incorrect_reward=PAPER_REWARD.incorrect,
+        malformed_reward=PAPER_REWARD.malformed,
         max_length=MAX_VERIFIER_TOKENS,
     ):
         self.model, self.tokenizer = model, tokenizer
         # read now: under DeepSpeed `model` is later replaced by an engine whose .config is DeepSpeed's
         self.pad_id = verifier_pad_id(model)
         self.template = load_template(template) if template is None or os.path.isfile(template) else template
-        self.batch_size, self.threshold, self.max_length = batch_size, threshold, max_length
-        self.correct_reward, self.incorrect_reward, self.malformed_reward = (
-            correct_reward,
-            incorrect_reward,
-            malformed_reward,
-        )
+        self.batch_size, self.max_length = batch_size, max_length
+        self.values = RewardValues(correct_reward, incorrect_reward, malformed_reward, threshold)
 
     def inputs(self, responses: list[str], references: list[str]) -> tuple[list[str], torch.Tensor]:
         answers = [final_answer(r) for r in responses]
@@ -165,37 +174,32 @@ class VerifierReward:
     def p_correct(self, texts: list[str]) -> torch.Tensor:
         return self.probabilities(texts).float()
 
-    def __call__(self, responses, references):
+    def forward_passes(self, count: int) -> int:
+        """How many forward passes `probabilities` makes for `count` texts."""
+        batch_size = self.batch_size if self.pad_id is not None else 1
+        return -(-count // batch_size)
+
+    @torch.no_grad()
+    def idle_forward_passes(self, count: int) -> None:
+        """`count` forward passes on one token, results unused: where the verifier is sharded over processes (ZeRO-3)
+        each pass is collective, so a process that scored fewer texts than the others makes up the difference."""
+        device = next(self.model.parameters()).device
+        token = self.tokenizer(NO_ANSWER, add_special_tokens=False)["input_ids"][:1]
+        for _ in range(count):
+            self.model(input_ids=torch.tensor([token], device=device))
+
+    def __call__(
+        self, responses: list[str], references: list[str], values: RewardValues | None = None
+    ) -> RewardOutput:
+        """The rewards of the responses against their references, by this verifier's rule (or `values`')."""
+        values = values or self.values
         texts, well_formed = self.inputs(responses, references)
         p = self.probabilities(texts)
         # the threshold compares the probability as a Python float, like the original's p.item() > 0.4
-        correct, incorrect = (
-            torch.tensor(value, dtype=p.dtype) for value in (self.correct_reward, self.incorrect_reward)
-        )
-        rewards = torch.where(p.double() > self.threshold, correct, incorrect)
-        rewards = torch.where(well_formed, rewards, torch.full_like(rewards, self.malformed_reward))
+        correct, incorrect = (torch.tensor(value, dtype=p.dtype) for value in (values.correct, values.incorrect))
+        rewards = torch.where(p.double() > values.threshold, correct, incorrect)
+        rewards = torch.where(well_formed, rewards, torch.full_like(rewards, values.malformed))
         output = RewardOutput(rewards=rewards, well_formed=well_formed, p_correct=p.float())
         for observer in self._observers:
             observer(self, responses, references, output)
         return output
-
-
-def _completion_text(completion):
-    # trl passes conversational completions as [{"role": "assistant", "content": ...}]
-    return completion[0]["content"] if isinstance(completion, list) else completion
-
-
-def trl_reward_functions(verifier_reward: "VerifierReward | None") -> list[Callable]:
-    """Callables for trl's GRPOTrainer / RLOOTrainer: the verifier reward and (weight 0, for the logs) the format rate.
-
-    The dataset's `reference` column arrives by name.
-    """
-
-    def verifier_reward_fn(prompts, completions, reference, **kwargs):
-        return verifier_reward([_completion_text(c) for c in completions], reference).rewards.tolist()
-
-    def format_ok(prompts, completions, **kwargs):
-        return [float(final_answer(_completion_text(c)) is not None) for c in completions]
-
-    verifier_reward_fn.__name__ = "verifier"
-    return [verifier_reward_fn, format_ok]

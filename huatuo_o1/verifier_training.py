@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from huatuo_o1 import cli, training
+from huatuo_o1 import cli, manifests, training
 from huatuo_o1.models import attn_implementation, distinct_pad_token, from_pretrained_or_explain
 from huatuo_o1.records import (
     REFERENCE_ANSWER,
@@ -352,6 +352,7 @@ class VerifierArguments:
     report_to: str = training.report_to_flag(
         "none, wandb or tensorboard (loss and learning rate; logs under output_dir/logs)."
     )
+    verify_checkpoints: str = training.verify_flag()
 
     def __post_init__(self):
         cli.check_ranges(
@@ -432,7 +433,9 @@ class VerifierTrainer:
             project_dir=os.path.join(args.output_dir, "logs"),
         )
         set_seed(args.seed)
-        self.checkpoints = training.Checkpoints(args.output_dir, keep=1)
+        self.checkpoints = training.Checkpoints(
+            args.output_dir, keep=1, verify=manifests.verify_mode(args.verify_checkpoints)
+        )
         self.say = self.accelerator.print
 
     def train(self, examples: list[dict], skipped: int, template: str) -> dict | None:
@@ -459,6 +462,8 @@ class VerifierTrainer:
                 "train afresh (it is replaced) or another --output_dir"
             ),
         )
+        for line in resumption.skipped:  # newer checkpoints that do not match their manifests
+            self.say(line)
         if resumption.action == "finished":
             self.say(
                 f"{args.output_dir} holds a verifier trained on these inputs: nothing to do "

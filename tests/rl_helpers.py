@@ -84,14 +84,12 @@ def build_ppo_trainer(argv, problems=PROBLEMS):
     from huatuo_o1.rl.config import check_batch_sizes, parse_args
     from huatuo_o1.rl.loading import Problem, load_models, prompt_ids
     from huatuo_o1.rl.ppo_trainer import PPOTrainer
-    from huatuo_o1.verifier import VerifierReward
+    from huatuo_o1.rl.reward import build_reward
 
     script_args, config, model_args = parse_args(argv)
     sizes = check_batch_sizes(config, world_size=1)
     models = load_models(model_args, config)
-    reward = VerifierReward(
-        models.verifier, models.verifier_tokenizer, batch_size=config.local_rollout_forward_batch_size
-    )
+    reward = build_reward(config, script_args, models)
     items = [Problem(q, a, prompt_ids(models.tokenizer, q)) for q, a in problems]
     return PPOTrainer(
         config=config, sizes=sizes, models=models, reward=reward, train_items=items, eval_items=items[:1]

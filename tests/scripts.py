@@ -114,8 +114,8 @@ def record_calls(monkeypatch, owner, name):
 
 
 def accelerate_launch(script, argv, port, num_processes=2, num_machines=1, machine_rank=0):
-    """The command line of one machine's `accelerate launch` of a script, as the README types it, with the CPU
-    config (DeepSpeed ZeRO-3 over gloo): machine 0 listens on 127.0.0.1:port, the others join it there."""
+    """The command line of one machine's `accelerate launch` of a script, as the README and docs/scaling.md type it,
+    with the CPU config (DeepSpeed ZeRO-3 over gloo): machine 0 listens on 127.0.0.1:port, the others join it there."""
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     return [
         accelerate, "launch", "--config_file", os.path.join(REPO_ROOT, "configs", "deepspeed_zero3_cpu.yaml"),

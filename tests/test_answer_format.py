@@ -9,7 +9,8 @@ import torch
 from huatuo_o1 import answer_format
 from huatuo_o1.chat import SectionPrinter
 from huatuo_o1.evaluation import scoring
-from huatuo_o1.verifier import VerifierReward, trl_reward_functions
+from huatuo_o1.rl.reward import RLReward, trl_reward_functions
+from huatuo_o1.verifier import PAPER_REWARD, VerifierReward
 
 OPTIONS = {"A": "Pneumonia", "B": "Asthma", "C": "Croup", "D": "Gout"}
 
@@ -47,7 +48,7 @@ def reward_says(replies):
 
 def trl_reward_says(replies):
     """The format column RLOO / GRPO log (completions as trl passes conversational ones)."""
-    format_ok = trl_reward_functions(None)[1]
+    format_ok = trl_reward_functions(RLReward("rule", PAPER_REWARD), [])[0][1]
     return [bool(x) for x in format_ok(None, [[{"role": "assistant", "content": r}] for r in replies])]
 
 

@@ -27,6 +27,7 @@ import time
 import pytest
 
 from huatuo_o1 import cli, records
+from tests.damage import damage, seal
 from tests.data_helpers import FAST, REPO_ROOT, SECRET_KEY, make_items, outputs_of, read_json, run, write_json
 from tests.rl_helpers import rl_flags, write_problems
 from tests.scripts import run_script
@@ -142,6 +143,28 @@ CASES = [
     ((RL,), "a causal LM as the verifier", {"--reward_model_path": "{causal}"}, 1, ["--reward_model_path {causal}: Qwen2ForCausalLM with 2 label(s)", "sequence classifier with 2 labels"]),
     ((RL,), "a 1-label model as the verifier", {"--reward_model_path": "{value}"}, 1, ["Qwen2ForSequenceClassification with 1 label(s)", "sequence classifier with 2 labels"]),
     ((RL,), "resume from a folder that is no checkpoint", {"--resume_from_checkpoint": "{workspace}"}, 1, ["--resume_from_checkpoint {workspace}: not a checkpoint"]),
+    # a JSON file we or the user wrote, broken: the file and the line (before: "JSONDecodeError: Expecting property
+    # name ... (line 2 column 1)" without the file)
+    ((RL,), "resume from a checkpoint whose trainer_state.json is broken", {"--resume_from_checkpoint": "{state_broken}/checkpoint-2"}, 1, ["{state_broken}/checkpoint-2/trainer_state.json: not valid JSON (line 2, column 1: Expecting property name enclosed in double quotes)"]),
+    ((SFT,), "rerun over a checkpoint whose trainer_state.json is broken", {"--output_dir": "{state_broken}"}, 1, ["{state_broken}/sft_stage1/checkpoint-1/trainer_state.json: not valid JSON (line 2, column 1:"]),
+    ((VERIFIER,), "rerun over a checkpoint whose trainer_state.json is broken", {"--output_dir": "{state_broken}/verifier"}, 1, ["{state_broken}/verifier/checkpoint-2/trainer_state.json: not valid JSON (line 2, column 1:"]),
+    ((VERIFIER,), "rerun over a verifier whose summary is broken", {"--output_dir": "{summary_broken}"}, 1, ["{summary_broken}/verifier_summary.json: not valid JSON (line 3, column 1:"]),
+    ((SFT,), "rerun over a checkpoint whose manifest is broken", {"--output_dir": "{manifest_broken}"}, 1, ["{manifest_broken}/sft_stage1/checkpoint-1/manifest.json: not valid JSON (line 4, column 29: Expecting", "no checkpoint of {manifest_broken}/sft_stage1 matches its manifest"]),
+    ((RL,), "a policy whose manifest is broken", {"--model_name_or_path": "{manifest_broken}/policy"}, 1, ["--model_name_or_path {manifest_broken}/policy: {manifest_broken}/policy/manifest.json: not valid JSON (line 1, column"]),
+    ((SFT,), "data that is broken JSON", {"--data_path": "{broken_json}"}, 1, ["{broken_json}: not valid JSON (line 3, column 1: Expecting value)"]),
+    ((VERIFIER,), "data that is broken JSON", {"--data_path": "{broken_json}"}, 1, ["{broken_json}: not valid JSON (line 3, column 1: Expecting value)"]),
+    ((RL,), "data that is broken JSON", {"--dataset_name": "{broken_json}"}, 1, ["{broken_json}: not valid JSON (line 3, column 1: Expecting value)"]),
+    (DATA, "data that is broken JSON", {"--data_path": "{broken_json}"}, 1, ["{broken_json}: not valid JSON (line 3, column 1: Expecting value)"]),
+    (DATA, "output exists and is broken JSON", {"--output_path": "{broken_json}"}, 1, ["--output_path {broken_json} exists and is not a JSON list of rows ({broken_json}: not valid JSON (line 3, column 1: Expecting value)): not replaced"]),
+    # checkpoints and model folders whose files do not match their manifests: the damaged file
+    ((RL,), "resume from a checkpoint whose weights are cut short, none older", {"--resume_from_checkpoint": "{damaged}/checkpoint-2"}, 1, ["{damaged}/checkpoint-2/model.safetensors does not match its manifest (", " bytes, the manifest says ", "; no older checkpoint beside it matches its manifest"]),
+    ((SFT,), "rerun over a run whose only checkpoint is cut short", {"--output_dir": "{damaged}"}, 1, ["{damaged}/sft_stage1/checkpoint-1/model.safetensors does not match its manifest (", "; no checkpoint of {damaged}/sft_stage1 matches its manifest: pass --resume False"]),
+    ((VERIFIER,), "rerun over a run whose only checkpoint is cut short", {"--output_dir": "{damaged}/verifier"}, 1, ["{damaged}/verifier/checkpoint-2/model.safetensors does not match its manifest (", "; no checkpoint of {damaged}/verifier matches its manifest"]),
+    ((RL,), "a policy whose weights are cut short", {"--model_name_or_path": "{damaged}/policy"}, 1, ["--model_name_or_path {damaged}/policy: {damaged}/policy/model.safetensors does not match its manifest (", "the folder is damaged"]),
+    ((RL,), "a verifier with a byte flipped", {"--reward_model_path": "{damaged}/verifier_model"}, 1, ["--reward_model_path {damaged}/verifier_model: {damaged}/verifier_model/model.safetensors does not match its manifest (its sha256 differs)"]),
+    ((SFT,), "a model folder with a file missing", {"--model_path": "{damaged}/no_tokenizer"}, 1, ["--model_path {damaged}/no_tokenizer: {damaged}/no_tokenizer/tokenizer.json does not match its manifest (missing)"]),
+    ((VERIFIER,), "a backbone with a byte flipped", {"--model_path": "{damaged}/verifier_model"}, 1, ["--model_path {damaged}/verifier_model: {damaged}/verifier_model/model.safetensors does not match its manifest (its sha256 differs)"]),
+    (TRAINING, "a verification mode that does not exist", {"--verify_checkpoints": "quick"}, 2, ["--verify_checkpoints", "'quick'"]),
 ]  # fmt: skip
 TABLE = [
     pytest.param(script, flags, status, expected, id=f"{script.split('_')[0]}: {case}")
@@ -208,7 +231,59 @@ def workspace(tmp_path, tiny_models):
     shutil.copytree(tiny_models["tiny-qwen2"], os.path.join(places["causal_copy"], "sft_stage1", "checkpoint-3"))
     shutil.copytree(tiny_models["tiny-qwen2"], os.path.join(places["causal_copy"], "sft_stage1"), dirs_exist_ok=True)
     shutil.copytree(tiny_models["tiny-verifier"], places["verifier_copy"])
+    places.update(broken_and_damaged_runs(folder, tiny_models))
     return places
+
+
+def broken_and_damaged_runs(folder, tiny_models):
+    """Runs and model folders as a crash, a failed copy or a hand left them: a JSON file that does not parse, a file
+    that does not match its manifest. {placeholder: folder}."""
+
+    def checkpoint(path, model, trainer_state, sealed=False):
+        shutil.copytree(tiny_models[model], path)
+        os.makedirs(os.path.join(path, "training_state"))
+        (folder / path / "training_state" / "optimizer.bin").write_bytes(b"adam state" * 50)
+        (folder / path / "trainer_state.json").write_text(trainer_state)
+        if sealed:
+            seal(str(folder / path), ("trainer_state.json", "training_state"), removable=("training_state",))
+        return str(folder / path)
+
+    def model_copy(path, model):
+        shutil.copytree(tiny_models[model], folder / path)
+        seal(str(folder / path))
+        return str(folder / path)
+
+    broken_state = '{"epoch": 1,\n}'  # JSONDecodeError: Expecting property name ... (line 2 column 1)
+    good_state = json.dumps({"epoch": 1, "global_step": 1})
+    checkpoint(folder / "state_broken" / "checkpoint-2", "tiny-qwen2", broken_state)
+    checkpoint(folder / "state_broken" / "sft_stage1" / "checkpoint-1", "tiny-qwen2", broken_state)
+    checkpoint(folder / "state_broken" / "verifier" / "checkpoint-2", "tiny-verifier", broken_state)
+    shutil.copytree(tiny_models["tiny-verifier"], folder / "summary_broken")
+    (folder / "summary_broken" / "verifier_summary.json").write_text('{"inputs": {"data": "abc"},\n"n_train": \n}')
+    sealed = checkpoint(folder / "manifest_broken" / "sft_stage1" / "checkpoint-1", "tiny-qwen2", good_state, True)
+    with open(os.path.join(sealed, "manifest.json"), "w") as f:
+        f.write('{\n  "format": "huatuo_o1 manifest 1",\n  "files": [\n    {"path": "config.json", ')  # cut short
+    shutil.copytree(tiny_models["tiny-qwen2"], folder / "manifest_broken" / "policy")
+    (folder / "manifest_broken" / "policy" / "manifest.json").write_text('{"files": [{"path": ')
+    for path, model in [
+        ("damaged/checkpoint-2", "tiny-qwen2"),
+        ("damaged/sft_stage1/checkpoint-1", "tiny-qwen2"),
+        ("damaged/verifier/checkpoint-2", "tiny-verifier"),
+    ]:
+        damage(
+            os.path.join(checkpoint(folder / path, model, good_state, sealed=True), "model.safetensors"), "truncated"
+        )
+    damage(os.path.join(model_copy("damaged/policy", "tiny-qwen2"), "model.safetensors"), "truncated")
+    damage(os.path.join(model_copy("damaged/verifier_model", "tiny-verifier"), "model.safetensors"), "flipped")
+    damage(os.path.join(model_copy("damaged/no_tokenizer", "tiny-qwen2"), "tokenizer.json"), "missing")
+    (folder / "broken.json").write_text('[{"question": "a?"},\n{"question": "b?"},\n')
+    return {
+        "state_broken": str(folder / "state_broken"),
+        "summary_broken": str(folder / "summary_broken"),
+        "manifest_broken": str(folder / "manifest_broken"),
+        "damaged": str(folder / "damaged"),
+        "broken_json": str(folder / "broken.json"),
+    }
 
 
 def snapshot(folder):
@@ -490,7 +565,7 @@ def test_a_launched_process_ends_with_its_status_and_output_but_without_the_inte
 # (script, the arguments it needs, a prefix of one of its real flags): argparse would take the prefix as that flag.
 # (evaluation/serve.py hands the flags it does not know to the server, so there a prefix reaches the server as typed.)
 PREFIXES = [
-    ("RL_stage2.py", ["--model_name_or_path", "m", "--reward_mode", "hybrid"], "--reward_mode", "--reward_model_path"),
+    ("RL_stage2.py", ["--model_name_or_path", "m", "--reward_model", "v"], "--reward_model", "--reward_model_path"),
     ("RL_stage2.py", ["--model_name", "m"], "--model_name", "--model_name_or_path"),
     ("RL_stage2.py", ["--model_name_or_path", "m", "--kl", "0.1"], "--kl", "--kl_coef"),
     (

@@ -5,6 +5,7 @@ is served): a port held by another server, a forged PID file, the API key, resul
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from transformers import HfArgumentParser
 
 from huatuo_o1.evaluation.client import EvalArguments, output_stem, settings_of
 from huatuo_o1.serving import free_port, process_start_time, start_server, stop_pid
+from tests.damage import damage, seal
 from tests.scripts import REPO_ROOT, run_script
 
 ITEM = {"question": "Which vitamin deficiency causes scurvy?", "options": {"A": "C", "B": "D"}, "answer_idx": "A"}
@@ -151,6 +153,13 @@ def case_files(tmp_path):
     (work / "binary.pid").write_bytes(b"\xff\xfe\x00\x01")
     (work / "empty.pid").write_text("")
     (work / "init.pid").write_text(json.dumps({"pid": 1, "start_time": "1", "command": ["init"]}))
+    (work / "broken.json").write_text('[{"question": "a?"},\n{"question": "b?",}]')
+    (work / "broken.pid").write_text('{"pid": 4242,\n "start_time": "1"\n "command": ["x"]}')
+    # a model folder of ours whose weights were cut short after its manifest was written
+    shutil.copytree(work / "model", work / "damaged_model")
+    (work / "damaged_model" / "model.safetensors").write_bytes(b"weights" * 100)
+    seal(str(work / "damaged_model"))
+    damage(str(work / "damaged_model" / "model.safetensors"), "truncated")
     out = tmp_path / "out"
     out.mkdir()
     return work, out
@@ -181,6 +190,46 @@ CASES = [
     ("evaluation/eval.py", EVAL + " --output_dir {work}/model --port 1", "--output_dir"),
     ("evaluation/eval.py", EVAL_OUT + " #corrupt-partial", ".partial.jsonl: line 1"),
     ("evaluation/eval.py", EVAL_OUT + " #corrupt-results", "a finished run's results, but unreadable"),
+    # a JSON file we or the user wrote, broken: the file and the line
+    (
+        "evaluation/eval.py",
+        EVAL_OUT + " #corrupt-results",
+        ".json: not valid JSON (line 1, column 16: Unterminated string",
+    ),
+    (
+        "evaluation/eval.py",
+        EVAL_OUT.replace("eval.json", "broken.json"),
+        "broken.json: not valid JSON (line 2, column 19:",
+    ),
+    ("evaluation/serve.py", STOP + "broken.pid", "broken.pid: not valid JSON (line 3, column 2: Expecting ','"),
+    ("evaluation/report.py", "{work}/broken.json", "broken.json: not valid JSON (line 2, column 19:"),
+    (
+        "score_verifier.py",
+        SCORE.replace("pairs.json", "broken.json"),
+        "broken.json: not valid JSON (line 2, column 19:",
+    ),
+    (
+        "evaluation/prepare_eval_data.py",
+        f"--output {{out}}/e.json {SKIP_ALL.replace('--pubmedqa skip', '--pubmedqa {work}/medqa.json')}"
+        " --pubmedqa_test_ids {work}/broken.json",
+        "--pubmedqa_test_ids {work}/broken.json: not valid JSON (line 2, column 19:",
+    ),
+    # a model folder whose files do not match its manifest: the damaged file, before anything loads or starts
+    (
+        "inference.py",
+        INFER.replace("/model", "/damaged_model"),
+        "damaged_model/model.safetensors does not match its manifest (350 bytes, the manifest says 700)",
+    ),
+    (
+        "evaluation/serve.py",
+        SERVE.replace("/model", "/damaged_model") + " --pid_file {out}/s.pid",
+        "damaged_model/model.safetensors does not match its manifest",
+    ),
+    (
+        "score_verifier.py",
+        SCORE.replace("/model", "/damaged_model"),
+        "damaged_model/model.safetensors does not match its manifest",
+    ),
     ("evaluation/serve.py", SERVE + " --port 0 --pid_file {out}/s.pid", "--port"),
     ("evaluation/serve.py", SERVE + " --port 70000 --pid_file {out}/s.pid", "--port"),
     ("evaluation/serve.py", SERVE + " --backend tgi --pid_file {out}/s.pid", "--backend"),

@@ -94,7 +94,7 @@ def test_thirty_percent_mixed_faults_on_200_items_lose_and_duplicate_nothing(sta
     run(CONSTRUCT, construct_args, teacher)
     assert {c["question"] for c in teacher.stats()["calls"]} == failed_first
     assert "failed" not in read_json(problem_summary)["by_outcome"]
-    # stage A's output now holds the problems that failed before: new items for stage B, the rest stay finished
+    # construct's output now holds the problems that failed before: new items for search, the rest stay finished
     new_problems = {p["question"] for p in read_json(problems_path)} - {p["question"] for p in problems}
     assert len(new_problems) == len(
         failed_first - {r["question"] for r in read_json(problem_records) if r["outcome"] == "filtered"}

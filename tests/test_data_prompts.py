@@ -1,5 +1,5 @@
 """The data stages' prompt templates: each carries the instructions the method consists of
-(the paper's Stage A/B prompts, in our own words), in English and in Chinese; the stages fill every
+(the paper's construct and search prompts, in our own words), in English and in Chinese; the stages fill every
 placeholder; and the stand-in teacher still recognises what each prompt asks for."""
 
 import re

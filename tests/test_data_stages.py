@@ -1,4 +1,4 @@
-"""Stage A (construct) and stage B (search) against the stand-in teacher, through the real openai client."""
+"""Construct and search against the stand-in teacher, through the real openai client."""
 
 import json
 import os
@@ -176,7 +176,7 @@ def test_every_http_attempt_is_counted_and_none_leaves_after_a_stop(start_teache
     assert server.stats()["total"] == 5
 
 
-# ---- stage A ----------------------------------------------------------------------------------
+# ---- construct ------------------------------------------------------------------------------
 
 
 def test_construct_with_filter_keeps_judged_items_in_records_only(start_teacher, tmp_path):
@@ -302,7 +302,7 @@ def test_a_progress_file_that_cannot_be_written_stops_the_run_with_one_line(star
     assert not os.path.exists(main) and teacher.stats()["total"] <= 2 * 6
 
 
-# ---- stage B ----------------------------------------------------------------------------------
+# ---- search ----------------------------------------------------------------------------------
 
 
 def search_args(tmp_path, problems, name="sft", *extra):
@@ -623,7 +623,7 @@ def test_the_seed_commands_work_as_typed_on_the_demo_data(start_teacher, tmp_pat
     mcq, problems, rows = read_json(demo), read_json(tmp_path / final[0]), read_json(tmp_path / sft[0])
     assert 40 <= len(mcq) <= 60 and 0 < len(mcq) - len(problems) <= 8  # a few are filtered out
     assert len(rows) >= 0.8 * len(problems) and all(set(r) == SFT_KEYS for r in rows)
-    # stage A's output chains into stage B as well
+    # construct's output chains into search as well
     run(SEARCH, ["--data_path", final[0], "--model_name", "gpt-4o"], teacher, cwd=tmp_path)
     assert any(re.fullmatch(rf"demo_data_final_\d+_CoT_search_{len(problems)}\.json", n) for n in os.listdir(tmp_path))
 

@@ -1,6 +1,8 @@
-"""The README's stage commands parse as written (GPU ones cannot run here, but every flag must be accepted), their
-`accelerate launch` part through accelerate's own launch parser, down to the processes each node would start."""
+"""The README's stage commands, and the docs' blocks marked as tested, parse as written (GPU ones cannot run here, but
+every flag must be accepted), their `accelerate launch` part through accelerate's own launch parser, down to the
+processes each node would start. And the README stays short enough to read in ten minutes."""
 
+import inspect
 import os
 import re
 import shlex
@@ -24,65 +26,126 @@ SCRIPTS = (
     "evaluation/serve.py",
     "evaluation/prepare_eval_data.py",
 )
-VARIABLES = {"$model_name": "models/some-model", "$port": "28035", "$NODE_RANK": "0", "$MASTER_ADDR": "10.0.0.1"}
+VARIABLES = {
+    "$model_name": "models/some-model",
+    "$port": "28035",
+    "$NODE_RANK": "0",
+    "$MASTER_ADDR": "10.0.0.1",
+    "$sft_model": "ckpts/sft_stage1/checkpoint-462",
+}
+# Every bash block of the README is checked; a docs page opts a block in with this line just above it (the
+# commands that moved there from the README, and others that need no placeholder filled in).
+TESTED_MARK = "<!-- tested: tests/test_readme.py -->"
+DOCS = ("docs/data.md", "docs/sft.md", "docs/verifier.md", "docs/rl.md", "docs/eval.md", "docs/scaling.md")
+README_WORD_LIMIT = 1800
 
 
-def readme_commands():
-    """(launcher, script, argv) for every command in the README's bash blocks that runs one of our scripts; the
-    launcher is the words before the script (`python`, `accelerate launch ...`)."""
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
-        text = f.read()
+def read(doc):
+    with open(os.path.join(REPO, doc), encoding="utf-8") as f:
+        return f.read()
+
+
+def documented_commands():
+    """(doc, launcher, script, argv) for every command that runs one of our scripts, in the README's bash blocks and
+    the docs' marked ones; the launcher is the words before the script (`python`, `accelerate launch ...`)."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
-        for command in block.replace("\\\n", " ").splitlines():
-            command = command.split(" #")[0].strip()
-            for name, value in VARIABLES.items():
-                command = command.replace(name, value)
-            words = shlex.split(command) if command else []
-            scripts = [i for i, w in enumerate(words) if w in SCRIPTS]
-            if scripts:
-                commands.append((words[: scripts[0]], words[scripts[0]], words[scripts[0] + 1 :]))
+    for doc in ("README.md", *DOCS):
+        fence = r"```bash\n(.*?)```"
+        blocks = re.findall(fence if doc == "README.md" else re.escape(TESTED_MARK) + r"\n" + fence, read(doc), re.S)
+        for block in blocks:
+            for command in block.replace("\\\n", " ").splitlines():
+                command = command.split(" #")[0].strip()
+                if command.startswith("#"):
+                    continue
+                for name, value in VARIABLES.items():
+                    command = command.replace(name, value)
+                words = shlex.split(command) if command else []
+                scripts = [i for i, w in enumerate(words) if w in SCRIPTS]
+                if scripts:
+                    commands.append((doc, words[: scripts[0]], words[scripts[0]], words[scripts[0] + 1 :]))
     return commands
 
 
-COMMANDS = [(script, argv) for _, script, argv in readme_commands()]
-LAUNCHES = [command for command in readme_commands() if command[0][:2] == ["accelerate", "launch"]]
+DOCUMENTED = documented_commands()
+COMMANDS = [(script, argv) for _, _, script, argv in DOCUMENTED]
+IDS = [f"{doc}:{script}:{i}" for i, (doc, _, script, _) in enumerate(DOCUMENTED)]
+LAUNCHES = [
+    (launcher, script, argv) for _, launcher, script, argv in DOCUMENTED if launcher[:2] == ["accelerate", "launch"]
+]
+LAUNCH_IDS = [
+    f"{doc}:{script}:{i}"
+    for i, (doc, launcher, script, _) in enumerate(DOCUMENTED)
+    if launcher[:2] == ["accelerate", "launch"]
+]
+SEED_RL_FLAGS = (
+    "model_name_or_path reward_model_path value_model_path dataset_name response_length temperature "
+    "local_rollout_forward_batch_size num_ppo_epochs num_mini_batches total_episodes "
+    "per_device_train_batch_size gradient_accumulation_steps bf16 output_dir save_strategy save_step "
+    "save_total_limit eval_strategy eval_steps kl_coef learning_rate warmup_ratio gradient_checkpointing "
+    "dataloader_num_workers run_name num_sample_generations report_to"
+).split()
+
+
+def commands_in(doc, script):
+    return [argv for where, _, name, argv in DOCUMENTED if where == doc and name == script]
+
+
+def flag_values(argv):
+    return dict(zip(argv[0::2], argv[1::2]))
 
 
 def test_the_readme_shows_every_stage():
-    assert {script for script, _ in COMMANDS} >= {
+    order = [script for doc, _, script, _ in DOCUMENTED if doc == "README.md"]
+    assert set(order) >= {
         "construct_verifiable_medical_problems.py",
         "prepare_training_data.py",
         "search_for_complex_reasoning_path.py",
         "SFT_stage1.py",
+        "train_verifier.py",
         "RL_stage2.py",
         "evaluation/eval.py",
         "evaluation/serve.py",
     }
-    order = [script for script, _ in COMMANDS]
     # the recipe sits between construct and search, as the data flows
     assert order.index("construct_verifiable_medical_problems.py") < order.index("prepare_training_data.py")
     assert order.index("prepare_training_data.py") < order.index("search_for_complex_reasoning_path.py")
-    rl, rl_small = [argv for script, argv in COMMANDS if script == "RL_stage2.py"]
-    seed_flags = (
-        "model_name_or_path reward_model_path value_model_path dataset_name response_length temperature "
-        "local_rollout_forward_batch_size num_ppo_epochs num_mini_batches total_episodes "
-        "per_device_train_batch_size gradient_accumulation_steps bf16 output_dir save_strategy save_step "
-        "save_total_limit eval_strategy eval_steps kl_coef learning_rate warmup_ratio gradient_checkpointing "
-        "dataloader_num_workers run_name num_sample_generations report_to"
-    ).split()
-    assert rl[0::2] == [f"--{flag}" for flag in seed_flags]  # the seed's command, flag for flag
-    # the seed's Qwen2.5-1.5B command: the same flags; Qwen as policy and value model, 4 prompts per forward pass
-    assert rl_small[0::2] == rl[0::2]
-    small, large = dict(zip(rl_small[0::2], rl_small[1::2])), dict(zip(rl[0::2], rl[1::2]))
-    assert {flag: value for flag, value in small.items() if large[flag] != value} == {
+    (rl,) = commands_in("README.md", "RL_stage2.py")
+    assert rl[0::2] == [f"--{flag}" for flag in SEED_RL_FLAGS]  # the seed's command, flag for flag
+
+
+def test_the_rl_page_keeps_the_seeds_two_commands():
+    """docs/rl.md holds the seed's 8-GPU command as the seed wrote it and its Qwen2.5-1.5B one (the same flags; Qwen
+    as policy and value model, 4 prompts per forward pass); the README's differs from the seed's only in its policy,
+    your SFT checkpoint, not the released model that RL already trained."""
+    seed, small = commands_in("docs/rl.md", "RL_stage2.py")[:2]
+    (readme,) = commands_in("README.md", "RL_stage2.py")
+    assert seed[0::2] == small[0::2] == readme[0::2] == [f"--{flag}" for flag in SEED_RL_FLAGS]
+    seed, small, readme = flag_values(seed), flag_values(small), flag_values(readme)
+    assert seed["--model_name_or_path"] == "FreedomIntelligence/HuatuoGPT-o1-8B"
+    assert {flag: value for flag, value in small.items() if seed[flag] != value} == {
         "--model_name_or_path": "Qwen/Qwen2.5-1.5B-Instruct",
         "--value_model_path": "Qwen/Qwen2.5-1.5B-Instruct",
         "--local_rollout_forward_batch_size": "4",
     }
+    assert {flag: value for flag, value in readme.items() if seed[flag] != value} == {
+        "--model_name_or_path": VARIABLES["$sft_model"]
+    }
 
 
-@pytest.mark.parametrize("script, argv", COMMANDS, ids=[f"{s}:{i}" for i, (s, _) in enumerate(COMMANDS)])
+def test_the_readme_reads_in_ten_minutes():
+    assert len(read("README.md").split()) <= README_WORD_LIMIT
+
+
+def test_the_readmes_vllm_range_is_the_one_trl_supports():
+    """`pip install "vllm>=A,<=B"` in the README names the range the installed trl warns outside of."""
+    from trl import import_utils
+
+    supported = re.findall(r'Version\("([\d.]+)"\)', inspect.getsource(import_utils.is_vllm_available))
+    (pinned,) = re.findall(r'pip install "vllm>=([\d.]+),<=([\d.]+)"', read("README.md"))
+    assert list(pinned) == supported[:2]
+
+
+@pytest.mark.parametrize("script, argv", COMMANDS, ids=IDS)
 def test_readme_command_parses(script, argv, monkeypatch, one_thread_fresh_accelerate):
     """The script's own argument parsing, run whole in this process, stopped before it loads anything."""
     if script == "RL_stage2.py":
@@ -120,11 +183,11 @@ def torchrun_arguments(launcher, script, argv, monkeypatch):
     return args, env, run
 
 
-@pytest.mark.parametrize("launcher, script, argv", LAUNCHES, ids=[f"{s}:{i}" for i, (_, s, _) in enumerate(LAUNCHES)])
+@pytest.mark.parametrize("launcher, script, argv", LAUNCHES, ids=LAUNCH_IDS)
 def test_readme_launch_commands_start_every_process_they_count(launcher, script, argv, monkeypatch):
-    """Each `accelerate launch` command of the README, through accelerate's own launch parser: DeepSpeed ZeRO-3 in
-    bf16 from the config file, --num_processes spread evenly over --num_machines, this node's rank, the script and
-    its flags handed on unchanged."""
+    """Each `accelerate launch` command of the README and the docs' tested blocks, through accelerate's own launch
+    parser: DeepSpeed ZeRO-3 in bf16 from the config file, --num_processes spread evenly over --num_machines, this
+    node's rank, the script and its flags handed on unchanged."""
     for rank in range(int(flag_value(launcher, "--num_machines", "1"))):
         words = list(launcher)
         if "--machine_rank" in words:
@@ -154,7 +217,8 @@ def torchrun_nodes(nnodes):
     return least
 
 
-def test_the_readme_shows_a_two_node_launch():
+def test_the_scaling_page_shows_a_two_node_launch():
     (launcher, script, argv), *others = [c for c in LAUNCHES if flag_value(c[0], "--num_machines") == "2"]
     assert script == "SFT_stage1.py" and not others
     assert {"--main_process_ip", "--main_process_port", "--machine_rank"} <= set(launcher)
+    assert [doc for doc, words, _, _ in DOCUMENTED if words == launcher] == ["docs/scaling.md"]

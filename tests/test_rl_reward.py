@@ -1,6 +1,5 @@
 """The verifier reward: format gate, exact verifier input, threshold, truncation at the stop token."""
 
-import math
 import os
 
 import pytest
@@ -8,35 +7,19 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from huatuo_o1.answer_format import final_answer
+from huatuo_o1.rl.loading import Problem
+from huatuo_o1.rl.reward import RLReward, trl_reward_functions
 from huatuo_o1.verifier import (
     NO_ANSWER,
+    PAPER_REWARD,
     VerifierReward,
     decode_until_stop,
     load_template,
-    trl_reward_functions,
     verifier_input,
 )
+from tests.verifier_helpers import ControlledVerifier
 
 GOOD = "## Thinking\n\nFever and cough point to an infection.\n\n## Final Response\n\nPneumonia."
-
-
-class ControlledVerifier(torch.nn.Module):
-    """Returns logits giving p(label 1) = p_by_text[decoded input]; records what it was shown."""
-
-    def __init__(self, tokenizer, p_by_text, default_p=0.5):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.zeros(1))
-        self.tokenizer, self.p_by_text, self.default_p = tokenizer, p_by_text, default_p
-        self.seen = []
-
-    def forward(self, input_ids, attention_mask):
-        logits = []
-        for ids, mask in zip(input_ids, attention_mask):
-            text = self.tokenizer.decode(ids[mask.bool()])
-            self.seen.append(text)
-            p = self.p_by_text.get(text, self.default_p)
-            logits.append([0.0, math.log(p / (1 - p))])  # softmax([0, log(p/(1-p))])[1] == p
-        return type("Out", (), {"logits": torch.tensor(logits)})()
 
 
 @pytest.fixture(scope="module")
@@ -128,11 +111,11 @@ def test_trl_callables_use_the_same_rule(verifier_tokenizer):
     verifier = ControlledVerifier(
         verifier_tokenizer, {verifier_input("Pneumonia.", "Pneumonia", eos): 0.9}, default_p=0.1
     )
-    reward_fn, format_fn = trl_reward_functions(VerifierReward(verifier, verifier_tokenizer))
+    reward = RLReward("verifier", PAPER_REWARD, VerifierReward(verifier, verifier_tokenizer))
+    (reward_fn, format_fn), weights = trl_reward_functions(reward, [Problem("q", "Asthma"), Problem("q", "Pneumonia")])
+    assert reward_fn.__name__ == "verifier" and weights == [1.0, 0.0]  # trl logs rewards/verifier/mean, as before
     completions = [[{"role": "assistant", "content": GOOD}], [{"role": "assistant", "content": "no format"}]]
-    assert reward_fn(
-        prompts=["q", "q"], completions=completions, reference=["Pneumonia", "Pneumonia"]
-    ) == pytest.approx([1.0, 0.0])
+    assert reward_fn(prompts=["q", "q"], completions=completions, problem=[1, 1]) == pytest.approx([1.0, 0.0])
     assert format_fn(prompts=["q", "q"], completions=completions) == [1.0, 0.0]
 
 
@@ -149,8 +132,8 @@ def test_observers_see_every_call_with_its_rewards_while_they_observe(verifier_t
     reward([GOOD], ["Pneumonia"])  # before: not observed
     with VerifierReward.observe_calls(observer):
         out = reward([GOOD, "no format"], ["Pneumonia", "Asthma"])
-        reward_fn, _ = trl_reward_functions(reward)  # trl's path calls the same reward
-        reward_fn(prompts=["q"], completions=[[{"role": "assistant", "content": GOOD}]], reference=["Flu"])
+        (reward_fn, _), _ = trl_reward_functions(RLReward("verifier", PAPER_REWARD, reward), [Problem("q", "Flu")])
+        reward_fn(prompts=["q"], completions=[[{"role": "assistant", "content": GOOD}]], problem=[0])  # trl's path
     reward([GOOD], ["Pneumonia"])  # after: not observed
     assert seen == [
         (reward, [GOOD, "no format"], ["Pneumonia", "Asthma"], pytest.approx([1.0, 0.0])),

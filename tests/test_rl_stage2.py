@@ -3,6 +3,7 @@
 import json
 import os
 import shlex
+import shutil
 
 import pytest
 import torch
@@ -13,8 +14,9 @@ from huatuo_o1.records import InputError
 from huatuo_o1.rl import loading
 from huatuo_o1.rl.config import check_batch_sizes, parse_args
 from huatuo_o1.rl.loading import Problem, load_problems
+from tests.damage import DAMAGES, damage
 from tests.rl_helpers import rl_flags, write_problems
-from tests.scripts import reset_accelerate, run_ok
+from tests.scripts import reset_accelerate, run_ok, run_script
 
 SEED_COMMAND = """
     --model_name_or_path {policy} --reward_model_path {verifier} --value_model_path {value} --dataset_name
@@ -335,6 +337,61 @@ def test_resume_from_checkpoint_continues_the_same_run(tiny_models, tmp_path):
     b = AutoModelForCausalLM.from_pretrained(resumed).state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+PPO_RESUMABLE = [
+    *("--total_episodes", "12", "--num_ppo_epochs", "1", "--save_strategy", "steps", "--save_step", "1"),
+    *("--save_total_limit", "2", "--eval_strategy", "no"),
+]
+
+
+@pytest.fixture(scope="module")
+def ppo_checkpoints(tiny_models, tmp_path_factory):
+    """A PPO run of 3 updates that kept checkpoint-1 and checkpoint-2, each with its training state; its data."""
+    folder = tmp_path_factory.mktemp("ppo_checkpoints")
+    data, out = write_problems(folder / "problems.json", 11), str(folder / "rl")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    run_rl(tiny_argv(tiny_models, data, out, *PPO_RESUMABLE))
+    reset_accelerate()
+    torch.set_num_threads(threads)
+    return out, data
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_a_damaged_checkpoint_to_resume_falls_back_to_the_older_one_or_stops_naming_the_file(
+    tiny_models, ppo_checkpoints, tmp_path, how
+):
+    whole, data = ppo_checkpoints
+    run_dir = str(tmp_path / "copy")
+    shutil.copytree(whole, run_dir)
+    with open(os.path.join(run_dir, "manifest.json")) as f:  # the final policy has one too
+        assert "model.safetensors" in {entry["path"] for entry in json.load(f)["files"]}
+    newest, older = os.path.join(run_dir, "checkpoint-2"), os.path.join(run_dir, "checkpoint-1")
+    weights = os.path.join(newest, "model.safetensors")
+    reason = damage(weights, how)
+    resumed = str(tmp_path / "resumed")
+    argv = tiny_argv(tiny_models, data, resumed, *PPO_RESUMABLE, "--resume_from_checkpoint", newest)
+    result = run_ok("RL_stage2.py", argv)
+    reset_accelerate()
+    assert f"{newest} skipped: {weights} does not match its manifest {reason}\n" in result.stdout
+    assert f"resumed from {older} at update 1" in result.stdout
+    log = [json.loads(line) for line in open(os.path.join(resumed, "rl_log.jsonl"))]
+    assert [r["update"] for r in log] == [2, 3]  # the updates after checkpoint-1 ran again
+    whole_log = [json.loads(line) for line in open(os.path.join(whole, "rl_log.jsonl"))]
+    assert log[0]["objective/kl"] == pytest.approx(whole_log[1]["objective/kl"], abs=1e-5)
+
+    # no older checkpoint that matches: one line naming the damaged file, nothing loaded, nothing written
+    damage(os.path.join(older, "training_state", sorted(os.listdir(os.path.join(older, "training_state")))[0]), how)
+    stopped = run_script(
+        "RL_stage2.py", tiny_argv(tiny_models, data, str(tmp_path / "again"), "--resume_from_checkpoint", newest)
+    )
+    lines = stopped.stderr.strip().splitlines()
+    assert stopped.returncode == 1 and len(lines) == 1 and "Traceback" not in stopped.stderr
+    assert lines[0] == (
+        f"error: {weights} does not match its manifest {reason}; no older checkpoint beside it matches its manifest"
+    )
+    assert not os.path.exists(tmp_path / "again")
 
 
 def test_problems_are_filtered_and_ten_percent_held_out(tmp_path):

@@ -79,7 +79,8 @@ TIMINGS = ("episodes_per_second", "seconds", "policy_dir")
 def test_ppo_on_two_machines_of_one_process_equals_one_machine_of_two(
     tiny_models, ppo_data, ppo_one_machine_two_processes, tmp_path
 ):
-    """The README's multi-node launch on localhost (--num_machines 2, --machine_rank 0 and 1), one process each."""
+    """The multi-node launch of docs/scaling.md on localhost (--num_machines 2, --machine_rank 0 and 1), one process
+    each."""
     out, port = str(tmp_path / "rl"), free_port()
     launch_ok(
         [

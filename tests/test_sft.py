@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithFlattening
 
-from huatuo_o1 import models
+from huatuo_o1 import manifests, models
 from huatuo_o1.models import load_chat_tokenizer
-from huatuo_o1.records import InputError, load_records
+from huatuo_o1.records import InputError, load_records, read_json
 from huatuo_o1.serving import free_port, listening_pids
 from huatuo_o1.sft import (
     GROUP_BATCHES,
@@ -22,7 +22,8 @@ from huatuo_o1.sft import (
     prompt_completion_rows,
     stop_token_ids,
 )
-from tests.scripts import accelerate_launch, launch_ok, reset_accelerate, run_script
+from tests.damage import DAMAGES, damage
+from tests.scripts import accelerate_launch, launch_ok, reset_accelerate, run_launches, run_script
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_ROWS = load_records(os.path.join(REPO_ROOT, "data", "demo_sft.json"))
@@ -551,6 +552,94 @@ def test_a_rerun_with_other_data_is_refused_the_same_one_skipped_and_resume_fals
     assert folder_bytes(out)[trained] != finished[trained]
 
 
+@pytest.fixture(scope="module")
+def finished_sft(tiny_models, tmp_path_factory):
+    """A finished SFT run (4 rows, batch 2, 2 epochs: checkpoint-2 and checkpoint-4, only the newest with training
+    state) and its flags; the tests damage copies of it."""
+    folder = tmp_path_factory.mktemp("finished_sft")
+    data = write_rows(str(folder), DEMO_ROWS[:4])
+    flags = dict(n_epochs=2, max_seq_len=512)
+    run_ok(*common_flags(tiny_models["tiny-qwen2"], data, str(folder / "out"), **flags))
+    return str(folder / "out"), data, flags
+
+
+def sft_again(tiny_models, finished_sft, tmp_path, *extra):
+    """A copy of the finished run, and SFT_stage1.py run again over it with the same inputs (+ extra flags)."""
+    finished, data, flags = finished_sft
+    out = str(tmp_path / "out")
+    shutil.copytree(finished, out)
+
+    def rerun():
+        try:
+            return run_script("SFT_stage1.py", common_flags(tiny_models["tiny-qwen2"], data, out, **flags) + [*extra])
+        finally:
+            reset_accelerate()
+
+    return os.path.join(out, "sft_stage1"), rerun
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_a_finished_run_whose_final_checkpoint_is_damaged_never_reports_nothing_to_do(
+    tiny_models, finished_sft, tmp_path, how
+):
+    run_dir, rerun = sft_again(tiny_models, finished_sft, tmp_path)
+    assert checkpoint_names(os.path.dirname(run_dir)) == ["checkpoint-2", "checkpoint-4"]
+    weights = os.path.join(run_dir, "checkpoint-4", "model.safetensors")
+    reason = damage(weights, how)
+    before = folder_bytes(run_dir)
+    result = rerun()
+    # before: "a finished run of these inputs: nothing to do", exit 0, over weights that do not load. checkpoint-2
+    # matches its manifest but lost its training state when checkpoint-4 was saved: nothing to resume, one line
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and "Traceback" not in result.stderr
+    assert lines[0] == (
+        f"error: {weights} does not match its manifest {reason}; {run_dir}/checkpoint-2, the newest checkpoint that "
+        "matches its manifest, has no training state to resume from (only the newest checkpoint keeps it): pass "
+        "--resume False to start afresh (the checkpoints are removed)"
+    )
+    assert "nothing to do" not in result.stdout and folder_bytes(run_dir) == before
+
+
+def test_sizes_only_skips_the_digests_but_catches_a_cut_file_and_no_manifest_is_taken_as_it_is(
+    tiny_models, finished_sft, tmp_path
+):
+    run_dir, rerun = sft_again(tiny_models, finished_sft, tmp_path, "--verify_checkpoints", "sizes")
+    newest = os.path.join(run_dir, "checkpoint-4")
+    damage(os.path.join(newest, "model.safetensors"), "flipped")
+    result = rerun()  # the size is right: not checked further
+    assert result.returncode == 0 and "holds a finished run of these inputs" in result.stdout
+    optimizer_state = next(
+        os.path.join(root, name)
+        for root, _, files in os.walk(os.path.join(newest, "training_state"))
+        for name in files
+    )
+    reason = damage(optimizer_state, "truncated")
+    result = rerun()
+    assert result.returncode == 1 and f"{optimizer_state} does not match its manifest {reason}" in result.stderr
+    # written before manifests (or by another tool): as before this change, its files are not checked
+    os.remove(os.path.join(newest, "manifest.json"))
+    result = rerun()
+    assert result.returncode == 0 and "holds a finished run of these inputs" in result.stdout
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_an_interrupted_run_whose_only_checkpoint_is_damaged_stops_naming_the_file(tiny_models, tmp_path, how):
+    data = write_rows(str(tmp_path), DEMO_ROWS[:4])
+    out, model = str(tmp_path / "out"), tiny_models["tiny-qwen2"]
+    run_ok(*common_flags(model, data, out, max_seq_len=512, max_steps=1))  # stopped after checkpoint-1
+    run_dir = os.path.join(out, "sft_stage1")
+    trainer_state = os.path.join(run_dir, "checkpoint-1", "trainer_state.json")
+    reason = damage(trainer_state, how)
+    result = run_script("SFT_stage1.py", common_flags(model, data, out, max_seq_len=512))
+    reset_accelerate()
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and "Traceback" not in result.stderr
+    assert lines[0] == (
+        f"error: {trainer_state} does not match its manifest {reason}; no checkpoint of {run_dir} matches its "
+        "manifest: pass --resume False to start afresh (the checkpoints are removed)"
+    )
+
+
 def zero3_flags(tiny_models, data, out):
     return common_flags(
         tiny_models["tiny-llama"], data, out, n_epochs=2, learning_rate=3e-3, gradient_checkpointing=True
@@ -596,10 +685,34 @@ def test_two_process_deepspeed_zero3_run_on_cpu(tiny_models, zero3_one_machine_t
 
 
 @pytest.mark.multiprocess
+def test_both_processes_check_a_zero3_checkpoint_and_agree_on_what_is_damaged(
+    tiny_models, zero3_data, zero3_one_machine_two_processes, tmp_path
+):
+    """The manifest lists the files of both processes; a rerun spreads the digests over them (each reads its share)
+    and both decide alike: nothing to do, or one line naming a file only one of them read."""
+    out = str(tmp_path / "out")
+    shutil.copytree(zero3_one_machine_two_processes, out)
+    newest = os.path.join(out, "sft_stage1", "checkpoint-8")
+    listed = {entry["path"] for entry in read_json(os.path.join(newest, "manifest.json"))["files"]}
+    assert {"training_state/random_states_0.pkl", "training_state/random_states_1.pkl"} <= listed
+    assert manifests.problems(newest) == []
+    command = accelerate_launch("SFT_stage1.py", zero3_flags(tiny_models, zero3_data, out), free_port())
+    (result,) = launch_ok([command])
+    assert "holds a finished run of these inputs" in result.stdout
+    reason = damage(os.path.join(newest, "training_state", "random_states_1.pkl"), "flipped")
+    results, left = run_launches(
+        [accelerate_launch("SFT_stage1.py", zero3_flags(tiny_models, zero3_data, out), free_port())]
+    )
+    assert results[0].returncode != 0 and not left and "nothing to do" not in results[0].stdout
+    damaged = os.path.join(newest, "training_state", "random_states_1.pkl")
+    assert f"error: {damaged} does not match its manifest {reason};" in results[0].stderr
+
+
+@pytest.mark.multiprocess
 def test_two_machines_of_one_process_train_as_one_machine_of_two(
     tiny_models, zero3_data, zero3_one_machine_two_processes, tmp_path
 ):
-    """The README's multi-node launch, on localhost: two `accelerate launch` commands (--num_machines 2,
+    """The multi-node launch of docs/scaling.md, on localhost: two `accelerate launch` commands (--num_machines 2,
     --machine_rank 0 and 1, machine 0's address and port), one process each, ZeRO-3 over gloo."""
     out, port = str(tmp_path / "out"), free_port()
     machines = launch_ok(

@@ -4,6 +4,7 @@ test_rl_stage2.py) runs its resume through Checkpoints.load."""
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from accelerate import Accelerator
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from huatuo_o1 import training
+from tests.damage import DAMAGES, damage, seal
 from tests.scripts import reset_accelerate
 
 
@@ -207,3 +209,121 @@ def test_resume_or_refuse_reads_the_summary_where_no_checkpoint_is_left(tmp_path
     with pytest.raises(training.InputError, match="^other inputs: learning_rate 1.0 -> 0.001$"):
         decide(run_dir, summary_path=summary)
     assert decide(run_dir, resume=False, summary_path=summary) == training.Resumption("fresh")
+
+
+def sealed_checkpoint(run_dir, step, state, training_state=True):
+    """fake_checkpoint with weights and a manifest, as Checkpoints.save leaves one."""
+    path = fake_checkpoint(run_dir, step, state, training_state)
+    with open(os.path.join(path, "model.safetensors"), "wb") as f:
+        f.write(bytes(range(256)) * 8)
+    if training_state:
+        with open(os.path.join(path, training.TRAINING_STATE, "optimizer.bin"), "wb") as f:
+            f.write(b"adam" * 100)
+    seal(path, run_parts=(training.TRAINER_STATE, training.TRAINING_STATE), removable=(training.TRAINING_STATE,))
+    return path
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_a_damaged_newest_checkpoint_is_passed_over_for_the_newest_that_matches(tmp_path, how):
+    run_dir = str(tmp_path / "run")
+    older = sealed_checkpoint(run_dir, 2, {"epoch": 1, "inputs": INPUTS})
+    newest = sealed_checkpoint(run_dir, 4, {"epoch": 2, "inputs": INPUTS})  # finished
+    weights = os.path.join(newest, "model.safetensors")
+    reason = damage(weights, how)
+    skipped = (f"{newest} skipped: {weights} does not match its manifest {reason}",)
+    # its finished state is not trusted: the run resumes from the older checkpoint, which kept its training state
+    assert decide(run_dir) == training.Resumption("resume", older, skipped=skipped)
+    # where the older one cannot resume (only the newest keeps training state): one line naming the damaged file
+    shutil.rmtree(os.path.join(older, training.TRAINING_STATE))
+    with pytest.raises(training.InputError) as error:
+        decide(run_dir)
+    assert str(error.value) == (
+        f"{weights} does not match its manifest {reason}; {older}, the newest checkpoint that matches its manifest, "
+        "has no training state to resume from (only the newest checkpoint keeps it): pass --resume False to start "
+        "afresh (the checkpoints are removed)"
+    )
+    # none matches: one line naming the newest's damaged file
+    damage(os.path.join(older, "model.safetensors"), "truncated")
+    with pytest.raises(training.InputError, match=f"^{weights} does not match its manifest .*; no checkpoint of "):
+        decide(run_dir)
+    assert decide(run_dir, resume=False) == training.Resumption("fresh", replaced=(older, newest))  # never read
+
+
+def test_sizes_mode_passes_a_flipped_byte_but_not_a_cut_file(tmp_path):
+    run_dir = str(tmp_path / "run")
+    newest = sealed_checkpoint(run_dir, 4, {"epoch": 2, "inputs": INPUTS})
+    damage(os.path.join(newest, "model.safetensors"), "flipped")
+
+    def decide_sizes():
+        return training.resume_or_refuse(
+            training.Checkpoints(run_dir, verify="sizes"),
+            INPUTS,
+            True,
+            other_inputs=str,
+            is_finished=lambda state: state["epoch"] >= 2,
+        )
+
+    assert decide_sizes() == training.Resumption("finished", newest)
+    damage(os.path.join(newest, training.TRAINING_STATE, "optimizer.bin"), "truncated")
+    with pytest.raises(training.InputError, match="optimizer.bin does not match its manifest"):
+        decide_sizes()
+
+
+def test_a_finished_run_known_by_its_summary_is_finished_only_when_its_folder_matches(tmp_path):
+    folder, summary = str(tmp_path), str(tmp_path / "summary.json")
+    with open(os.path.join(folder, "model.safetensors"), "wb") as f:
+        f.write(b"weights" * 100)
+    with open(summary, "w") as f:
+        json.dump({"inputs": INPUTS}, f)
+    assert decide(folder, summary_path=summary) == training.Resumption("finished")  # no manifest: as before
+    seal(folder)
+    assert decide(folder, summary_path=summary) == training.Resumption("finished")
+    reason = damage(os.path.join(folder, "model.safetensors"), "truncated")
+    with pytest.raises(training.InputError) as error:
+        decide(folder, summary_path=summary)
+    assert str(error.value) == (
+        f"{folder}/model.safetensors does not match its manifest {reason}; {folder} holds a finished run whose files "
+        "are damaged: pass --resume False to train again"
+    )
+
+
+def test_a_checkpoint_to_resume_falls_back_to_the_newest_older_one_beside_it_that_matches(tmp_path):
+    run_dir = str(tmp_path / "rl")
+    first = sealed_checkpoint(run_dir, 1, {"update": 1})
+    second = sealed_checkpoint(run_dir, 2, {"update": 2})
+    third = sealed_checkpoint(run_dir, 3, {"update": 3})
+    assert training.checkpoint_to_resume(second, "full") == (second, ())
+    reason = damage(os.path.join(second, "model.safetensors"), "missing")
+    skipped = f"{second} skipped: {second}/model.safetensors does not match its manifest {reason}"
+    assert training.checkpoint_to_resume(second + "/", "full") == (first, (skipped,))  # never the newer one
+    damage(os.path.join(first, training.TRAINER_STATE), "flipped")
+    with pytest.raises(training.InputError, match=f"^{second}/model.safetensors does not match its manifest"):
+        training.checkpoint_to_resume(second, "full")
+    # a broken trainer_state.json in a checkpoint without a manifest (written before manifests): named with its line
+    os.remove(os.path.join(third, "manifest.json"))
+    with open(os.path.join(third, training.TRAINER_STATE), "w") as f:
+        f.write('{"update": 3,\n}')
+    with pytest.raises(training.InputError) as error:
+        training.checkpoint_to_resume(third, "full")
+    assert str(error.value) == (
+        f"{third}/trainer_state.json: not valid JSON (line 2, column 1: Expecting property name enclosed in double "
+        "quotes)"
+    )
+
+
+def test_rotation_leaves_the_checkpoints_a_resume_passed_over_alone(tmp_path):
+    run_dir = str(tmp_path / "run")
+    for step in (2, 4, 6):
+        sealed_checkpoint(run_dir, step, {"step": step})
+    checkpoints = training.Checkpoints(run_dir, keep=2)
+    # a run resumed from checkpoint-2 (4 and 6 damaged) has just saved checkpoint-3
+    sealed_checkpoint(run_dir, 3, {"step": 3})
+    checkpoints.rotate(3)
+    assert [os.path.basename(c) for c in checkpoints.list()] == [
+        "checkpoint-2",
+        "checkpoint-3",
+        "checkpoint-4",
+        "checkpoint-6",
+    ]
+    assert training.has_training_state(os.path.join(run_dir, "checkpoint-3"))  # the newest it saved keeps it
+    assert not training.has_training_state(os.path.join(run_dir, "checkpoint-2"))

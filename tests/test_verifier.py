@@ -17,6 +17,7 @@ from huatuo_o1.records import InputError
 from huatuo_o1.rl import loading
 from huatuo_o1.serving import free_port
 from huatuo_o1.verifier import VerifierReward, verifier_input
+from tests.damage import DAMAGES, damage
 from tests.rl_helpers import write_problems
 from tests.scripts import record_calls, reset_accelerate, run_ok, run_script
 from tests.verifier_helpers import SHORT_TEMPLATE, as_search_records, synthetic_verdicts, write_json
@@ -320,7 +321,7 @@ def test_trained_verifier_drops_into_rl_stage2(tiny_models, quick_verifier, tmp_
 
     # the script imports these when it runs
     monkeypatch.setattr(loading, "load_models", keep_models)
-    monkeypatch.setattr("huatuo_o1.verifier.VerifierReward", KeptReward)
+    monkeypatch.setattr("huatuo_o1.rl.reward.VerifierReward", KeptReward)  # what builds the run's reward
     out = str(tmp_path / "rl")
     run_ok(
         "RL_stage2.py",
@@ -491,6 +492,96 @@ def test_a_finished_verifier_is_kept_and_a_rerun_with_other_data_refused(tiny_mo
     assert open(os.path.join(out, "model.safetensors"), "rb").read() == weights
     assert train(other, "--resume", "False").returncode == 0
     assert json.load(open(os.path.join(out, "verifier_summary.json")))["data_path"] == other
+
+
+@pytest.fixture(scope="module")
+def verifier_runs(tiny_models, tmp_path_factory):
+    """A verifier run stopped after its first epoch (checkpoint-4 in its folder) and the same run finished (the
+    checkpoint removed, the verifier and its summary in the folder); and the command line over the copy at {out}."""
+    folder = tmp_path_factory.mktemp("verifier_runs")
+    data = write_json(folder / "rows.json", synthetic_verdicts(30, seed=4))
+    argv = ["--model_path", tiny_models["tiny-verifier"], "--data_path", data, "--output_dir", "{out}"]
+    argv += ["--n_epochs", "2", "--train_bsz_per_gpu", "6", "--max_length", "64", "--eval_before_training", "False"]
+    real_save = training.Checkpoints.save
+
+    def crash_after_saving(self, *args, **kwargs):
+        raise KeyboardInterrupt(f"simulated crash after saving {real_save(self, *args, **kwargs)}")
+
+    run = str(folder / "run")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training.Checkpoints, "save", crash_after_saving)
+        assert run_script("train_verifier.py", [a.format(out=run) for a in argv]).returncode == 130
+    reset_accelerate()
+    shutil.copytree(run, str(folder / "interrupted"))
+    train_verifier([a.format(out=run) for a in argv])
+    torch.set_num_threads(threads)
+    return {"interrupted": str(folder / "interrupted"), "finished": run, "argv": argv}
+
+
+def rerun_verifier(verifier_runs, which, tmp_path):
+    """A copy of one of verifier_runs, and train_verifier.py run again over it with the same inputs."""
+    out = str(tmp_path / which)
+    shutil.copytree(verifier_runs[which], out)
+
+    def rerun():
+        try:
+            return run_script("train_verifier.py", [a.format(out=out) for a in verifier_runs["argv"]])
+        finally:
+            reset_accelerate()
+
+    return out, rerun
+
+
+def one_error_line(result):
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    return lines[0]
+
+
+def test_the_trained_verifier_manifest_covers_the_model_and_the_summary_a_rerun_reads(verifier_runs):
+    with open(os.path.join(verifier_runs["finished"], "manifest.json")) as f:
+        listed = {entry["path"]: entry["part"] for entry in json.load(f)["files"]}
+    assert listed["model.safetensors"] == listed["config.json"] == listed["tokenizer.json"] == "model"
+    assert listed["verifier_summary.json"] == "run"  # "nothing to do" reads its inputs
+    assert "heldout_predictions.json" not in listed and not any(p.startswith("checkpoint-") for p in listed)
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_a_trained_verifier_with_a_damaged_file_is_never_taken_as_trained_nor_loaded(verifier_runs, tmp_path, how):
+    out, rerun = rerun_verifier(verifier_runs, "finished", tmp_path)
+    assert rerun().returncode == 0  # as it is: nothing to do
+    weights = os.path.join(out, "model.safetensors")
+    reason = damage(weights, how)
+    before = {name: open(os.path.join(out, name), "rb").read() for name in os.listdir(out) if name.endswith(".json")}
+    # before: "holds a verifier trained on these inputs: nothing to do", exit 0
+    assert one_error_line(rerun()) == (
+        f"error: {weights} does not match its manifest {reason}; {out} holds a finished run whose files are damaged: "
+        "pass --resume False to train again"
+    )
+    after = {name: open(os.path.join(out, name), "rb").read() for name in os.listdir(out) if name.endswith(".json")}
+    assert after == before
+    pairs = write_json(tmp_path / "pairs.json", synthetic_verdicts(3, seed=9))
+    scored = run_script("score_verifier.py", ["--verifier_path", out, "--data_path", pairs])
+    assert one_error_line(scored).startswith(f"error: --verifier_path {out}: {weights} does not match its manifest")
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_an_interrupted_verifier_whose_checkpoint_is_damaged_stops_naming_the_file(verifier_runs, tmp_path, how):
+    out, rerun = rerun_verifier(verifier_runs, "interrupted", tmp_path)
+    (checkpoint,) = [os.path.join(out, n) for n in os.listdir(out) if n.startswith("checkpoint-")]  # keeps one
+    weights = os.path.join(checkpoint, "model.safetensors")
+    reason = damage(weights, how)
+    assert one_error_line(rerun()) == (
+        f"error: {weights} does not match its manifest {reason}; no checkpoint of {out} matches its manifest: pass "
+        "--resume False to start afresh (the checkpoints are removed)"
+    )
+    result = run_script(
+        "train_verifier.py", [a.format(out=out) for a in verifier_runs["argv"]] + ["--resume", "False"]
+    )
+    reset_accelerate()
+    assert result.returncode == 0 and os.path.isfile(os.path.join(out, "verifier_summary.json"))
 
 
 ZERO3_CPU_CONFIG = """

@@ -6,7 +6,10 @@ so the classifier must compare the two answers rather than remember sentences.
 """
 
 import json
+import math
 import random
+
+import torch
 
 # A short template for the learning test: the real one is ~150 tokens with the tiny tokenizer.
 SHORT_TEMPLATE = "Response: {response}\nReference: {reference}\n{eos_token}"
@@ -76,6 +79,26 @@ def main():
     )
     with open(os.path.join(args.output_dir, "short_template.txt"), "w", encoding="utf-8") as f:
         f.write(SHORT_TEMPLATE)
+
+
+class ControlledVerifier(torch.nn.Module):
+    """Returns logits giving p(label 1) = p_by_text[decoded input]; records what it was shown."""
+
+    def __init__(self, tokenizer, p_by_text, default_p=0.5):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.tokenizer, self.p_by_text, self.default_p = tokenizer, p_by_text, default_p
+        self.seen = []
+
+    def forward(self, input_ids, attention_mask=None):
+        logits = []
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        for ids, mask in zip(input_ids, attention_mask):
+            text = self.tokenizer.decode(ids[mask.bool()])
+            self.seen.append(text)
+            p = self.p_by_text.get(text, self.default_p)
+            logits.append([0.0, math.log(p / (1 - p))])  # softmax([0, log(p/(1-p))])[1] == p
+        return type("Out", (), {"logits": torch.tensor(logits)})()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import json
 import os
 import shutil
 
+from huatuo_o1.records import InputError, read_json
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DIR = os.path.join(REPO_ROOT, ".cache", "models", "SmolLM2-135M-Instruct")
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -51,9 +53,8 @@ def gguf_special_tokens(path):
 def is_complete(output_dir):
     """Built by this version of the script (earlier folders may carry transformers 5.17's wrong eos token)."""
     try:
-        with open(os.path.join(output_dir, DONE_MARK)) as f:
-            return "special_tokens" in json.load(f)
-    except (OSError, ValueError):
+        return "special_tokens" in read_json(os.path.join(output_dir, DONE_MARK))
+    except InputError:  # not there, or cut short: build it again
         return False
 
 

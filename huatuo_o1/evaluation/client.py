@@ -462,13 +462,12 @@ def read_results(path: str, ids: set) -> dict:
     if not os.path.exists(path):
         return {}
     try:
-        with open(path, encoding="utf-8") as f:
-            records = json.load(f)
+        records = read_json(path)
         kept = lambda r: {k: r.get(k) for k in ANSWER_KEYS} | {k: r[k] for k in THINKING_KEYS if k in r}  # noqa: E731
         done = {r["id"]: {"id": r["id"], **kept(r)} for r in records if r["id"] in ids}
         if not all(isinstance(answer["output"], str) for answer in done.values()):
             raise TypeError("an output is not text")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+    except (InputError, KeyError, TypeError) as e:
         raise InputError(
             f"{path}: a finished run's results, but unreadable ({type(e).__name__}: {e}); it is kept as it is: "
             "move it away to ask every question again"

@@ -4,11 +4,10 @@
 evaluation/eval.py builds it after scoring; evaluation/report.py rebuilds it from a results file.
 """
 
-import json
 import os
 
 from huatuo_o1.evaluation import scoring
-from huatuo_o1.records import write_json_atomic
+from huatuo_o1.records import read_json, write_json_atomic
 
 # The paper's tables of accuracy: Table 1 (English benchmarks) and Table 4 (the Chinese track).
 PAPER_TABLE_PATHS = [
@@ -21,8 +20,7 @@ def paper_table() -> dict:
     """The paper's tables as one: "rows" (model -> {column: figure}) and "source_to_column"."""
     rows, source_to_column = {}, {}
     for path in PAPER_TABLE_PATHS:
-        with open(path, encoding="utf-8") as f:
-            table = json.load(f)
+        table = read_json(path)
         rows.update({row: dict(zip(table["columns"], figures)) for row, figures in table["rows"].items()})
         source_to_column.update(table["source_to_column"])
     return {"rows": rows, "source_to_column": source_to_column}

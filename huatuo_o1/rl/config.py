@@ -12,9 +12,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from huatuo_o1 import cli
+from huatuo_o1 import cli, training
 from huatuo_o1.records import InputError
 from huatuo_o1.rl.ppo_core import LOSS_AGGREGATIONS
+from huatuo_o1.verifier import PAPER_REWARD
+
+# Where the reward comes from (huatuo_o1/rl/reward.py): the verifier (the paper's), a rule, or the rule for closed-set
+# problems and the verifier for the rest.
+REWARD_MODES = ("verifier", "rule", "hybrid")
 
 SCHEDULES = ["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
 STRATEGIES = ["no", "steps", "epoch"]
@@ -77,6 +82,70 @@ class PPOConfig:
     # models
     reward_model_path: str = field(
         default=None, metadata={"help": "The 2-label medical verifier (its own tokenizer)."}
+    )
+    # the reward (huatuo_o1/rl/reward.py; each of these flags applies to PPO, GRPO and RLOO alike)
+    reward_mode: str = field(
+        default="verifier",
+        metadata={
+            "choices": list(REWARD_MODES),
+            "help": (
+                "PPO, GRPO, RLOO: where the reward comes from. verifier (the paper's): the verifier judges every "
+                "final answer. rule: no model; a closed-set problem (data_type medical_closed_set, from "
+                "prepare_training_data.py, whose rows carry their options) is right when the evaluation's honest "
+                "reader finds its option, by letter or text, and no other, in the final answer; any other problem "
+                "when the final answer equals the ground truth after normalisation (NFKC, lower case, punctuation "
+                "dropped, single spaces). hybrid: the rule for closed-set problems, the verifier for the rest. A "
+                "broken layout gets --malformed_reward in every mode."
+            ),
+        },
+    )
+    reward_url: str = field(
+        default=None,
+        metadata={
+            "help": (
+                "PPO, GRPO, RLOO, --reward_mode verifier / hybrid: ask the verifier served by serve_verifier.py at "
+                "this URL (e.g. http://127.0.0.1:8001) instead of loading --reward_model_path in every training "
+                "process. A server that stops answering stops the run."
+            )
+        },
+    )
+    reward_timeout: float = field(
+        default=300.0, metadata={"help": "PPO, GRPO, RLOO, --reward_url: seconds to wait for one request's answer."}
+    )
+    reward_retries: int = field(
+        default=3,
+        metadata={
+            "help": (
+                "PPO, GRPO, RLOO, --reward_url: retries of a request that failed (no connection, no answer within "
+                "--reward_timeout, a server error), with exponential backoff; then the run stops, naming the URL."
+            )
+        },
+    )
+    verifier_threshold: float = field(
+        default=PAPER_REWARD.threshold,
+        metadata={
+            "help": (
+                "PPO, GRPO, RLOO, --reward_mode verifier / hybrid: a well-formed answer is right when the verifier's "
+                "p(correct) is above this (the paper's verifier: 0.4)."
+            )
+        },
+    )
+    correct_reward: float = field(
+        default=PAPER_REWARD.correct,
+        metadata={"help": "PPO, GRPO, RLOO: the reward of a right final answer, every mode (paper: 1.0)."},
+    )
+    incorrect_reward: float = field(
+        default=PAPER_REWARD.incorrect,
+        metadata={"help": "PPO, GRPO, RLOO: the reward of a wrong final answer, every mode (paper: 0.1)."},
+    )
+    malformed_reward: float = field(
+        default=PAPER_REWARD.malformed,
+        metadata={
+            "help": (
+                "PPO, GRPO, RLOO: the reward of a response whose layout is broken (not exactly one '## Thinking' and "
+                "one '## Final Response' and its blank line), every mode (paper: 0.0)."
+            )
+        },
     )
     value_model_path: str = field(
         default=None, metadata={"help": "Value model backbone (1 label); default: the policy."}
@@ -285,6 +354,7 @@ class PPOConfig:
     resume_from_checkpoint: str = field(
         default=None, metadata={"help": "A checkpoint-<update> folder to continue from."}
     )
+    verify_checkpoints: str = training.verify_flag()
     eval_strategy: str = field(
         default="no",
         metadata={
@@ -344,6 +414,7 @@ class PPOConfig:
             shares=("warmup_ratio",),
         )
         self.check_dapo_flags()
+        self.check_reward_flags()
         if self.warmup_ratio is not None:
             self.warmup_steps = self.warmup_ratio
         self.learning_rate = float(self.learning_rate)
@@ -374,6 +445,25 @@ class PPOConfig:
                 f"--overlong_penalty_len {self.overlong_penalty_len} must be at most --response_length "
                 f"{self.response_length}: the penalty covers the last overlong_penalty_len tokens of a response"
             )
+
+    def check_reward_flags(self) -> None:
+        """Refuse, in one line, reward flags that contradict each other (which verifier answers is checked later, by
+        reward.check_reward_source, before anything loads)."""
+        if not 0 <= self.verifier_threshold <= 1:
+            raise InputError(f"--verifier_threshold is a probability, 0 to 1, not {self.verifier_threshold}")
+        if self.reward_timeout <= 0 or self.reward_retries < 0:
+            raise InputError(
+                f"--reward_timeout must be above 0 and --reward_retries 0 or more (got {self.reward_timeout}, "
+                f"{self.reward_retries})"
+            )
+        if self.reward_url and self.reward_model_path:
+            raise InputError(
+                f"--reward_url {self.reward_url} and --reward_model_path {self.reward_model_path}: give one, the "
+                "served verifier or the one to load here (serve_verifier.py --model_path names the served one)"
+            )
+        if self.reward_mode == "rule" and (self.reward_url or self.reward_model_path):
+            flag = "--reward_url" if self.reward_url else "--reward_model_path"
+            raise InputError(f"--reward_mode rule asks no verifier: drop {flag} (or use --reward_mode hybrid)")
 
     def get_warmup_steps(self, num_training_steps: int) -> int:
         """Warmup length in updates: warmup_steps itself, or that share of the updates when below 1 (rounded up)."""

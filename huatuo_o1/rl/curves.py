@@ -4,24 +4,30 @@ RL_stage2.py draws it beside the log at the end of every run (PPO: rl_log.jsonl;
 rl_trl_log.json), so a run on any hardware leaves its picture.
 """
 
-import json
 import os
 
-# per log: the file, and the keys it logs the reward, the format rate and the KL under
+from huatuo_o1.records import read_json
+
+# per log: the file, and the keys it logs the reward (trl: under the --reward_mode's name), the format rate and the KL
 LOGS = {
-    "ppo": ("rl_log.jsonl", "objective/score", "objective/format_rate", "objective/kl"),
-    "trl": ("rl_trl_log.json", "rewards/verifier/mean", "rewards/format_ok/mean", "kl"),
+    "ppo": ("rl_log.jsonl", ("objective/score",), "objective/format_rate", "objective/kl"),
+    "trl": (
+        "rl_trl_log.json",
+        ("rewards/verifier/mean", "rewards/rule/mean", "rewards/hybrid/mean"),
+        "rewards/format_ok/mean",
+        "kl",
+    ),
 }
 
 
 def curve_series(output_dir: str, algorithm: str) -> dict | None:
     """{"reward", "format_rate", "kl": one value per logged update (None where not logged)}, or None without a log."""
-    log_name, reward_key, format_key, kl_key = LOGS["ppo" if algorithm == "ppo" else "trl"]
+    log_name, reward_keys, format_key, kl_key = LOGS["ppo" if algorithm == "ppo" else "trl"]
     path = os.path.join(output_dir, log_name)
     if not os.path.exists(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()] if log_name.endswith(".jsonl") else json.load(f)
+    records = read_json(path)
+    reward_key = next((key for key in reward_keys if any(key in r for r in records)), None)
     records = [r for r in records if reward_key in r]
     if not records:
         return None

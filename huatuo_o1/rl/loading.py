@@ -11,7 +11,18 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from huatuo_o1.models import attn_implementation, from_pretrained_or_explain, load_chat_tokenizer, policy_pad_token
-from huatuo_o1.records import GROUND_TRUTH, OPEN_QUESTION, InputError, load_records
+from huatuo_o1.recipe import has_options
+from huatuo_o1.records import (
+    ANSWER_IDX,
+    CLOSED_SET,
+    DATA_TYPE,
+    GROUND_TRUTH,
+    OPEN_QUESTION,
+    OPTIONS,
+    QUESTION,
+    InputError,
+    load_records,
+)
 from huatuo_o1.rl.config import ModelConfig, PPOConfig, ScriptArguments
 from huatuo_o1.verifier import load_verifier
 
@@ -23,6 +34,10 @@ class Problem:
     question: str
     reference: str
     prompt_ids: list[int] | None = None
+    # a closed-set problem (the recipe's medical_closed_set rows, read for --reward_mode rule / hybrid): its options by
+    # letter and the right letter; None for an open-ended problem
+    options: dict[str, str] | None = None
+    answer_idx: str | None = None
 
 
 @dataclass
@@ -31,22 +46,35 @@ class Models:
     policy: torch.nn.Module
     ref_policy: torch.nn.Module | None  # PPO only (trl keeps its own reference)
     value_model: torch.nn.Module | None  # PPO only
-    verifier: torch.nn.Module
+    verifier: torch.nn.Module | None  # None where no verifier runs in this process (--reward_mode rule, --reward_url)
     verifier_tokenizer: object
 
 
-def load_problems(script_args: ScriptArguments, seed: int) -> tuple[list[Problem], list[Problem], int]:
+def load_problems(
+    script_args: ScriptArguments, seed: int, closed_set_options: bool = False
+) -> tuple[list[Problem], list[Problem], int]:
     """Problems with a non-empty question and answer, shuffled; 10% (at most 200) held out.
 
     Question and answer are used as stored (the answer goes into the verifier's input unstripped, as the original's).
-    Returns (train, held out, number of rows skipped).
+    closed_set_options: the closed-set rows (data_type medical_closed_set) bring their options and right letter,
+    which they must carry (a rule scores them by the option). Returns (train, held out, number of rows skipped).
     """
     rows = load_records(script_args.dataset_name, split=script_args.dataset_train_split)
-    problems = [
-        Problem(str(r[OPEN_QUESTION]), str(r[GROUND_TRUTH]))
-        for r in rows
-        if str(r.get(OPEN_QUESTION) or "").strip() and str(r.get(GROUND_TRUTH) or "").strip()
-    ]
+    problems = []
+    for index, row in enumerate(rows):
+        if not (str(row.get(OPEN_QUESTION) or "").strip() and str(row.get(GROUND_TRUTH) or "").strip()):
+            continue
+        problem = Problem(str(row[OPEN_QUESTION]), str(row[GROUND_TRUTH]))
+        if closed_set_options and row.get(DATA_TYPE) == CLOSED_SET:
+            if not has_options(row):
+                raise InputError(
+                    f"{script_args.dataset_name}: row {index} is a {CLOSED_SET} problem without its '{QUESTION}', "
+                    f"'{OPTIONS}' and an '{ANSWER_IDX}' among them (prepare_training_data.py writes all three); the "
+                    "rule scores such a problem by its option"
+                )
+            problem.options = {str(letter): str(text) for letter, text in row[OPTIONS].items()}
+            problem.answer_idx = str(row[ANSWER_IDX])
+        problems.append(problem)
     if len(problems) < 2:
         raise InputError(
             f"{script_args.dataset_name}: {len(problems)} usable row(s) of {len(rows)}; RL needs at least 2 rows with "
@@ -105,8 +133,11 @@ def load_models(model_args: ModelConfig, config: PPOConfig) -> Models:
             model.resize_token_embeddings(len(tokenizer))
         model.config.pad_token_id = tokenizer.pad_token_id
     # The verifier exactly as shipped (tokenizer and config untouched): it reads its score where its own
-    # config says, as it did when it was published (huatuo_o1/verifier.py pads accordingly).
-    verifier, verifier_tokenizer = load_verifier(config.reward_model_path, **common)
+    # config says, as it did when it was published (huatuo_o1/verifier.py pads accordingly). None where the reward
+    # needs no verifier here (--reward_mode rule) or asks a served one (--reward_url).
+    verifier = verifier_tokenizer = None
+    if config.reward_mode != "rule" and not config.reward_url:
+        verifier, verifier_tokenizer = load_verifier(config.reward_model_path, **common)
     for frozen in (ref_policy, verifier):
         if frozen is not None:
             frozen.requires_grad_(False).eval()

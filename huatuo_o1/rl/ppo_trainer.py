@@ -23,7 +23,8 @@ from huatuo_o1 import training
 from huatuo_o1.rl import ppo_core
 from huatuo_o1.rl.config import BatchSizes, PPOConfig
 from huatuo_o1.rl.loading import Models, Problem, stop_token_id_for
-from huatuo_o1.verifier import RewardOutput, VerifierReward, decode_until_stop
+from huatuo_o1.rl.reward import SOURCES, RLReward
+from huatuo_o1.verifier import RewardOutput, decode_until_stop
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Rollout:
     raw_values: torch.Tensor
     targets: ppo_core.Targets
     seconds: dict[str, float]  # where the rollout's time went, per phase (this process)
+    reward_sources: list[str] | None = None  # who decided each reward (huatuo_o1/rl/reward.py), where the reward says
 
 
 class PolicyAndValue(torch.nn.Module):
@@ -166,14 +168,14 @@ def generate_responses(
 def read_and_score(
     tokenizer: PreTrainedTokenizerBase,
     responses: torch.Tensor,
-    references: list[str],
-    reward: VerifierReward,
+    items: list[Problem],
+    reward: RLReward,
     stop_token_id: int,
 ) -> tuple[RewardOutput, list[str]]:
-    """Responses (token ids on the CPU, one row per reference) read up to the stop token, and scored: (the
-    reward's output, the texts it read)."""
+    """Responses (token ids on the CPU, one row per item) read up to the stop token, and scored: (the reward's output,
+    the texts it read)."""
     texts = [decode_until_stop(tokenizer, response.tolist(), stop_token_id) for response in responses]
-    return reward(texts, references), texts
+    return reward(texts, items), texts
 
 
 @torch.no_grad()
@@ -181,7 +183,7 @@ def greedy_answers(
     policy: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     items: list[Problem],
-    reward: VerifierReward,
+    reward: RLReward,
     generation_config: GenerationConfig,
     chunk_size: int,
     stop_token_id: int,
@@ -200,13 +202,11 @@ def scored_answers(
     tokenizer: PreTrainedTokenizerBase,
     responses: torch.Tensor,
     items: list[Problem],
-    reward: VerifierReward,
+    reward: RLReward,
     stop_token_id: int,
 ) -> tuple[list, list, list]:
     """Responses (one row per item) read up to the stop token and scored: (rewards, well-formed, texts)."""
-    scored, texts = read_and_score(
-        tokenizer, responses.cpu(), [item.reference for item in items], reward, stop_token_id
-    )
+    scored, texts = read_and_score(tokenizer, responses.cpu(), items, reward, stop_token_id)
     return scored.rewards.tolist(), scored.well_formed.tolist(), texts
 
 
@@ -233,7 +233,7 @@ class PPOTrainer:
     One update (`train`):
       1. `rollout`: this process's prompts (`batch_for_update`) are answered by sampling, the responses cut after the
          stop token; in chunks of local_rollout_forward_batch_size the policy's and the reference's log-probs and the
-         values are computed, then the reward (`reward_fn(response texts, references)`); then the original trainer's
+         values are computed, then the reward (`reward_fn(response texts, problems)`); then the original trainer's
          targets (ppo_core.rollout_targets): per-token rewards = -kl_coef * KL up to the last token + the score one
          position later, GAE over the padded length, advantages whitened over the policy's positions;
       2. `optimise`: num_ppo_epochs passes, each num_mini_batches optimizer steps, each accumulating
@@ -253,14 +253,14 @@ class PPOTrainer:
         config: PPOConfig,
         sizes: BatchSizes,
         models: Models,
-        reward: VerifierReward,
+        reward: RLReward,
         train_items: list[Problem],
         eval_items: list[Problem],
     ):
-        """train_items / eval_items: problems with their prompt_ids. reward(response texts, references) ->
-        an object with `.rewards` and `.well_formed` (huatuo_o1.verifier.VerifierReward). A reward with a
-        `model` attribute (the verifier) gets that model placed (and sharded under ZeRO-3) like the reference;
-        any other callable (a rule a test controls) is used as it is."""
+        """train_items / eval_items: problems with their prompt_ids. reward(response texts, problems) -> an object
+        with `.rewards` and `.well_formed` (huatuo_o1.rl.reward.RLReward, whose `.reward_sources` the log counts in
+        rule and hybrid modes). A reward with a `model` (the in-process verifier) gets that model placed (and sharded
+        under ZeRO-3) like the reference; any other callable (a rule a test controls) is used as it is."""
         self.config, self.sizes, self.tokenizer = config, sizes, models.tokenizer
         self.reward_fn, self.train_items, self.eval_items = reward, train_items, eval_items
         self.num_updates = sizes.num_updates
@@ -381,9 +381,7 @@ class PPOTrainer:
             query_responses, attention_mask, position_ids, context_length
         )
         forwarded = time.perf_counter()
-        reward, texts = read_and_score(
-            self.tokenizer, truncated.cpu(), [item.reference for item in items], self.reward_fn, self.stop_token_id
-        )
+        reward, texts = read_and_score(self.tokenizer, truncated.cpu(), items, self.reward_fn, self.stop_token_id)
         seconds = {"time/generate": generated - started, "time/forward": forwarded - generated,
                    "time/reward": time.perf_counter() - forwarded}  # fmt: skip
         verifier_scores = reward.rewards.to(self.device)  # the verifier's dtype, as the original kept them
@@ -402,6 +400,7 @@ class PPOTrainer:
             raw_values=values,
             targets=targets,
             seconds=seconds,
+            reward_sources=getattr(reward, "sources", None),
         )
 
     def engine_responses(self, items: list[Problem], greedy: bool) -> torch.Tensor:
@@ -564,6 +563,12 @@ class PPOTrainer:
         values = self.accelerator.reduce(values, reduction="mean")
         return {name: value.item() for name, value in zip(names, values)}
 
+    def count_sources(self, sources: list[str]) -> dict[str, int]:
+        """How many of the update's rewards (all processes) each source decided: reward/from_<source>."""
+        counts = torch.tensor([sources.count(source) for source in SOURCES], device=self.device)
+        counts = self.accelerator.reduce(counts, reduction="sum")
+        return {f"reward/from_{source}": int(count) for source, count in zip(SOURCES, counts.tolist())}
+
     # ---- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -674,6 +679,8 @@ class PPOTrainer:
                 / (time.time() - start_time),
                 **seconds,
             }
+            if config.reward_mode != "verifier" and data.reward_sources is not None:
+                record.update(self.count_sources(data.reward_sources))
             if eval_every and self.update % eval_every == 0:
                 record.update(self.evaluate())
             if self.update % log_every == 0 or self.update == self.num_updates:

@@ -1,6 +1,6 @@
 """RLOO and GRPO through trl's trainers, with the same verifier reward as PPO (RL_stage2.py --rl_algorithm).
 
-trl takes the reward as Python callables (huatuo_o1.verifier.trl_reward_functions); our flags are
+trl takes the reward as Python callables (huatuo_o1.rl.reward.trl_reward_functions); our flags are
 copied into trl's config, and under DeepSpeed they override the accelerate config file as for PPO.
 DAPO's knobs: --cliprange_high is trl's epsilon_high, --loss_agg GRPO's loss_type, --overlong_penalty_len one
 more reward callable, --dynamic_sampling a subclass of the trainer (huatuo_o1/rl/dynamic_sampling.py).
@@ -22,7 +22,8 @@ from huatuo_o1.rl.config import BatchSizes, PPOConfig
 from huatuo_o1.rl.dynamic_sampling import sampling_summary, with_dynamic_sampling
 from huatuo_o1.rl.loading import Problem, stop_token_id_for
 from huatuo_o1.rl.ppo_trainer import eval_figures, greedy_answers, place_frozen
-from huatuo_o1.verifier import VerifierReward, trl_reward_functions
+from huatuo_o1.rl.reward import RLReward, trl_reward_functions
+from huatuo_o1.training import sealed_model_folder
 
 
 @torch.no_grad()
@@ -30,7 +31,7 @@ def evaluate_plain(
     policy: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     items: list[Problem],
-    reward: VerifierReward,
+    reward: RLReward,
     config: PPOConfig,
 ) -> dict:
     """Greedy answers on the held-out problems, scored by the verifier (trl path: every process, all items)."""
@@ -95,7 +96,7 @@ def run_trl(
     sizes: BatchSizes,
     tokenizer: PreTrainedTokenizerBase,
     policy: torch.nn.Module,
-    reward: VerifierReward,
+    reward: RLReward,
     train: list[Problem],
     evaluation: list[Problem],
 ) -> tuple[dict, dict, int, float, dict]:
@@ -116,7 +117,7 @@ def train_with_trl(
     sizes: BatchSizes,
     tokenizer: PreTrainedTokenizerBase,
     policy: torch.nn.Module,
-    reward: VerifierReward,
+    reward: RLReward,
     train: list[Problem],
     evaluation: list[Problem],
 ) -> tuple[dict, dict, int, float, dict]:
@@ -130,7 +131,7 @@ def train_with_trl(
     ]
     if config.dynamic_sampling:
         trainer_cls = with_dynamic_sampling(trainer_cls)
-    reward_functions, reward_weights = trl_reward_functions(reward), [1.0, 0.0]  # the format rate: logged only
+    reward_functions, reward_weights = trl_reward_functions(reward, train + evaluation)  # the reward, and logs
     if config.overlong_penalty_len:
         reward_functions.append(overlong_reward_function(config.response_length, config.overlong_penalty_len))
         reward_weights.append(1.0)
@@ -164,11 +165,12 @@ def train_with_trl(
         "ddp_backend",
     ]  # ddp_backend: gloo without CUDA (see PPOConfig)
 
-    def to_dataset(rows):
+    def to_dataset(rows, first):
+        """The rows as trl's dataset: the prompt, and the problem's index in train + evaluation for the reward."""
         return Dataset.from_list(
             [
-                {"prompt": [{"role": "user", "content": problem.question}], "reference": problem.reference}
-                for problem in rows
+                {"prompt": [{"role": "user", "content": problem.question}], "problem": first + index}
+                for index, problem in enumerate(rows)
             ]
         )
 
@@ -205,22 +207,24 @@ def train_with_trl(
             model=policy,
             reward_funcs=reward_functions,
             args=trl_args,
-            train_dataset=to_dataset(train),
-            eval_dataset=to_dataset(evaluation) if trl_args.eval_strategy != "no" else None,
+            train_dataset=to_dataset(train, 0),
+            eval_dataset=to_dataset(evaluation, len(train)) if trl_args.eval_strategy != "no" else None,
             processing_class=tokenizer,
         )
-    reward.model = place_frozen(reward.model, trainer.accelerator)  # under ZeRO-3 it was loaded partitioned
+    if reward.model is not None:  # the in-process verifier: under ZeRO-3 it was loaded partitioned
+        reward.model = place_frozen(reward.model, trainer.accelerator)
     gathered = deepspeed_gathered(policy) if is_deepspeed_zero3_enabled() else contextlib.nullcontext()
     with gathered:
         eval_start = evaluate_plain(policy, tokenizer, evaluation, reward, config)
     start = time.time()
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     seconds = time.time() - start
-    trainer.save_model(config.output_dir)
+    with sealed_model_folder(trainer.accelerator, config.output_dir) as folder:  # its manifest.json written last
+        trainer.save_model(folder)
     if trainer.is_world_process_zero():
         write_json_atomic(
             os.path.join(config.output_dir, "rl_trl_log.json"),
-            [entry for entry in trainer.state.log_history if "rewards/verifier/mean" in entry],
+            [entry for entry in trainer.state.log_history if f"rewards/{reward.mode}/mean" in entry],
         )
     with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as trained:
         eval_end = evaluate_plain(trained, tokenizer, evaluation, reward, config)
