@@ -27,7 +27,8 @@ EVAL_SECRET = "sk-eval-server-key-9876543210"
 
 # A stand-in inference server: /health answers 200; every POST is logged (its Authorization header and
 # model) and answered as `mode` says: "reply" (a completion that echoes the header, model and seed),
-# "slow" (the same after half a second) or "error" (401 with the header echoed in the error body, as careless
+# "slow" (the same after 2 s: longer than a loaded machine takes to deliver a Ctrl-C, so no worker finishes a
+# request and starts another in between) or "error" (401 with the header echoed in the error body, as careless
 # servers do).
 TINY_SERVER = textwrap.dedent(
     """
@@ -60,7 +61,7 @@ TINY_SERVER = textwrap.dedent(
                 self.send(401, {"error": {"message": f"invalid key in {auth}", "type": "invalid_request_error"}})
                 return
             if mode == "slow":
-                time.sleep(0.5)
+                time.sleep(2.0)
             text = f"The answer is A. ({auth} | {request.get('model')} | seed {request.get('seed')})"
             self.send(200, {
                 "id": "x", "object": "text_completion", "created": 0, "model": request.get("model"),
