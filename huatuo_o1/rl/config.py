@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from huatuo_o1 import cli, training
+from huatuo_o1.lora import LoRAArguments
 from huatuo_o1.records import InputError
 from huatuo_o1.rl.ppo_core import LOSS_AGGREGATIONS
 from huatuo_o1.verifier import PAPER_REWARD
@@ -47,7 +48,10 @@ class ScriptArguments:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(LoRAArguments):
+    """The policy's flags (trl's ModelConfig held its LoRA flags too): with --lora_r the policy trains LoRA adapters
+    (PPO: its reference is the same network with the adapters off; RLOO / GRPO: trl's peft_config)."""
+
     model_name_or_path: str = field(default=None, metadata={"help": "Policy (and frozen reference) model."})
     model_revision: str = field(default="main")
     dtype: str = field(

@@ -1,15 +1,18 @@
 """What RL_stage2.py loads: the verifiable problems (train / held out) and the four models.
 
 The policy prompts a question through its chat template (the Llama-3 layout for a base model, as
-SFT trained it); the verifier is used exactly as shipped.
+SFT trained it); the verifier is used exactly as shipped. PPO with --lora_r: the policy gets LoRA adapters and no
+reference is loaded (the policy with its adapters off is the reference).
 """
 
+import os
 import random
 from dataclasses import dataclass
 
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
+from huatuo_o1.lora import add_adapters
 from huatuo_o1.models import attn_implementation, from_pretrained_or_explain, load_chat_tokenizer, policy_pad_token
 from huatuo_o1.recipe import has_options
 from huatuo_o1.records import (
@@ -44,7 +47,7 @@ class Problem:
 class Models:
     tokenizer: object  # the policy's, padding on the left with a pad token other than eos
     policy: torch.nn.Module
-    ref_policy: torch.nn.Module | None  # PPO only (trl keeps its own reference)
+    ref_policy: torch.nn.Module | None  # PPO without LoRA only (trl keeps its own reference)
     value_model: torch.nn.Module | None  # PPO only
     verifier: torch.nn.Module | None  # None where no verifier runs in this process (--reward_mode rule, --reward_url)
     verifier_tokenizer: object
@@ -116,10 +119,12 @@ def load_models(model_args: ModelConfig, config: PPOConfig) -> Models:
         AutoModelForCausalLM, model_args.model_name_or_path, revision=model_args.model_revision, **common
     )
     ref_policy = value_model = None
+    lora_policy = config.rl_algorithm == "ppo" and model_args.enabled  # RLOO / GRPO: trl adds the adapters
     if config.rl_algorithm == "ppo":
-        ref_policy = from_pretrained_or_explain(
-            AutoModelForCausalLM, model_args.model_name_or_path, revision=model_args.model_revision, **common
-        )
+        if not lora_policy:
+            ref_policy = from_pretrained_or_explain(
+                AutoModelForCausalLM, model_args.model_name_or_path, revision=model_args.model_revision, **common
+            )
         value_model = from_pretrained_or_explain(
             AutoModelForSequenceClassification,
             config.value_model_path or model_args.model_name_or_path,
@@ -132,6 +137,10 @@ def load_models(model_args: ModelConfig, config: PPOConfig) -> Models:
         if grew:
             model.resize_token_embeddings(len(tokenizer))
         model.config.pad_token_id = tokenizer.pad_token_id
+    if lora_policy:
+        # under DeepSpeed the adapters keep the policy's dtype: ZeRO-3 gathers a module's parameters in one dtype
+        under_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"
+        policy = add_adapters(policy, model_args, "CAUSAL_LM", adapters_in_model_dtype=under_deepspeed, say=print_once)
     # The verifier exactly as shipped (tokenizer and config untouched): it reads its score where its own
     # config says, as it did when it was published (huatuo_o1/verifier.py pads accordingly). None where the reward
     # needs no verifier here (--reward_mode rule) or asks a served one (--reward_url).
@@ -142,6 +151,13 @@ def load_models(model_args: ModelConfig, config: PPOConfig) -> Models:
         if frozen is not None:
             frozen.requires_grad_(False).eval()
     return Models(tokenizer, policy, ref_policy, value_model, verifier, verifier_tokenizer)
+
+
+def print_once(line: str) -> None:
+    """Print on the main process only (a launch's other processes load the same models)."""
+    from accelerate import PartialState
+
+    PartialState().print(line)
 
 
 def stop_token_id_for(config: PPOConfig, tokenizer: PreTrainedTokenizerBase) -> int | None:

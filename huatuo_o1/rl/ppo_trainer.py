@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
 
-from huatuo_o1 import training
+from huatuo_o1 import lora, training
 from huatuo_o1.rl import ppo_core
 from huatuo_o1.rl.config import BatchSizes, PPOConfig
 from huatuo_o1.rl.loading import Models, Problem, stop_token_id_for
@@ -228,7 +228,8 @@ class PPOTrainer:
     It owns the accelerator (and through it DeepSpeed, when the launch's config asks for it); `model`, the policy and
     the value model in one module (PolicyAndValue) so that DeepSpeed wraps and shards them together, with their AdamW
     optimizer and learning-rate schedule; the frozen reference policy and the verifier, placed for inference
-    (`place_frozen`); the vLLM engine with --use_vllm; the checkpoints and rl_log.jsonl.
+    (`place_frozen`); the vLLM engine with --use_vllm; the checkpoints and rl_log.jsonl. With --lora_r the policy
+    trains LoRA adapters and there is no reference model: the policy with its adapters off is the reference.
 
     One update (`train`):
       1. `rollout`: this process's prompts (`batch_for_update`) are answered by sampling, the responses cut after the
@@ -256,11 +257,14 @@ class PPOTrainer:
         reward: RLReward,
         train_items: list[Problem],
         eval_items: list[Problem],
+        merge_lora: bool = True,
     ):
         """train_items / eval_items: problems with their prompt_ids. reward(response texts, problems) -> an object
         with `.rewards` and `.well_formed` (huatuo_o1.rl.reward.RLReward, whose `.reward_sources` the log counts in
         rule and hybrid modes). A reward with a `model` (the in-process verifier) gets that model placed (and sharded
-        under ZeRO-3) like the reference; any other callable (a rule a test controls) is used as it is."""
+        under ZeRO-3) like the reference; any other callable (a rule a test controls) is used as it is.
+        merge_lora: a LoRA policy (models.policy a PEFT model, models.ref_policy None) is saved with its adapters
+        merged, the adapter alone beside (huatuo_o1/training.py's save_model_folder)."""
         self.config, self.sizes, self.tokenizer = config, sizes, models.tokenizer
         self.reward_fn, self.train_items, self.eval_items = reward, train_items, eval_items
         self.num_updates = sizes.num_updates
@@ -271,14 +275,18 @@ class PPOTrainer:
         # what logits are divided by, when sampling and when scoring, as the original
         self.temperature = config.temperature + ppo_core.TEMPERATURE_EPSILON
         self.max_grad_norm = config.max_grad_norm or 0.0  # 0: no clipping
-        self.checkpoints = training.Checkpoints(config.output_dir, keep=config.save_total_limit, resume_all=True)
+        self.merge_lora = merge_lora
+        self.checkpoints = training.Checkpoints(
+            config.output_dir, keep=config.save_total_limit, resume_all=True, merge_lora=merge_lora
+        )
         self.log_path = os.path.join(config.output_dir, "rl_log.jsonl")
         self.update = 0
 
         self.accelerator = self.start_accelerator()
         self.device = self.accelerator.device
         self.model, self.optimizer, self.scheduler = self.prepare_policy_and_value(models.policy, models.value_model)
-        self.ref_policy = place_frozen(models.ref_policy, self.accelerator)
+        # None with LoRA: the reference is the policy with its adapters off (lora.reference_of)
+        self.ref_policy = place_frozen(models.ref_policy, self.accelerator) if models.ref_policy is not None else None
         if getattr(reward, "model", None) is not None:
             reward.model = place_frozen(reward.model, self.accelerator)
         self.effective_max_grad_norm = training.applied_max_grad_norm(self.accelerator, self.model, self.max_grad_norm)
@@ -319,7 +327,7 @@ class PPOTrainer:
         policy.generation_config.pad_token_id = self.pad_id
         policy_and_value = PolicyAndValue(policy, value_model)
         optimizer = torch.optim.AdamW(
-            policy_and_value.parameters(),
+            [parameter for parameter in policy_and_value.parameters() if parameter.requires_grad],  # LoRA: adapters
             lr=config.learning_rate,
             eps=config.adam_epsilon,
             betas=(config.adam_beta1, config.adam_beta2),
@@ -448,7 +456,7 @@ class PPOTrainer:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per response position, float32 (batch, response length): the policy's and the reference's log-probs of
         the response token there and the value model's estimate before it; in chunks of
-        local_rollout_forward_batch_size sequences."""
+        local_rollout_forward_batch_size sequences. With LoRA the reference is the policy with its adapters off."""
         self.model.eval()  # no dropout, no activation checkpointing while scoring the rollout
         policy_and_value = self.accelerator.unwrap_model(self.model)
         chunk_size = self.config.local_rollout_forward_batch_size
@@ -457,7 +465,13 @@ class PPOTrainer:
             rows = slice(start, start + chunk_size)
             inputs = (query_responses[rows], attention_mask[rows], position_ids[rows])
             logprobs.append(response_logprobs(policy_and_value.policy, *inputs, context_length, self.temperature))
-            ref_logprobs.append(response_logprobs(self.ref_policy, *inputs, context_length, self.temperature))
+            if self.ref_policy is not None:
+                ref_logprobs.append(response_logprobs(self.ref_policy, *inputs, context_length, self.temperature))
+            else:
+                with lora.reference_of(policy_and_value.policy):
+                    ref_logprobs.append(
+                        response_logprobs(policy_and_value.policy, *inputs, context_length, self.temperature)
+                    )
             values.append(policy_and_value.values(*inputs)[:, context_length - 1 : -1].float())
         return torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
 
@@ -593,7 +607,9 @@ class PPOTrainer:
     # ---- saving ---------------------------------------------------------------------------------
     def save_policy(self, folder: str) -> None:
         """The policy alone, as a Hugging Face folder (full weights gathered under ZeRO-3)."""
-        training.save_model_folder(self.accelerator, self.model, self.tokenizer, folder, submodule="policy")
+        training.save_model_folder(
+            self.accelerator, self.model, self.tokenizer, folder, submodule="policy", merge_lora=self.merge_lora
+        )
 
     def save_checkpoint(self) -> None:
         """checkpoint-<update>/: the policy (loadable on its own) + the training state for --resume_from_checkpoint."""

@@ -4,6 +4,8 @@ trl takes the reward as Python callables (huatuo_o1.rl.reward.trl_reward_functio
 copied into trl's config, and under DeepSpeed they override the accelerate config file as for PPO.
 DAPO's knobs: --cliprange_high is trl's epsilon_high, --loss_agg GRPO's loss_type, --overlong_penalty_len one
 more reward callable, --dynamic_sampling a subclass of the trainer (huatuo_o1/rl/dynamic_sampling.py).
+--lora_r: trl's peft_config (trl then computes the reference with the adapters off, and loads no copy); the policy is
+saved merged, with its adapter beside, as PPO's (huatuo_o1/training.py's save_model_folder).
 """
 
 import contextlib
@@ -16,6 +18,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 from transformers.integrations import is_deepspeed_zero3_enabled
 from trl.models.utils import unwrap_model_for_generation
 
+from huatuo_o1.lora import LoRAArguments
 from huatuo_o1.records import write_json_atomic
 from huatuo_o1.rl import ppo_core
 from huatuo_o1.rl.config import BatchSizes, PPOConfig
@@ -23,7 +26,7 @@ from huatuo_o1.rl.dynamic_sampling import sampling_summary, with_dynamic_samplin
 from huatuo_o1.rl.loading import Problem, stop_token_id_for
 from huatuo_o1.rl.ppo_trainer import eval_figures, greedy_answers, place_frozen
 from huatuo_o1.rl.reward import RLReward, trl_reward_functions
-from huatuo_o1.training import sealed_model_folder
+from huatuo_o1.training import save_model_folder, sealed_model_folder
 
 
 @torch.no_grad()
@@ -99,17 +102,23 @@ def run_trl(
     reward: RLReward,
     train: list[Problem],
     evaluation: list[Problem],
+    lora: LoRAArguments | None = None,
 ) -> tuple[dict, dict, int, float, dict]:
     """Train with trl's RLOO or GRPO; returns (held-out figures before, after, optimizer steps, seconds, settings).
 
-    --use_vllm: trl's colocated vLLM, made to work without CUDA while the trainer is built and trained.
+    --use_vllm: trl's colocated vLLM, made to work without CUDA while the trainer is built and trained; with LoRA its
+    engine gets the merged weights (huatuo_o1/lora.py) instead of trl's merge and unmerge in place.
     """
+    lora = lora or LoRAArguments()
     if not config.use_vllm:
-        return train_with_trl(config, sizes, tokenizer, policy, reward, train, evaluation)
-    from huatuo_o1.rl.vllm_rollout import trl_colocate_on_cpu
+        return train_with_trl(config, sizes, tokenizer, policy, reward, train, evaluation, lora)
+    from huatuo_o1.rl.vllm_rollout import trl_colocate_on_cpu, trl_pushes_merged_lora
 
-    with trl_colocate_on_cpu(config.vllm_kv_cache_gib, config.vllm_enforce_eager, policy.dtype):
-        return train_with_trl(config, sizes, tokenizer, policy, reward, train, evaluation)
+    with (
+        trl_colocate_on_cpu(config.vllm_kv_cache_gib, config.vllm_enforce_eager, policy.dtype),
+        trl_pushes_merged_lora() if lora.enabled else contextlib.nullcontext(),
+    ):
+        return train_with_trl(config, sizes, tokenizer, policy, reward, train, evaluation, lora)
 
 
 def train_with_trl(
@@ -120,6 +129,7 @@ def train_with_trl(
     reward: RLReward,
     train: list[Problem],
     evaluation: list[Problem],
+    lora: LoRAArguments,
 ) -> tuple[dict, dict, int, float, dict]:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
@@ -210,6 +220,7 @@ def train_with_trl(
             train_dataset=to_dataset(train, 0),
             eval_dataset=to_dataset(evaluation, len(train)) if trl_args.eval_strategy != "no" else None,
             processing_class=tokenizer,
+            peft_config=lora.peft_config("CAUSAL_LM") if lora.enabled else None,
         )
     if reward.model is not None:  # the in-process verifier: under ZeRO-3 it was loaded partitioned
         reward.model = place_frozen(reward.model, trainer.accelerator)
@@ -219,8 +230,13 @@ def train_with_trl(
     start = time.time()
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     seconds = time.time() - start
-    with sealed_model_folder(trainer.accelerator, config.output_dir) as folder:  # its manifest.json written last
-        trainer.save_model(folder)
+    if lora.enabled:  # trl's save_model would write the adapter alone: the merged policy, and the adapter beside it
+        save_model_folder(
+            trainer.accelerator, trainer.model_wrapped, tokenizer, config.output_dir, merge_lora=lora.merge_lora
+        )
+    else:
+        with sealed_model_folder(trainer.accelerator, config.output_dir) as folder:  # its manifest.json written last
+            trainer.save_model(folder)
     if trainer.is_world_process_zero():
         write_json_atomic(
             os.path.join(config.output_dir, "rl_trl_log.json"),

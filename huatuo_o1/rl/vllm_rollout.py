@@ -16,6 +16,11 @@ its own, so its repacked copy would keep the old embedding; `refresh_tied_output
 
 The engine runs in the calling process (VLLM_ENABLE_V1_MULTIPROCESSING=0, set before vLLM reads
 it): its model is reachable for the push, and no worker process is spawned.
+
+A LoRA policy (--lora_r) pushes its merged weights, each adapted layer folded into a new tensor as it streams
+(huatuo_o1/lora.py's merged_parameters): the trained adapters and the frozen weights stay as they are. For RLOO /
+GRPO, trl's own iterator (which merges the adapters into the weights in place and subtracts them again, leaving
+rounding behind) is replaced by the same one (trl_pushes_merged_lora).
 """
 
 import contextlib
@@ -26,6 +31,7 @@ import time
 
 import torch
 
+from huatuo_o1 import lora
 from huatuo_o1.records import InputError
 from huatuo_o1.serving import free_port
 
@@ -85,12 +91,16 @@ def push_weights(llm, named_tensors):
 
 
 def named_policy_tensors(policy, zero3=False):
-    """(name, tensor) for each parameter of the policy, tied ones once; under ZeRO-3 gathered one at a time.
+    """(name, tensor) for each parameter of the policy, tied ones once; under ZeRO-3 gathered one at a time. A LoRA
+    policy's are its merged weights, under the plain model's names (lora.merged_parameters).
 
     Every process must run through the whole generator under ZeRO-3 (each gather is a collective).
     The gathered tensor is copied before the parameter is released: vLLM's reload keeps a layer's
     tensors until the layer is complete.
     """
+    if lora.is_peft_model(policy):
+        yield from lora.merged_parameters(policy, gathered_parameters if zero3 else None)
+        return
     if not zero3:
         for name, param in policy.named_parameters():
             yield name, param.data
@@ -102,14 +112,23 @@ def named_policy_tensors(policy, zero3=False):
             yield name, param.data.detach().clone()
 
 
+def gathered_parameters(parameters):
+    """DeepSpeed ZeRO-3: the parameters whole inside the block (a collective: every process enters)."""
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(parameters)
+
+
 def engine_model_folder(policy, folder):
-    """A folder holding only the policy's config (vocabulary size after any resize included).
+    """A folder holding only the policy's config (vocabulary size after any resize included; a LoRA policy's is
+    the plain model's).
 
     The engine builds its model from it with placeholder weights, then receives the real weights
     from the policy: it never reads a checkpoint, so it starts from exactly the weights being trained.
     """
-    config = copy.deepcopy(policy.config)
-    config.architectures = [type(policy).__name__]
+    plain = policy.get_base_model() if lora.is_peft_model(policy) else policy
+    config = copy.deepcopy(plain.config)
+    config.architectures = [type(plain).__name__]
     config.save_pretrained(folder)
     return folder
 
@@ -283,3 +302,25 @@ def trl_colocate_on_cpu(kv_cache_gib, enforce_eager=True, dtype=None):
         yield
     finally:
         vllm_generation.LLM, vllm_generation.VLLMGeneration.sync_weights = real_llm, real_sync
+
+
+@contextlib.contextmanager
+def trl_pushes_merged_lora():
+    """While trl's RLOO / GRPO with LoRA is built and trained with --use_vllm (CPU or GPU): its weight sync streams the
+    merged weights of lora.merged_parameters, gathered one layer at a time under ZeRO-3, instead of trl's merge of
+    the adapters into the frozen weights in place (gathered all at once) and its unmerge after."""
+    from trl.generation import vllm_generation
+
+    real_iterator = vllm_generation.VLLMGeneration._iter_named_params
+
+    def merged(self):
+        if not lora.is_peft_model(self.model):
+            yield from real_iterator(self)
+            return
+        yield from lora.merged_parameters(self.model, self._dist.gather_params if self._dist.is_zero3 else None)
+
+    vllm_generation.VLLMGeneration._iter_named_params = merged
+    try:
+        yield
+    finally:
+        vllm_generation.VLLMGeneration._iter_named_params = real_iterator
