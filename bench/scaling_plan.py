@@ -2,8 +2,10 @@
 
 Memory: ZeRO-3 model states from DeepSpeed's own estimator (the figures its
 estimate_zero3_model_states_mem_needs_all_cold prints), frozen models and activations by the formulas
-below, per training phase. Time: FLOPs / (MFU x peak x GPUs), bounded below by ZeRO-3's collectives, host
-transfers under CPU offload and token-by-token decoding. The MFU is the one bench/gpu_check.py measured when
+below, per training phase. With LoRA (--lora_r, the tables after the full ones): the base model frozen
+in bf16, the estimator's states for the adapters only (r x (d_in + d_out) per adapted matrix). Time:
+FLOPs / (MFU x peak x GPUs), bounded below by ZeRO-3's collectives, host transfers under CPU offload and
+token-by-token decoding. The MFU is the one bench/gpu_check.py measured when
 its file exists (bench_out/gpu/gpu_check.json), else ASSUMED_MFU; every other constant is a datasheet
 figure, a fact of the paper's recipe or a stated assumption (a flag where a cluster differs). Every figure
 printed is projected; only the MFU can be measured. docs/scaling.md explains each formula.
@@ -11,6 +13,7 @@ printed is projected; only the MFU can be measured. docs/scaling.md explains eac
 Usage:
     python bench/scaling_plan.py                    # the tables of docs/scaling.md (markdown)
     python bench/scaling_plan.py --mfu 0.4 --json_out plan.json --sft_tokens_per_row 1100
+    python bench/scaling_plan.py --lora_r 64          # LoRA's tables at another rank (0: none)
 """
 
 import contextlib
@@ -58,6 +61,12 @@ PPO_RESPONSE_LENGTH, PPO_FORWARD_CHUNK = 1300, 8  # --response_length, --local_r
 PPO_PROMPT_TOKENS = 200  # assumed: an open-ended exam question (~170) + the chat template
 PPO_VERIFIER_TOKENS = 300  # assumed: the final response, the reference answer and the verifier's template
 VLLM_GPU_MEMORY_UTILIZATION = 0.3  # RL_stage2.py's default
+LORA_R = (
+    16  # the rank of LoRA's tables: adapters on every linear layer of the decoder (--lora_target_modules all-linear)
+)
+# With gradient checkpointing a fully trained token costs 8 x P FLOPs (forward, recompute, backward's activation and
+# weight gradients, 2 x P each but the backward's 4); with the base frozen the weight gradients go: 6 x P.
+LORA_WORK = 6 / 8
 
 # ---- assumptions about speed (flags) ----------------------------------------------------------------------------
 # MFU counts 6 x parameters FLOPs per trained token (attention's own FLOPs not counted), as bench/gpu_check.py does.
@@ -114,6 +123,14 @@ def model_states(model_params: int, largest_layer: int, nodes: int, offload: boo
     return gpu, cpu
 
 
+def lora_adapter(model: Shape, rank: int) -> tuple[int, int]:
+    """(parameters, the largest adapter module's) of LoRA on every linear layer of a Llama decoder: r x (d_in + d_out)
+    per matrix (A: r x d_in, B: d_out x r); per layer q and o (h -> h), k and v (h -> kv), gate and up (h -> I),
+    down (I -> h): r x (9h + 2kv + 3I)."""
+    per_layer = rank * (9 * model.hidden + 2 * model.kv_width + 3 * model.intermediate)
+    return model.layers * per_layer, rank * max(model.hidden, model.intermediate)
+
+
 def frozen_states(model: Shape, nodes: int, offload: bool) -> tuple[int, int]:
     """(bytes per GPU, bytes per node) of a frozen model under ZeRO-3 (the reference policy, the verifier): the
     estimator's terms without gradients and optimizer, bf16 weights sharded, its largest layer gathered whole."""
@@ -168,11 +185,11 @@ def collective_seconds(bytes_per_gpu: float, gpus: int, args) -> float:
     return bytes_per_gpu * (gpus - 1) / gpus / bus
 
 
-def zero3_traffic_seconds(trained_params: int, micro_batches: float, gpus: int, args) -> float:
+def zero3_traffic_seconds(params: int, micro_batches: float, gpus: int, args, gradients: bool = True) -> float:
     """ZeRO-3's collectives over micro-batches on one GPU: the bf16 weights gathered for the forward, for the
     checkpointed recompute and for the backward, and the bf16 gradients reduce-scattered (ZeRO's 3 x parameters
-    of traffic, plus the recompute's gather)."""
-    return micro_batches * collective_seconds(4 * 2 * trained_params, gpus, args)
+    of traffic, plus the recompute's gather). gradients False: frozen weights (LoRA's base), gathered only."""
+    return micro_batches * collective_seconds((4 if gradients else 3) * 2 * params, gpus, args)
 
 
 def offload_seconds(trained_params: int, micro_batches: float, optimizer_steps: int, nodes: int, args):
@@ -191,20 +208,28 @@ def decode_seconds(model: Shape, steps: int, sequences: int, context: float, eff
 
 
 # ---- the plans ----------------------------------------------------------------------------------------------------
-def sft_plan(model: Shape, nodes: int, config: str, mfu: float, args) -> dict:
+def sft_plan(model: Shape, nodes: int, config: str, mfu: float, args, lora_r: int = 0) -> dict:
+    """lora_r: the base frozen (bf16, sharded), the adapters trained (DeepSpeed's estimator over them)."""
     gpus, offload = GPUS_PER_NODE * nodes, config == "offload"
+    trained = model.params
     states, host = model_states(model.params, model.largest_layer, nodes, offload)
+    if lora_r:
+        trained, largest_adapter = lora_adapter(model, lora_r)
+        adapter_states, adapter_host = model_states(trained, largest_adapter, nodes, offload)
+        base_states, base_host = frozen_states(model, nodes, offload)
+        states, host = base_states + adapter_states, base_host + adapter_host
     logits = LOGIT_BYTES["sft"] * SFT_MAX_SEQ_LEN * model.vocab
     act = {ckpt: activation_bytes(model, SFT_MAX_SEQ_LEN, ckpt) + logits for ckpt in (True, False)}
     tokens = SFT_ROWS * args.sft_tokens_per_row
     micro_batches = SFT_ROWS / (SFT_MICRO_BATCH * gpus)  # per GPU per epoch; the batch of 128 kept
     steps = math.ceil(SFT_ROWS / SFT_BATCH)
-    compute = 6 * model.params * tokens / (mfu * PEAK_BF16 * gpus)
-    traffic = zero3_traffic_seconds(model.params, micro_batches, gpus, args)
-    transfer, adam = offload_seconds(model.params, micro_batches, steps, nodes, args) if offload else (0.0, 0.0)
+    compute = 6 * model.params * tokens / (mfu * PEAK_BF16 * gpus) * (LORA_WORK if lora_r else 1)
+    traffic = zero3_traffic_seconds(model.params, micro_batches, gpus, args, gradients=not lora_r)
+    transfer, adam = offload_seconds(trained, micro_batches, steps, nodes, args) if offload else (0.0, 0.0)
     epoch = max(compute, traffic, transfer) + adam
     return {
-        "model": model.name, "nodes": nodes, "gpus": gpus, "config": CONFIGS[config],
+        "model": model.name, "nodes": nodes, "gpus": gpus, "config": CONFIGS[config], "lora_r": lora_r,
+        "trained_params": trained,
         "gradient_accumulation_steps": SFT_BATCH // (SFT_MICRO_BATCH * gpus),
         "model_states_gib": states / GIB, "host_gib_per_node": host / GIB,
         "activations_gib": act[True] / GIB, "activations_no_checkpointing_gib": act[False] / GIB,
@@ -224,14 +249,20 @@ ROLLOUTS = {
 }
 
 
-def ppo_plan(setup: dict, nodes: int, config: str, mfu: float, args) -> dict:
+def ppo_plan(setup: dict, nodes: int, config: str, mfu: float, args, lora_r: int = 0) -> dict:
     """One PPO update of the paper's batch: rollout (generate, score), then num_ppo_epochs of optimisation; the
-    rollout's three ways side by side."""
+    rollout's three ways side by side. lora_r: the policy trains adapters; its frozen base is also the reference
+    (the frozen models stay a policy-sized model and the verifier: the reference's copy is gone, the policy's own
+    weights took its place), the value model is trained in full."""
     policy, value, verifier = setup["policy"], setup["value"], setup["verifier"]
     gpus, offload = GPUS_PER_NODE * nodes, config == "offload"
-    trained = policy.params + value.params  # one optimizer over the policy and the value model
-    states, host = model_states(trained, max(policy.largest_layer, value.largest_layer), nodes, offload)
-    frozen = [frozen_states(m, nodes, offload) for m in (policy, verifier)]  # the reference is the policy's copy
+    policy_trained, largest = policy.params, max(policy.largest_layer, value.largest_layer)
+    if lora_r:
+        policy_trained, largest_adapter = lora_adapter(policy, lora_r)
+        largest = max(largest_adapter, value.largest_layer)
+    trained = policy_trained + value.params  # one optimizer over the policy (or its adapters) and the value model
+    states, host = model_states(trained, largest, nodes, offload)
+    frozen = [frozen_states(m, nodes, offload) for m in (policy, verifier)]  # the reference (LoRA: the base)
     base = states + sum(gpu for gpu, _ in frozen)
     host += sum(cpu for _, cpu in frozen)
     episode = PPO_PROMPT_TOKENS + PPO_RESPONSE_LENGTH
@@ -246,12 +277,13 @@ def ppo_plan(setup: dict, nodes: int, config: str, mfu: float, args) -> dict:
 
     kv_chunk = PPO_FORWARD_CHUNK * episode * kv_bytes_per_token(policy)
     hf_decode = decode_seconds(policy, PPO_RESPONSE_LENGTH, PPO_FORWARD_CHUNK, context, args.hf_decode_efficiency)
+    module = policy.params + value.params + (policy_trained if lora_r else 0)  # the adapters ride along with LoRA
     rollouts = {
         # trl's unwrap_model_for_generation gathers the whole policy-and-value module for `generate`
         "gathered": {
             "gib": 0,
-            "peak": 2 * trained + kv_chunk,
-            "generate_s": fetch_seconds(trained) + chunks * hf_decode,
+            "peak": 2 * module + kv_chunk,
+            "generate_s": fetch_seconds(module) + chunks * hf_decode,
         },
         # every decoding step gathers the policy's layers one at a time
         "sharded": {
@@ -292,8 +324,11 @@ def ppo_plan(setup: dict, nodes: int, config: str, mfu: float, args) -> dict:
         chunks * fetch_seconds(2 * policy.params + value.params + verifier.params),
     )
     micro_batches = PPO_EPOCHS * prompts  # per GPU, --per_device_train_batch_size 1
-    optimise_compute = PPO_EPOCHS * PPO_EPISODES_PER_UPDATE * 6 * episode * trained / (mfu * PEAK_BF16 * gpus)
+    work = policy.params * (LORA_WORK if lora_r else 1) + value.params
+    optimise_compute = PPO_EPOCHS * PPO_EPISODES_PER_UPDATE * 6 * episode * work / (mfu * PEAK_BF16 * gpus)
     traffic = zero3_traffic_seconds(trained, micro_batches, gpus, args)
+    if lora_r:  # the frozen policy is gathered, never reduced; the adapters and the value model as before
+        traffic += zero3_traffic_seconds(policy.params, micro_batches, gpus, args, gradients=False)
     transfer, adam = offload_seconds(trained, micro_batches, PPO_EPOCHS, nodes, args) if offload else (0.0, 0.0)
     optimise = max(optimise_compute, traffic, transfer) + adam
     updates = math.ceil(PPO_TOTAL_EPISODES / PPO_EPISODES_PER_UPDATE)
@@ -308,8 +343,8 @@ def ppo_plan(setup: dict, nodes: int, config: str, mfu: float, args) -> dict:
         way["generate_gib"] = way.pop("peak") / GIB
         way["engine_gib"] = way.pop("gib") / GIB
     return {
-        "setup": setup["name"], "nodes": nodes, "gpus": gpus, "config": CONFIGS[config],
-        "gradient_accumulation_steps": PPO_EPISODES_PER_UPDATE // gpus,
+        "setup": setup["name"], "nodes": nodes, "gpus": gpus, "config": CONFIGS[config], "lora_r": lora_r,
+        "trained_params": trained, "gradient_accumulation_steps": PPO_EPISODES_PER_UPDATE // gpus,
         "trained_states_gib": states / GIB, "frozen_gib": sum(gpu for gpu, _ in frozen) / GIB,
         "score_gib": score_peak / GIB, "optimise_gib": train_peak / GIB,
         "host_gib_per_node": host / GIB, "host_verdict": host_room,
@@ -453,6 +488,7 @@ def markdown(plan: dict) -> str:
         rollout = f", {best['rollout']}" if best["rollout"] else ""
         return f"{best['nodes']} x {GPUS_PER_NODE}, `{best['config']}`{rollout}: {best['a100_hours']:,.0f} A100-h P"
 
+    lines += lora_tables(plan)
     lines += table(
         "Which config, how many nodes",
         ["workload", *(f"fewest nodes, `{path}`" for path in CONFIGS.values()), "cheapest plan that fits"],
@@ -460,6 +496,55 @@ def markdown(plan: dict) -> str:
           cheapest(row["cheapest"])] for row in plan["choices"]],
     )  # fmt: skip
     return "\n".join(lines)
+
+
+def lora_tables(plan: dict) -> list[str]:
+    """LoRA beside full fine-tuning, ZeRO-3 without offload (nothing to offload once the base is frozen in bf16)."""
+    if not plan["sft_lora"]:
+        return []
+    rank, nodes = plan["inputs"]["lora_r"], lambda r: f"{r['nodes']} x {GPUS_PER_NODE}"
+    full_sft = {(r["model"], r["nodes"], r["config"]): r for r in plan["sft"]}
+    full_ppo = {(r["setup"], r["nodes"], r["config"]): r for r in plan["ppo"]}
+
+    def change(full, lora, verdicts=None):
+        suffix = f" **{verdicts[0]} -> {verdicts[1]}**" if verdicts else ""
+        return f"{full:.1f} -> {lora:.1f} P{suffix}"
+
+    sft_rows = []
+    for r in plan["sft_lora"]:
+        f = full_sft[(r["model"], r["nodes"], r["config"])]
+        sft_rows.append([
+            r["model"], nodes(r), f"{r['trained_params'] / 1e6:,.0f}M",
+            change(f["model_states_gib"], r["model_states_gib"]),
+            change(f["total_gib"], r["total_gib"], (f["verdict"], r["verdict"])),
+            f"{duration(f['epoch_s'])} -> {duration(r['epoch_s'])} P", f"{r['gpu_hours_per_epoch']:.1f} P",
+        ])  # fmt: skip
+    lines = table(
+        f"SFT with LoRA r {rank} on every linear layer, `{CONFIGS['zero3']}`: full -> LoRA",
+        ["model", "nodes x GPUs", "trained parameters", "model states (GiB)", "total ckpt (GiB)", "per epoch",
+         "A100-hours per epoch"],
+        sft_rows,
+    )  # fmt: skip
+    ppo_rows = []
+    for r in plan["ppo_lora"]:
+        f = full_ppo[(r["setup"], r["nodes"], r["config"])]
+        ways = [
+            change(full["total_gib"], way["total_gib"], (full["verdict"], way["verdict"]))
+            for full, way in zip(f["rollouts"].values(), r["rollouts"].values())
+        ]
+        ppo_rows.append([
+            r["setup"], nodes(r), f"{r['trained_params'] / 1e9:.2f}B",
+            change(f["trained_states_gib"], r["trained_states_gib"]),
+            *ways, f"{duration(f['optimise_s'])} -> {duration(r['optimise_s'])} P",
+        ])  # fmt: skip
+    lines += table(
+        f"PPO with LoRA r {rank} on the policy (value model trained in full), `{CONFIGS['zero3']}`: full -> LoRA, "
+        "memory per GPU (GiB)",
+        ["policy + value + verifier", "nodes x GPUs", "trained parameters", "trained states", *ROLLOUTS.values(),
+         "optimise per update"],
+        ppo_rows,
+    )  # fmt: skip
+    return lines
 
 
 def build_plan(args) -> dict:
@@ -487,9 +572,23 @@ def build_plan(args) -> dict:
         for config in CONFIGS
         for nodes in NODE_COUNTS
     ]
+    # LoRA: ZeRO-3 without offload (the frozen base in bf16 leaves little to offload)
+    sft_lora = [
+        sft_plan(model, nodes, "zero3", mfu["value"], args, args.lora_r)
+        for model in (llama_8b, llama_70b)
+        for nodes in NODE_COUNTS
+        if args.lora_r
+    ]
+    ppo_lora = [
+        ppo_plan(setup, nodes, "zero3", mfu["value"], args, args.lora_r)
+        for setup in setups
+        for nodes in NODE_COUNTS
+        if args.lora_r
+    ]
     models = [asdict(m) for m in (llama_8b, llama_70b, value_3b, verifier_3b, value_70b, verifier_70b)]
     inputs = {k: v for k, v in vars(args).items() if k not in ("json_out", "gpu_check")}
-    plan = {"mfu": mfu, "inputs": inputs, "models": models, "sft": sft, "ppo": ppo}
+    plan = {"mfu": mfu, "inputs": inputs, "models": models, "sft": sft, "ppo": ppo, "sft_lora": sft_lora,
+            "ppo_lora": ppo_lora}  # fmt: skip
     plan["choices"] = choices(plan)
     return plan
 
@@ -517,6 +616,12 @@ def main(argv=None):
     parser.add_argument("--hf_decode_efficiency", type=float, default=HF_DECODE_EFFICIENCY)
     parser.add_argument("--vllm_decode_efficiency", type=float, default=VLLM_DECODE_EFFICIENCY)
     parser.add_argument("--vllm_gpu_memory_utilization", type=float, default=VLLM_GPU_MEMORY_UTILIZATION)
+    parser.add_argument(
+        "--lora_r",
+        type=int,
+        default=LORA_R,
+        help="the rank of the LoRA tables (adapters on every linear layer); 0: none",
+    )
     parser.add_argument("--json_out", help="also write every figure and input here")
     args = parser.parse_args(argv)
     if args.mfu is not None and not 0 < args.mfu <= 1:

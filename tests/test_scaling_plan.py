@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+import torch
 
 from tests.scripts import run_ok
 
@@ -132,3 +133,40 @@ def test_verdicts_follow_from_the_memory_and_the_budget(tmp_path):
     roomy, _ = plan(tmp_path, "--node_ram_gib", "4000")
     one_node = [r for r in roomy["ppo"] if r["setup"] == "70B + 3B + 3B" and r["config"].endswith("offload.yaml")][0]
     assert one_node["rollouts"]["sharded"]["verdict"] == "fits"
+
+
+def test_lora_rows_count_the_adapters_as_peft_does_and_freeze_the_base_in_bf16(tmp_path):
+    """LoRA's tables: peft's own count of the adapters on every linear layer, DeepSpeed's estimator over them alone,
+    the base as a frozen bf16 model; PPO keeps the same frozen models (the policy's base takes the reference's
+    place) and trains the adapters and the value model."""
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    figures, stdout = plan(tmp_path, "--lora_r", "8")
+    models = {m["name"]: m for m in figures["models"]}
+    for row in figures["sft_lora"]:
+        model = models[row["model"]]
+        config = LlamaConfig(
+            vocab_size=model["vocab"], hidden_size=model["hidden"], intermediate_size=model["intermediate"],
+            num_hidden_layers=1, num_attention_heads=model["heads"], num_key_value_heads=model["kv_width"] // 128,
+            head_dim=128,
+        )  # fmt: skip
+        with torch.device("meta"):
+            one_layer = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=8, target_modules="all-linear"))
+        assert row["trained_params"] == model["layers"] * one_layer.get_nb_trainable_parameters()[0]
+        gpus = 8 * row["nodes"]
+        _, adapters, _ = estimate_zero3_model_states_mem_needs(  # (host, GPU, largest layer) bytes
+            total_params=row["trained_params"], largest_layer_params=8 * max(model["hidden"], model["intermediate"]),
+            num_gpus_per_node=8, num_nodes=row["nodes"], cpu_offload=False, cpu_offload_params=False, zero_init=True,
+        )  # fmt: skip
+        frozen = 2 * model["params"] // gpus + 2 * model["largest_layer"]
+        assert row["model_states_gib"] == pytest.approx((frozen + adapters) / GIB, abs=1e-9)
+    assert figures["sft_lora"][0]["trained_params"] == 32 * 8 * (9 * 4096 + 2 * 1024 + 3 * 14336)  # 8B: 21M
+    full = {(r["setup"], r["nodes"]): r for r in figures["ppo"] if r["config"].endswith("zero3.yaml")}
+    for row in figures["ppo_lora"]:
+        same = full[(row["setup"], row["nodes"])]
+        assert row["frozen_gib"] == same["frozen_gib"] and row["trained_states_gib"] < same["trained_states_gib"]
+    assert "#### SFT with LoRA r 8 on every linear layer" in stdout
+    figures, stdout = plan(tmp_path, "--lora_r", "0")
+    assert figures["sft_lora"] == figures["ppo_lora"] == [] and "LoRA" not in stdout
