@@ -76,11 +76,12 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(obj).hexdigest()[:16]
 
 
-def read_json(path: str, jsonl: bool | None = None) -> Any:
+def read_json(path: str | os.PathLike, jsonl: bool | None = None) -> Any:
     """A local JSON file (or JSONL: a list of rows), or one line naming the file and the line that is wrong.
 
     jsonl: read it as JSONL (one value per line) or as one JSON document; None: JSONL when its name ends in .jsonl.
     """
+    path = os.fspath(path)
     text = read_text(path, "JSON or JSONL file")
     if path.endswith(".jsonl") if jsonl is None else jsonl:
         rows = []

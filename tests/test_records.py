@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from huatuo_o1.cli import redact
-from huatuo_o1.records import InputError, digest, load_records, write_json_atomic
+from huatuo_o1.records import InputError, digest, load_records, read_json, write_json_atomic
 
 
 def test_load_json_and_jsonl(tmp_path):
@@ -34,6 +34,16 @@ def test_bad_input_names_the_file_and_row(tmp_path, content, message):
     with pytest.raises(InputError) as error:
         load_records(str(path), ["question"])
     assert str(path) in str(error.value) and message in str(error.value)
+
+
+def test_read_json_takes_a_path_object_as_well_as_a_string(tmp_path):
+    (tmp_path / "one.json").write_text('{"a": 1}')
+    (tmp_path / "rows.jsonl").write_text('{"a": 1}\n{"a": 2}\n')
+    assert read_json(tmp_path / "one.json") == read_json(str(tmp_path / "one.json")) == {"a": 1}
+    assert read_json(tmp_path / "rows.jsonl") == [{"a": 1}, {"a": 2}]  # .jsonl read as rows from a Path too
+    with pytest.raises(InputError, match="rows.jsonl: line 2 is not valid JSON"):
+        (tmp_path / "rows.jsonl").write_text('{"a": 1}\n{oops\n')
+        read_json(tmp_path / "rows.jsonl")
 
 
 def test_offline_hub_id_fails_with_advice():
