@@ -212,6 +212,26 @@ def test_ppo_with_vllm_rollouts_trains_saves_and_reloads(vllm_policy, tiny_model
     assert summary["eval_start"]["example"] != summary["eval_end"]["example"]
 
 
+def test_ppo_with_lora_and_vllm_pushes_the_merged_weights(vllm_policy, tiny_models, tmp_path):
+    """--lora_r with --use_vllm: the engine gets the policy with its adapters folded in, so after the last update it
+    answers as the saved merged policy does; the base weights it started from stay untouched."""
+    data, out = write_problems(tmp_path / "problems.json", 11), str(tmp_path / "ppo")
+    run_command(
+        rl_argv(vllm_policy, tiny_models, data, out, "--total_episodes", "8", "--num_ppo_epochs", "2",
+                "--learning_rate", "3e-2", "--eval_strategy", "no", "--save_strategy", "no", "--lora_r", "4",
+                "--lora_alpha", "64"),  # a large alpha: two updates change the greedy answer
+        env=ONE_THREAD,
+        check=True,
+    )  # fmt: skip
+    summary = json.loads(open(os.path.join(out, "rl_summary.json")).read())
+    assert summary["rollouts"] == "vllm" and summary["lora"]["r"] == 4 and os.path.isdir(os.path.join(out, "adapter"))
+    trained, initial = weights(out), weights(vllm_policy)
+    assert any(not torch.equal(v, initial[k]) for k, v in trained.items())  # the adapters moved the merged weights
+    assert summary["eval_start"]["example"] == greedy_answer(vllm_policy, data, out)  # B = 0: the base model
+    assert summary["eval_end"]["example"] == greedy_answer(out, data, out)  # the engine held the merged weights
+    assert summary["eval_start"]["example"] != summary["eval_end"]["example"]
+
+
 @pytest.mark.multiprocess
 def test_ppo_with_vllm_under_zero3_pushes_one_gathered_parameter_at_a_time(vllm_policy, tiny_models, tmp_path):
     """2 processes, DeepSpeed ZeRO-3: each process's engine gets the sharded policy's weights gathered one parameter
