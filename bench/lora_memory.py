@@ -109,6 +109,7 @@ def main():
     parser.add_argument("--ppo_updates", type=int, default=2)
     parser.add_argument("--response_length", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--stages", nargs="+", choices=("sft", "ppo"), default=["sft", "ppo"], help="what to compare")
     parser.add_argument("--child", choices=RUNS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -119,7 +120,8 @@ def main():
         subprocess.run([sys.executable, tiny_models, "--output_dir", tiny], check=True, capture_output=True)
         args.verifier = os.path.join(tiny, "tiny-verifier")
 
-    results = {which: run_child(args, which) for which in RUNS}
+    runs = ["imports", *(f"{stage}{kind}" for stage in args.stages for kind in ("", "_lora"))]
+    results = {which: run_child(args, which) for which in runs}
     base = results["imports"]["peak_rss_mb"]
     print(
         f"model {args.model}; LoRA r {args.lora_r} on every linear layer; {args.threads} threads\n"
@@ -129,10 +131,10 @@ def main():
     )
     print(f"{'':10}{'peak RSS MB':>12}{'above imports':>15}{'s / step':>10}")
     print(f"{'imports':10}{base:12.0f}")
-    for which in RUNS[1:]:
+    for which in runs[1:]:
         r = results[which]
         print(f"{which:10}{r['peak_rss_mb']:12.0f}{r['peak_rss_mb'] - base:15.0f}{r['seconds'] / r['steps']:10.2f}")
-    for stage in ("sft", "ppo"):
+    for stage in args.stages:
         full, lora = results[stage], results[f"{stage}_lora"]
         print(
             f"{stage.upper()} LoRA / full: memory above imports "

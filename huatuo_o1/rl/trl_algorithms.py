@@ -94,6 +94,20 @@ def deepspeed_gathered(model: torch.nn.Module) -> contextlib.AbstractContextMana
     return deepspeed.zero.GatheredParameters(list(model.parameters()))
 
 
+def vllm_colocated(config: PPOConfig, policy: torch.nn.Module, lora: LoRAArguments) -> contextlib.ExitStack:
+    """With --use_vllm: trl's colocated vLLM made to work without CUDA while the trainer is built and trained, and with
+    LoRA its engine given the merged weights (huatuo_o1/lora.py) instead of trl's merge and unmerge in place;
+    without: nothing."""
+    stack = contextlib.ExitStack()
+    if config.use_vllm:
+        from huatuo_o1.rl.vllm_rollout import trl_colocate_on_cpu, trl_pushes_merged_lora
+
+        stack.enter_context(trl_colocate_on_cpu(config.vllm_kv_cache_gib, config.vllm_enforce_eager, policy.dtype))
+        if lora.enabled:
+            stack.enter_context(trl_pushes_merged_lora())
+    return stack
+
+
 def run_trl(
     config: PPOConfig,
     sizes: BatchSizes,
@@ -104,33 +118,14 @@ def run_trl(
     evaluation: list[Problem],
     lora: LoRAArguments | None = None,
 ) -> tuple[dict, dict, int, float, dict]:
-    """Train with trl's RLOO or GRPO; returns (held-out figures before, after, optimizer steps, seconds, settings).
-
-    --use_vllm: trl's colocated vLLM, made to work without CUDA while the trainer is built and trained; with LoRA its
-    engine gets the merged weights (huatuo_o1/lora.py) instead of trl's merge and unmerge in place.
-    """
+    """Train with trl's RLOO or GRPO; returns (held-out figures before, after, optimizer steps, seconds, settings)."""
     lora = lora or LoRAArguments()
-    if not config.use_vllm:
-        return train_with_trl(config, sizes, tokenizer, policy, reward, train, evaluation, lora)
-    from huatuo_o1.rl.vllm_rollout import trl_colocate_on_cpu, trl_pushes_merged_lora
-
-    with (
-        trl_colocate_on_cpu(config.vllm_kv_cache_gib, config.vllm_enforce_eager, policy.dtype),
-        trl_pushes_merged_lora() if lora.enabled else contextlib.nullcontext(),
-    ):
+    with vllm_colocated(config, policy, lora):
         return train_with_trl(config, sizes, tokenizer, policy, reward, train, evaluation, lora)
 
 
-def train_with_trl(
-    config: PPOConfig,
-    sizes: BatchSizes,
-    tokenizer: PreTrainedTokenizerBase,
-    policy: torch.nn.Module,
-    reward: RLReward,
-    train: list[Problem],
-    evaluation: list[Problem],
-    lora: LoRAArguments,
-) -> tuple[dict, dict, int, float, dict]:
+def train_with_trl(config, sizes, tokenizer, policy, reward, train, evaluation, lora):
+    """run_trl's work, inside its vLLM context."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
