@@ -69,6 +69,7 @@ def assert_same_output(served_output, local_output):
 OTHER_VALUES = RewardValues(correct=2.0, incorrect=-0.5, malformed=-1, threshold=0.45)  # tiny verifier: p 0.44-0.47
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("values", [PAPER_REWARD, OTHER_VALUES])
 def test_served_rewards_equal_the_in_process_ones_bit_for_bit(served, in_process, values):
     model, tokenizer = in_process
@@ -125,6 +126,7 @@ def train(argv):
         return timeless, hashlib.sha256(f.read()).hexdigest()
 
 
+@pytest.mark.server
 @pytest.mark.usefixtures("one_thread_fresh_accelerate")
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
 def test_rl_with_reward_url_trains_exactly_as_with_the_verifier_in_process(
@@ -145,6 +147,7 @@ def test_rl_with_reward_url_trains_exactly_as_with_the_verifier_in_process(
     assert any(reward > 0 for reward in rewards)  # the verifier was asked about well-formed answers
 
 
+@pytest.mark.server
 @pytest.mark.usefixtures("one_thread_fresh_accelerate")
 def test_a_server_killed_mid_run_stops_rl_in_one_line_naming_the_url(tiny_models, tmp_path, monkeypatch):
     url, pid_file = start_verifier_server(tiny_models, tmp_path)
@@ -242,6 +245,7 @@ def test_a_server_that_never_answers_stops_after_its_retries_naming_the_url():
     )
 
 
+@pytest.mark.server
 def test_serve_verifier_records_exactly_its_process_and_stops_only_that(tiny_models, tmp_path):
     url, pid_file = start_verifier_server(tiny_models, tmp_path)
     try:
