@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.data_helpers import (
     CONSTRUCT,
     FAST,
@@ -38,6 +40,7 @@ def assert_calls_match(client_count, server):
     assert server["total"] <= client_count <= server["total"] + max(3, server["total"] // 100)
 
 
+@pytest.mark.e2e  # both data stages over 200 items: 20 s, a fifth of what test-fast may take
 def test_thirty_percent_mixed_faults_on_200_items_lose_and_duplicate_nothing(start_teacher, tmp_path):
     items = make_items(200)
     for item in items[::25]:
