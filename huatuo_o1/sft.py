@@ -380,13 +380,11 @@ class SupervisedTrainer:
         if self.lora.enabled:
             run_inputs["lora"] = self.lora.settings()
         resumption = self.resume_or_refuse(run_inputs)
-        for line in resumption.skipped:  # newer checkpoints that do not match their manifests
-            self.say(line)
-        if resumption.action == "finished":
-            self.say(
-                f"{self.run_dir} holds a finished run of these inputs ({resumption.checkpoint}): nothing to do "
-                "(--resume False trains again from the start)"
-            )
+        finished = (
+            f"{self.run_dir} holds a finished run of these inputs ({resumption.checkpoint}): nothing to do "
+            "(--resume False trains again from the start)"
+        )
+        if resumption.nothing_to_do(self.say, finished):
             return None
         self.load(rows)
         state = self.start(resumption, run_inputs)

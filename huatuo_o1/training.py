@@ -387,6 +387,15 @@ class Resumption:
     replaced: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()
 
+    def nothing_to_do(self, say: Callable[[str], None], finished: str) -> bool:
+        """Shows the checkpoints passed over; for a finished run also `finished` (what it holds, how to train again),
+        and True: the stage then stops."""
+        for line in self.skipped:
+            say(line)
+        if self.action == "finished":
+            say(finished)
+        return self.action == "finished"
+
 
 START_AFRESH = "pass --resume False to start afresh (the checkpoints are removed)"
 
