@@ -39,6 +39,8 @@ class ScoreArguments:
 
 def main(argv=None):
     args, data = cli.parse((ScoreArguments, VerdictData), argv)
+    if not data.data_path:
+        raise InputError("--data_path is required: the (response, reference) pairs to score")
     if args.batch_size <= 0:
         raise InputError(f"--batch_size must be a positive number of pairs, not {args.batch_size}")
     if not 0 <= args.threshold <= 1:

@@ -10,6 +10,10 @@ Data (--data_path): the search stage's records (each item's "verifications" list
 {response, reference_answer, verdict} is flattened), or any JSON/JSONL file or hub dataset of flat
 rows; --response_field / --reference_field / --verdict_field name the columns. Verdicts may be
 booleans, "True"/"False" strings or 0/1. Examples of one record stay on one side of the held-out split.
+--exam_items adds (or alone gives) labelled answers made from multiple-choice items: per item one naming its right
+option (correct) and one per wrong option (incorrect), worded as huatuo_o1/templates/exam_answer_phrasings.txt says;
+with both, examples are grouped by reference answer for the split, and the summary gives each source's share and
+held-out figures.
 
 At the end it prints, on the held-out split: accuracy, precision and recall of "correct", and the
 same for a plain string-match baseline (reference contained in the response), and writes
@@ -37,7 +41,17 @@ from huatuo_o1.models import check_model_source
 from huatuo_o1.outputs import check_outputs
 from huatuo_o1.records import InputError, write_json_atomic
 from huatuo_o1.verifier import load_template
-from huatuo_o1.verifier_training import SUMMARY, VerdictData, VerifierArguments, VerifierTrainer, read_examples
+from huatuo_o1.verifier_training import (
+    SUMMARY,
+    VerdictData,
+    VerifierArguments,
+    VerifierTrainer,
+    exam_pairs,
+    load_phrasings,
+    read_exam_items,
+    read_examples,
+    with_exam_pairs,
+)
 
 
 def main(argv=None):
@@ -46,17 +60,23 @@ def main(argv=None):
     check_model_source(args.model_path, "--model_path", args.verify_checkpoints)
     check_outputs(
         [("--output_dir", args.output_dir, True)],
-        {"--model_path": args.model_path, "--data_path": data.data_path},
+        {"--model_path": args.model_path, "--data_path": data.data_path, "--exam_items": args.exam_items},
         replaced_inside=training.CHECKPOINT_PREFIX,
     )
     trainer = VerifierTrainer(args, data, lora)  # the accelerator and the seed; --report_to's packages checked
 
-    # Load the verdicts and the verifier's input template (the trainer loads the backbone once it knows there is
-    # something to train).
-    examples, skipped = read_examples(data)
+    # Load the verdicts, the exam items' labelled answers, and the verifier's input template (the trainer loads the
+    # backbone once it knows there is something to train).
+    if not (data.data_path or args.exam_items):
+        raise InputError("give --data_path (verdicts), --exam_items (multiple-choice items) or both")
+    examples, skipped = read_examples(data) if data.data_path else ([], 0)
+    if args.exam_items:
+        pairs = exam_pairs(read_exam_items(args.exam_items), load_phrasings(args.exam_answer_phrasings))
+        examples = with_exam_pairs(examples, pairs)
     if len(examples) < 2:
         raise InputError(
-            f"{data.data_path}: {len(examples)} example(s) with a verdict; need at least 2 (train and held out)"
+            f"{data.data_path or args.exam_items}: {len(examples)} example(s) with a verdict; need at least 2 "
+            "(train and held out)"
         )
     template = load_template(args.verifier_template)
 
@@ -76,6 +96,12 @@ def main(argv=None):
                 f"accuracy {baseline['accuracy']}, precision {baseline['precision']}, recall {baseline['recall']} | "
                 f"verifier agrees with string match on {summary['verifier_vs_baseline_agreement']}"
             )
+            for source, figures in summary.get("heldout_by_source", {}).items():
+                print(
+                    f"held-out {source} ({figures['n']} examples, {summary['sources'][source]['share']:.0%} of the "
+                    f"data): verifier accuracy {figures['verifier']['accuracy']}, string match "
+                    f"{figures['baseline']['accuracy']}, agreement {figures['agreement']}"
+                )
             print(f"verifier saved to {summary['output_dir']} (use it as RL_stage2.py --reward_model_path)")
         trainer.remove_checkpoints()
     trainer.end_training()

@@ -5,9 +5,9 @@
 1. prepare (cached under --cache_dir, keyed by its inputs; a second run reuses it):
    SmolLM2-135M-Instruct after a short SFT (SFT_stage1.py) on the 44 demo exam items that carry a
    verifiable question, each answered in one short line ("The answer is X."), so that sampling it
-   answers some problems right and not all; a verifier (train_verifier.py, from the base) on pairs
-   built from the items' options (the right option and wrong ones, as the SFT policy phrases them
-   and bare); PPO's value model, the base's first --value_layers blocks. (A verifier on the base's
+   answers some problems right and not all; a verifier (train_verifier.py --exam_items, from the base)
+   on the pairs the items' options give (the right option and each wrong one, worded as the SFT policy
+   answers or bare, in turn); PPO's value model, the base's first --value_layers blocks. (A verifier on the base's
    first 8 blocks, lr 1e-4, 1 epoch, learned nothing: held-out accuracy 0.33.) The SFT and the
    verifier train side by side, one thread each. RL trains on the problems where the share of the SFT
    policy's sampled answers (--selection_samples, as RL samples) that name the reference lies in
@@ -37,7 +37,6 @@ skill, and says nothing about the paper's scale (docs/rl.md).
 import argparse
 import json
 import os
-import random
 import resource
 import runpy
 import shutil
@@ -82,21 +81,9 @@ def short_answer(option):
     return f"The findings fit {option} best.", f"The answer is {option}."
 
 
-def verifier_pairs(items, seed=0):
-    """(response, reference_answer, verdict) rows: each item's right answer and wrong ones (its other options and two
-    other items' answers), each phrased as the SFT policy answers and bare."""
-    rng = random.Random(seed)
-    answers = [it[GROUND_TRUTH] for it in items]
-    rows = []
-    for item in items:
-        reference = item[GROUND_TRUTH]
-        wrong = [o for o in item["options"].values() if o != item["answer"]]
-        wrong += rng.sample([a for a in answers if a != reference], 2)
-        for candidate, verdict in [(reference, True)] + [(w, False) for w in wrong]:
-            for phrasing in (short_answer(candidate)[1], candidate):
-                rows.append({"response": phrasing, "reference_answer": reference, "verdict": verdict})
-    rng.shuffle(rows)
-    return rows
+def answer_phrasings():
+    """How the verifier's exam pairs are worded: as the SFT policy answers, and bare (--exam_answer_phrasings)."""
+    return short_answer("{option}")[1] + "\n{option}\n"
 
 
 def run_logged(command, log_path, threads):
@@ -138,7 +125,7 @@ def prepare(args):
     )
     items = demo_items()
     folder = os.path.join(args.cache_dir, digest({
-        "settings": {k: getattr(args, k) for k in PREPARE_SETTINGS}, "items": items, "version": 2,
+        "settings": {k: getattr(args, k) for k in PREPARE_SETTINGS}, "items": items, "version": 3,
         "base": base_identity(base)}))  # fmt: skip
     made_models = args.fresh or not os.path.exists(os.path.join(folder, "prepared.json"))
     if made_models:
@@ -195,12 +182,15 @@ def prepare_models(args, base, items, folder):
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
     start, py = time.time(), sys.executable
-    paths = {name: os.path.join(folder, f"{name}.json") for name in ("problems", "sft_data", "verifier_pairs")}
+    paths = {name: os.path.join(folder, f"{name}.json") for name in ("problems", "sft_data", "exam_items")}
     write_json_atomic(paths["problems"], [as_problem(it) for it in items])
     sft_rows = [dict(zip(SFT_FIELDS, (it[OPEN_QUESTION], *short_answer(it[GROUND_TRUTH]))))
                 for it in items]  # fmt: skip
     write_json_atomic(paths["sft_data"], sft_rows)
-    write_json_atomic(paths["verifier_pairs"], verifier_pairs(items))
+    write_json_atomic(paths["exam_items"], items)
+    phrasings_path = os.path.join(folder, "answer_phrasings.txt")
+    with open(phrasings_path, "w") as f:
+        f.write(answer_phrasings())
     value_dir = os.path.join(folder, "value")
     truncated_value_model(base, args.value_layers, value_dir)
 
@@ -214,7 +204,9 @@ def prepare_models(args, base, items, folder):
                      os.path.join(folder, "sft.log"), 1)  # fmt: skip
     verifier_dir = os.path.join(folder, "verifier")
     verifier = run_logged([py, "train_verifier.py", "--model_path", base, "--eval_before_training", "False",
-                           "--data_path", paths["verifier_pairs"], "--output_dir", verifier_dir, "--max_length", "256",
+                           "--exam_items", paths["exam_items"],
+                           "--exam_answer_phrasings", phrasings_path, "--output_dir", verifier_dir,
+                           "--max_length", "256",
                            "--learning_rate", args.verifier_learning_rate,
                            "--head_learning_rate", "1e-3", "--n_epochs", str(args.verifier_epochs),
                            "--train_bsz_per_gpu", "8", "--save_epoch_state", "False", "--report_to", "none",
@@ -249,7 +241,7 @@ def child(out, argv, threads, check):
     def log_call(reward, responses, references, result):
         answers = [final_answer(r) for r in responses]
         matched = [a is not None and string_match(a, ref) for a, ref in zip(answers, references)]
-        says = (result.p_correct > reward.threshold).tolist()
+        says = (result.p_correct > reward.values.threshold).tolist()
         formed = result.well_formed.tolist()
         agree = [s == m for s, m, w in zip(says, matched, formed) if w]
         with open(os.path.join(out, REWARD_LOG), "a") as f:
@@ -258,7 +250,7 @@ def child(out, argv, threads, check):
                 "format_rate": sum(formed) / len(formed), "string_match": sum(matched) / len(matched),
                 "verifier_agrees": sum(agree) / max(1, len(agree)), "example": responses[0][:200],
                 "references": list(references),
-                "rewards_right_wrong": [reward.correct_reward, reward.incorrect_reward],
+                "rewards_right_wrong": [reward.values.correct, reward.values.incorrect],
             }) + "\n")  # fmt: skip
 
     sys.argv = ["RL_stage2.py", *argv]

@@ -23,6 +23,9 @@ from huatuo_o1 import cli, manifests, training
 from huatuo_o1.lora import PEFT_PREFIX, LoRAArguments, add_adapters
 from huatuo_o1.models import attn_implementation, distinct_pad_token, from_pretrained_or_explain
 from huatuo_o1.records import (
+    ANSWER_IDX,
+    GROUND_TRUTH,
+    OPTIONS,
     REFERENCE_ANSWER,
     VERDICT,
     VERIFICATIONS,
@@ -30,6 +33,7 @@ from huatuo_o1.records import (
     InputError,
     digest,
     load_records,
+    read_text,
     write_json_atomic,
 )
 from huatuo_o1.training import pad
@@ -50,9 +54,10 @@ class VerdictData:
     """Where the (response, reference answer, verdict) examples come from: the flags both scripts take."""
 
     data_path: str = field(
+        default=None,
         metadata={
             "help": "Search-stage records (items with 'verifications') or flat rows: local .json/.jsonl or a hub id."
-        }
+        },
     )
     response_field: str = field(default=VERIFIED_RESPONSE, metadata={"help": "Field holding the model's answer."})
     reference_field: str = field(default=REFERENCE_ANSWER, metadata={"help": "Field holding the ground-truth answer."})
@@ -115,6 +120,68 @@ def read_examples(args: VerdictData, need_verdict: bool = True) -> tuple[list[di
                 }
             )
     return examples, skipped
+
+
+EXAM_PHRASINGS_PATH = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "templates", "exam_answer_phrasings.txt"
+)
+SEARCH, EXAM = "search", "exam"  # where an example came from: --data_path's verdicts, --exam_items' options
+
+
+def load_phrasings(path: str | None = None) -> list[str]:
+    """How an answer naming an option is worded: one phrasing per non-empty line, each with one {option}."""
+    path = path or EXAM_PHRASINGS_PATH
+    lines = [line for line in read_text(path, "phrasings file").splitlines() if line.strip()]
+    for number, line in enumerate(lines, 1):
+        if line.count("{") != 1 or line.count("}") != 1 or "{option}" not in line:
+            raise InputError(f"{path}: phrasing {number} ({line!r}) must hold {{option}} once and no other braces")
+    if not lines:
+        raise InputError(f"{path}: no phrasing (one per line, each with {{option}})")
+    return lines
+
+
+def read_exam_items(path: str) -> list[dict]:
+    """Multiple-choice items (question, options {letter: text}, answer_idx), each checked: one line names the row."""
+    items = load_records(path)
+    for index, item in enumerate(items):
+        where = f"--exam_items {path}: row {index}"
+        options = item.get(OPTIONS)
+        if not isinstance(options, dict) or len(options) < 2:
+            raise InputError(f"{where}: '{OPTIONS}' must map at least 2 letters to option texts")
+        if not all(isinstance(text, str) and text.strip() for text in options.values()):
+            raise InputError(f"{where}: every option must be a non-empty text")
+        if item.get(ANSWER_IDX) not in options:
+            raise InputError(
+                f"{where}: '{ANSWER_IDX}' {item.get(ANSWER_IDX)!r} is not one of its options {sorted(options)}"
+            )
+    return items
+
+
+def exam_pairs(items: list[dict], phrasings: list[str]) -> list[dict]:
+    """Labelled examples from exam items: per item, an answer naming its right option (label 1) and one naming each
+    wrong option (label 0), worded by the item's phrasing (the phrasings taken in turn), against the item's reference
+    answer (its Ground-True Answer when it has one, else the right option's text). A wrong option worded as the right
+    one is left out (it would be labelled both ways)."""
+    examples = []
+    for index, item in enumerate(items):
+        right = item[OPTIONS][item[ANSWER_IDX]]
+        reference = item.get(GROUND_TRUTH) or right
+        phrasing = phrasings[index % len(phrasings)]
+        for letter, text in item[OPTIONS].items():
+            correct = letter == item[ANSWER_IDX]
+            if not correct and lowercase_words(text) == lowercase_words(right):
+                continue
+            examples.append({"response": phrasing.format(option=text.strip()), "reference": reference,
+                             "label": int(correct), "group": index, "source": EXAM})  # fmt: skip
+    return examples
+
+
+def with_exam_pairs(verdicts: list[dict], pairs: list[dict]) -> list[dict]:
+    """The search verdicts and the exam pairs together, grouped by reference answer: the held-out split then never
+    has a reference that training saw, whichever file it came from."""
+    return [
+        {**e, "source": e.get("source", SEARCH), "group": lowercase_words(e["reference"])} for e in verdicts + pairs
+    ]
 
 
 def split_by_record(examples: list[dict], eval_fraction: float, max_eval_samples: int, seed: int) -> tuple[list, list]:
@@ -280,6 +347,23 @@ class VerifierArguments:
     verifier_template: str = field(
         default=None,
         metadata={"help": "Verifier input template (default huatuo_o1/templates/verifier_input.txt, as in RL)."},
+    )
+    exam_items: str = field(
+        default=None,
+        metadata={
+            "help": (
+                "Multiple-choice items (question, options, answer_idx; JSON/JSONL or a hub id): each gives an answer "
+                "naming its right option (correct) and one per wrong option (incorrect), mixed with --data_path's "
+                "verdicts when both are given."
+            )
+        },
+    )
+    exam_answer_phrasings: str = field(
+        default=None,
+        metadata={
+            "help": "How --exam_items' answers are worded, one phrasing per line with {option}, taken in turn "
+            "(default huatuo_o1/templates/exam_answer_phrasings.txt)."
+        },
     )
     max_length: int = field(
         default=MAX_VERIFIER_TOKENS,
@@ -473,13 +557,10 @@ class VerifierTrainer:
                 "train afresh (it is replaced) or another --output_dir"
             ),
         )
-        for line in resumption.skipped:  # newer checkpoints that do not match their manifests
-            self.say(line)
-        if resumption.action == "finished":
-            self.say(
-                f"{args.output_dir} holds a verifier trained on these inputs: nothing to do "
-                "(--resume False trains again)"
-            )
+        finished = (
+            f"{args.output_dir} holds a verifier trained on these inputs: nothing to do (--resume False trains again)"
+        )
+        if resumption.nothing_to_do(self.say, finished):
             return None
         self.load(template)
         progress = self.start(resumption, run_inputs)
@@ -511,6 +592,12 @@ class VerifierTrainer:
             f"{len(train_set)} train ({n_correct} correct) / {len(held_out)} held out; class weights "
             f"{[round(w, 3) for w in class_weights.tolist()]}"
         )
+        if args.exam_items:
+            n_exam = sum(e["source"] == EXAM for e in self.examples)
+            self.say(
+                f"sources: {len(self.examples) - n_exam} search verdicts, {n_exam} exam pairs "
+                f"({n_exam / len(self.examples):.0%} exam); grouped by reference answer for the split"
+            )
 
         generator = torch.Generator().manual_seed(args.seed)
         collate_batch = collate(self.tokenizer.pad_token_id)
@@ -643,6 +730,7 @@ class VerifierTrainer:
             "heldout": after,
             "baseline": baseline,
             "verifier_vs_baseline_agreement": agreement,
+            **self.by_source(p_correct),
             "arguments": {**asdict(args), **asdict(self.data), **(asdict(self.lora) if self.lora.enabled else {})},
             "inputs": progress["inputs"],
         }
@@ -663,6 +751,22 @@ class VerifierTrainer:
             )
             write_json_atomic(os.path.join(args.output_dir, "train_log.json"), progress["log"])
         return summary
+
+    def by_source(self, p_correct: torch.Tensor) -> dict:
+        """With --exam_items: each source's examples and share, and the held-out figures of each (else nothing)."""
+        if not self.args.exam_items:
+            return {}
+        sources, held_out = {}, {}
+        for source in (SEARCH, EXAM):
+            mine = [e for e in self.examples if e["source"] == source]
+            sources[source] = {"examples": len(mine), "share": round(len(mine) / len(self.examples), 4)}
+            rows = [i for i, e in enumerate(self.held_out) if e["source"] == source]
+            if rows:
+                after, baseline, agreement = held_out_report(
+                    p_correct[rows], [self.held_out[i] for i in rows], self.args.threshold
+                )
+                held_out[source] = {"n": len(rows), "verifier": after, "baseline": baseline, "agreement": agreement}
+        return {"sources": sources, "heldout_by_source": held_out}
 
     def remove_checkpoints(self) -> None:
         """Once the verifier is trained and its summary written: nothing is left to resume."""

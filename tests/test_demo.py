@@ -58,9 +58,13 @@ def test_quick_demo_runs_every_stage_and_learns_the_layout(tmp_path, smollm2):
     sft_ckpt = json.loads((out / "ckpts" / "sft" / "training_summary.json").read_text())["final_checkpoint"]
     assert AutoConfig.from_pretrained(sft_ckpt).model_type == "llama"
 
-    # Verifier: trained on the search verdicts, figures are shares.
+    # Verifier: trained on the search verdicts and the exam items' pairs (shares reported), figures are shares.
     verifier = summary["verifier"]
-    assert verifier["n_train"] > 0 and 0.0 <= verifier["heldout"]["accuracy"] <= 1.0
+    sources = verifier["sources"]
+    assert sources["search"]["examples"] > 0 and sources["exam"]["examples"] > 0
+    assert sources["search"]["examples"] + sources["exam"]["examples"] == verifier["n_examples"]
+    assert 0.0 <= verifier["heldout"]["accuracy"] <= 1.0 and 0.0 <= verifier["verifier_vs_baseline_agreement"] <= 1.0
+    assert f"held-out accuracy {verifier['heldout']['accuracy']:.2f}" in result.stdout
     assert AutoConfig.from_pretrained(str(out / "verifier")).num_labels == 2
 
     # RL: rewards in [0, 1], a saved policy.
@@ -73,6 +77,11 @@ def test_quick_demo_runs_every_stage_and_learns_the_layout(tmp_path, smollm2):
     assert rl["training_reward"] == [r["objective/score"] for r in log] and len(log) == 2  # shown before / after
     assert (out / "ckpts" / "rl" / "rl_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert f"training reward {log[0]['objective/score']:.2f} -> {log[1]['objective/score']:.2f}" in result.stdout
+    # the reward spread per update, as the log has it, printed
+    assert rl["reward_spread"] == [[r[f"objective/score_{k}"] for k in ("min", "max", "std")] for r in log]
+    assert all(low <= mean <= high for (low, high, _), mean in zip(rl["reward_spread"], rl["training_reward"]))
+    spread = ", ".join(f"{low:.2f}..{high:.2f} ({std:.2f})" for low, high, std in rl["reward_spread"])
+    assert f"RL reward spread per update (min..max, std): {spread}" in result.stdout
 
     # Evaluation: every question answered by both models, accuracies are shares, and the trained
     # model answers in the Thinking / Final Response layout more often than the base model.

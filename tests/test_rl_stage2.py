@@ -1,6 +1,7 @@
 """RL_stage2.py end to end on the tiny models (CPU, one process), and the seed's command line."""
 
 import json
+import math
 import os
 import shlex
 import shutil
@@ -218,6 +219,11 @@ def test_ppo_end_to_end(tiny_models, tmp_path, monkeypatch):
     assert sum(r[k] for r in log for k in phases) < summary["seconds"]
     # the random tiny policy never writes "## Thinking": score 0, minus the missing-eos penalty where it ran on
     assert all(-0.5 <= r["objective/score"] <= 0.0 and r["objective/format_rate"] == 0.0 for r in log)
+    # each update's spread: its rewards take at most the two values 0 and -0.5, so the std follows from the mean
+    for r in log:
+        low, mean, high = r["objective/score_min"], r["objective/score"], r["objective/score_max"]
+        assert {low, high} <= {-0.5, 0.0} and low <= mean + 1e-6 and mean <= high + 1e-6
+        assert r["objective/score_std"] == pytest.approx(math.sqrt(max(0.0, (mean - low) * (high - mean))), abs=1e-5)
     assert "eval/mean_reward" in log[1] and "eval/mean_reward" not in log[0]
     assert max(r["pg_clipfrac"] for r in log) > 0  # lr 3e-3 moves the policy past the clip range within an update
 

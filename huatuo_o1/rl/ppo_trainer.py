@@ -695,6 +695,10 @@ class PPOTrainer:
                 / (time.time() - start_time),
                 **seconds,
             }
+            # the spread of this update's rewards (all processes): all equal, and PPO has nothing to learn from them
+            scores = accelerator.gather(targets.scores.float().to(self.device))
+            record.update({"objective/score_min": scores.min().item(), "objective/score_max": scores.max().item(),
+                           "objective/score_std": scores.std(unbiased=False).item()})  # fmt: skip
             if config.reward_mode != "verifier" and data.reward_sources is not None:
                 record.update(self.count_sources(data.reward_sources))
             if eval_every and self.update % eval_every == 0:
