@@ -226,6 +226,25 @@ def prepare_models(args, base, items, folder):
     write_json_atomic(os.path.join(folder, "prepared.json"), prepared)
 
 
+def reward_call_record(reward, responses, references, result):
+    """One reward call as the bench logs it: the mean reward, the format rate, the share of answers naming the
+    reference (string match) and how often the verifier's verdict agrees with it on well-formed answers."""
+    from huatuo_o1.answer_format import final_answer
+    from huatuo_o1.verifier_training import string_match
+
+    answers = [final_answer(r) for r in responses]
+    matched = [a is not None and string_match(a, ref) for a, ref in zip(answers, references)]
+    says = (result.p_correct > reward.values.threshold).tolist()
+    formed = result.well_formed.tolist()
+    agree = [s == m for s, m, w in zip(says, matched, formed) if w]
+    return {
+        "time": time.time(), "n": len(responses), "reward": result.rewards.float().mean().item(),
+        "format_rate": sum(formed) / len(formed), "string_match": sum(matched) / len(matched),
+        "verifier_agrees": sum(agree) / max(1, len(agree)), "example": responses[0][:200],
+        "references": list(references), "rewards_right_wrong": [reward.values.correct, reward.values.incorrect],
+    }  # fmt: skip
+
+
 # ---- one RL run (in a child process) -------------------------------------------------------------
 def child(out, argv, threads, check):
     """RL_stage2.py run whole in this process, every reward call logged; then the trained policy's sampled pass rates
@@ -233,25 +252,12 @@ def child(out, argv, threads, check):
     import torch
 
     torch.set_num_threads(threads)
-    from huatuo_o1.answer_format import final_answer
     from huatuo_o1.rl.pass_rates import sampled_pass_rates
     from huatuo_o1.verifier import VerifierReward
-    from huatuo_o1.verifier_training import string_match
 
     def log_call(reward, responses, references, result):
-        answers = [final_answer(r) for r in responses]
-        matched = [a is not None and string_match(a, ref) for a, ref in zip(answers, references)]
-        says = (result.p_correct > reward.values.threshold).tolist()
-        formed = result.well_formed.tolist()
-        agree = [s == m for s, m, w in zip(says, matched, formed) if w]
         with open(os.path.join(out, REWARD_LOG), "a") as f:
-            f.write(json.dumps({
-                "time": time.time(), "n": len(responses), "reward": result.rewards.float().mean().item(),
-                "format_rate": sum(formed) / len(formed), "string_match": sum(matched) / len(matched),
-                "verifier_agrees": sum(agree) / max(1, len(agree)), "example": responses[0][:200],
-                "references": list(references),
-                "rewards_right_wrong": [reward.values.correct, reward.values.incorrect],
-            }) + "\n")  # fmt: skip
+            f.write(json.dumps(reward_call_record(reward, responses, references, result)) + "\n")
 
     sys.argv = ["RL_stage2.py", *argv]
     try:

@@ -19,6 +19,7 @@ from huatuo_o1.verifier import (
 )
 from tests.verifier_helpers import ControlledVerifier
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOOD = "## Thinking\n\nFever and cough point to an infection.\n\n## Final Response\n\nPneumonia."
 
 
@@ -260,3 +261,31 @@ def test_threshold_compares_the_probability_as_a_python_float(verifier_tokenizer
     out = reward([GOOD, GOOD], ["Pneumonia", "Pneumonia"])
     assert out.rewards.dtype == torch.bfloat16
     assert out.rewards.tolist() == [1.0, 0.10009765625]  # 0.1 as bf16 holds it, as the original's reward tensor did
+
+
+def test_the_rl_learning_bench_logs_each_reward_call_as_the_reward_rule_says(verifier_tokenizer):
+    """bench/rl_learning.py's record of a reward call, through the reward's public hook and its values (a wrong
+    attribute name there once stopped every bench run at its first reward call)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rl_learning_bench", os.path.join(REPO, "bench", "rl_learning.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    eos = verifier_tokenizer.eos_token
+    responses = [GOOD, GOOD.replace("Pneumonia.", "Asthma."), "no layout", GOOD.replace("Pneumonia.", "Pneumonia!")]
+    p_by_text = {
+        verifier_input("Pneumonia.", "Pneumonia", eos): 0.9,  # right, and string match agrees
+        verifier_input("Asthma.", "Pneumonia", eos): 0.7,  # called right: string match disagrees
+        verifier_input("Pneumonia!", "Pneumonia", eos): 0.2,  # called wrong: string match disagrees
+    }
+    verifier = ControlledVerifier(verifier_tokenizer, p_by_text, default_p=0.99)  # the malformed one: reward 0
+    reward = VerifierReward(verifier, verifier_tokenizer, correct_reward=2.0, incorrect_reward=0.5)
+    records = []
+    with VerifierReward.observe_calls(lambda *call: records.append(bench.reward_call_record(*call))):
+        out = reward(responses, ["Pneumonia"] * 4)
+    assert out.rewards.tolist() == [2.0, 2.0, 0.0, 0.5]
+    (record,) = records
+    assert record["n"] == 4 and record["reward"] == pytest.approx(4.5 / 4)
+    assert record["format_rate"] == 0.75 and record["string_match"] == 0.5  # the right answer, twice worded
+    assert record["verifier_agrees"] == pytest.approx(1 / 3)  # of the 3 well-formed answers
+    assert record["rewards_right_wrong"] == [2.0, 0.5] and record["references"] == ["Pneumonia"] * 4
