@@ -593,10 +593,10 @@ class VerifierTrainer:
             f"{[round(w, 3) for w in class_weights.tolist()]}"
         )
         if args.exam_items:
-            n_exam = sum(e["source"] == EXAM for e in self.examples)
+            counts = self.source_counts()
             self.say(
-                f"sources: {len(self.examples) - n_exam} search verdicts, {n_exam} exam pairs "
-                f"({n_exam / len(self.examples):.0%} exam); grouped by reference answer for the split"
+                f"sources: {counts[SEARCH]} search verdicts, {counts[EXAM]} exam pairs "
+                f"({counts[EXAM] / len(self.examples):.0%} exam); grouped by reference answer for the split"
             )
 
         generator = torch.Generator().manual_seed(args.seed)
@@ -752,14 +752,17 @@ class VerifierTrainer:
             write_json_atomic(os.path.join(args.output_dir, "train_log.json"), progress["log"])
         return summary
 
+    def source_counts(self) -> dict[str, int]:
+        """How many examples came from each source (--data_path's verdicts, --exam_items' pairs)."""
+        return {source: sum(e["source"] == source for e in self.examples) for source in (SEARCH, EXAM)}
+
     def by_source(self, p_correct: torch.Tensor) -> dict:
         """With --exam_items: each source's examples and share, and the held-out figures of each (else nothing)."""
         if not self.args.exam_items:
             return {}
         sources, held_out = {}, {}
-        for source in (SEARCH, EXAM):
-            mine = [e for e in self.examples if e["source"] == source]
-            sources[source] = {"examples": len(mine), "share": round(len(mine) / len(self.examples), 4)}
+        for source, count in self.source_counts().items():
+            sources[source] = {"examples": count, "share": round(count / len(self.examples), 4)}
             rows = [i for i, e in enumerate(self.held_out) if e["source"] == source]
             if rows:
                 after, baseline, agreement = held_out_report(
