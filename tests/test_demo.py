@@ -10,7 +10,64 @@ import sys
 import pytest
 from transformers import AutoConfig
 
+from huatuo_o1.decontamination import WINDOW, nfkc_lower_single_spaced
+from huatuo_o1.records import GROUND_TRUTH, OPEN_QUESTION, read_json
+from tests.scripts import run_ok
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_DATA = os.path.join(REPO, "data", "demo_data.json")
+
+
+def windows(text):
+    text = nfkc_lower_single_spaced(text)
+    return {text[i : i + WINDOW] for i in range(len(text) - WINDOW + 1)}
+
+
+def test_the_demo_data_asks_its_facts_twice_so_that_rl_meets_facts_sft_taught(tmp_path):
+    items = read_json(DEMO_DATA)
+    half = len(items) // 2
+    firsts, seconds = items[:half], [item for item in items[half:] if OPEN_QUESTION in item]
+    assert len(items) == 48 and len(seconds) == 22
+    # Each verifiable item of the second half asks a fact of the first half again: the same answer and options, the
+    # right one under another letter, in another vignette (most of its 64-character windows are its own; the
+    # shared ones are exam stems such as "Which of the following is the most likely diagnosis?").
+    twins = []
+    for second in seconds:
+        (first,) = [index for index, item in enumerate(firsts) if item["answer"] == second["answer"]]
+        twins.append(first)
+        original = firsts[first]
+        assert second[GROUND_TRUTH] == original[GROUND_TRUTH] and second["answer_idx"] != original["answer_idx"]
+        assert sorted(second["options"].values()) == sorted(original["options"].values())
+        for field in ("question", OPEN_QUESTION):
+            own = windows(second[field])
+            assert len(own & windows(original[field])) / len(own) < 0.25, (second["answer"], field)
+    assert twins == sorted(twins)  # in the first half's order: --quick's first facts of each half are twins
+
+    # The demo's split (prepare_training_data.py as demo.py runs it, seed 42) puts some twins in different halves:
+    # RL problems whose fact the search half teaches (10 of 22 today).
+    problems = tmp_path / "problems.json"
+    problems.write_text(json.dumps([item for item in items if OPEN_QUESTION in item]))
+    recipe = tmp_path / "recipe"
+    run_ok(
+        "prepare_training_data.py",
+        [
+            "--data_path",
+            problems,
+            "--eval_file",
+            os.path.join(REPO, "evaluation", "data", "demo_eval_data.json"),
+            "--search_size",
+            "0.5",
+            "--rl_size",
+            "0.5",
+            "--closed_set_size",
+            "0.1",
+            "--output_dir",
+            recipe,
+        ],
+    )
+    search_part, rl_part = (read_json(recipe / f"{part}_part.json") for part in ("search", "rl"))
+    taught = {row[GROUND_TRUTH] for row in search_part if row["data_type"] == "medical"}
+    assert sum(row[GROUND_TRUTH] in taught for row in rl_part) >= 8
 
 
 @pytest.mark.e2e
@@ -49,6 +106,11 @@ def test_quick_demo_runs_every_stage_and_learns_the_layout(tmp_path, smollm2):
     assert (
         summary["recipe"]["decontamination"]["contaminated_items"] == 0
     )  # our items share nothing with the eval file
+    # the RL problems whose fact the search half teaches (the other vignette of the same fact), counted and printed
+    taught = {row[GROUND_TRUTH] for row in search_part if row["data_type"] == "medical"}
+    n_taught = sum(row[GROUND_TRUTH] in taught for row in rl_part)
+    assert summary["recipe"]["rl_facts_taught"] == n_taught > 0
+    assert f"{n_taught} of {len(rl_part)} RL problems ask a fact the search half teaches" in result.stdout
     assert len(sft_rows) == len(search_part)  # efficient search verifies every problem
     assert all(set(row) == {"Question", "Complex_CoT", "Response"} and all(row.values()) for row in sft_rows)
 
