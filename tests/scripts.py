@@ -206,3 +206,14 @@ def launch_ok(commands, timeout=600):
     assert not failed, "\n\n".join(failed)
     assert not left, f"processes left running after the launch: {left}"
     return results
+
+
+def bench_module(name):
+    """A bench script (bench/<name>.py) as a module, for a test of one of its functions: benches are scripts too,
+    but a bench's helpers have no other home."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(REPO_ROOT, "bench", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

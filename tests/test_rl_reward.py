@@ -17,9 +17,9 @@ from huatuo_o1.verifier import (
     load_template,
     verifier_input,
 )
+from tests.scripts import bench_module
 from tests.verifier_helpers import ControlledVerifier
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOOD = "## Thinking\n\nFever and cough point to an infection.\n\n## Final Response\n\nPneumonia."
 
 
@@ -266,11 +266,7 @@ def test_threshold_compares_the_probability_as_a_python_float(verifier_tokenizer
 def test_the_rl_learning_bench_logs_each_reward_call_as_the_reward_rule_says(verifier_tokenizer):
     """bench/rl_learning.py's record of a reward call, through the reward's public hook and its values (a wrong
     attribute name there once stopped every bench run at its first reward call)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("rl_learning_bench", os.path.join(REPO, "bench", "rl_learning.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = bench_module("rl_learning")
     eos = verifier_tokenizer.eos_token
     responses = [GOOD, GOOD.replace("Pneumonia.", "Asthma."), "no layout", GOOD.replace("Pneumonia.", "Pneumonia!")]
     p_by_text = {

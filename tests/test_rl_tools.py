@@ -8,6 +8,7 @@ from huatuo_o1.records import GROUND_TRUTH, OPEN_QUESTION
 from huatuo_o1.rl.pass_rates import sampled_pass_rates
 from huatuo_o1.rl.value_model import truncated_value_model
 from tests.rl_helpers import PROBLEMS, teach_answer_layout
+from tests.scripts import bench_module
 
 pytestmark = pytest.mark.usefixtures("one_thread_fresh_accelerate")
 
@@ -50,3 +51,15 @@ def test_truncated_value_model_keeps_the_bases_first_blocks_under_a_new_seeded_h
 
 def full_layers(state_dict):
     return {name.split(".")[1] for name in state_dict if name.startswith("layers.")}
+
+
+def test_the_rl_learning_bench_keeps_each_fact_once_the_vignette_nearest_half_right():
+    """A fact asked twice (data/demo_data.json's twins) is trained or held out once, never both."""
+    bench = bench_module("rl_learning")
+    items = [{GROUND_TRUTH: answer} for answer in ("Gout", "Lithium", "Gout", "Croup", "Lithium", "Croup", "Asthma")]
+    rates = [0.25, 0.5, 0.625, 0.75, 0.5, 0.25, 0.875]
+    # Gout: 0.625 is nearer 0.5 than 0.25; Lithium: a tie, the earlier; Croup: 0.75 and 0.25 tie, the earlier;
+    # Asthma: alone. Index 3 left out of the chosen ones: Croup keeps 5.
+    assert bench.one_vignette_per_fact(items, rates, [0, 1, 2, 3, 4, 5, 6]) == [1, 2, 3, 6]
+    assert bench.one_vignette_per_fact(items, rates, [0, 1, 2, 4, 5, 6]) == [1, 2, 5, 6]
+    assert bench.one_vignette_per_fact(items, rates, []) == []
