@@ -23,6 +23,13 @@ def windows(text):
     return {text[i : i + WINDOW] for i in range(len(text) - WINDOW + 1)}
 
 
+def facts_taught(search_part, rl_part):
+    """RL problems whose reference answer an open-ended problem of the search half has (counted here, apart from
+    demo.py's own count, which the quick demo's test checks against this one)."""
+    taught = {row[GROUND_TRUTH] for row in search_part if row["data_type"] == "medical"}
+    return sum(row[GROUND_TRUTH] in taught for row in rl_part)
+
+
 def test_the_demo_data_asks_its_facts_twice_so_that_rl_meets_facts_sft_taught(tmp_path):
     items = read_json(DEMO_DATA)
     half = len(items) // 2
@@ -66,8 +73,7 @@ def test_the_demo_data_asks_its_facts_twice_so_that_rl_meets_facts_sft_taught(tm
         ],
     )
     search_part, rl_part = (read_json(recipe / f"{part}_part.json") for part in ("search", "rl"))
-    taught = {row[GROUND_TRUTH] for row in search_part if row["data_type"] == "medical"}
-    assert sum(row[GROUND_TRUTH] in taught for row in rl_part) >= 8
+    assert facts_taught(search_part, rl_part) >= 8
 
 
 @pytest.mark.e2e
@@ -107,8 +113,7 @@ def test_quick_demo_runs_every_stage_and_learns_the_layout(tmp_path, smollm2):
         summary["recipe"]["decontamination"]["contaminated_items"] == 0
     )  # our items share nothing with the eval file
     # the RL problems whose fact the search half teaches (the other vignette of the same fact), counted and printed
-    taught = {row[GROUND_TRUTH] for row in search_part if row["data_type"] == "medical"}
-    n_taught = sum(row[GROUND_TRUTH] in taught for row in rl_part)
+    n_taught = facts_taught(search_part, rl_part)
     assert summary["recipe"]["rl_facts_taught"] == n_taught > 0
     assert f"{n_taught} of {len(rl_part)} RL problems ask a fact the search half teaches" in result.stdout
     assert len(sft_rows) == len(search_part)  # efficient search verifies every problem
